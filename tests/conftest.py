@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny generated image datasets, broken files, and the ../shared folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["COLUMNS"] = "200"  # rich wraps CLI tables at 80 columns otherwise
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = REPO_ROOT.parent / "shared"
+LITE0_FIXTURE = SHARED / "fixtures" / "efficientnet_lite0_reference.npz"
+
+# Colours that make classes separable even through a randomly initialised CNN.
+CLASS_COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 210, 40)]
+
+
+def write_image(path: Path, colour, size=(40, 32), seed=0, fmt=None, mode="RGB") -> Path:
+    rng = np.random.default_rng(seed)
+    base = np.array(colour, dtype=np.float64)
+    noise = rng.normal(0, 25, size=(size[1], size[0], 3))
+    arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr, "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt)
+    return path
+
+
+def make_image_folder(root: Path, classes=("cat", "dog"), per_class=6, size=(40, 32)) -> Path:
+    """A folder per class of small noisy solid-colour images (JPEG and PNG mixed)."""
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            ext = ".jpg" if i % 2 == 0 else ".PNG"
+            write_image(root / name / f"{name}_{i:03d}{ext}", CLASS_COLOURS[c % 4], size,
+                        seed=c * 1000 + i)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """Two classes, six images each."""
+    return make_image_folder(tmp_path / "data")
+
+
+@pytest.fixture
+def broken_files(tmp_path) -> dict[str, Path]:
+    """One file of every broken kind, keyed by what is wrong with it."""
+    root = tmp_path / "broken"
+    root.mkdir()
+    good = write_image(root / "good.jpg", (120, 30, 30), (64, 48))
+    data = good.read_bytes()
+    files = {
+        "empty": root / "empty.jpg",
+        "truncated": root / "truncated.jpg",
+        "not_image": root / "not_image.png",
+    }
+    files["empty"].write_bytes(b"")
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    files["not_image"].write_text("this is not a picture\n")
+    return files
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent: shared datasets and fixtures are not available here")
+    return SHARED
+
+
+@pytest.fixture
+def lite0_reference():
+    if not LITE0_FIXTURE.is_file():
+        pytest.skip(f"{LITE0_FIXTURE} is absent: the EfficientNet-Lite0 reference is not here")
+    return np.load(LITE0_FIXTURE)
+
+
+@pytest.fixture
+def artifacts(tmp_path, monkeypatch) -> Path:
+    """Point TLEARN_ARTIFACTS at a temporary folder."""
+    path = tmp_path / "artifacts"
+    monkeypatch.setenv("TLEARN_ARTIFACTS", str(path))
+    return path

@@ -1,0 +1,79 @@
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from features.store import FeatureStore
+from pipeline.cli import app
+from tests.conftest import make_image_folder
+
+runner = CliRunner()
+TINY = ["--backbone", "vgg16", "--weights", "none", "--input-size", "32", "--pooling", "avg",
+        "--batch-size", "4"]
+
+
+def _one_error_line(result):
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    text = " ".join(lines)
+    assert text.startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    return text
+
+
+def test_extract_default_output_and_inspect(tmp_path, artifacts):
+    data = make_image_folder(tmp_path / "pets")
+    result = runner.invoke(app, ["extract", str(data), *TINY])
+    assert result.exit_code == 0, result.output
+    out = artifacts / "features" / "pets__vgg16__avg.h5"
+    assert out.exists()
+    with FeatureStore(out) as store:
+        assert store.shape == (12, 512)
+    again = runner.invoke(app, ["extract", str(data), *TINY])
+    assert again.exit_code == 0 and "up to date" in again.output
+    shown = runner.invoke(app, ["inspect", str(out)])
+    assert shown.exit_code == 0
+    assert "12 x 512" in shown.output and "train=" in shown.output
+
+
+BASE = ["--weights", "none", "--input-size", "32", "--pooling", "avg"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["extract", "{tmp}/missing", *BASE], "does not exist"),
+    (["extract", "{data}", "--backbone", "alexnet", *BASE], "unknown backbone 'alexnet'"),
+    (["extract", "{data}", "--layer", "nope", *BASE], "unknown layer 'nope'"),
+    (["extract", "{data}", "--weights", "none", "--input-size", "8"], "below the minimum"),
+    (["extract", "{one}", *BASE], "only one class"),
+    (["extract", "{data}", "--pooling", "mean", "--weights", "none"], "unknown pooling"),
+    (["extract", "{data}", "--test-size", "1.5", *BASE], "test size"),
+    (["inspect", "{tmp}/missing.h5"], "does not exist"),
+])
+def test_user_mistakes_exit_2_with_one_line(tmp_path, artifacts, args, message):
+    data = make_image_folder(tmp_path / "d", per_class=2)
+    one = make_image_folder(tmp_path / "one", classes=("x",), per_class=2)
+    argv = [a.format(tmp=tmp_path, data=data, one=one) for a in args]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    assert message in _one_error_line(result)
+    written = list((artifacts / "features").glob("*")) if (artifacts / "features").exists() else []
+    assert written == []
+
+
+def test_backbones_table_lists_sizes():
+    result = runner.invoke(app, ["backbones"])
+    assert result.exit_code == 0
+    for name in ("vgg16", "resnet50", "inception_v3", "xception", "efficientnet_lite0"):
+        assert name in result.output
+    assert "25,088" in result.output
+
+
+def test_backbone_layers_listing():
+    result = runner.invoke(app, ["backbones", "--layers", "vgg16"])
+    assert result.exit_code == 0
+    assert re.search(r"block4_pool\s.*\(14, 14, 512\)", result.output)
+
+
+def test_help_of_every_command():
+    for command in ("extract", "backbones", "inspect"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, command

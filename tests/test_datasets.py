@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from features.errors import UserInputError
+from pipeline.datasets import TEST, TRAIN, VAL, discover_images, load_dataset, stratified_split
+from tests.conftest import make_image_folder, write_image
+
+
+def test_folder_discovery_is_recursive_sorted_and_skips_hidden(tmp_path):
+    root = make_image_folder(tmp_path / "d", per_class=3)
+    write_image(root / "cat" / "nested" / "deep.JPEG", (1, 2, 3))
+    write_image(root / "cat" / ".hidden.jpg", (1, 2, 3))
+    write_image(root / ".trash" / "x.jpg", (1, 2, 3))
+    (root / "dog" / ".DS_Store").write_bytes(b"\0\0")
+    (root / "dog" / "readme.txt").write_text("hi")
+    ds = discover_images(root)
+    assert ds.label_names == ["cat", "dog"]
+    assert len(ds.paths) == 7
+    assert any(p.endswith("deep.JPEG") for p in ds.paths)
+    assert not any("hidden" in p or ".trash" in p for p in ds.paths)
+    assert [r for _, r in ds.ignored] == ["not an image file extension"]
+    assert ds.paths == sorted(ds.paths)
+
+
+def test_csv_input_relative_to_csv(tmp_path):
+    root = make_image_folder(tmp_path / "d", per_class=2)
+    csv = tmp_path / "d" / "list.csv"
+    csv.write_text("path,label\ncat/cat_000.jpg,feline\ndog/dog_000.jpg,canine\n"
+                   "cat/cat_001.PNG,feline\n")
+    ds = discover_images(csv)
+    assert ds.label_names == ["canine", "feline"]
+    assert ds.paths[0] == str((root / "cat" / "cat_000.jpg").resolve())
+
+
+@pytest.mark.parametrize("setup,message", [
+    (lambda p: p / "missing", "does not exist"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "no images found"),
+    (lambda p: make_image_folder(p / "one", classes=("only",)), "only one class"),
+    (lambda p: (p / "x.txt").write_text("x") and p / "x.txt", "not a .csv"),
+])
+def test_bad_datasets_raise_clear_errors(tmp_path, setup, message):
+    with pytest.raises(UserInputError, match=message):
+        discover_images(setup(tmp_path))
+
+
+def test_bad_csv_row(tmp_path):
+    csv = tmp_path / "l.csv"
+    csv.write_text("a.jpg,cat\nb.jpg\n")
+    with pytest.raises(UserInputError, match="row 2"):
+        discover_images(csv)
+
+
+def test_split_is_stratified_and_seeded():
+    labels = np.repeat([0, 1, 2], [40, 20, 8])
+    split = stratified_split(labels, test_size=0.25, val_size=0.1, seed=3)
+    for label, n in ((0, 40), (1, 20), (2, 8)):
+        rows = split[labels == label]
+        assert (rows == TEST).sum() == round(n * 0.25)
+        assert (rows == VAL).sum() == round(n * 0.1)
+        assert (rows == TRAIN).sum() >= 1
+    assert np.array_equal(split, stratified_split(labels, test_size=0.25, val_size=0.1, seed=3))
+    assert not np.array_equal(split, stratified_split(labels, test_size=0.25, val_size=0.1,
+                                                      seed=4))
+
+
+def test_tiny_class_keeps_a_training_row():
+    split = stratified_split(np.array([0, 1, 1, 1, 1]), test_size=0.5)
+    assert split[0] == TRAIN
+
+
+@pytest.mark.parametrize("test_size,val_size", [(0.0, 0.0), (1.0, 0.0), (0.5, 0.5), (0.2, -0.1)])
+def test_split_rejects_bad_shares(test_size, val_size):
+    with pytest.raises(UserInputError):
+        stratified_split(np.array([0, 1]), test_size=test_size, val_size=val_size)
+
+
+def test_load_dataset_returns_aligned_arrays(image_folder):
+    images, _ds = load_dataset(image_folder, test_size=0.5, seed=0)
+    assert len(images) == len(images.labels) == len(images.split) == 12
+    assert images.label_names == ["cat", "dog"]
+    assert (images.split == TEST).sum() == 6

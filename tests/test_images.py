@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from features.images import ImageDecodeError, is_image_file, load_image
+from tests.conftest import write_image
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "LA", "1"])
+def test_every_common_mode_becomes_rgb(tmp_path, mode):
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    ext = ".jpg" if fmt == "JPEG" else ".png"
+    path = write_image(tmp_path / f"img{ext}", (200, 100, 50), (30, 20), mode=mode, fmt=fmt)
+    arr = load_image(path, 16)
+    assert arr.shape == (16, 16, 3)
+    assert arr.dtype == np.uint8
+
+
+def test_sixteen_bit_grayscale_is_rescaled_not_clipped(tmp_path):
+    path = tmp_path / "deep.png"
+    values = np.full((10, 10), 32768, dtype=np.uint16)  # half of the 16-bit range
+    Image.fromarray(values).save(path)
+    arr = load_image(path, 8)
+    assert 120 <= arr.mean() <= 136  # about 128, not 255
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    path = tmp_path / "clear.png"
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(path)
+    assert load_image(path, 8).min() == 255
+
+
+def test_palette_with_transparency(tmp_path):
+    img = Image.new("P", (8, 8), 0)
+    img.putpalette([10, 20, 30] * 256)
+    img.info["transparency"] = 0
+    path = tmp_path / "p.png"
+    img.save(path, transparency=0)
+    assert load_image(path, 4).shape == (4, 4, 3)
+
+
+def test_resize_to_square(tmp_path):
+    path = write_image(tmp_path / "wide.jpg", (10, 200, 10), (300, 100))
+    arr = load_image(path, 24)
+    assert arr.shape == (24, 24, 3)
+    assert arr[..., 1].mean() > 150
+
+
+@pytest.mark.parametrize("kind,reason", [("empty", "empty file"), ("truncated", "truncated"),
+                                         ("not_image", "not an image")])
+def test_broken_files_raise_with_reason(broken_files, kind, reason):
+    with pytest.raises(ImageDecodeError) as info:
+        load_image(broken_files[kind], 16)
+    assert reason in info.value.reason
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageDecodeError, match="cannot read"):
+        load_image(tmp_path / "nope.jpg", 16)
+
+
+def test_decompression_bomb_refused(tmp_path):
+    path = write_image(tmp_path / "big.png", (1, 2, 3), (200, 200))
+    with pytest.raises(ImageDecodeError, match="decompression bomb"):
+        load_image(path, 16, max_pixels=10_000)
+    assert load_image(path, 16, max_pixels=40_000).shape == (16, 16, 3)
+
+
+def test_exif_orientation_applied(tmp_path):
+    arr = np.zeros((10, 30, 3), dtype=np.uint8)
+    arr[:, :10] = 255  # white band on the left of a wide image
+    img = Image.fromarray(arr)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    path = tmp_path / "rot.jpg"
+    img.save(path, exif=exif.tobytes(), quality=100)
+    out = load_image(path, 30)
+    assert out[:8].mean() > 200  # band now at the top
+    assert out[-8:].mean() < 60
+
+
+@pytest.mark.parametrize("name,expected", [("a.JPG", True), ("b.jpeg", True), ("c.Png", True),
+                                           (".hidden.jpg", False), ("notes.txt", False),
+                                           ("x.webp", True)])
+def test_is_image_file(name, expected):
+    assert is_image_file(name) is expected

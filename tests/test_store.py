@@ -1,0 +1,118 @@
+import h5py
+import numpy as np
+import pytest
+
+from features.backbones import FeatureSpec
+from features.errors import UserInputError
+from features.store import FeatureStore, FeatureStoreWriter, partial_path
+
+SPEC = FeatureSpec("vgg16", "block5_pool", "avg", 32, "caffe", "random", "", 5)
+
+
+def _writer(path, key="k1", compression="none"):
+    return FeatureStoreWriter(path, attrs=SPEC.to_dict(), settings_key=key, feature_dim=5,
+                              label_names=["a", "b"], compression=compression)
+
+
+def _rows(start, n):
+    feats = np.arange(start * 5, (start + n) * 5, dtype=np.float32).reshape(n, 5)
+    return feats, np.arange(start, start + n) % 2, [f"/img/{i}.jpg" for i in range(start,
+                                                                                  start + n)]
+
+
+@pytest.mark.parametrize("compression", ["none", "lzf", "gzip"])
+def test_write_finalize_read(tmp_path, compression):
+    out = tmp_path / "s.h5"
+    w = _writer(out, compression=compression)
+    feats, labels, paths = _rows(0, 7)
+    w.append(feats, labels, paths, [0, 0, 0, 0, 0, 1, 1], np.arange(7))
+    w.skip(["/img/bad.jpg"], ["truncated image"])
+    w.commit(8)
+    assert not out.exists() and partial_path(out).exists()
+    w.finalize()
+    assert out.exists() and not partial_path(out).exists()
+    with FeatureStore(out) as store:
+        assert store.shape == (7, 5)
+        assert store.label_names == ["a", "b"]
+        assert store.spec == SPEC
+        assert store.split_counts() == {"train": 5, "test": 2, "val": 0}
+        X, y = store.load("test")
+        np.testing.assert_array_equal(X, feats[5:])
+        np.testing.assert_array_equal(y, labels[5:])
+        chunks = list(store.iter_chunks("train", chunk_rows=2))
+        assert [len(idx) for idx, _, _ in chunks] == [2, 2, 1]
+        np.testing.assert_array_equal(np.concatenate([c for _, c, _ in chunks]), feats[:5])
+        assert store.skipped[0].reason == "truncated image"
+        assert store.paths[0] == "/img/0.jpg"
+
+
+def test_uncommitted_rows_are_discarded_on_resume(tmp_path):
+    out = tmp_path / "s.h5"
+    w = _writer(out)
+    w.append(*_rows(0, 3), [0, 0, 0], np.arange(3))
+    w.commit(3)
+    w.append(*_rows(3, 2), [0, 0], np.arange(3, 5))  # crash before commit
+    w.close()
+    again = _writer(out)
+    assert again.items_done == 3 and again.resumed_rows == 3 and again.rows == 3
+    again.close()
+
+
+def test_partial_from_other_settings_is_not_resumed(tmp_path):
+    out = tmp_path / "s.h5"
+    _writer(out).close()
+    with pytest.raises(UserInputError, match=r"other settings.*--overwrite"):
+        _writer(out, key="different")
+
+
+def test_corrupt_partial_reports_way_out(tmp_path):
+    out = tmp_path / "s.h5"
+    partial_path(out).write_bytes(b"garbage")
+    with pytest.raises(UserInputError, match="--overwrite"):
+        _writer(out)
+
+
+def test_reader_errors(tmp_path):
+    with pytest.raises(UserInputError, match="does not exist"):
+        FeatureStore(tmp_path / "missing.h5")
+    junk = tmp_path / "junk.h5"
+    junk.write_text("not hdf5")
+    with pytest.raises(UserInputError, match="not a readable HDF5"):
+        FeatureStore(junk)
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = [1, 2]
+    with pytest.raises(UserInputError, match="not a tlearn feature store"):
+        FeatureStore(other)
+    out = tmp_path / "s.h5"
+    w = _writer(out)
+    w.close()
+    with pytest.raises(UserInputError, match="unfinished extraction"):
+        FeatureStore(out)
+
+
+def test_truncated_store(tmp_path):
+    out = tmp_path / "s.h5"
+    w = _writer(out)
+    w.append(*_rows(0, 50), np.zeros(50), np.arange(50))
+    w.commit(50)
+    w.finalize()
+    data = out.read_bytes()
+    out.write_bytes(data[: len(data) // 3])
+    with pytest.raises(UserInputError):
+        FeatureStore(out).load()
+
+
+def test_load_refuses_what_does_not_fit(tmp_path):
+    out = tmp_path / "s.h5"
+    w = _writer(out)
+    w.append(*_rows(0, 4), np.zeros(4), np.arange(4))
+    w.commit(4)
+    w.finalize()
+    with FeatureStore(out) as store, pytest.raises(UserInputError, match="sgd"):
+        store.load(max_bytes=10)
+
+
+def test_bad_compression(tmp_path):
+    with pytest.raises(UserInputError, match="unknown compression 'zip'"):
+        _writer(tmp_path / "s.h5", compression="zip")
