@@ -65,7 +65,10 @@ def preprocess_input(x):
     numpy.ndarray or tensor
         Same shape, float32.
     """
-    return (np.asarray(x, dtype=np.float32) - 127.0) / 128.0
+    out = np.array(x, dtype=np.float32)  # one copy, then in place
+    out -= 127.0
+    out *= 1.0 / 128.0
+    return out
 
 
 def default_weights_path() -> Path:

@@ -7,9 +7,12 @@ at most ``prefetch`` batches are in memory at once, whatever the dataset size.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import platform
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -106,6 +109,15 @@ def _settings_key(images: LabeledImages, extractor: FeatureExtractor, compressio
         "label_names": list(images.label_names),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _lower_thread_priority() -> None:
+    # Decoding runs at the lowest priority so it fills the gaps between the network's
+    # ops instead of preempting its threads: on a CPU with few cores a preempted
+    # compute thread stalls all the others at the next synchronisation point.
+    # Where this is not possible (not Linux, not permitted), decoding runs at normal priority.
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _decode_batch(paths: Sequence[str], size: int, max_pixels: int, preprocess):
@@ -233,8 +245,8 @@ def extract_features(
         if progress:
             progress(start_item, total)
         starts = range(start_item, total, batch_size)
-        with ThreadPoolExecutor(max_workers=max(1, workers),
-                                thread_name_prefix="tlearn-decode") as pool:
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="tlearn-decode",
+                                initializer=_lower_thread_priority) as pool:
             pending: deque = deque()
             batch_starts = iter(starts)
             prefetch = max(2, workers + 1)

@@ -17,6 +17,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
+_EXIF_ORIENTATION = 0x0112
 # Pillow's own default; beyond it an image is treated as a decompression bomb.
 DEFAULT_MAX_PIXELS = 89_478_485
 
@@ -99,8 +100,10 @@ def load_image(
                     # than needed: far less work, and the bilinear resize follows anyway.
                     img.draft("RGB", (size, size))
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                rgb = _to_rgb(img)
+                if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+                    # exif_transpose copies even upright images: call it only when needed
+                    img = ImageOps.exif_transpose(img)
+                rgb = img if img.mode == "RGB" else _to_rgb(img)
                 if rgb.size != (size, size):
                     rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
                 return np.asarray(rgb, dtype=np.uint8)
