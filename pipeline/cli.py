@@ -199,6 +199,149 @@ def inspect(store: Annotated[Path, typer.Argument(help="A feature store (.h5).")
             console.print(f"  skipped {item.path}: {item.reason}", highlight=False)
 
 
+def _parse_grid(grid: str | None) -> list[float] | None:
+    if grid is None:
+        return None
+    try:
+        values = [float(v) for v in grid.replace(" ", "").split(",") if v]
+    except ValueError as exc:
+        raise UserInputError(
+            f"--grid {grid!r} is not a comma-separated list of numbers (e.g. 0.01,0.1,1,10)"
+        ) from exc
+    if not values or any(v <= 0 for v in values):
+        raise UserInputError(f"--grid {grid!r} must list positive numbers")
+    return values
+
+
+# Terminal table: the model name already says backbone and classifier; the markdown and
+# CSV files written by 'compare' keep every column.
+_TERMINAL_COLUMNS = (("model", "model"), ("test_accuracy", "accuracy"), ("macro_f1", "macro-F1"),
+                     ("rank5", "rank-5"), ("chosen", "chosen"), ("fit_seconds", "fit s"),
+                     ("predictions_per_second", "pred/s"), ("size_mb", "MB"))
+
+
+def _print_rows(rows: list[dict], title: str) -> None:
+    table = Table(title=title)
+    for key, header in _TERMINAL_COLUMNS:
+        if key == "model":
+            table.add_column(header, overflow="fold", ratio=1)
+        else:
+            table.add_column(header, no_wrap=True, justify="left" if key == "chosen"
+                             else "right")
+    for row in rows:
+        cells = []
+        for key, _ in _TERMINAL_COLUMNS:
+            value = row[key]
+            if value is None:
+                cells.append("-")
+            elif key in ("test_accuracy", "macro_f1", "rank5"):
+                cells.append(f"{value:.4f}")
+            elif key == "predictions_per_second":
+                cells.append(f"{value:,.0f}")
+            elif isinstance(value, float):
+                cells.append(f"{value:.2f}")
+            else:
+                cells.append(str(value))
+        table.add_row(*cells)
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def train(
+    store: Annotated[Path, typer.Argument(help="Feature store from 'tlearn extract'.")],
+    classifier: Annotated[str, typer.Option(
+        help="logreg, linear_svm, ovr, sgd or all.")] = "logreg",
+    cv: Annotated[int, typer.Option(help="Cross-validation folds for choosing C.")] = 3,
+    grid: Annotated[str | None, typer.Option(
+        help="Comma-separated C values (alpha for sgd) [default: log-spaced].")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Threads for the search.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the folds.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing models.")] = False,
+) -> None:
+    """Stage 2: tune, fit, test and save classifiers on a feature store."""
+    from pipeline.workflows import train_store
+
+    with err_console.status("training...") as status:
+        outcomes = train_store(
+            store, classifier=classifier, cv=cv, grid=_parse_grid(grid), jobs=jobs, seed=seed,
+            overwrite=overwrite, log=lambda line: (status.update(line), console.print(line)),
+        )
+    from pipeline.reports import comparison_row
+
+    _print_rows([comparison_row(o.report) for o in outcomes], f"trained on {store}")
+    for o in outcomes:
+        console.print(f"{o.model_path}  (report: {o.report_dir}/summary.md)", highlight=False)
+
+
+@app.command()
+@user_errors
+def compare(
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="Stores (.h5) or models (.joblib, .keras) to compare [default: every report].")]
+    = None,
+) -> None:
+    """One table of every trained model: accuracy, macro-F1, rank-5, C, time, size."""
+    from pipeline.workflows import compare_models
+
+    rows, md, csv_path = compare_models(paths or [])
+    _print_rows(rows, "comparison (test split)")
+    console.print(f"written to {md} and {csv_path}", highlight=False)
+
+
+@app.command()
+@user_errors
+def predict(
+    model: Annotated[Path, typer.Argument(help="A saved model (.joblib).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
+    top: Annotated[int, typer.Option(help="How many classes to show per image.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+    = False,
+) -> None:
+    """Classify image files with a saved model; unreadable files are reported, not fatal."""
+    import json
+
+    from pipeline.workflows import predict_files
+
+    results = predict_files(model, images, top=top)
+    if as_json:
+        console.print_json(json.dumps(results))
+        return
+    table = Table(title=f"predictions of {model.name}")
+    table.add_column("image", no_wrap=True)
+    table.add_column("label")
+    table.add_column("score", justify="right")
+    if top > 1:
+        table.add_column(f"top {top}")
+    for r in results:
+        if "error" in r:
+            row = [r["path"], "[red]unreadable[/]", "-", r["error"]]
+        else:
+            row = [r["path"], r["label"], f"{r['score']:.3f}",
+                   ", ".join(f"{lbl} {s:.3f}" for lbl, s in r["top"])]
+        table.add_row(*row[: 4 if top > 1 else 3])
+    console.print(table)
+    failed = [r for r in results if "error" in r]
+    if failed:
+        err_console.print(f"[yellow]{len(failed)} of {len(results)} image(s) could not be read[/]")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="A saved model (.joblib).")],
+    store: Annotated[Path, typer.Argument(help="A store with the same feature specification.")],
+    split: Annotated[str, typer.Option(help="train, test or val.")] = "test",
+) -> None:
+    """Report a saved model on any store of the same feature specification."""
+    from pipeline.reports import comparison_row
+    from pipeline.workflows import evaluate_model
+
+    outcome = evaluate_model(model, store, split=split)
+    _print_rows([comparison_row(outcome.report)], f"{model.name} on {store} ({split})")
+    console.print(f"report: {outcome.report_dir}/summary.md", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

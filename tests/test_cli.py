@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -74,6 +75,63 @@ def test_backbone_layers_listing():
 
 
 def test_help_of_every_command():
-    for command in ("extract", "backbones", "inspect"):
+    for command in ("extract", "backbones", "inspect", "train", "compare", "predict",
+                    "evaluate"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, command
+
+
+@pytest.fixture
+def trained(tmp_path, artifacts):
+    data = make_image_folder(tmp_path / "pets", per_class=8)
+    assert runner.invoke(app, ["extract", str(data), *TINY]).exit_code == 0
+    store = artifacts / "features" / "pets__vgg16__avg.h5"
+    result = runner.invoke(app, ["train", str(store), "--classifier", "logreg", "--cv", "2"])
+    assert result.exit_code == 0, result.output
+    return store, artifacts / "classifiers" / "pets__vgg16__avg__logreg.joblib", data
+
+
+def test_train_compare_predict_evaluate(trained):
+    store, model, data = trained
+    assert model.exists()
+    shown = runner.invoke(app, ["compare"])
+    assert shown.exit_code == 0 and "pets__vgg16__avg__logreg" in shown.output
+    assert "comparison.md" in shown.output
+    pred = runner.invoke(app, ["predict", str(model), str(data / "cat" / "cat_000.jpg"),
+                               "--json"])
+    assert pred.exit_code == 0
+    assert json.loads(pred.output)[0]["label"] == "cat"
+    ev = runner.invoke(app, ["evaluate", str(model), str(store)])
+    assert ev.exit_code == 0 and "summary.md" in ev.output
+
+
+def test_stage2_user_mistakes(tmp_path, trained):
+    store, model, data = trained
+    junk = tmp_path / "junk.h5"
+    junk.write_text("nope")
+    tampered = tmp_path / "t.joblib"
+    tampered.write_bytes(model.read_bytes() + b"!")
+    (tmp_path / "t.json").write_text(model.with_suffix(".json").read_text())
+    before = model.read_bytes()
+    cases = [
+        (["train", str(tmp_path / "missing.h5")], "does not exist"),
+        (["train", str(junk)], "not a readable HDF5"),
+        (["train", str(store), "--classifier", "knn"], "unknown classifier 'knn'"),
+        (["train", str(store), "--cv", "9", "--overwrite"], "fewer than the 9"),
+        (["train", str(store), "--grid", "a,b"], "not a comma-separated list"),
+        (["train", str(store), "--cv", "3"], "--overwrite"),
+        (["predict", str(tampered), str(data / "cat" / "cat_000.jpg")], "tampered"),
+        (["evaluate", str(model), str(junk)], "not a readable HDF5"),
+        (["compare", str(tmp_path / "x.txt")], "does not exist"),
+    ]
+    for argv, message in cases:
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 2, (argv, result.output)
+        assert message in _one_error_line(result), argv
+    assert model.read_bytes() == before
+
+
+def test_compare_without_reports(artifacts):
+    result = runner.invoke(app, ["compare"])
+    assert result.exit_code == 2
+    assert "no reports found" in _one_error_line(result)
