@@ -13,7 +13,8 @@ EXTRACT_ARGS ?=
 TRAIN_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo extract train compare finetune test test-all lint bench clean
+.PHONY: help install demo extract train compare datasets test test-all lint bench clean
+DEFAULT_DATA := artifacts/datasets/digits
 
 help: ## List the targets (this text)
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,8 +28,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-extract: install ## Stage 1: features of DATA with BACKBONE into artifacts/features/
+demo: install ## The main job offline: digits -> Lite0 features -> classifiers -> compare
+	$(BIN)/tlearn demo
+
+# The default DATA is exported from scikit-learn on first use (no download).
+extract: install $(if $(filter $(DEFAULT_DATA),$(DATA)),$(DEFAULT_DATA)/.tlearn-dataset.json) ## Stage 1: features of DATA (folder or CSV) with BACKBONE
 	$(BIN)/tlearn extract $(DATA) --backbone $(BACKBONE) --out $(STORE) $(EXTRACT_ARGS)
+
+$(DEFAULT_DATA)/.tlearn-dataset.json: | install
+	$(BIN)/tlearn datasets digits --dest $(DEFAULT_DATA)
+
+train: install ## Stage 2: tune, fit and test CLASSIFIER (or all) on the store of DATA/BACKBONE
+	$(BIN)/tlearn train $(STORE) --classifier $(CLASSIFIER) $(TRAIN_ARGS)
+
+compare: install ## Table of every trained model (also written to artifacts/reports/)
+	$(BIN)/tlearn compare
+
+datasets: install ## List the datasets 'tlearn datasets fetch NAME' can download
+	$(BIN)/tlearn datasets list
 
 test: install ## Run the fast test suite
 	$(BIN)/python -m pytest
@@ -39,8 +56,9 @@ test-all: install ## Run every test, slow ones included
 lint: install ## Check the code with ruff
 	$(BIN)/ruff check .
 
-bench: install ## Run the benchmarks (minutes; writes bench/results/*.json)
+bench: install ## Run the benchmarks (about 20 minutes; needs ../shared; writes bench/results/)
 	$(BIN)/python bench/extract.py
+	$(BIN)/python bench/train.py
 
 clean: ## Remove generated outputs (artifacts/) and caches, keep .venv
 	find artifacts -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

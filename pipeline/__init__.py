@@ -1,0 +1,1 @@
+"""Configuration, datasets and splits, workflows, reports and the ``tlearn`` command line."""

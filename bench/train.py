@@ -1,0 +1,163 @@
+"""Benchmark stage 2: tlearn's logreg search and fit against the classic scikit-learn recipe.
+
+Feature sets (extracted once into ``artifacts/bench/``, reused afterwards):
+
+* ``animals`` and ``flowers5`` with ``efficientnet_lite0`` (ImageNet, average pooled, 1,280);
+* ``animals`` with ``vgg16`` at 224 px, flatten (25,088 values), *random* weights in
+  bfloat16: for time and memory only, its accuracy means nothing.
+
+For each set, in one run and each in a fresh process:
+
+* ``classic``: ``GridSearchCV(LogisticRegression(), {"C": [0.1, 1, 10, 100, 1000, 10000]},
+  cv=3)`` on float64 features, then its test accuracy;
+* ``tlearn``: ``FeatureClassifier("logreg")`` over the same grid and folds count
+  (float32, row-space shortcut when rows < columns, warm starts);
+* ``tlearn-default``: the same with tlearn's default grid, as ``tlearn train`` runs it.
+
+Wall time of search + final fit (loading excluded), peak memory above the process'
+memory before loading the features (VmHWM), and test accuracy. Prints a table and
+writes ``bench/results/train.json``. Run: ``.venv/bin/python bench/train.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SHARED = REPO.parent / "shared" / "datasets"
+CACHE = REPO / "artifacts" / "bench"
+CLASSIC_GRID = [0.1, 1, 10, 100, 1000, 10000]
+SETS = {
+    "animals-lite0": ("animals", "efficientnet_lite0", {"weights": "imagenet"}),
+    "flowers5-lite0": ("flowers5", "efficientnet_lite0", {"weights": "imagenet"}),
+    "animals-vgg16-random": ("animals", "vgg16", {"weights": "none", "precision": "bfloat16"}),
+}
+RECIPES = ("classic", "tlearn", "tlearn-default")
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def worker(recipe: str, store_path: str) -> None:
+    """Run one recipe on one store and print a JSON line (in a fresh process)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+
+    from classifiers.estimators import FeatureClassifier
+    from features.store import FeatureStore
+
+    baseline_kb = _status_kb("VmRSS")
+    with FeatureStore(store_path) as store:
+        X_train, y_train = store.load("train")
+        X_test, y_test = store.load("test")
+        matrix_bytes = store.nbytes
+    t0 = time.perf_counter()
+    if recipe == "classic":
+        X_train, X_test = X_train.astype(np.float64), X_test.astype(np.float64)
+        search = GridSearchCV(LogisticRegression(), {"C": CLASSIC_GRID}, cv=3).fit(X_train,
+                                                                                     y_train)
+        chosen = search.best_params_["C"]
+        model = search.best_estimator_
+    else:
+        grid = CLASSIC_GRID if recipe == "tlearn" else None
+        model = FeatureClassifier(kind="logreg", grid=grid, cv=3).fit(X_train, y_train)
+        chosen = model.best_params_["C"]
+    seconds = time.perf_counter() - t0
+    accuracy = float(np.mean(model.predict(X_test) == y_test))
+    peak_kb = _status_kb("VmHWM")
+    print("RESULT " + json.dumps({
+        "recipe": recipe, "seconds": seconds, "test_accuracy": accuracy, "chosen_C": chosen,
+        "peak_extra_mb": (peak_kb - baseline_kb) / 1024, "matrix_mb": matrix_bytes / 2**20,
+        "rows": int(len(y_train) + len(y_test)), "features": int(X_train.shape[1]),
+    }))
+
+
+def ensure_store(name: str) -> Path:
+    from pipeline.progress import progress_bar
+    from pipeline.workflows import extract_dataset
+
+    dataset, backbone, options = SETS[name]
+    out = CACHE / f"{name}.h5"
+    with progress_bar(f"extract {name}") as progress:
+        extract_dataset(SHARED / dataset, out=out, backbone=backbone, test_size=0.25, seed=42,
+                        progress=progress, **options)
+    return out
+
+
+def run_recipe(recipe: str, store: Path) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", recipe, str(store)],
+                          capture_output=True, text=True, cwd=REPO)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{recipe} on {store} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs=2, metavar=("RECIPE", "STORE"), help=argparse.SUPPRESS)
+    parser.add_argument("--sets", nargs="*", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train.json")
+    args = parser.parse_args()
+    if args.worker:
+        worker(*args.worker)
+        return
+    if not SHARED.is_dir():
+        sys.exit(f"{SHARED} is absent: this benchmark needs ../shared/datasets")
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    results = {}
+    for name in args.sets:
+        store = ensure_store(name)
+        rows = {}
+        for recipe in RECIPES:
+            rows[recipe] = run_recipe(recipe, store)
+            r = rows[recipe]
+            console.print(f"{name} {recipe}: {r['seconds']:.1f}s, acc {r['test_accuracy']:.4f}, "
+                          f"peak +{r['peak_extra_mb']:.0f} MB (matrix {r['matrix_mb']:.0f} MB)")
+        classic = rows["classic"]
+        for r in rows.values():
+            r["speedup_vs_classic"] = classic["seconds"] / r["seconds"]
+            r["accuracy_points_vs_classic"] = 100 * (r["test_accuracy"]
+                                                     - classic["test_accuracy"])
+            r["peak_over_matrix"] = r["peak_extra_mb"] / r["matrix_mb"]
+        results[name] = rows
+
+    table = Table(title="stage 2: logreg search (3-fold CV) + final fit, 2 CPUs")
+    for col in ("features", "recipe", "rows x cols", "seconds", "speed-up", "peak extra MB",
+                "peak / matrix", "test acc", "Δ acc (pts)", "C"):
+        table.add_column(col, justify="left" if col in ("features", "recipe") else "right")
+    for name, rows in results.items():
+        for recipe, r in rows.items():
+            table.add_row(name, recipe, f"{r['rows']:,} x {r['features']:,}",
+                          f"{r['seconds']:.1f}", f"{r['speedup_vs_classic']:.1f}x",
+                          f"{r['peak_extra_mb']:.0f}", f"{r['peak_over_matrix']:.2f}",
+                          f"{100 * r['test_accuracy']:.2f}%",
+                          f"{r['accuracy_points_vs_classic']:+.2f}", f"{r['chosen_C']:g}")
+    console.print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"cpus": os.cpu_count(), "grid": CLASSIC_GRID,
+                                    "results": results}, indent=2))
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
