@@ -11,9 +11,10 @@ DATASET_NAME = $(notdir $(patsubst %/,%,$(basename $(DATA))))
 STORE ?= artifacts/features/$(DATASET_NAME)__$(BACKBONE).h5
 EXTRACT_ARGS ?=
 TRAIN_ARGS ?=
+FINETUNE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo extract train compare datasets test test-all lint bench clean
+.PHONY: help install demo extract train compare finetune datasets test test-all lint bench clean
 DEFAULT_DATA := artifacts/datasets/digits
 
 help: ## List the targets (this text)
@@ -44,6 +45,9 @@ train: install ## Stage 2: tune, fit and test CLASSIFIER (or all) on the store o
 compare: install ## Table of every trained model (also written to artifacts/reports/)
 	$(BIN)/tlearn compare
 
+finetune: install ## Stage 3: fine-tune the backbone on the same split as the store (slow on CPU)
+	$(BIN)/tlearn finetune $(STORE) $(FINETUNE_ARGS)
+
 datasets: install ## List the datasets 'tlearn datasets fetch NAME' can download
 	$(BIN)/tlearn datasets list
 
@@ -56,9 +60,10 @@ test-all: install ## Run every test, slow ones included
 lint: install ## Check the code with ruff
 	$(BIN)/ruff check .
 
-bench: install ## Run the benchmarks (about 20 minutes; needs ../shared; writes bench/results/)
+bench: install ## Run the benchmarks (under an hour; needs ../shared; writes bench/results/)
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/compare_stages.py
 
 clean: ## Remove generated outputs (artifacts/) and caches, keep .venv
 	find artifacts -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

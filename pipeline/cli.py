@@ -433,6 +433,139 @@ def demo(
                   f"{result.outcomes[0].model_path} IMAGE'", highlight=False)
 
 
+def _augmentation_options(no_augment: bool, rotation: float, shift: float, shear: float,
+                          zoom: float, flip: bool):
+    from pipeline.augmentation import AugmentationConfig
+
+    return AugmentationConfig(rotation=rotation, width_shift=shift, height_shift=shift,
+                              shear=shear, zoom=zoom, horizontal_flip=flip,
+                              enabled=not no_augment)
+
+
+AUG_HELP = "Augmentation (on the fly): "
+NoAugment = Annotated[bool, typer.Option("--no-augment", help=AUG_HELP + "all off.")]
+Rotation = Annotated[float, typer.Option(help=AUG_HELP + "max rotation, degrees.")]
+Shift = Annotated[float, typer.Option(help=AUG_HELP + "max width/height shift (share).")]
+Shear = Annotated[float, typer.Option(help=AUG_HELP + "shear intensity.")]
+Zoom = Annotated[float, typer.Option(help=AUG_HELP + "max zoom (share).")]
+Flip = Annotated[bool, typer.Option("--flip/--no-flip", help=AUG_HELP + "horizontal flips.")]
+
+
+def _print_stage3(result) -> None:
+    from pipeline.reports import comparison_row
+
+    _print_rows([comparison_row(result.report)], f"{result.name} (test split)")
+    console.print(f"{result.model_path}  (report, history.csv, curves.png: {result.report_dir})",
+                  highlight=False)
+
+
+@app.command()
+@user_errors
+def finetune(
+    source: Annotated[Path, typer.Argument(help="A feature store (its images, labels and "
+                                                "split are reused) or a dataset folder.")],
+    backbone: Annotated[str | None, typer.Option(
+        help="[default: the store's backbone, else efficientnet_lite0]")] = None,
+    weights: Annotated[str, typer.Option(help="imagenet, none or a weights file.")] = "imagenet",
+    input_size: Annotated[int | None, typer.Option(help="[default: the store's]")] = None,
+    unfreeze: Annotated[str | None, typer.Option(
+        help="First layer or block to train in phase 2, or 'all' [default: last block].")]
+    = None,
+    warmup_epochs: Annotated[int, typer.Option(help="Phase 1: head only, RMSprop.")] = 5,
+    finetune_epochs: Annotated[int, typer.Option(help="Phase 2: top of the base too.")] = 10,
+    warmup_lr: Annotated[float, typer.Option(help="Phase 1 learning rate.")] = 1e-3,
+    finetune_lr: Annotated[float, typer.Option(help="Phase 2 learning rate (small).")] = 1e-4,
+    optimizer: Annotated[str, typer.Option(help="Phase 2: sgd (momentum 0.9) or adam.")]
+    = "sgd",
+    head_pooling: Annotated[str, typer.Option(help="avg or flatten.")] = "avg",
+    head_units: Annotated[int, typer.Option(help="Units of the new dense layer.")] = 256,
+    head_dropout: Annotated[float, typer.Option(help="Dropout of the new head.")] = 0.5,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    patience: Annotated[int, typer.Option(help="Early stopping patience (epochs).")] = 3,
+    val_share: Annotated[float, typer.Option(
+        help="Validation share of the train split (when the store has no val split).")] = 0.1,
+    test_size: Annotated[float, typer.Option(help="For a dataset folder only.")] = 0.25,
+    seed: Annotated[int, typer.Option()] = 42,
+    no_augment: NoAugment = False, rotation: Rotation = 30.0, shift: Shift = 0.1,
+    shear: Shear = 0.2, zoom: Zoom = 0.2, flip: Flip = True,
+    overwrite: Annotated[bool, typer.Option(help="Start again, replacing any model.")] = False,
+) -> None:
+    """Stage 3: fine-tune a pretrained backbone under a new head, in two phases."""
+    from pipeline.finetune import HeadConfig
+    from pipeline.finetune import finetune as run_finetune
+
+    result = run_finetune(
+        source, backbone=backbone, weights=weights, input_size=input_size, unfreeze=unfreeze,
+        head=HeadConfig(head_pooling, head_units, head_dropout), warmup_epochs=warmup_epochs,
+        finetune_epochs=finetune_epochs, warmup_lr=warmup_lr, finetune_lr=finetune_lr,
+        optimizer=optimizer, batch_size=batch_size, patience=patience, val_share=val_share,
+        test_size=test_size, seed=seed, overwrite=overwrite,
+        augmentation=_augmentation_options(no_augment, rotation, shift, shear, zoom, flip),
+        log=lambda line: console.print(line, highlight=False), verbose=1 if sys.stdout.isatty()
+        else 0)
+    _print_stage3(result)
+
+
+@app.command()
+@user_errors
+def scratch(
+    source: Annotated[Path, typer.Argument(help="A feature store or a dataset folder.")],
+    input_size: Annotated[int, typer.Option(help="Side of the input images.")] = 64,
+    epochs: Annotated[int, typer.Option(min=1)] = 20,
+    learning_rate: Annotated[float, typer.Option(help="SGD, Nesterov momentum 0.9.")] = 0.01,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    patience: Annotated[int, typer.Option(help="Early stopping patience (epochs).")] = 5,
+    val_share: Annotated[float, typer.Option()] = 0.1,
+    test_size: Annotated[float, typer.Option(help="For a dataset folder only.")] = 0.25,
+    seed: Annotated[int, typer.Option()] = 42,
+    no_augment: NoAugment = False, rotation: Rotation = 30.0, shift: Shift = 0.1,
+    shear: Shear = 0.2, zoom: Zoom = 0.2, flip: Flip = True,
+    overwrite: Annotated[bool, typer.Option(help="Start again, replacing any model.")] = False,
+) -> None:
+    """Baseline without transfer: MiniVGGNet from random weights on the same split."""
+    from pipeline.finetune import train_from_scratch
+
+    result = train_from_scratch(
+        source, input_size=input_size, epochs=epochs, learning_rate=learning_rate,
+        batch_size=batch_size, patience=patience, val_share=val_share, test_size=test_size,
+        seed=seed, overwrite=overwrite,
+        augmentation=_augmentation_options(no_augment, rotation, shift, shear, zoom, flip),
+        log=lambda line: console.print(line, highlight=False),
+        verbose=1 if sys.stdout.isatty() else 0)
+    _print_stage3(result)
+
+
+@app.command()
+@user_errors
+def augment(
+    data: Annotated[Path, typer.Argument(help="Dataset folder (one sub-folder per class).")],
+    out: Annotated[Path, typer.Option(help="New folder to write (same layout).")],
+    per_class: Annotated[int, typer.Option(help="Images per class after growing.")] = 1500,
+    seed: Annotated[int, typer.Option()] = 42,
+    link: Annotated[bool, typer.Option(help="Hard-link originals instead of copying.")]
+    = False,
+    rotation: Rotation = 30.0, shift: Shift = 0.1, shear: Shear = 0.2, zoom: Zoom = 0.2,
+    flip: Flip = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Grow every class to --per-class images with augmented copies, in a new folder."""
+    from pipeline.augmentation import augment_folder
+    from pipeline.progress import progress_bar
+
+    with progress_bar("augment") as progress:
+        counts = augment_folder(
+            data, out, per_class=per_class, seed=seed, overwrite=overwrite, link=link,
+            config=_augmentation_options(False, rotation, shift, shear, zoom, flip),
+            progress=progress)
+    table = Table(title=f"augmented dataset in {out}")
+    for col in ("class", "originals", "augmented", "total"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, c in counts.items():
+        table.add_row(name, str(c["originals"]), str(c["augmented"]),
+                      str(c["originals"] + c["augmented"]))
+    console.print(table)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -281,7 +281,12 @@ def predict_files(model_path: str | Path, images: list[str | Path], *, top: int 
 
     if top < 1:
         raise UserInputError(f"--top must be at least 1, got {top}")
-    model = load_classifier(model_path)
+    if Path(model_path).suffix == ".keras":
+        from pipeline.finetune import load_keras_classifier
+
+        model = load_keras_classifier(model_path)
+    else:
+        model = load_classifier(model_path)
     return model.predict_images([str(p) for p in images], top=top)
 
 

@@ -188,3 +188,17 @@ def test_readme_mentions_every_command():
     registered = {c.name or c.callback.__name__ for c in app.registered_commands}
     registered |= {g.name for g in app.registered_groups}
     assert registered <= documented, registered - documented
+
+
+def test_stage3_commands_and_bad_input(trained, tmp_path):
+    store, _, data = trained
+    bad = runner.invoke(app, ["finetune", str(store), "--unfreeze", "nope"])
+    assert bad.exit_code == 2 and "--unfreeze 'nope'" in _one_error_line(bad)
+    ok = runner.invoke(app, ["scratch", str(store), "--input-size", "16", "--epochs", "1",
+                             "--val-share", "0.2", "--batch-size", "8"])
+    assert ok.exit_code == 0, ok.output
+    assert "scratch_minivggnet" in ok.output
+    grown = runner.invoke(app, ["augment", str(data), "--out", str(tmp_path / "big"),
+                                "--per-class", "10"])
+    assert grown.exit_code == 0, grown.output
+    assert len(list((tmp_path / "big" / "cat").iterdir())) == 10

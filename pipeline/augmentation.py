@@ -1,0 +1,233 @@
+"""Data augmentation with Keras preprocessing layers, on the fly (training) or offline (folders).
+
+The defaults are the course's recipe: rotation up to 30 degrees, width and height
+shifts of 0.1, shear 0.2, zoom 0.2 and horizontal flips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from features.errors import UserInputError
+from features.images import ImageDecodeError
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    """Random transforms applied to training images.
+
+    Attributes
+    ----------
+    rotation : float
+        Maximum rotation in degrees, either way.
+    width_shift, height_shift : float
+        Maximum shift as a share of the width or height.
+    shear : float
+        Shear intensity (``keras.layers.RandomShear`` factor).
+    zoom : float
+        Maximum zoom in or out, as a share.
+    horizontal_flip : bool
+        Flip left-right half of the time.
+    enabled : bool
+        False turns every transform off.
+    """
+
+    rotation: float = 30.0
+    width_shift: float = 0.1
+    height_shift: float = 0.1
+    shear: float = 0.2
+    zoom: float = 0.2
+    horizontal_flip: bool = True
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("rotation", "width_shift", "height_shift", "shear", "zoom"):
+            value = getattr(self, name)
+            if value < 0:
+                raise UserInputError(f"augmentation {name} must be >= 0, got {value}")
+        if self.width_shift >= 1 or self.height_shift >= 1 or self.zoom >= 1:
+            raise UserInputError("augmentation shifts and zoom must be below 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and (self.horizontal_flip or any(
+            getattr(self, n) > 0 for n in ("rotation", "width_shift", "height_shift",
+                                           "shear", "zoom")))
+
+
+def _symmetric_shear_class():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="tlearn")
+    class SymmetricShear(keras.layers.RandomShear):
+        """Horizontal shear up to ``intensity`` either way.
+
+        Keras' ``RandomShear`` writes its factor as ``[-f, f]`` into its config and
+        then refuses that value when loading, so models containing it cannot be
+        reloaded; this subclass stores the single intensity instead.
+        """
+
+        def __init__(self, intensity: float = 0.2, **kwargs):
+            kwargs.pop("x_factor", None)
+            kwargs.pop("y_factor", None)
+            super().__init__(x_factor=intensity, y_factor=0.0, **kwargs)
+            self.intensity = intensity
+
+        def get_config(self):
+            config = super().get_config()
+            config.pop("x_factor", None)
+            config.pop("y_factor", None)
+            config["intensity"] = self.intensity
+            return config
+
+    return SymmetricShear
+
+
+_SHEAR_CLASS = None
+
+
+def register_custom_layers():
+    """Register tlearn's Keras layers (needed before loading a training checkpoint)."""
+    global _SHEAR_CLASS
+    if _SHEAR_CLASS is None:
+        _SHEAR_CLASS = _symmetric_shear_class()
+    return _SHEAR_CLASS
+
+
+def symmetric_shear(intensity: float, seed: int):
+    return register_custom_layers()(intensity, fill_mode="reflect", seed=seed)
+
+
+def build_augmentation(config: AugmentationConfig, seed: int = 0):
+    """A ``keras.Sequential`` of random layers (identity at inference), or None when off."""
+    import keras
+    from keras import layers
+
+    if not config.active:
+        return None
+    stack = []
+    if config.rotation > 0:
+        stack.append(layers.RandomRotation(config.rotation / 360.0, fill_mode="reflect",
+                                           seed=seed))
+    if config.width_shift > 0 or config.height_shift > 0:
+        stack.append(layers.RandomTranslation(config.height_shift, config.width_shift,
+                                              fill_mode="reflect", seed=seed + 1))
+    if config.shear > 0:
+        stack.append(symmetric_shear(config.shear, seed + 2))
+    if config.zoom > 0:
+        stack.append(layers.RandomZoom((-config.zoom, config.zoom), fill_mode="reflect",
+                                       seed=seed + 3))
+    if config.horizontal_flip:
+        stack.append(layers.RandomFlip("horizontal", seed=seed + 4))
+    return keras.Sequential(stack, name="augmentation")
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from features.images import _to_rgb
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.asarray(img if img.mode == "RGB" else _to_rgb(img), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(path, f"unreadable image: {exc}") from exc
+
+
+def augment_folder(data: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 1500,
+                   config: AugmentationConfig | None = None, seed: int = 42,
+                   overwrite: bool = False, link: bool = False,
+                   progress=None) -> dict[str, dict[str, int]]:
+    """Grow every class folder of ``data`` to ``per_class`` images in a new folder ``out``.
+
+    Originals are copied (or hard-linked with ``link=True``) unchanged, then augmented
+    copies of them, taken in turn, are written as PNG until the class reaches
+    ``per_class``. Classes that already have more keep all their originals. The
+    output is written to ``<out>.partial`` and renamed when complete.
+
+    Returns
+    -------
+    dict
+        Class name -> ``{"originals": n, "augmented": m}``.
+
+    Raises
+    ------
+    UserInputError
+        Missing or invalid dataset, ``out`` inside ``data`` or already present
+        (without ``overwrite``), a bad ``per_class``.
+    """
+    from pipeline.datasets import discover_images
+
+    config = config or AugmentationConfig()
+    data, out = Path(data).resolve(), Path(out).resolve()
+    if per_class < 1:
+        raise UserInputError(f"--per-class must be at least 1, got {per_class}")
+    if out == data or data in out.parents:
+        raise UserInputError(f"output {out} is inside the dataset {data}; choose another folder")
+    if not data.is_dir():
+        raise UserInputError(f"dataset {data} is not a folder with one sub-folder per class")
+    if out.exists() and not overwrite:
+        raise UserInputError(f"{out} already exists; pass --overwrite to replace it")
+    if not config.active:
+        raise UserInputError("every transform is off: nothing to augment with")
+    dataset = discover_images(data)
+    by_class: dict[str, list[Path]] = {}
+    for path, name in zip(dataset.paths, dataset.class_of, strict=True):
+        by_class.setdefault(name, []).append(Path(path))
+
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    augmenter = build_augmentation(config, seed)
+    staging = out.with_name(out.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    counts: dict[str, dict[str, int]] = {}
+    total = sum(max(per_class, len(v)) for v in by_class.values())
+    done = 0
+    try:
+        for name, paths in sorted(by_class.items()):
+            target = staging / name
+            target.mkdir(parents=True)
+            for path in paths:
+                dest = target / path.relative_to(data / name).as_posix().replace("/", "__")
+                if link:
+                    os.link(path, dest)
+                else:
+                    shutil.copy2(path, dest)
+            done += len(paths)
+            readable = []
+            for path in paths:
+                try:
+                    readable.append((path, _read_rgb(path)))
+                except ImageDecodeError:
+                    continue  # copied as it is, but not a source of new images
+            needed = max(0, per_class - len(paths))
+            if needed and not readable:
+                raise UserInputError(f"class {name!r} has no readable image to augment")
+            for k in range(needed):
+                source, pixels = readable[k % len(readable)]
+                batch = pixels[None].astype("float32")
+                augmented = np.asarray(augmenter(batch, training=True))[0]
+                image = Image.fromarray(np.clip(np.rint(augmented), 0, 255).astype(np.uint8))
+                image.save(target / f"aug_{k:05d}_{source.stem}.png")
+                done += 1
+                if progress:
+                    progress(done, total)
+            counts[name] = {"originals": len(paths), "augmented": needed}
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return counts
+

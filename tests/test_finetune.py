@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pytest
+
+from features.errors import UserInputError
+from pipeline.augmentation import AugmentationConfig
+from pipeline.finetune import finetune, images_from_store, train_from_scratch
+from pipeline.workflows import compare_models, extract_dataset, predict_files, train_store
+from tests.conftest import make_image_folder
+
+TINY = {"backbone": "vgg16", "weights": "none", "input_size": 32, "pooling": "avg",
+        "batch_size": 8}
+
+
+@pytest.fixture
+def store(tmp_path, artifacts):
+    data = make_image_folder(tmp_path / "shapes", classes=("red", "green", "blue"), per_class=10)
+    return extract_dataset(data, **TINY).result.path, data
+
+
+def test_finetune_two_phases_on_the_store_split(store, artifacts):
+    store_path, data = store
+    result = finetune(store_path, warmup_epochs=1, finetune_epochs=1, batch_size=8,
+                      val_share=0.2, unfreeze="block5")
+    assert result.model_path.suffix == ".keras" and result.model_path.exists()
+    assert [r["phase"] for r in result.history] == ["warmup", "finetune"]
+    assert result.report["stage"] == "finetune"
+    test_images = images_from_store(store_path, val_share=0.2).test[0]
+    assert result.report["test"]["n_samples"] == len(test_images)
+    for name in ("history.csv", "curves.png", "confusion.png", "summary.md"):
+        assert (result.report_dir / name).exists(), name
+    side = json.loads(result.model_path.with_suffix(".json").read_text())
+    assert side["backbone"] == "vgg16" and side["label_names"] == ["blue", "green", "red"]
+    # predict accepts the .keras model like a joblib one
+    out = predict_files(result.model_path, [data / "red" / "red_000.jpg"], top=3)
+    assert out[0]["label"] in {"red", "green", "blue"} and len(out[0]["top"]) == 3
+    # compare lists it beside the linear classifiers of the same store
+    train_store(store_path, classifier="logreg", cv=2)
+    rows, _, _ = compare_models([store_path])
+    assert {r["stage"] for r in rows} == {"features", "finetune"}
+    # rerun with the same settings: nothing to do
+    again = finetune(store_path, warmup_epochs=1, finetune_epochs=1, batch_size=8,
+                     val_share=0.2, unfreeze="block5")
+    assert again.history == result.history
+
+
+def test_interrupted_epoch_resumes_from_the_last_completed_one(store, artifacts):
+    store_path, _ = store
+    seen = []
+
+    def interrupt(epoch, batch):
+        seen.append((epoch, batch))
+        if epoch == 2 and batch == 0:
+            raise KeyboardInterrupt
+
+    kwargs = {"input_size": 16, "epochs": 3, "batch_size": 8, "val_share": 0.2, "patience": 5}
+    with pytest.raises(KeyboardInterrupt):
+        train_from_scratch(store_path, on_batch=interrupt, **kwargs)
+    state = json.loads((artifacts / "training" / "shapes__vgg16__avg__scratch_minivggnet"
+                        / "state.json").read_text())["state"]
+    assert len(state["history"]) == 1
+    first_epoch = state["history"][0]
+    result = train_from_scratch(store_path, **kwargs)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert result.history[0] == first_epoch  # epoch 1 was not redone
+
+
+def test_same_seed_same_training(tmp_path, store, monkeypatch):
+    store_path, _ = store
+    kwargs = {"input_size": 16, "epochs": 2, "batch_size": 8, "val_share": 0.2}
+    monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "a1"))
+    first = train_from_scratch(store_path, **kwargs)
+    monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "a2"))
+    second = train_from_scratch(store_path, **kwargs)
+    np.testing.assert_allclose([r["loss"] for r in first.history],
+                               [r["loss"] for r in second.history], rtol=1e-5)
+
+
+def test_scratch_without_augmentation_from_folder(store, artifacts):
+    _, data = store
+    result = train_from_scratch(data, input_size=16, epochs=1, batch_size=8, val_share=0.2,
+                                augmentation=AugmentationConfig(enabled=False))
+    assert result.report["stage"] == "scratch"
+    assert result.model_path.exists()
+
+
+def test_bad_inputs_are_clear_and_train_nothing(store, artifacts):
+    store_path, data = store
+    with pytest.raises(UserInputError, match="--unfreeze 'block9' is not a layer"):
+        finetune(store_path, unfreeze="block9", warmup_epochs=1, finetune_epochs=1)
+    with pytest.raises(UserInputError, match="too few training images for a validation"):
+        finetune(store_path, val_share=0.01)
+    (data / "red" / "red_000.jpg").rename(data / "moved.jpg")
+    with pytest.raises(UserInputError, match=r"1 of 30 images .* missing.*red_000\.jpg"):
+        finetune(store_path)
+    assert not (artifacts / "training").exists()
+    assert not list((artifacts / "classifiers").glob("*.keras")) if (
+        artifacts / "classifiers").exists() else True
