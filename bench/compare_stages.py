@@ -86,8 +86,8 @@ def run_dataset(dataset: str, per_class: int, args, log) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=240)
-    parser.add_argument("--warmup-epochs", type=int, default=3)
-    parser.add_argument("--finetune-epochs", type=int, default=6)
+    parser.add_argument("--warmup-epochs", type=int, default=10)
+    parser.add_argument("--finetune-epochs", type=int, default=20)
     parser.add_argument("--scratch-epochs", type=int, default=30)
     parser.add_argument("--datasets", nargs="*", default=["flowers5", "animals"])
     parser.add_argument("--out", type=Path,

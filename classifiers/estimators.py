@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.linear_model import SGDClassifier
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from classifiers.rowspace import RowSpaceBasis
 from classifiers.search import SearchResult, check_folds, grid_search, pick_best, stratified_folds
+from classifiers.solvers import PreconditionedLogisticRegression
 from features.errors import UserInputError
 
 ChunkSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
@@ -81,15 +82,15 @@ def register_classifier(config: ClassifierConfig) -> ClassifierConfig:
 
 
 register_classifier(ClassifierConfig(
-    "logreg", "multinomial logistic regression (L2, lbfgs)", "C", C_GRID,
-    lambda seed, max_iter: LogisticRegression(max_iter=max_iter, random_state=seed)))
+    "logreg", "multinomial logistic regression (L2, preconditioned L-BFGS)", "C", C_GRID,
+    lambda seed, max_iter: PreconditionedLogisticRegression(max_iter=max_iter)))
 register_classifier(ClassifierConfig(
     "linear_svm", "linear SVM (squared hinge, L2, liblinear)", "C", C_GRID,
     lambda seed, max_iter: LinearSVC(max_iter=max_iter, random_state=seed)))
 register_classifier(ClassifierConfig(
-    "ovr", "one-vs-rest logistic regression (L2, lbfgs)", "C", C_GRID,
+    "ovr", "one-vs-rest logistic regression (L2, preconditioned L-BFGS)", "C", C_GRID,
     lambda seed, max_iter: OneVsRestClassifier(
-        LogisticRegression(max_iter=max_iter, random_state=seed)),
+        PreconditionedLogisticRegression(max_iter=max_iter)),
     param_path="estimator__C"))
 register_classifier(ClassifierConfig(
     "sgd", "logistic loss by SGD over chunks of the store (out of core)", "alpha", ALPHA_GRID,
@@ -371,7 +372,9 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             estimator.fit(X, y)
-        self.converged_ = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        parts = getattr(estimator, "estimators_", [estimator])
+        self.converged_ = not any(issubclass(w.category, ConvergenceWarning) for w in caught) \
+            and all(getattr(part, "converged_", True) for part in parts)
         return estimator
 
     def _fit_out_of_core(self, chunks: ChunkSource, y: np.ndarray, grid: list[float]) -> None:

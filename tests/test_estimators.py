@@ -100,3 +100,14 @@ def test_fit_is_reproducible():
     a = FeatureClassifier(kind="sgd", seed=3).fit(X, y)
     b = FeatureClassifier(kind="sgd", seed=3).fit(X, y)
     np.testing.assert_array_equal(a.decision_function(X), b.decision_function(X))
+
+
+def test_shortcut_and_solver_equal_plain_sklearn_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    X, y, Xt = wide_data(n=60, d=800, noise=2.0)
+    ours = FeatureClassifier(kind="logreg", grid=[1e-3]).fit(X, y)
+    assert ours.used_rowspace_ and ours.converged_
+    plain = LogisticRegression(C=1e-3, max_iter=100_000, tol=1e-10).fit(X.astype(np.float64), y)
+    np.testing.assert_array_equal(ours.predict(Xt), plain.predict(Xt))
+    np.testing.assert_allclose(ours.predict_proba(Xt), plain.predict_proba(Xt), atol=1e-3)

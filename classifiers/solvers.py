@@ -1,0 +1,133 @@
+"""L2 logistic regression by preconditioned L-BFGS: scikit-learn's model, reached faster.
+
+:class:`PreconditionedLogisticRegression` minimises exactly the objective of
+``sklearn.linear_model.LogisticRegression`` with an L2 penalty (multinomial for
+more than two classes, one logistic for two; intercept not penalised):
+
+    mean_i log_loss(x_i W + b, y_i) + ||W||^2 / (2 C n)
+
+so it converges to the same, unique, model. The difference is how it gets there.
+Each coefficient is rescaled by the inverse square root of its diagonal Hessian
+estimate (``0.25 * ||column||^2 / n + 1 / (C n)``) before L-BFGS runs. CNN
+features, and above all their row-space coordinates (whose columns are orthogonal
+with norms spanning several orders of magnitude), are badly conditioned for
+plain L-BFGS. After this Jacobi scaling the problem is close to isotropic, and
+L-BFGS needs a few dozen iterations instead of hundreds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit, log_expit, logsumexp, softmax
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+# Curvature of the logistic loss is at most 1/4: a safe scale for the diagonal estimate.
+_CURVATURE = 0.25
+
+
+class PreconditionedLogisticRegression(ClassifierMixin, BaseEstimator):
+    """L2-regularised logistic regression (binary or multinomial), Jacobi-preconditioned.
+
+    Parameters
+    ----------
+    C : float, default=1.0
+        Inverse regularisation strength, as in scikit-learn.
+    max_iter : int, default=1000
+        L-BFGS iteration limit.
+    tol : float, default=1e-6
+        Gradient tolerance of L-BFGS on the preconditioned problem.
+    warm_start : bool, default=False
+        Start from the previous solution when refitting (e.g. along a grid of C).
+
+    Attributes
+    ----------
+    coef_ : numpy.ndarray of shape (1, n_features) or (n_classes, n_features)
+    intercept_ : numpy.ndarray of shape (1,) or (n_classes,)
+    classes_ : numpy.ndarray
+    n_iter_ : numpy.ndarray of shape (1,)
+    converged_ : bool
+    n_features_in_ : int
+    """
+
+    def __init__(self, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-6,
+                 warm_start: bool = False) -> None:
+        self.C = C
+        self.max_iter = max_iter
+        self.tol = tol
+        self.warm_start = warm_start
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> PreconditionedLogisticRegression:
+        X = np.asarray(X)
+        if X.dtype not in (np.float32, np.float64):
+            X = X.astype(np.float64)
+        y = np.asarray(y)
+        classes, y_index = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError("PreconditionedLogisticRegression needs at least two classes")
+        n, d = X.shape
+        k = 1 if len(classes) == 2 else len(classes)
+        col_sq = np.einsum("ij,ij->j", X, X, dtype=np.float64)
+        reg = 1.0 / (self.C * n)
+        p = 1.0 / np.sqrt(_CURVATURE * col_sq / n + reg)
+        q = 1.0 / np.sqrt(_CURVATURE)
+        x0 = np.zeros(d * k + k)
+        if self.warm_start and getattr(self, "coef_", None) is not None and \
+                self.coef_.shape == (k, d):
+            x0[: d * k] = (self.coef_.T / p[:, None]).ravel()
+            x0[d * k:] = self.intercept_ / q
+        if k == 1:
+            sign = np.where(y_index == 1, 1.0, -1.0)
+
+            def objective(theta):
+                w = p * theta[:d]
+                b = q * theta[d]
+                z = X @ w.astype(X.dtype, copy=False) + b
+                loss = -np.mean(log_expit(sign * z)) + 0.5 * reg * (w @ w)
+                g = -sign * expit(-sign * z) / n
+                dw = (X.T @ g.astype(X.dtype, copy=False)).astype(np.float64) + reg * w
+                return loss, np.concatenate([p * dw, [q * g.sum()]])
+        else:
+            onehot = np.zeros((n, k))
+            onehot[np.arange(n), y_index] = 1.0
+
+            def objective(theta):
+                W = p[:, None] * theta[: d * k].reshape(d, k)
+                b = q * theta[d * k:]
+                logits = (X @ W.astype(X.dtype, copy=False)).astype(np.float64) + b
+                lse = logsumexp(logits, axis=1)
+                loss = np.mean(lse - logits[np.arange(n), y_index]) + 0.5 * reg * np.sum(W * W)
+                G = (softmax(logits, axis=1) - onehot) / n
+                dW = (X.T @ G.astype(X.dtype, copy=False)).astype(np.float64) + reg * W
+                return loss, np.concatenate([(p[:, None] * dW).ravel(), q * G.sum(axis=0)])
+
+        result = minimize(objective, x0, jac=True, method="L-BFGS-B",
+                          options={"maxiter": self.max_iter, "gtol": self.tol,
+                                   "ftol": 64 * np.finfo(float).eps, "maxls": 50})
+        theta = result.x
+        self.coef_ = (p[:, None] * theta[: d * k].reshape(d, k)).T.copy()
+        self.intercept_ = q * theta[d * k:]
+        self.classes_ = classes
+        self.n_iter_ = np.array([result.nit])
+        self.converged_ = bool(result.success)
+        self.n_features_in_ = d
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "coef_")
+        scores = np.asarray(X) @ self.coef_.T.astype(np.asarray(X).dtype, copy=False)
+        scores = scores.astype(np.float64) + self.intercept_
+        return scores.ravel() if scores.shape[1] == 1 else scores
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            positive = expit(scores)
+            return np.column_stack([1 - positive, positive])
+        return softmax(scores, axis=1)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        scores = self.decision_function(X)
+        index = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
+        return self.classes_[index]
