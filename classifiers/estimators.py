@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import SGDClassifier
+from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
@@ -46,6 +46,9 @@ class ClassifierConfig:
         Log-spaced values searched by default.
     make : callable
         ``make(seed, max_iter)`` returns an unfitted scikit-learn estimator.
+    make_rowspace : callable, optional
+        The estimator used on row-space coordinates instead (orthogonal columns of very
+        different norms, where a preconditioned solver converges much faster).
     rowspace : bool
         L2-regularised linear model whose solution lies in the row space of the
         data, so the exact row-space shortcut applies.
@@ -61,6 +64,7 @@ class ClassifierConfig:
     rowspace: bool = True
     out_of_core: bool = False
     param_path: str = ""
+    make_rowspace: Callable[[int, int], Any] | None = field(default=None, repr=False)
 
     @property
     def estimator_param(self) -> str:
@@ -82,16 +86,19 @@ def register_classifier(config: ClassifierConfig) -> ClassifierConfig:
 
 
 register_classifier(ClassifierConfig(
-    "logreg", "multinomial logistic regression (L2, preconditioned L-BFGS)", "C", C_GRID,
-    lambda seed, max_iter: PreconditionedLogisticRegression(max_iter=max_iter)))
+    "logreg", "multinomial logistic regression (L2, L-BFGS)", "C", C_GRID,
+    lambda seed, max_iter: LogisticRegression(max_iter=max_iter, random_state=seed),
+    make_rowspace=lambda seed, max_iter: PreconditionedLogisticRegression(max_iter=max_iter)))
 register_classifier(ClassifierConfig(
     "linear_svm", "linear SVM (squared hinge, L2, liblinear)", "C", C_GRID,
     lambda seed, max_iter: LinearSVC(max_iter=max_iter, random_state=seed)))
 register_classifier(ClassifierConfig(
-    "ovr", "one-vs-rest logistic regression (L2, preconditioned L-BFGS)", "C", C_GRID,
+    "ovr", "one-vs-rest logistic regression (L2, L-BFGS)", "C", C_GRID,
     lambda seed, max_iter: OneVsRestClassifier(
-        PreconditionedLogisticRegression(max_iter=max_iter)),
-    param_path="estimator__C"))
+        LogisticRegression(max_iter=max_iter, random_state=seed)),
+    param_path="estimator__C",
+    make_rowspace=lambda seed, max_iter: OneVsRestClassifier(
+        PreconditionedLogisticRegression(max_iter=max_iter))))
 register_classifier(ClassifierConfig(
     "sgd", "logistic loss by SGD over chunks of the store (out of core)", "alpha", ALPHA_GRID,
     lambda seed, max_iter: StreamingSGDClassifier(random_state=seed),
@@ -294,9 +301,10 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     def _config(self) -> ClassifierConfig:
         return get_classifier_config(self.kind)
 
-    def _template(self):
+    def _template(self, rowspace: bool = False):
         config = self._config()
-        est = config.make(self.seed, self.max_iter)
+        make = config.make_rowspace if rowspace and config.make_rowspace else config.make
+        est = make(self.seed, self.max_iter)
         if config.out_of_core:
             est.set_params(epochs=self.epochs)
         return est
@@ -350,7 +358,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         use_rowspace = config.rowspace and (
             self.rowspace is True or (self.rowspace == "auto" and X.shape[0] < X.shape[1]))
         self.used_rowspace_ = bool(use_rowspace)
-        template = self._template()
+        template = self._template(rowspace=self.used_rowspace_)
         if use_rowspace:
             basis = RowSpaceBasis().fit(X)
             Z = basis.train_coordinates_

@@ -7,6 +7,7 @@ garbage row.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -86,10 +87,28 @@ def load_image(
             raise ImageDecodeError(path, "empty file (0 bytes)")
     except OSError as exc:
         raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    return _decode(path, path, size, max_pixels)
+
+
+def decode_image(data: bytes, size: int, *, name: str = "upload",
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Like :func:`load_image`, for image bytes held in memory (nothing touches the disk).
+
+    Raises
+    ------
+    ImageDecodeError
+        With ``path`` set to ``name``.
+    """
+    if len(data) == 0:
+        raise ImageDecodeError(name, "empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, size, max_pixels)
+
+
+def _decode(source, path, size: int, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise ImageDecodeError(
