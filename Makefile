@@ -64,6 +64,7 @@ bench: install ## Run the benchmarks (under an hour; needs ../shared; writes ben
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/compare_stages.py
+	$(BIN)/python bench/serve.py
 
 clean: ## Remove generated outputs (artifacts/) and caches, keep .venv
 	find artifacts -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -566,6 +566,29 @@ def augment(
     console.print(table)
 
 
+@app.command()
+@user_errors
+def serve(
+    model: Annotated[Path, typer.Argument(help="A saved model (.joblib or .keras).")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body (413 beyond).")]
+    = 20.0,
+    max_images: Annotated[int, typer.Option(min=1, help="Most images per request.")] = 16,
+) -> None:
+    """Serve a model: POST /predict, GET /health, GET /model, /docs and an upload page at /."""
+    from pipeline.serving import ServeLimits, check_serve_args
+    from pipeline.serving import serve as run_server
+
+    if max_upload_mb <= 0:
+        raise UserInputError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    check_serve_args(model, port)
+    console.print(f"loading {model} ... then open http://{host}:{port}/ (Ctrl-C stops)",
+                  highlight=False)
+    run_server(model, host=host, port=port, limits=ServeLimits(
+        max_upload_bytes=int(max_upload_mb * 2**20), max_images=max_images))
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from features.errors import UserInputError
 from features.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-
 
 # -- the model ----------------------------------------------------------------------------------
 
@@ -198,9 +199,6 @@ class ServeLimits:
 
 def create_app(model: ServedModel, limits: ServeLimits | None = None, *, max_batch: int = 32):
     """The FastAPI application serving ``model``."""
-    from fastapi import FastAPI, Query, Request
-    from fastapi.responses import HTMLResponse, JSONResponse
-
     limits = limits or ServeLimits()
     batcher = MicroBatcher(model, max_batch=max_batch)
     app = FastAPI(title="tlearn", version="1",
@@ -224,7 +222,7 @@ def create_app(model: ServedModel, limits: ServeLimits | None = None, *, max_bat
                 "limits": {"max_upload_bytes": limits.max_upload_bytes,
                            "max_images": limits.max_images}}
 
-    @app.post("/predict")
+    @app.post("/predict", response_model=None)
     async def predict(request: Request, top: int = Query(3, ge=1, le=1000)) -> JSONResponse:
         t0 = time.perf_counter()
         try:
@@ -266,7 +264,7 @@ def create_app(model: ServedModel, limits: ServeLimits | None = None, *, max_bat
     return app
 
 
-async def _read_limited(request, limit: int) -> bytes:
+async def _read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise UploadError(413, f"upload of {int(declared):,} bytes exceeds the limit of "
@@ -280,13 +278,23 @@ async def _read_limited(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def check_serve_args(model_path: str | Path, port: int) -> None:
+    """Cheap checks before the model is loaded, so mistakes fail at once."""
+    path = Path(model_path)
+    if not 0 < port < 65536:
+        raise UserInputError(f"--port must be between 1 and 65535, got {port}")
+    if not path.is_file():
+        raise UserInputError(f"model {path} does not exist; train one with 'tlearn train'")
+    if path.suffix not in (".joblib", ".keras"):
+        raise UserInputError(f"{path} is neither a .joblib classifier nor a .keras model")
+
+
 def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           limits: ServeLimits | None = None, log_level: str = "info") -> None:
     """Load ``model_path`` once and serve it with uvicorn until interrupted."""
     import uvicorn
 
-    if not 0 < port < 65536:
-        raise UserInputError(f"--port must be between 1 and 65535, got {port}")
+    check_serve_args(model_path, port)
     app = create_app(load_served_model(model_path), limits)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
@@ -306,11 +314,13 @@ UPLOAD_PAGE = """<!doctype html>
  .row span:first-child{width:9rem;overflow:hidden;text-overflow:ellipsis}
  .bar{height:.8rem;background:#36c;border-radius:3px}
  .error{color:#b00}
+ .visually-hidden{position:absolute;width:1px;height:1px;opacity:0;overflow:hidden}
 </style></head><body>
 <h1>tlearn</h1>
 <p>Model <code>__MODEL__</code>. Choose or drop images to classify them.</p>
 <div id="drop">Drop images here, or <label><u>choose files</u>
- <input id="files" type="file" accept="image/*" multiple hidden></label></div>
+ <input id="files" class="visually-hidden" type="file" accept="image/*" multiple></label>
+</div>
 <p id="status"></p><div id="results"></div>
 <script>
 const limits = __LIMITS__;
@@ -336,7 +346,8 @@ async function send(files) {
   out.innerHTML = "";
   if (!response.ok) {
     statusLine.textContent = data.detail;
-    (data.errors || []).forEach(e => out.appendChild(el("p", "error", e.filename + ": " + e.error)));
+    (data.errors || []).forEach(
+      e => out.appendChild(el("p", "error", e.filename + ": " + e.error)));
     return; }
   statusLine.textContent = `Done in ${data.ms.toFixed(0)} ms.`;
   data.results.forEach((r, i) => {
@@ -346,7 +357,8 @@ async function send(files) {
     right.lastChild.setAttribute("data-testid", "label");
     const scores = r.top.map(t => t.score), lo = Math.min(...scores), hi = Math.max(...scores);
     r.top.forEach(t => {
-      const share = data.scores === "probability" ? t.score : (hi > lo ? (t.score - lo) / (hi - lo) : 1);
+      const share = data.scores === "probability" ? t.score
+                  : (hi > lo ? (t.score - lo) / (hi - lo) : 1);
       const row = el("div", "row"); row.appendChild(el("span", "", t.label));
       const bar = el("span", "bar"); bar.style.width = (share * 15).toFixed(2) + "rem";
       row.appendChild(bar); row.appendChild(el("span", "", t.score.toFixed(3)));

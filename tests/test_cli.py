@@ -202,3 +202,15 @@ def test_stage3_commands_and_bad_input(trained, tmp_path):
                                 "--per-class", "10"])
     assert grown.exit_code == 0, grown.output
     assert len(list((tmp_path / "big" / "cat").iterdir())) == 10
+
+
+def test_serve_refuses_bad_model_and_port(tmp_path, trained):
+    _, model, _ = trained
+    missing = runner.invoke(app, ["serve", str(tmp_path / "none.joblib")])
+    assert missing.exit_code == 2 and "does not exist" in _one_error_line(missing)
+    other = tmp_path / "model.txt"
+    other.write_text("x")
+    wrong = runner.invoke(app, ["serve", str(other)])
+    assert wrong.exit_code == 2 and "neither a .joblib" in _one_error_line(wrong)
+    port = runner.invoke(app, ["serve", str(model), "--port", "70000"])
+    assert port.exit_code == 2 and "--port" in _one_error_line(port)

@@ -1,0 +1,77 @@
+"""Upload an image through the served page in Debian's headless Chromium."""
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.serving import create_app, load_served_model
+from tests.conftest import REPO_ROOT
+from tests.test_serving import model_path  # noqa: F401 - module fixture
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists() or not shutil.which("chromedriver"),
+                       reason="Debian's chromium and chromium-driver are not installed "
+                              "(apt-get install chromium chromium-driver)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(model_path):  # noqa: F811
+    import uvicorn
+
+    port = _free_port()
+    app = create_app(load_served_model(model_path[0]))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "server did not start"
+    yield f"http://127.0.0.1:{port}/", model_path[1]
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_upload_shows_the_predicted_label(server, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, data = server
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1100,800"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(url)
+        image = data / "dog" / "dog_003.PNG"
+        driver.find_element(By.ID, "files").send_keys(str(image))
+        label = WebDriverWait(driver, 60).until(
+            ec.visibility_of_element_located((By.CSS_SELECTOR, "[data-testid=label]")))
+        assert label.text == "dog"
+        bars = driver.find_elements(By.CSS_SELECTOR, ".bar")
+        assert len(bars) == 2  # one probability bar per class
+        shots = REPO_ROOT / "artifacts" / "screenshots"
+        shots.mkdir(parents=True, exist_ok=True)
+        assert driver.save_screenshot(str(shots / "serve_page.png"))
+    finally:
+        driver.quit()
