@@ -236,8 +236,13 @@ class FeatureExtractor:
     def __call__(self, images_uint8: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Features of RGB uint8 images of shape (n, size, size, 3), as float32 (n, feature_dim)."""
         x = self.preprocess_input(images_uint8)
-        parts = [self.predict_preprocessed(x[i:i + batch_size], batch_size)
-                 for i in range(0, len(x), batch_size)]
+        parts = []
+        for i in range(0, len(x), batch_size):
+            chunk = x[i:i + batch_size]
+            # Pad to the next power of two, not to batch_size: one image (a served request)
+            # costs one image's compute, and at most log2(batch_size)+1 graphs are compiled.
+            bucket = min(batch_size, 1 << max(0, len(chunk) - 1).bit_length())
+            parts.append(self.predict_preprocessed(chunk, bucket))
         if not parts:
             return np.empty((0, self.spec.feature_dim), dtype=np.float32)
         return np.concatenate(parts)

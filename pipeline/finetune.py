@@ -510,8 +510,17 @@ class KerasImageClassifier:
         return get_backbone(self.info["backbone"]).preprocess_input(images)
 
     def class_scores_of_images(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict(self._preprocess(images), verbose=0,
-                                             batch_size=32))
+        x = self._preprocess(images)
+        parts = []
+        for i in range(0, len(x), 32):
+            chunk = x[i:i + 32]
+            # padded to a power of two, as for the feature extractors: few compiled shapes
+            bucket = min(32, 1 << max(0, len(chunk) - 1).bit_length())
+            if bucket > len(chunk):
+                pad = np.zeros((bucket - len(chunk), *chunk.shape[1:]), chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            parts.append(np.asarray(self.model.predict_on_batch(chunk))[:len(x[i:i + 32])])
+        return np.concatenate(parts) if parts else np.empty((0, len(self.label_names_)))
 
     def predict_images(self, paths, top: int = 1) -> list[dict]:
         size = int(self.info["input_size"])

@@ -43,6 +43,16 @@ class ServedModel:
         """Scores (n, classes) of RGB uint8 images of shape (n, size, size, 3)."""
         return np.asarray(self._scores(images))
 
+    def warm_up(self, max_batch: int) -> None:
+        """Compile the network for every batch size the server will use (powers of two),
+        so no request pays for a graph compilation."""
+        size = 1
+        while True:
+            self.class_scores(np.zeros((size, self.input_size, self.input_size, 3), np.uint8))
+            if size >= max_batch:
+                break
+            size = min(max_batch, size * 2)
+
 
 def load_served_model(path: str | Path) -> ServedModel:
     """Load a joblib classifier (stage 2) or a ``.keras`` model (stage 3), with its sidecar."""
@@ -200,6 +210,7 @@ class ServeLimits:
 def create_app(model: ServedModel, limits: ServeLimits | None = None, *, max_batch: int = 32):
     """The FastAPI application serving ``model``."""
     limits = limits or ServeLimits()
+    model.warm_up(max_batch)
     batcher = MicroBatcher(model, max_batch=max_batch)
     app = FastAPI(title="tlearn", version="1",
                   description=f"Image classification with {model.name}")
