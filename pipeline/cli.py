@@ -422,8 +422,11 @@ def demo(
         result = run_demo(limit_per_class=limit_per_class, progress=progress,
                           log=lambda line: console.print(line, highlight=False))
     _print_rows(result.comparison, "classifiers on digits (test split)")
-    table = Table(title="a few test images, classified from their files by the best model")
-    for col in ("image", "true", "predicted", "score"):
+    best = result.best.report.get("classifier", "") if result.best else ""
+    score = "SVM margin" if best == "linear_svm" else "probability"
+    table = Table(title=f"a few test images, classified from their files by the best model "
+                        f"({best})")
+    for col in ("image", "true", "predicted", score):
         table.add_column(col, overflow="fold")
     for truth, r in zip(result.truths, result.predictions, strict=True):
         table.add_row(Path(r["path"]).name, truth, r.get("label", r.get("error", "")),

@@ -302,6 +302,7 @@ class DemoResult:
     comparison: list[dict]
     predictions: list[dict]
     truths: list[str]
+    best: TrainOutcome | None = None
 
 
 def run_demo(*, limit_per_class: int | None = None, backbone: str = "efficientnet_lite0",
@@ -340,4 +341,4 @@ def run_demo(*, limit_per_class: int | None = None, backbone: str = "efficientne
         truths = [fs.label_names[fs.labels[i]] for i in pick]
     best = max(outcomes, key=lambda o: o.report["test"]["accuracy"])
     predictions = predict_files(best.model_path, paths)
-    return DemoResult(dataset, store, outcomes, rows, predictions, truths)
+    return DemoResult(dataset, store, outcomes, rows, predictions, truths, best)
