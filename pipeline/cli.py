@@ -452,6 +452,13 @@ Shift = Annotated[float, typer.Option(help=AUG_HELP + "max width/height shift (s
 Shear = Annotated[float, typer.Option(help=AUG_HELP + "shear intensity.")]
 Zoom = Annotated[float, typer.Option(help=AUG_HELP + "max zoom (share).")]
 Flip = Annotated[bool, typer.Option("--flip/--no-flip", help=AUG_HELP + "horizontal flips.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Images per training step.")]
+ValShare = Annotated[float, typer.Option(
+    help="Validation share of the train split (when the store has no val split).")]
+FolderTestSize = Annotated[float, typer.Option(help="Test share, for a dataset folder only.")]
+Seed = Annotated[int, typer.Option(help="Seed of the split, the weights and augmentation.")]
+Restart = Annotated[bool, typer.Option("--overwrite",
+                                       help="Start again, replacing any model.")]
 
 
 def _print_stage3(result) -> None:
@@ -483,15 +490,11 @@ def finetune(
     head_pooling: Annotated[str, typer.Option(help="avg or flatten.")] = "avg",
     head_units: Annotated[int, typer.Option(help="Units of the new dense layer.")] = 256,
     head_dropout: Annotated[float, typer.Option(help="Dropout of the new head.")] = 0.5,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: BatchSize = 32,
     patience: Annotated[int, typer.Option(help="Early stopping patience (epochs).")] = 3,
-    val_share: Annotated[float, typer.Option(
-        help="Validation share of the train split (when the store has no val split).")] = 0.1,
-    test_size: Annotated[float, typer.Option(help="For a dataset folder only.")] = 0.25,
-    seed: Annotated[int, typer.Option()] = 42,
+    val_share: ValShare = 0.1, test_size: FolderTestSize = 0.25, seed: Seed = 42,
     no_augment: NoAugment = False, rotation: Rotation = 30.0, shift: Shift = 0.1,
-    shear: Shear = 0.2, zoom: Zoom = 0.2, flip: Flip = True,
-    overwrite: Annotated[bool, typer.Option(help="Start again, replacing any model.")] = False,
+    shear: Shear = 0.2, zoom: Zoom = 0.2, flip: Flip = True, overwrite: Restart = False,
 ) -> None:
     """Stage 3: fine-tune a pretrained backbone under a new head, in two phases."""
     from pipeline.finetune import HeadConfig
@@ -516,14 +519,11 @@ def scratch(
     input_size: Annotated[int, typer.Option(help="Side of the input images.")] = 64,
     epochs: Annotated[int, typer.Option(min=1)] = 20,
     learning_rate: Annotated[float, typer.Option(help="SGD, Nesterov momentum 0.9.")] = 0.01,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: BatchSize = 32,
     patience: Annotated[int, typer.Option(help="Early stopping patience (epochs).")] = 5,
-    val_share: Annotated[float, typer.Option()] = 0.1,
-    test_size: Annotated[float, typer.Option(help="For a dataset folder only.")] = 0.25,
-    seed: Annotated[int, typer.Option()] = 42,
+    val_share: ValShare = 0.1, test_size: FolderTestSize = 0.25, seed: Seed = 42,
     no_augment: NoAugment = False, rotation: Rotation = 30.0, shift: Shift = 0.1,
-    shear: Shear = 0.2, zoom: Zoom = 0.2, flip: Flip = True,
-    overwrite: Annotated[bool, typer.Option(help="Start again, replacing any model.")] = False,
+    shear: Shear = 0.2, zoom: Zoom = 0.2, flip: Flip = True, overwrite: Restart = False,
 ) -> None:
     """Baseline without transfer: MiniVGGNet from random weights on the same split."""
     from pipeline.finetune import train_from_scratch

@@ -81,6 +81,20 @@ def lite0_reference():
     return np.load(LITE0_FIXTURE)
 
 
+# Stage 1 settings that make a store in about a second: random weights, 32 px inputs.
+TINY_EXTRACT = {"backbone": "vgg16", "weights": "none", "input_size": 32, "pooling": "avg",
+                "batch_size": 8}
+
+
+@pytest.fixture
+def shapes_store(tmp_path, artifacts):
+    """A store of three colour classes x 10 tiny images, and the image folder."""
+    from pipeline.workflows import extract_dataset
+
+    data = make_image_folder(tmp_path / "shapes", classes=("red", "green", "blue"), per_class=10)
+    return extract_dataset(data, **TINY_EXTRACT).result.path, data
+
+
 @pytest.fixture
 def artifacts(tmp_path, monkeypatch) -> Path:
     """Point TLEARN_ARTIFACTS at a temporary folder."""

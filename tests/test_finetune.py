@@ -6,17 +6,13 @@ import pytest
 from features.errors import UserInputError
 from pipeline.augmentation import AugmentationConfig
 from pipeline.finetune import finetune, images_from_store, train_from_scratch
-from pipeline.workflows import compare_models, extract_dataset, predict_files, train_store
-from tests.conftest import make_image_folder
+from pipeline.workflows import compare_models, predict_files, train_store
 
-TINY = {"backbone": "vgg16", "weights": "none", "input_size": 32, "pooling": "avg",
-        "batch_size": 8}
 
 
 @pytest.fixture
-def store(tmp_path, artifacts):
-    data = make_image_folder(tmp_path / "shapes", classes=("red", "green", "blue"), per_class=10)
-    return extract_dataset(data, **TINY).result.path, data
+def store(shapes_store):
+    return shapes_store
 
 
 def test_finetune_two_phases_on_the_store_split(store, artifacts):

@@ -14,16 +14,14 @@ from pipeline.workflows import (
     predict_files,
     train_store,
 )
-from tests.conftest import REPO_ROOT, make_image_folder
+from tests.conftest import REPO_ROOT, TINY_EXTRACT
 
-TINY = {"backbone": "vgg16", "weights": "none", "input_size": 32, "pooling": "avg",
-        "batch_size": 8}
+TINY = TINY_EXTRACT
 
 
 @pytest.fixture
-def store(tmp_path, artifacts):
-    data = make_image_folder(tmp_path / "shapes", classes=("red", "green", "blue"), per_class=8)
-    return extract_dataset(data, **TINY).result.path, data
+def store(shapes_store):
+    return shapes_store
 
 
 def test_extract_train_predict_and_load_elsewhere(tmp_path, store):
