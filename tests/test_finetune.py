@@ -9,7 +9,6 @@ from pipeline.finetune import finetune, images_from_store, train_from_scratch
 from pipeline.workflows import compare_models, predict_files, train_store
 
 
-
 @pytest.fixture
 def store(shapes_store):
     return shapes_store
