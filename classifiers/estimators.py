@@ -465,7 +465,8 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         return self.predict_proba(X) if self.has_predict_proba else self.decision_function(X)
 
     # images ---------------------------------------------------------------------------------
-    def _extractor(self):
+    def feature_extractor(self):
+        """The backbone that makes this model's features (built on first use, then cached)."""
         cached = getattr(self, "_extractor_cache", None)
         if cached is None:
             from features.backbones import FeatureSpec, build_from_spec
@@ -484,7 +485,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         """Features of image files: ``(features, indices of usable paths, [(path, reason)])``."""
         from features.images import ImageDecodeError, load_image
 
-        extractor = self._extractor()
+        extractor = self.feature_extractor()
         size = extractor.spec.input_size
         images, good, bad = [], [], []
         for i, path in enumerate(paths):

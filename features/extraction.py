@@ -26,7 +26,7 @@ import numpy as np
 from features.backbones import FeatureExtractor, build_feature_extractor
 from features.errors import UserInputError
 from features.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
-from features.store import FeatureStoreWriter, partial_path, read_store_attrs
+from features.store import H5PY_VERSION, FeatureStoreWriter, partial_path, read_store_attrs
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -90,13 +90,12 @@ class ExtractionResult:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries whose behaviour the features depend on."""
-    import h5py
     import keras
     import PIL
     import tensorflow as tf
 
     return {"python": platform.python_version(), "numpy": np.__version__,
-            "tensorflow": tf.__version__, "keras": keras.__version__, "h5py": h5py.__version__,
+            "tensorflow": tf.__version__, "keras": keras.__version__, "h5py": H5PY_VERSION,
             "pillow": PIL.__version__}
 
 

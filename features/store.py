@@ -32,6 +32,7 @@ import numpy as np
 from features.backbones import FeatureSpec
 from features.errors import UserInputError
 
+H5PY_VERSION = h5py.__version__
 STORE_FORMAT = "tlearn-features"
 STORE_VERSION = 1
 SPLIT_NAMES = ("train", "test", "val")

@@ -69,7 +69,7 @@ def load_served_model(path: str | Path) -> ServedModel:
     if path.suffix != ".joblib":
         raise UserInputError(f"{path} is neither a .joblib classifier nor a .keras model")
     model = load_classifier(path)
-    extractor = model._extractor()  # build the backbone now, not on the first request
+    extractor = model.feature_extractor()  # built now, not on the first request
     info = read_sidecar(path)
     names = [model.label_names_[c] for c in model.classes_]
 
