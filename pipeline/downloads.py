@@ -96,10 +96,10 @@ def download_file(url: str, dest: str | os.PathLike, *, checksum: str, algorithm
     except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError,
             OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise UserInputError(
-            f"download of {url} failed ({reason}); rerun the same command to resume "
-            f"(partial data kept in {part})"
-        ) from exc
+        kept = part.exists() and part.stat().st_size > 0
+        then = (f"rerun the same command to resume (partial data kept in {part})" if kept
+                else "check the network connection and rerun")
+        raise UserInputError(f"download of {url} failed ({reason}); {then}") from exc
     actual = file_digest(part, algorithm)
     if actual != checksum:
         part.unlink()

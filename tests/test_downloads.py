@@ -152,3 +152,16 @@ def test_safe_extract_refuses_links(tmp_path):
     archive.write_bytes(buf.getvalue())
     with pytest.raises(UserInputError, match="link"):
         safe_extract(archive, tmp_path / "out")
+
+
+def test_unreachable_server_says_so_without_claiming_partial_data(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(UserInputError) as info:
+        download_file(f"http://127.0.0.1:{port}/x.tgz", tmp_path / "x.tgz", checksum="0" * 64,
+                      timeout=5)
+    assert "check the network connection" in str(info.value)
+    assert "partial data" not in str(info.value)
