@@ -363,14 +363,16 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             basis = RowSpaceBasis().fit(X)
             Z = basis.train_coordinates_
             search = grid_search(template, config.estimator_param, grid, Z, y, cv=self.cv,
-                                 seed=self.seed, n_jobs=self.n_jobs, name=config.param)
+                                 seed=self.seed, n_jobs=self.n_jobs, name=config.param,
+                                 progress=getattr(self, "_progress", None))
             final = clone(template).set_params(**{config.estimator_param: search.best_value})
             self._final_fit(final, Z, y)
             self.estimator_ = _lift(final, basis, X.shape[1])
             basis.release()
         else:
             search = grid_search(template, config.estimator_param, grid, X, y, cv=self.cv,
-                                 seed=self.seed, n_jobs=self.n_jobs, name=config.param)
+                                 seed=self.seed, n_jobs=self.n_jobs, name=config.param,
+                                 progress=getattr(self, "_progress", None))
             final = clone(template).set_params(**{config.estimator_param: search.best_value})
             self.estimator_ = self._final_fit(final, X, y)
         self._finish(search, y, t0)
@@ -394,12 +396,15 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.estimator_ = final.fit_chunks(chunks, classes=np.unique(y))
         self.search_ = search
 
-    def fit_store(self, store, split: str = "train") -> FeatureClassifier:
+    def fit_store(self, store, split: str = "train",
+                  progress: Callable[[int, int], None] | None = None) -> FeatureClassifier:
         """Fit on a split of a :class:`features.FeatureStore`, recording its specification.
 
         ``sgd`` streams the store chunk by chunk (memory bounded by the chunk size);
-        the other families read the split into one float32 array.
+        the other families read the split into one float32 array. ``progress(done, cv)``
+        is called as cross-validation folds finish.
         """
+        self._progress = progress
         self.feature_spec = store.spec.to_dict()
         self.label_names = store.label_names
         config = self._config()
@@ -525,6 +530,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state.pop("_extractor_cache", None)  # a Keras model: rebuilt lazily after loading
+        state.pop("_progress", None)  # a callback of the training run
         return state
 
 

@@ -196,7 +196,8 @@ def train_store(
             say(f"{name}: searching {'alpha' if kind == 'sgd' else 'C'} with {cv}-fold CV "
                 f"on {store.split_counts()['train']} training images")
             model = FeatureClassifier(kind=kind, grid=grid, cv=cv, seed=seed, n_jobs=jobs)
-            model.fit_store(store, "train")
+            model.fit_store(store, "train", progress=lambda done, total, n=name: say(
+                f"{n}: cross-validation fold {done}/{total} done"))
             evaluation = _evaluate_on_store(model, store, "test")
             info = {
                 "model": name, "stage": "features", "store": str(Path(store_path).resolve()),

@@ -79,3 +79,10 @@ def test_shear_layer_survives_save_and_load_in_a_fresh_process(tmp_path):
                               "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert out.returncode == 0, out.stderr[-1500:]
     assert "SymmetricShear" in out.stdout
+
+
+def test_link_mode_hard_links_originals(tmp_path):
+    data = make_image_folder(tmp_path / "d", per_class=2)
+    augment_folder(data, tmp_path / "out", per_class=3, link=True)
+    original, linked = data / "cat" / "cat_000.jpg", tmp_path / "out" / "cat" / "cat_000.jpg"
+    assert linked.stat().st_ino == original.stat().st_ino
