@@ -68,4 +68,4 @@ bench: install ## Run the benchmarks (under an hour; needs ../shared; writes ben
 
 clean: ## Remove generated outputs (artifacts/) and caches, keep .venv
 	find artifacts -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
-	rm -rf .pytest_cache .ruff_cache bench/results
+	rm -rf .pytest_cache .ruff_cache
