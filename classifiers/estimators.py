@@ -485,24 +485,6 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             self._extractor_cache = cached
         return cached
 
-    def image_features(self, paths: Sequence[str], batch_size: int = 32
-                       ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-        """Features of image files: ``(features, indices of usable paths, [(path, reason)])``."""
-        from features.images import ImageDecodeError, load_image
-
-        extractor = self.feature_extractor()
-        size = extractor.spec.input_size
-        images, good, bad = [], [], []
-        for i, path in enumerate(paths):
-            try:
-                images.append(load_image(path, size))
-                good.append(i)
-            except ImageDecodeError as exc:
-                bad.append((str(path), exc.reason))
-        if not images:
-            return np.empty((0, extractor.spec.feature_dim), np.float32), good, bad
-        return extractor(np.stack(images), batch_size=batch_size), good, bad
-
     def predict_images(self, paths: Sequence[str], top: int = 1) -> list[dict]:
         """Classify image files.
 
@@ -513,19 +495,12 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             or ``{"path", "error"}`` for a file that could not be read. Scores are
             probabilities except for ``linear_svm``.
         """
-        features, good, bad = self.image_features(list(paths))
-        results: list[dict] = [{} for _ in paths]
-        for path, reason in bad:
-            results[[str(p) for p in paths].index(path)] = {"path": path, "error": reason}
-        if good:
-            scores = self.class_scores(features)
-            for row, i in enumerate(good):
-                order = np.argsort(scores[row])[::-1][:max(1, top)]
-                ranked = [(self.label_names_[self.classes_[j]], float(scores[row, j]))
-                          for j in order]
-                results[i] = {"path": str(paths[i]), "label": ranked[0][0],
-                              "score": ranked[0][1], "top": ranked}
-        return results
+        from classifiers.evaluation import classify_files
+
+        extractor = self.feature_extractor()
+        names = [self.label_names_[c] for c in self.classes_]
+        return classify_files(paths, extractor.spec.input_size,
+                              lambda images: self.class_scores(extractor(images)), names, top)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

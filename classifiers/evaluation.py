@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -78,6 +80,38 @@ def evaluate_predictions(y_true: np.ndarray, scores: np.ndarray, classes: np.nda
         label_names=list(label_names),
         predictions_per_second=predictions_per_second,
     )
+
+
+def classify_files(paths: Sequence[str | os.PathLike], input_size: int,
+                   class_scores: Callable[[np.ndarray], np.ndarray], label_names: Sequence[str],
+                   top: int = 1) -> list[dict]:
+    """Classify image files with any model given as ``class_scores(uint8 images)``.
+
+    Returns
+    -------
+    list of dict
+        One per path, in order: ``{"path", "label", "score", "top": [(label, score)...]}``,
+        or ``{"path", "error"}`` for a file that could not be read.
+    """
+    from features.images import ImageDecodeError, load_image
+
+    results: list[dict] = []
+    images, good = [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(load_image(path, input_size))
+            good.append(i)
+            results.append({})
+        except ImageDecodeError as exc:
+            results.append({"path": str(path), "error": exc.reason})
+    if images:
+        scores = np.asarray(class_scores(np.stack(images)))
+        for row, i in enumerate(good):
+            order = np.argsort(scores[row])[::-1][:max(1, top)]
+            ranked = [(label_names[j], float(scores[row, j])) for j in order]
+            results[i] = {"path": str(paths[i]), "label": ranked[0][0], "score": ranked[0][1],
+                          "top": ranked}
+    return results
 
 
 def evaluate_classifier(model, X: np.ndarray, y: np.ndarray) -> Evaluation:

@@ -9,7 +9,6 @@ write both files can forge both).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -20,7 +19,7 @@ from typing import Any
 
 import joblib
 
-from features.backbones import FeatureSpec
+from features.backbones import FeatureSpec, file_digest
 from features.errors import UserInputError
 
 SPEC_FIELDS_THAT_MATTER = ("backbone", "layer", "pooling", "input_size", "weights", "feature_dim")
@@ -31,11 +30,7 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def classifier_versions() -> dict[str, str]:

@@ -224,6 +224,25 @@ class FeatureSpec:
                 f"weights={self.weights}, {self.feature_dim} features")
 
 
+def predict_in_buckets(predict_on_batch: Callable[[np.ndarray], Any], x: np.ndarray,
+                       batch_size: int = 32) -> list[np.ndarray]:
+    """Run ``predict_on_batch`` over ``x`` in chunks of at most ``batch_size`` rows.
+
+    Each chunk is zero-padded to the next power of two (not to ``batch_size``): one
+    image (a served request) costs one image's compute, and at most
+    log2(batch_size) + 1 input shapes are ever compiled. Returns the unpadded outputs.
+    """
+    parts = []
+    for i in range(0, len(x), batch_size):
+        chunk = x[i:i + batch_size]
+        n = len(chunk)
+        bucket = min(batch_size, 1 << max(0, n - 1).bit_length())
+        if bucket > n:
+            chunk = np.concatenate([chunk, np.zeros((bucket - n, *chunk.shape[1:]), chunk.dtype)])
+        parts.append(np.asarray(predict_on_batch(chunk))[:n])
+    return parts
+
+
 @dataclass
 class FeatureExtractor:
     """A Keras model that maps preprocessed image batches to feature vectors."""
@@ -235,14 +254,8 @@ class FeatureExtractor:
 
     def __call__(self, images_uint8: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Features of RGB uint8 images of shape (n, size, size, 3), as float32 (n, feature_dim)."""
-        x = self.preprocess_input(images_uint8)
-        parts = []
-        for i in range(0, len(x), batch_size):
-            chunk = x[i:i + batch_size]
-            # Pad to the next power of two, not to batch_size: one image (a served request)
-            # costs one image's compute, and at most log2(batch_size)+1 graphs are compiled.
-            bucket = min(batch_size, 1 << max(0, len(chunk) - 1).bit_length())
-            parts.append(self.predict_preprocessed(chunk, bucket))
+        parts = predict_in_buckets(self.predict_preprocessed, self.preprocess_input(images_uint8),
+                                   batch_size)
         if not parts:
             return np.empty((0, self.spec.feature_dim), dtype=np.float32)
         return np.concatenate(parts)
@@ -260,9 +273,10 @@ class FeatureExtractor:
         return np.asarray(self.model.predict_on_batch(x), dtype=np.float32)[:n]
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -439,7 +453,7 @@ def build_feature_extractor(
         input_size=input_size,
         preprocessing=config.preprocessing,
         weights=weights,
-        weights_sha256=_sha256_file(Path(weights)) if weights not in ("imagenet", "random")
+        weights_sha256=file_digest(weights) if weights not in ("imagenet", "random")
         else "",
         feature_dim=int(np.prod(model.output.shape[1:])),
     )

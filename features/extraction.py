@@ -99,9 +99,10 @@ def library_versions() -> dict[str, str]:
             "pillow": PIL.__version__}
 
 
-def _settings_key(images: LabeledImages, extractor: FeatureExtractor, compression: str) -> str:
+def _settings_key(fingerprint: str, images: LabeledImages, extractor: FeatureExtractor,
+                  compression: str) -> str:
     payload = {
-        "fingerprint": images.fingerprint(),
+        "fingerprint": fingerprint,
         "spec": extractor.spec.to_dict(),
         "precision": extractor.precision,
         "compression": compression,
@@ -205,7 +206,8 @@ def extract_features(
             backbone, weights=weights, input_size=input_size, layer=layer, pooling=pooling,
             precision=precision,
         )
-    key = _settings_key(images, extractor, compression)
+    fingerprint = images.fingerprint()  # stats every file: once per run
+    key = _settings_key(fingerprint, images, extractor, compression)
 
     if out.exists():
         existing = read_store_attrs(out)
@@ -223,7 +225,7 @@ def extract_features(
     attrs = {
         **extractor.spec.to_dict(),
         "precision": extractor.precision,
-        "fingerprint": images.fingerprint(),
+        "fingerprint": fingerprint,
         "source": images.source,
         "n_images_listed": len(images),
         "library_versions": json.dumps(library_versions()),

@@ -38,7 +38,8 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode (16-bit rescaled, transparency composited on white)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit grayscale: Pillow's convert("RGB") would clip to 255, so rescale first.
         arr = np.asarray(img, dtype=np.float64)
@@ -122,7 +123,7 @@ def _decode(source, path, size: int, max_pixels: int) -> np.ndarray:
                 if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
                     # exif_transpose copies even upright images: call it only when needed
                     img = ImageOps.exif_transpose(img)
-                rgb = img if img.mode == "RGB" else _to_rgb(img)
+                rgb = img if img.mode == "RGB" else to_rgb(img)
                 if rgb.size != (size, size):
                     rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
                 return np.asarray(rgb, dtype=np.uint8)

@@ -132,12 +132,12 @@ def build_augmentation(config: AugmentationConfig, seed: int = 0):
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    from features.images import _to_rgb
+    from features.images import to_rgb
 
     try:
         with Image.open(path) as img:
             img.load()
-            return np.asarray(img if img.mode == "RGB" else _to_rgb(img), dtype=np.uint8)
+            return np.asarray(img if img.mode == "RGB" else to_rgb(img), dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(path, f"unreadable image: {exc}") from exc
 

@@ -60,7 +60,6 @@ def user_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            _import_tensorflow_quietly()
             return func(*args, **kwargs)
         except UserInputError as exc:
             _fail(str(exc))
@@ -71,8 +70,23 @@ def user_errors(func):
     return wrapper
 
 
+def uses_tensorflow(func):
+    """For commands that run a network: import TensorFlow first, without its start-up noise.
+
+    Commands that only read stores, reports or sidecars skip the import (seconds).
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        _import_tensorflow_quietly()
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
 @app.command()
 @user_errors
+@uses_tensorflow
 def extract(
     data: Annotated[Path, typer.Argument(help="Folder with a sub-folder per class, or a CSV "
                                               "of path,label.")],
@@ -131,6 +145,7 @@ def extract(
 
 @app.command()
 @user_errors
+@uses_tensorflow
 def backbones(
     layers: Annotated[str | None, typer.Option(
         help="List the layer names of this backbone (for --layer).")] = None,
@@ -309,6 +324,7 @@ def compare(
 
 @app.command()
 @user_errors
+@uses_tensorflow
 def predict(
     model: Annotated[Path, typer.Argument(help="A saved model (.joblib).")],
     images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
@@ -410,6 +426,7 @@ def datasets_digits(
 
 @app.command()
 @user_errors
+@uses_tensorflow
 def demo(
     limit_per_class: Annotated[int | None, typer.Option(
         help="Use only this many images per digit (quicker).")] = None,
@@ -471,6 +488,7 @@ def _print_stage3(result) -> None:
 
 @app.command()
 @user_errors
+@uses_tensorflow
 def finetune(
     source: Annotated[Path, typer.Argument(help="A feature store (its images, labels and "
                                                 "split are reused) or a dataset folder.")],
@@ -514,6 +532,7 @@ def finetune(
 
 @app.command()
 @user_errors
+@uses_tensorflow
 def scratch(
     source: Annotated[Path, typer.Argument(help="A feature store or a dataset folder.")],
     input_size: Annotated[int, typer.Option(help="Side of the input images.")] = 64,
@@ -540,6 +559,7 @@ def scratch(
 
 @app.command()
 @user_errors
+@uses_tensorflow
 def augment(
     data: Annotated[Path, typer.Argument(help="Dataset folder (one sub-folder per class).")],
     out: Annotated[Path, typer.Option(help="New folder to write (same layout).")],
@@ -571,6 +591,7 @@ def augment(
 
 @app.command()
 @user_errors
+@uses_tensorflow
 def serve(
     model: Annotated[Path, typer.Argument(help="A saved model (.joblib or .keras).")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

@@ -7,7 +7,6 @@ rerun resumes the ``.part`` with an HTTP range request when the server allows it
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -18,18 +17,12 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from features.backbones import file_digest
 from features.errors import UserInputError
 
 ProgressCallback = Callable[[int, int], None]
 _BLOCK = 1 << 16
 
-
-def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download_file(url: str, dest: str | os.PathLike, *, checksum: str, algorithm: str = "sha256",

@@ -510,37 +510,16 @@ class KerasImageClassifier:
         return get_backbone(self.info["backbone"]).preprocess_input(images)
 
     def class_scores_of_images(self, images: np.ndarray) -> np.ndarray:
-        x = self._preprocess(images)
-        parts = []
-        for i in range(0, len(x), 32):
-            chunk = x[i:i + 32]
-            # padded to a power of two, as for the feature extractors: few compiled shapes
-            bucket = min(32, 1 << max(0, len(chunk) - 1).bit_length())
-            if bucket > len(chunk):
-                pad = np.zeros((bucket - len(chunk), *chunk.shape[1:]), chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
-            parts.append(np.asarray(self.model.predict_on_batch(chunk))[:len(x[i:i + 32])])
+        from features.backbones import predict_in_buckets
+
+        parts = predict_in_buckets(self.model.predict_on_batch, self._preprocess(images))
         return np.concatenate(parts) if parts else np.empty((0, len(self.label_names_)))
 
     def predict_images(self, paths, top: int = 1) -> list[dict]:
-        size = int(self.info["input_size"])
-        results: list[dict] = []
-        good, images = [], []
-        for i, path in enumerate(paths):
-            try:
-                images.append(load_image(path, size))
-                good.append(i)
-                results.append({})
-            except ImageDecodeError as exc:
-                results.append({"path": str(path), "error": exc.reason})
-        if images:
-            scores = self.class_scores_of_images(np.stack(images))
-            for row, i in enumerate(good):
-                order = np.argsort(scores[row])[::-1][:max(1, top)]
-                ranked = [(self.label_names_[j], float(scores[row, j])) for j in order]
-                results[i] = {"path": str(paths[i]), "label": ranked[0][0],
-                              "score": ranked[0][1], "top": ranked}
-        return results
+        from classifiers.evaluation import classify_files
+
+        return classify_files(paths, int(self.info["input_size"]), self.class_scores_of_images,
+                              self.label_names_, top)
 
 
 def load_keras_classifier(path: str | os.PathLike) -> KerasImageClassifier:

@@ -164,21 +164,20 @@ def collect_reports(reports_root: str | os.PathLike, *, stores: list[str] | None
                     models: list[str] | None = None) -> list[dict[str, Any]]:
     """Reports under ``reports_root``, optionally only those of given stores or model files."""
     root = Path(reports_root)
-    found = []
     if not root.is_dir():
-        return found
+        return []
+    found = [read_report(d) for d in sorted(p for p in root.iterdir() if p.is_dir())]
+    return filter_reports([r for r in found if r is not None], stores=stores, models=models)
+
+
+def filter_reports(reports: list[dict[str, Any]], *, stores: list[str] | None = None,
+                   models: list[str] | None = None) -> list[dict[str, Any]]:
+    """The reports of models trained on ``stores`` or saved as ``models`` (all if neither)."""
     store_names = {Path(s).stem for s in stores or []}
     model_names = {Path(m).stem for m in models or []}
-    for directory in sorted(p for p in root.iterdir() if p.is_dir()):
-        report = read_report(directory)
-        if report is None:
-            continue
-        if store_names and report.get("store_name") not in store_names:
-            continue
-        if model_names and report.get("model") not in model_names:
-            continue
-        found.append(report)
-    return found
+    return [r for r in reports
+            if (not store_names or r.get("store_name") in store_names)
+            and (not model_names or r.get("model") in model_names)]
 
 
 def write_comparison(rows: list[dict[str, Any]], directory: str | os.PathLike) -> tuple[Path, Path]:

@@ -56,28 +56,23 @@ class ServedModel:
 
 def load_served_model(path: str | Path) -> ServedModel:
     """Load a joblib classifier (stage 2) or a ``.keras`` model (stage 3), with its sidecar."""
-    from classifiers.persistence import load_classifier, read_sidecar
+    from classifiers.persistence import read_sidecar
+    from pipeline.finetune import KerasImageClassifier
+    from pipeline.workflows import load_image_classifier
 
     path = Path(path)
-    if path.suffix == ".keras":
-        from pipeline.finetune import load_keras_classifier
-
-        model = load_keras_classifier(path)
-        info = model.info
-        return ServedModel(path.stem, int(info["input_size"]), model.label_names_, True,
-                           _public_info(info, path), model.class_scores_of_images)
-    if path.suffix != ".joblib":
-        raise UserInputError(f"{path} is neither a .joblib classifier nor a .keras model")
-    model = load_classifier(path)
+    model = load_image_classifier(path)
+    if isinstance(model, KerasImageClassifier):
+        return ServedModel(path.stem, int(model.info["input_size"]), model.label_names_, True,
+                           _public_info(model.info, path), model.class_scores_of_images)
     extractor = model.feature_extractor()  # built now, not on the first request
-    info = read_sidecar(path)
     names = [model.label_names_[c] for c in model.classes_]
 
     def scores(images):
         return model.class_scores(extractor(images))
 
     return ServedModel(path.stem, extractor.spec.input_size, names, model.has_predict_proba,
-                       _public_info(info, path), scores)
+                       _public_info(read_sidecar(path), path), scores)
 
 
 def _public_info(info: dict, path: Path) -> dict:

@@ -250,7 +250,13 @@ def compare_models(paths: list[str | Path] | None = None) -> tuple[list[dict], P
     ``paths`` may name stores (``.h5``: their models) or model files (``.joblib``,
     ``.keras``); with none, every report under ``artifacts/reports`` is compared.
     """
-    from pipeline.reports import collect_reports, comparison_row, sort_rows, write_comparison
+    from pipeline.reports import (
+        collect_reports,
+        comparison_row,
+        filter_reports,
+        sort_rows,
+        write_comparison,
+    )
 
     paths = [Path(p) for p in paths or []]
     for p in paths:
@@ -261,11 +267,12 @@ def compare_models(paths: list[str | Path] | None = None) -> tuple[list[dict], P
                                  "(.joblib, .keras)")
     stores = [str(p) for p in paths if p.suffix == ".h5"]
     models = [str(p) for p in paths if p.suffix in (".joblib", ".keras")]
-    reports = collect_reports(reports_dir(), stores=stores, models=models)
+    everything = collect_reports(reports_dir())
+    reports = filter_reports(everything, stores=stores, models=models)
     if stores or models:
         # stage 3 models trained on the same data are listed beside the linear classifiers
         store_names = {Path(s).stem for s in stores}
-        reports += [r for r in collect_reports(reports_dir())
+        reports += [r for r in everything
                     if r.get("stage") in ("finetune", "scratch")
                     and r.get("store_name") in store_names and r not in reports]
     if not reports:
@@ -275,20 +282,29 @@ def compare_models(paths: list[str | Path] | None = None) -> tuple[list[dict], P
     return rows, md, csv_path
 
 
+def load_image_classifier(model_path: str | Path):
+    """A stage 2 joblib classifier or a stage 3 ``.keras`` model, checked before loading.
+
+    Both offer ``predict_images(paths, top)``.
+    """
+    path = Path(model_path)
+    if path.suffix == ".keras":
+        from pipeline.finetune import load_keras_classifier
+
+        return load_keras_classifier(path)
+    if path.suffix != ".joblib":
+        raise UserInputError(f"{path} is neither a .joblib classifier nor a .keras model")
+    from classifiers.persistence import load_classifier
+
+    return load_classifier(path)
+
+
 def predict_files(model_path: str | Path, images: list[str | Path], *, top: int = 1
                   ) -> list[dict]:
     """Classify image files with a saved model; unreadable files get an ``error`` entry."""
-    from classifiers.persistence import load_classifier
-
     if top < 1:
         raise UserInputError(f"--top must be at least 1, got {top}")
-    if Path(model_path).suffix == ".keras":
-        from pipeline.finetune import load_keras_classifier
-
-        model = load_keras_classifier(model_path)
-    else:
-        model = load_classifier(model_path)
-    return model.predict_images([str(p) for p in images], top=top)
+    return load_image_classifier(model_path).predict_images([str(p) for p in images], top=top)
 
 
 # -- the built-in demo -------------------------------------------------------------------------

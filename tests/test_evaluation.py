@@ -39,3 +39,15 @@ def test_absent_class_in_test_still_reported():
                               ["a", "b", "c"])
     assert len(ev.confusion) == 3
     assert ev.per_class["c"]["support"] == 0
+
+
+def test_classify_files_keeps_order_and_repeated_broken_paths(tmp_path, broken_files):
+    from classifiers.evaluation import classify_files
+    from tests.conftest import write_image
+
+    good = write_image(tmp_path / "g.png", (1, 2, 3))
+    bad = broken_files["truncated"]
+    out = classify_files([bad, good, bad], 8, lambda x: np.tile([0.2, 0.8], (len(x), 1)),
+                         ["a", "b"], top=2)
+    assert [r.get("error") for r in out] == ["truncated image", None, "truncated image"]
+    assert out[1]["label"] == "b" and out[1]["top"] == [("b", 0.8), ("a", 0.2)]
