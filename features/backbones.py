@@ -219,10 +219,6 @@ class FeatureSpec:
         return cls(**{k: (int(v) if k in ("input_size", "feature_dim") else str(v))
                       for k, v in data.items() if k in cls.__dataclass_fields__})
 
-    def describe(self) -> str:
-        return (f"{self.backbone}/{self.layer}/{self.pooling} @ {self.input_size}px, "
-                f"weights={self.weights}, {self.feature_dim} features")
-
 
 def predict_in_buckets(predict_on_batch: Callable[[np.ndarray], Any], x: np.ndarray,
                        batch_size: int = 32) -> list[np.ndarray]:
