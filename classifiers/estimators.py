@@ -1,242 +1,71 @@
-"""Classifiers on CNN features: a registry of linear models and the estimator users load.
+"""The estimator users load: a tuned linear classifier on CNN features that can classify images.
 
-:class:`FeatureClassifier` is a scikit-learn estimator that tunes its
-regularisation by cross-validation, fits the final model, and carries the
-feature specification of its store, so that :meth:`FeatureClassifier.predict_images`
+:class:`FeatureClassifier` is a scikit-learn estimator that tunes the
+regularisation of one family of :data:`classifiers.registry.CLASSIFIERS` by
+cross-validation, fits the final model (in the row space of the data when that
+is exact and cheaper, see :mod:`classifiers.rowspace`), and carries the feature
+specification of its store, so that :meth:`FeatureClassifier.predict_images`
 can rebuild the backbone and classify raw image files.
 """
 
 from __future__ import annotations
 
+import numbers
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, SGDClassifier
-from sklearn.multiclass import OneVsRestClassifier
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils import assert_all_finite, check_random_state
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classifiers.rowspace import RowSpaceBasis
-from classifiers.search import SearchResult, check_folds, grid_search, pick_best, stratified_folds
-from classifiers.solvers import PreconditionedLogisticRegression
+from classifiers.registry import CLASSIFIERS, ClassifierConfig, get_classifier_config
+from classifiers.rowspace import RowSpaceBasis, lift_estimator
+from classifiers.search import check_folds, grid_search
+from classifiers.streaming_sgd import ChunkSource, array_chunks, search_sgd
 from features.errors import UserInputError
 
-ChunkSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+SOLVER_SPACES = ("auto", "rowspace", "features")
+
+Progress = Callable[[int, int], None]
 
 
-@dataclass(frozen=True)
-class ClassifierConfig:
-    """A named classifier family and how to tune it.
-
-    Attributes
-    ----------
-    name : str
-        Registry key.
-    description : str
-    param : str
-        Searched hyperparameter: ``C`` or ``alpha``.
-    default_grid : tuple of float
-        Log-spaced values searched by default.
-    make : callable
-        ``make(seed, max_iter)`` returns an unfitted scikit-learn estimator.
-    make_rowspace : callable, optional
-        The estimator used on row-space coordinates instead (orthogonal columns of very
-        different norms, where a preconditioned solver converges much faster).
-    rowspace : bool
-        L2-regularised linear model whose solution lies in the row space of the
-        data, so the exact row-space shortcut applies.
-    out_of_core : bool
-        Trained by ``partial_fit`` over chunks of the store.
-    """
-
-    name: str
-    description: str
-    param: str
-    default_grid: tuple[float, ...]
-    make: Callable[[int, int], Any] = field(repr=False)
-    rowspace: bool = True
-    out_of_core: bool = False
-    param_path: str = ""
-    make_rowspace: Callable[[int, int], Any] | None = field(default=None, repr=False)
-
-    @property
-    def estimator_param(self) -> str:
-        """Name of the searched parameter in ``make()``'s estimator (nested for wrappers)."""
-        return self.param_path or self.param
+def _has_predict_proba(model: FeatureClassifier) -> bool:
+    # An unknown kind fails in fit with a clear message; here it must not raise.
+    config = CLASSIFIERS.get(model.kind)
+    return config is None or config.probabilities
 
 
-C_GRID = tuple(float(c) for c in np.logspace(-4, 4, 9))
-ALPHA_GRID = tuple(float(a) for a in np.logspace(-6, -1, 6))
-
-CLASSIFIERS: dict[str, ClassifierConfig] = {}
-
-
-def register_classifier(config: ClassifierConfig) -> ClassifierConfig:
-    if config.name in CLASSIFIERS:
-        raise ValueError(f"classifier {config.name!r} is already registered")
-    CLASSIFIERS[config.name] = config
-    return config
+def _int_seed(random_state: int | np.random.RandomState | None) -> int:
+    """One integer seed for the folds and the solvers, from an int, None or a RandomState."""
+    if isinstance(random_state, numbers.Integral):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
-register_classifier(ClassifierConfig(
-    "logreg", "multinomial logistic regression (L2, L-BFGS)", "C", C_GRID,
-    lambda seed, max_iter: LogisticRegression(max_iter=max_iter, random_state=seed),
-    make_rowspace=lambda seed, max_iter: PreconditionedLogisticRegression(max_iter=max_iter)))
-register_classifier(ClassifierConfig(
-    "linear_svm", "linear SVM (squared hinge, L2, liblinear)", "C", C_GRID,
-    lambda seed, max_iter: LinearSVC(max_iter=max_iter, random_state=seed)))
-register_classifier(ClassifierConfig(
-    "ovr", "one-vs-rest logistic regression (L2, L-BFGS)", "C", C_GRID,
-    lambda seed, max_iter: OneVsRestClassifier(
-        LogisticRegression(max_iter=max_iter, random_state=seed)),
-    param_path="estimator__C",
-    make_rowspace=lambda seed, max_iter: OneVsRestClassifier(
-        PreconditionedLogisticRegression(max_iter=max_iter))))
-register_classifier(ClassifierConfig(
-    "sgd", "logistic loss by SGD over chunks of the store (out of core)", "alpha", ALPHA_GRID,
-    lambda seed, max_iter: StreamingSGDClassifier(random_state=seed),
-    rowspace=False, out_of_core=True))
-
-
-def get_classifier_config(name: str) -> ClassifierConfig:
-    if name not in CLASSIFIERS:
+def _class_names(classes: np.ndarray, label_names: Sequence[str] | None) -> list[str]:
+    """Display name of each class, in ``classes`` order."""
+    if label_names is None:
+        return [str(c) for c in classes]
+    names = list(label_names)
+    if classes.dtype.kind not in "iu":
         raise UserInputError(
-            f"unknown classifier {name!r}; choose one of: {', '.join(CLASSIFIERS)}, all"
+            f"label_names names integer labels (label i is label_names[i]), but the labels "
+            f"are {classes.dtype} values such as {classes[0]!r}; leave label_names out and "
+            "the labels name themselves"
         )
-    return CLASSIFIERS[name]
+    unnamed = classes[(classes < 0) | (classes >= len(names))]
+    if unnamed.size:
+        raise UserInputError(
+            f"label {unnamed[0]} has no name: label_names has {len(names)} entries, naming "
+            f"labels 0 to {len(names) - 1}"
+        )
+    return [str(names[c]) for c in classes]
 
-
-def resolve_classifier_names(name: str) -> list[str]:
-    """``all`` -> every registered name; otherwise ``[name]`` after validation."""
-    if name == "all":
-        return list(CLASSIFIERS)
-    get_classifier_config(name)
-    return [name]
-
-
-# -- out-of-core SGD ---------------------------------------------------------------------------
-
-class StreamingSGDClassifier(ClassifierMixin, BaseEstimator):
-    """Standardised logistic-loss SGD trained chunk by chunk (``partial_fit``).
-
-    Parameters
-    ----------
-    alpha : float, default=1e-4
-        L2 regularisation strength.
-    epochs : int, default=5
-        Passes over the data after the pass that fits the scaler.
-    random_state : int, default=0
-
-    Attributes
-    ----------
-    scaler_ : StandardScaler
-    sgd_ : SGDClassifier
-    classes_ : numpy.ndarray
-    """
-
-    def __init__(self, alpha: float = 1e-4, epochs: int = 5, random_state: int = 0) -> None:
-        self.alpha = alpha
-        self.epochs = epochs
-        self.random_state = random_state
-
-    def _new_sgd(self, alpha: float) -> SGDClassifier:
-        return SGDClassifier(loss="log_loss", alpha=alpha, learning_rate="optimal",
-                             random_state=self.random_state)
-
-    def fit(self, X: np.ndarray, y: np.ndarray) -> StreamingSGDClassifier:
-        X, y = np.asarray(X), np.asarray(y)
-        return self.fit_chunks(lambda: _array_chunks(X, y), classes=np.unique(y))
-
-    def fit_chunks(self, chunks: ChunkSource, classes: np.ndarray) -> StreamingSGDClassifier:
-        """Fit from a callable returning a fresh iterable of ``(X, y)`` chunks on each call."""
-        self.classes_ = np.asarray(classes)
-        self.scaler_ = fit_scaler(chunks)
-        self.sgd_ = self._new_sgd(self.alpha)
-        rng = np.random.default_rng(self.random_state)
-        for _ in range(self.epochs):
-            for X, y in chunks():
-                order = rng.permutation(len(y))
-                self.sgd_.partial_fit(self.scaler_.transform(X[order]), y[order],
-                                      classes=self.classes_)
-        self.n_features_in_ = self.scaler_.n_features_in_
-        return self
-
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        check_is_fitted(self, "sgd_")
-        return self.sgd_.decision_function(self.scaler_.transform(X))
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        check_is_fitted(self, "sgd_")
-        return self.sgd_.predict_proba(self.scaler_.transform(X))
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        check_is_fitted(self, "sgd_")
-        return self.sgd_.predict(self.scaler_.transform(X))
-
-
-def _array_chunks(X: np.ndarray, y: np.ndarray, rows: int = 1024) -> Iterator:
-    for start in range(0, len(y), rows):
-        yield X[start:start + rows], y[start:start + rows]
-
-
-def fit_scaler(chunks: ChunkSource) -> StandardScaler:
-    scaler = StandardScaler()
-    for X, _ in chunks():
-        scaler.partial_fit(X)
-    return scaler
-
-
-def search_sgd(chunks: ChunkSource, y: np.ndarray, grid: Sequence[float], *, cv: int, seed: int,
-               epochs: int) -> SearchResult:
-    """Cross-validate ``alpha`` for :class:`StreamingSGDClassifier` in a few passes over the data.
-
-    Every (alpha, fold) model is updated from the same chunk as it streams by, so
-    the store is read ``epochs + 2`` times whatever the grid and fold count. The
-    scaler is fitted on the whole train split (means and variances only).
-    """
-    check_folds(y, cv)
-    grid = sorted(float(v) for v in grid)
-    classes = np.unique(y)
-    fold_of = np.empty(len(y), dtype=np.int64)
-    for f, (_, held_out) in enumerate(stratified_folds(y, cv, seed)):
-        fold_of[held_out] = f
-    scaler = fit_scaler(chunks)
-    template = StreamingSGDClassifier(random_state=seed)
-    models = {(a, f): template._new_sgd(grid[a]) for a in range(len(grid)) for f in range(cv)}
-    rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        pos = 0
-        for X, yc in chunks():
-            Xs, folds = scaler.transform(X), fold_of[pos:pos + len(yc)]
-            pos += len(yc)
-            order = rng.permutation(len(yc))
-            Xs, yc, folds = Xs[order], yc[order], folds[order]
-            for (_, f), model in models.items():
-                keep = folds != f
-                if keep.any():
-                    model.partial_fit(Xs[keep], yc[keep], classes=classes)
-    correct = np.zeros((len(grid), cv))
-    total = np.bincount(fold_of, minlength=cv).astype(float)
-    pos = 0
-    for X, yc in chunks():
-        Xs, folds = scaler.transform(X), fold_of[pos:pos + len(yc)]
-        pos += len(yc)
-        for (a, f), model in models.items():
-            held = folds == f
-            if held.any():
-                correct[a, f] += np.sum(model.predict(Xs[held]) == yc[held])
-    scores = correct / total
-    return SearchResult("alpha", grid, scores, pick_best(scores, regularisation_decreases=False))
-
-
-# -- the estimator users load ------------------------------------------------------------------
 
 class FeatureClassifier(ClassifierMixin, BaseEstimator):
     """A tuned linear classifier on CNN features that can also classify image files.
@@ -244,12 +73,12 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     kind : {"logreg", "linear_svm", "ovr", "sgd"}, default="logreg"
-        Classifier family, see :data:`CLASSIFIERS`.
+        Classifier family, see :data:`classifiers.registry.CLASSIFIERS`.
     grid : sequence of float, optional
         Values of C (alpha for ``sgd``) to search; the family's default if None.
     cv : int, default=3
         Stratified folds of the search (on the training data only).
-    seed : int, default=0
+    random_state : int, RandomState instance or None, default=0
         Seed of the folds and of stochastic solvers.
     n_jobs : int, default=1
         Threads for the search.
@@ -257,20 +86,28 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         Iteration limit of the solvers.
     epochs : int, default=5
         Passes over the data for ``sgd``.
-    rowspace : {"auto", True, False}, default="auto"
-        Use the exact row-space shortcut (see :mod:`classifiers.rowspace`) when
-        there are fewer rows than features.
+    solver_space : {"auto", "rowspace", "features"}, default="auto"
+        Where the model is fitted. ``"rowspace"``: on coordinates in the row space
+        of the training rows, then mapped back to features (the same model, see
+        :mod:`classifiers.rowspace`; ``logreg``, ``linear_svm`` and ``ovr`` only).
+        ``"features"``: on the features directly. ``"auto"``: the row space when
+        the family allows it and there are fewer rows than features.
     feature_spec : dict, optional
-        Specification of the features (from the store), needed by :meth:`predict_images`.
+        Specification of the features, needed by :meth:`predict_images`.
+        :meth:`fit_store` takes it from the store instead.
     label_names : sequence of str, optional
-        Class names, indexed by label.
+        Names of integer labels: label ``i`` is called ``label_names[i]``. Without
+        it, classes are named by their labels (which may be strings).
+        :meth:`fit_store` takes them from the store instead.
 
     Attributes
     ----------
     estimator_ : scikit-learn estimator
-        The final model, fitted on all training rows, in feature space.
+        The final model, fitted on all training rows, predicting from features.
     classes_ : numpy.ndarray
+        The labels, sorted; columns of :meth:`predict_proba` and :meth:`class_scores`.
     label_names_ : list of str
+        Name of each class, in ``classes_`` order.
     feature_spec_ : dict or None
     best_params_ : dict
         The chosen hyperparameter.
@@ -278,58 +115,78 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     used_rowspace_ : bool
     converged_ : bool
         False when the final fit stopped at ``max_iter``.
+    n_iter_ : int
+        Iterations of the final fit (the most of its binary models for ``ovr``;
+        epochs for ``sgd``).
     fit_seconds_ : float
     n_features_in_ : int
     """
 
     def __init__(self, kind: str = "logreg", grid: Sequence[float] | None = None, cv: int = 3,
-                 seed: int = 0, n_jobs: int = 1, max_iter: int = 1000, epochs: int = 5,
-                 rowspace: str | bool = "auto", feature_spec: dict | None = None,
+                 random_state: int | np.random.RandomState | None = 0, n_jobs: int = 1,
+                 max_iter: int = 1000,
+                 epochs: int = 5, solver_space: str = "auto",
+                 feature_spec: dict | None = None,
                  label_names: Sequence[str] | None = None) -> None:
         self.kind = kind
         self.grid = grid
         self.cv = cv
-        self.seed = seed
+        self.random_state = random_state
         self.n_jobs = n_jobs
         self.max_iter = max_iter
         self.epochs = epochs
-        self.rowspace = rowspace
+        self.solver_space = solver_space
         self.feature_spec = feature_spec
         self.label_names = label_names
 
     # fitting --------------------------------------------------------------------------------
-    def _config(self) -> ClassifierConfig:
-        return get_classifier_config(self.kind)
+    def _validate_params(self) -> tuple[ClassifierConfig, list[float]]:
+        config = get_classifier_config(self.kind)
+        for name in ("cv", "max_iter", "epochs"):
+            value = getattr(self, name)
+            least = 2 if name == "cv" else 1
+            if not isinstance(value, numbers.Integral) or value < least:
+                raise UserInputError(f"{name} must be an integer >= {least}, got {value!r}")
+        if self.solver_space not in SOLVER_SPACES:
+            raise UserInputError(f"solver_space must be one of {', '.join(SOLVER_SPACES)}; "
+                                 f"got {self.solver_space!r}")
+        if self.solver_space == "rowspace" and not config.rowspace:
+            raise UserInputError(f"solver_space='rowspace' is exact only for L2 linear models "
+                                 f"fitted in memory; kind {self.kind!r} takes 'auto' or "
+                                 "'features'")
+        grid = list(config.param_grid if self.grid is None else self.grid)
+        if not grid or not all(isinstance(v, numbers.Real) and v > 0 for v in grid):
+            raise UserInputError(f"grid must hold positive values of {config.param_name}, "
+                                 f"got {self.grid!r}")
+        return config, grid
 
-    def _template(self, rowspace: bool = False):
-        config = self._config()
-        make = config.make_rowspace if rowspace and config.make_rowspace else config.make
-        est = make(self.seed, self.max_iter)
-        if config.out_of_core:
-            est.set_params(epochs=self.epochs)
-        return est
-
-    def _check_X_y(self, X, y) -> tuple[np.ndarray, np.ndarray]:
-        X = np.asarray(X)
-        if X.ndim != 2:
-            raise UserInputError(f"features must be a 2-D array, got shape {X.shape}")
-        if X.dtype not in (np.float32, np.float64):
-            X = X.astype(np.float32)
-        y = np.asarray(y)
-        if len(y) != len(X):
-            raise UserInputError(f"{len(X)} feature rows but {len(y)} labels")
-        if not np.isfinite(X).all():
-            raise UserInputError("features contain NaN or infinite values; extract them again")
+    def _validate_training_data(self, X, y) -> tuple[np.ndarray, np.ndarray]:
+        if y is None:
+            raise UserInputError("FeatureClassifier requires y to be passed, but the target y "
+                                 "is None; pass a label per row")
+        # Clear messages for the common mistakes on arrays and data frames; anything
+        # else is left to scikit-learn's validation.
+        shape, y_shape = getattr(X, "shape", None), getattr(y, "shape", None)
+        if shape is not None and len(shape) != 2:
+            raise UserInputError(f"features must be a 2-D array (rows x values), got shape "
+                                 f"{shape}")
+        if shape is not None and y_shape and y_shape[0] != shape[0]:
+            raise UserInputError(f"{shape[0]} feature rows but {y_shape[0]} labels")
+        # float32 stays float32 (no copy of a large store); assert_all_finite below
+        # gives the error a clearer message than validate_data's.
+        X, y = validate_data(self, X, y, dtype=(np.float32, np.float64),
+                             ensure_all_finite=False)
+        self._check_finite(X)
+        check_classification_targets(y)
         return X, y
 
-    def _finish(self, search: SearchResult, y: np.ndarray, t0: float) -> None:
-        self.search_ = search
-        self.best_params_ = {search.param: search.best_value}
-        self.classes_ = np.unique(y)
-        names = list(self.label_names) if self.label_names is not None else None
-        self.label_names_ = names or [str(c) for c in self.classes_]
-        self.feature_spec_ = dict(self.feature_spec) if self.feature_spec else None
-        self.fit_seconds_ = time.perf_counter() - t0
+    @staticmethod
+    def _check_finite(X: np.ndarray) -> None:
+        try:
+            assert_all_finite(X)
+        except ValueError:
+            raise UserInputError(
+                "features contain NaN or infinite values; extract them again") from None
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> FeatureClassifier:
         """Search the grid by cross-validation on ``(X, y)``, then fit on all of it.
@@ -339,135 +196,174 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         X : array of shape (n_samples, n_features)
             Training features (float32 is kept as is; no copy is made).
         y : array of shape (n_samples,)
+            Labels of any type (integers, strings).
 
         Returns
         -------
         self
         """
+        return self._fit(X, y, self.feature_spec, self.label_names, progress=None)
+
+    def _fit(self, X, y, feature_spec: dict | None, label_names: Sequence[str] | None,
+             progress: Progress | None) -> FeatureClassifier:
         t0 = time.perf_counter()
-        X, y = self._check_X_y(X, y)
-        config = self._config()
-        grid = list(self.grid) if self.grid is not None else list(config.default_grid)
+        config, grid = self._validate_params()
+        X, y = self._validate_training_data(X, y)
         check_folds(y, self.cv)
-        self.n_features_in_ = X.shape[1]
+        names = _class_names(np.unique(y), label_names)
+        seed = _int_seed(self.random_state)
         if config.out_of_core:
-            chunks = lambda: _array_chunks(X, y)  # noqa: E731
-            self._fit_out_of_core(chunks, y, grid)
-            self._finish(self.search_, y, t0)
-            return self
-        use_rowspace = config.rowspace and (
-            self.rowspace is True or (self.rowspace == "auto" and X.shape[0] < X.shape[1]))
-        self.used_rowspace_ = bool(use_rowspace)
-        template = self._template(rowspace=self.used_rowspace_)
-        if use_rowspace:
-            basis = RowSpaceBasis().fit(X)
-            Z = basis.train_coordinates_
-            search = grid_search(template, config.estimator_param, grid, Z, y, cv=self.cv,
-                                 seed=self.seed, n_jobs=self.n_jobs, name=config.param,
-                                 progress=getattr(self, "_progress", None))
-            final = clone(template).set_params(**{config.estimator_param: search.best_value})
-            self._final_fit(final, Z, y)
-            self.estimator_ = _lift(final, basis, X.shape[1])
-            basis.release()
+            self._fit_out_of_core(config, lambda: array_chunks(X, y), y, grid, seed)
         else:
-            search = grid_search(template, config.estimator_param, grid, X, y, cv=self.cv,
-                                 seed=self.seed, n_jobs=self.n_jobs, name=config.param,
-                                 progress=getattr(self, "_progress", None))
-            final = clone(template).set_params(**{config.estimator_param: search.best_value})
-            self.estimator_ = self._final_fit(final, X, y)
-        self._finish(search, y, t0)
+            self._fit_in_memory(config, X, y, grid, seed, progress)
+        self._finish(y, names, feature_spec, t0)
         return self
 
-    def _final_fit(self, estimator, X, y):
+    def _fit_in_memory(self, config: ClassifierConfig, X: np.ndarray, y: np.ndarray,
+                       grid: list[float], seed: int, progress: Progress | None) -> None:
+        self.used_rowspace_ = config.rowspace and (
+            self.solver_space == "rowspace"
+            or (self.solver_space == "auto" and X.shape[0] < X.shape[1]))
+        basis = RowSpaceBasis().fit(X) if self.used_rowspace_ else None
+        if basis is not None and basis.n_components_ == 0:
+            basis, self.used_rowspace_ = None, False  # all-zero features: nothing to project
+        data = basis.train_coordinates_ if basis is not None else X
+        template = config.make_estimator(seed, self.max_iter, rowspace=self.used_rowspace_)
+        key = config.param_key(template)
+        self.search_ = grid_search(template, key, grid, data, y, cv=self.cv, seed=seed,
+                                   n_jobs=self.n_jobs, name=config.param_name,
+                                   progress=progress)
+        final = clone(template).set_params(**{key: self.search_.best_value})
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            estimator.fit(X, y)
-        parts = getattr(estimator, "estimators_", [estimator])
+            final.fit(data, y)
+        parts = getattr(final, "estimators_", [final])
         self.converged_ = not any(issubclass(w.category, ConvergenceWarning) for w in caught) \
             and all(getattr(part, "converged_", True) for part in parts)
-        return estimator
+        self.n_iter_ = max(int(np.max(part.n_iter_)) for part in parts)
+        if basis is not None:
+            final = lift_estimator(final, basis)
+            basis.release()
+        self.estimator_ = final
 
-    def _fit_out_of_core(self, chunks: ChunkSource, y: np.ndarray, grid: list[float]) -> None:
+    def _fit_out_of_core(self, config: ClassifierConfig, chunks: ChunkSource, y: np.ndarray,
+                         grid: list[float], seed: int) -> None:
         self.used_rowspace_ = False
         self.converged_ = True  # SGD runs a fixed number of epochs
-        search = search_sgd(chunks, y, grid, cv=self.cv, seed=self.seed, epochs=self.epochs)
-        final = StreamingSGDClassifier(alpha=search.best_value, epochs=self.epochs,
-                                       random_state=self.seed)
+        self.n_iter_ = self.epochs
+        self.search_ = search_sgd(chunks, y, grid, cv=self.cv, random_state=seed,
+                                  epochs=self.epochs)
+        final = config.make_estimator(seed, self.max_iter).set_params(
+            **{config.param_name: self.search_.best_value, "epochs": self.epochs})
         self.estimator_ = final.fit_chunks(chunks, classes=np.unique(y))
-        self.search_ = search
 
-    def fit_store(self, store, split: str = "train",
-                  progress: Callable[[int, int], None] | None = None) -> FeatureClassifier:
+    def _finish(self, y: np.ndarray, names: list[str], feature_spec: dict | None,
+                t0: float) -> None:
+        self.best_params_ = {self.search_.param: self.search_.best_value}
+        self.classes_ = np.unique(y)
+        self.label_names_ = names
+        self.feature_spec_ = dict(feature_spec) if feature_spec else None
+        self.fit_seconds_ = time.perf_counter() - t0
+
+    def fit_store(self, store, split: str = "train", progress: Progress | None = None, *,
+                  loaded: tuple[np.ndarray, np.ndarray] | None = None) -> FeatureClassifier:
         """Fit on a split of a :class:`features.FeatureStore`, recording its specification.
 
-        ``sgd`` streams the store chunk by chunk (memory bounded by the chunk size);
-        the other families read the split into one float32 array. ``progress(done, cv)``
-        is called as cross-validation folds finish.
+        The feature specification and the class names come from the store (the
+        ``feature_spec`` and ``label_names`` parameters are not used). ``sgd``
+        streams the store chunk by chunk (memory bounded by the chunk size); the
+        other families read the split into one float32 array.
+
+        Parameters
+        ----------
+        store : features.FeatureStore
+        split : str, default="train"
+        progress : callable, optional
+            ``progress(done, cv)``, called as cross-validation folds finish
+            (families fitted in memory).
+        loaded : (X, y), optional
+            The split already read with ``store.load(split)`` (several families trained
+            on one read); ignored by the out-of-core family.
+
+        Returns
+        -------
+        self
         """
-        self._progress = progress
-        self.feature_spec = store.spec.to_dict()
-        self.label_names = store.label_names
-        config = self._config()
+        spec, label_names = store.spec.to_dict(), store.label_names
+        config, grid = self._validate_params()
         if not config.out_of_core:
-            X, y = store.load(split)
-            return self.fit(X, y)
+            X, y = loaded if loaded is not None else store.load(split)
+            return self._fit(X, y, spec, label_names, progress)
         t0 = time.perf_counter()
         y = store.labels[store.split_mask(split)]
         check_folds(y, self.cv)
+        names = _class_names(np.unique(y), label_names)
 
         def chunks():
             for _, X, yc in store.iter_chunks(split):
                 yield X, yc
 
-        grid = list(self.grid) if self.grid is not None else list(config.default_grid)
         self.n_features_in_ = store.feature_dim
-        self._fit_out_of_core(chunks, y, grid)
-        self._finish(self.search_, y, t0)
+        self._fit_out_of_core(config, chunks, y, grid, _int_seed(self.random_state))
+        self._finish(y, names, spec, t0)
         return self
 
     # prediction -----------------------------------------------------------------------------
-    def _check_features(self, X) -> np.ndarray:
+    def _validate_features(self, X) -> np.ndarray:
         check_is_fitted(self, "estimator_")
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+        shape = getattr(X, "shape", ())
+        if len(shape) == 2 and shape[1] != self.n_features_in_:
+            # scikit-learn's wording first, so generic tooling recognises it
             raise UserInputError(
-                f"features have {X.shape[-1] if X.ndim else 0} values per image but this "
-                f"classifier expects {self.n_features_in_} ({self.describe_features()}); use "
+                f"X has {shape[1]} features, but FeatureClassifier is expecting "
+                f"{self.n_features_in_} features as input ({self.describe_features()}); use "
                 "features extracted with the same backbone, layer, pooling and input size"
             )
+        X = validate_data(self, X, reset=False, dtype=(np.float32, np.float64),
+                          ensure_all_finite=False)
+        self._check_finite(X)
         return X
 
     def describe_features(self) -> str:
+        """``backbone/layer/pooling @ size`` of the training features, for messages."""
         spec = getattr(self, "feature_spec_", None)
         if not spec:
             return "unknown feature specification"
         return f"{spec['backbone']}/{spec['layer']}/{spec['pooling']} @ {spec['input_size']}px"
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predicted label index of each row."""
-        return self.estimator_.predict(self._check_features(X))
+        """Predicted label of each row (values of ``classes_``)."""
+        X = self._validate_features(X)
+        return self.estimator_.predict(X)
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """Class scores of each row, shape (n, classes) (binary problems included)."""
-        scores = self.estimator_.decision_function(self._check_features(X))
-        if scores.ndim == 1:
-            scores = np.column_stack([-scores, scores])
-        return scores
+        """Decision values, as in scikit-learn.
 
-    @property
-    def has_predict_proba(self) -> bool:
-        return self.kind != "linear_svm"
+        Returns
+        -------
+        numpy.ndarray of shape (n_samples,) for two classes (positive: ``classes_[1]``),
+        (n_samples, n_classes) otherwise. :meth:`class_scores` always has a column per class.
+        """
+        X = self._validate_features(X)
+        return self.estimator_.decision_function(X)
 
+    @available_if(_has_predict_proba)
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities; not available for ``linear_svm`` (use ``decision_function``)."""
-        if not self.has_predict_proba:
-            raise AttributeError("linear_svm gives scores, not probabilities; "
-                                 "use decision_function")
-        return self.estimator_.predict_proba(self._check_features(X))
+        """Class probabilities, columns in ``classes_`` order (not for ``linear_svm``)."""
+        X = self._validate_features(X)
+        return self.estimator_.predict_proba(X)
 
     def class_scores(self, X: np.ndarray) -> np.ndarray:
-        """Probabilities where the model has them, otherwise decision scores."""
-        return self.predict_proba(X) if self.has_predict_proba else self.decision_function(X)
+        """A score per class, shape (n_samples, n_classes), columns in ``classes_`` order.
+
+        Probabilities where the model has them, otherwise decision values (for two
+        classes ``[-d, d]``, so that the higher column is the predicted class). For
+        reports, rank-k metrics and serving.
+        """
+        if _has_predict_proba(self):
+            return self.predict_proba(X)
+        scores = self.decision_function(X)
+        return np.column_stack([-scores, scores]) if scores.ndim == 1 else scores
 
     # images ---------------------------------------------------------------------------------
     def feature_extractor(self):
@@ -476,7 +372,8 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         if cached is None:
             from features.backbones import FeatureSpec, build_from_spec
 
-            if not getattr(self, "feature_spec_", None):
+            check_is_fitted(self, "estimator_")
+            if not self.feature_spec_:
                 raise UserInputError(
                     "this classifier was fitted without a feature specification; fit it with "
                     "fit_store() or pass feature_spec= so it can rebuild the backbone"
@@ -491,29 +388,27 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         list of dict
-            One per path, in order: ``{"path", "label", "score", "top": [(label, score)...]}``,
-            or ``{"path", "error"}`` for a file that could not be read. Scores are
-            probabilities except for ``linear_svm``.
+            One per path, in order: ``{"path", "label", "score", "top": [(label, score)...]}``
+            with labels from ``label_names_``, or ``{"path", "error"}`` for a file that
+            could not be read. Scores are probabilities except for ``linear_svm``.
         """
-        from classifiers.evaluation import classify_files
+        from features.prediction import classify_files
 
         extractor = self.feature_extractor()
-        names = [self.label_names_[c] for c in self.classes_]
         return classify_files(paths, extractor.spec.input_size,
-                              lambda images: self.class_scores(extractor(images)), names, top)
+                              lambda images: self.class_scores(extractor(images)),
+                              self.label_names_, top)
 
     def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         state.pop("_extractor_cache", None)  # a Keras model: rebuilt lazily after loading
-        state.pop("_progress", None)  # a callback of the training run
         return state
 
-
-def _lift(estimator, basis: RowSpaceBasis, n_features: int):
-    """Turn an estimator fitted on row-space coordinates into the same one on raw features."""
-    targets = estimator.estimators_ if isinstance(estimator, OneVsRestClassifier) else [estimator]
-    for est in targets:
-        est.coef_ = basis.lift(est.coef_)
-        est.n_features_in_ = n_features
-    estimator.n_features_in_ = n_features
-    return estimator
+    def __setstate__(self, state: dict) -> None:
+        # Models saved before the parameters took scikit-learn's names still load whole.
+        if "seed" in state:
+            state["random_state"] = state.pop("seed")
+        if "rowspace" in state:
+            old = state.pop("rowspace")
+            state["solver_space"] = {True: "rowspace", False: "features"}.get(old, "auto")
+        super().__setstate__(state)

@@ -1,28 +1,37 @@
 """Save and load classifiers with joblib, guarded by a JSON sidecar.
 
 A pickle runs code when it is loaded: only load files you trust. The sidecar
-(``<model>.json``) records the SHA-256 of the joblib file, the library versions
-and the metrics; :func:`load_classifier` checks the digest *before* unpickling,
-which catches corrupted or swapped files (it is not a signature: whoever can
-write both files can forge both).
+(``<model>.json``) records the SHA-256 of the model file, the library versions
+and the metrics. :func:`read_verified` reads a model file once and checks those
+very bytes against the sidecar; :func:`load_classifier` (and the ``.keras``
+loader of stage 3) deserialise the checked bytes, never the file a second time,
+so a file swapped after the check is not loaded. The digest catches corrupted
+or swapped files; it is not a signature: whoever can write both files can forge both.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import joblib
 
-from features.backbones import FeatureSpec, file_digest
+from features.backbones import FeatureSpec
 from features.errors import UserInputError
+from features.integrity import atomic_write, atomic_write_json, bytes_digest, file_digest
 
-SPEC_FIELDS_THAT_MATTER = ("backbone", "layer", "pooling", "input_size", "weights", "feature_dim")
+if TYPE_CHECKING:
+    from classifiers.estimators import FeatureClassifier
+
+SPEC_FIELDS_THAT_MATTER = ("backbone", "layer", "pooling", "input_size", "weights", "feature_dim",
+                           "precision")
+# How to load a joblib classifier whose sidecar is missing (named in that error).
+UNCHECKED_JOBLIB_LOAD = "load_classifier(path, verify=False)"
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:
@@ -41,20 +50,8 @@ def classifier_versions() -> dict[str, str]:
             "joblib": joblib.__version__}
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_classifier(model, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None
-                    ) -> Path:
+def save_classifier(model: FeatureClassifier, path: str | os.PathLike, *,
+                    metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model`` with joblib and its sidecar, each atomically (no half-written file).
 
     Parameters
@@ -71,7 +68,7 @@ def save_classifier(model, path: str | os.PathLike, *, metadata: dict[str, Any] 
     Path
     """
     path = Path(path)
-    _atomic_write(path, lambda tmp: joblib.dump(model, tmp))
+    atomic_write(path, lambda tmp: joblib.dump(model, tmp))
     sidecar = {
         "model": path.name,
         "sha256": sha256_file(path),
@@ -84,17 +81,29 @@ def save_classifier(model, path: str | os.PathLike, *, metadata: dict[str, Any] 
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **(metadata or {}),
     }
-    _atomic_write(sidecar_path(path),
-                  lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2, default=str)))
+    atomic_write_json(sidecar_path(path), sidecar)
     return path
 
 
-def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+def read_sidecar(path: str | os.PathLike, *, unchecked_way: str = UNCHECKED_JOBLIB_LOAD
+                 ) -> dict[str, Any]:
+    """The sidecar of the model at ``path``.
+
+    Parameters
+    ----------
+    unchecked_way : str
+        How to load the model without its sidecar, named in the error when it is missing.
+
+    Raises
+    ------
+    UserInputError
+        When the sidecar is missing or is not JSON.
+    """
     side = sidecar_path(path)
     if not side.is_file():
         raise UserInputError(
             f"{side} is missing, so {path} cannot be checked before loading; keep the .json "
-            "next to the model, or call load_classifier(path, verify=False) for a file you trust"
+            f"next to the model, or call {unchecked_way} for a file you trust"
         )
     try:
         return json.loads(side.read_text())
@@ -102,7 +111,66 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
         raise UserInputError(f"{side} is not valid JSON ({exc}); retrain or restore it") from exc
 
 
-def load_classifier(path: str | os.PathLike, *, verify: bool = True):
+def read_verified(path: str | os.PathLike, *, current_versions: dict[str, str],
+                  verify: bool = True, train_command: str = "tlearn train",
+                  unchecked_way: str = UNCHECKED_JOBLIB_LOAD) -> tuple[bytes, dict[str, Any]]:
+    """The bytes of a saved model, checked against its sidecar, and the sidecar.
+
+    The file is read once: callers deserialise the returned bytes, so what they
+    load is exactly what was checked.
+
+    Parameters
+    ----------
+    path : path-like
+        The model file (``.joblib`` or ``.keras``).
+    current_versions : dict
+        Versions of the libraries that will deserialise it, compared with the
+        ``library_versions`` the sidecar recorded.
+    verify : bool, default=True
+        False skips the sidecar (no digest check, no version warning; ``{}`` is returned).
+    train_command : str
+        The command named when the file does not exist.
+    unchecked_way : str
+        How to load without a sidecar, named when the sidecar is missing.
+
+    Returns
+    -------
+    (bytes, dict)
+
+    Raises
+    ------
+    UserInputError
+        Missing file, missing or unreadable sidecar, digest mismatch.
+
+    Warns
+    -----
+    UserWarning
+        When it was saved with other versions of libraries in ``current_versions``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"model {path} does not exist; train one with '{train_command}'")
+    if not verify:
+        return path.read_bytes(), {}
+    sidecar = read_sidecar(path, unchecked_way=unchecked_way)
+    data = path.read_bytes()
+    if sidecar.get("sha256") != bytes_digest(data, "sha256"):
+        raise UserInputError(
+            f"{path} does not match the SHA-256 in {sidecar_path(path).name} (tampered or "
+            "corrupted); it was not loaded: retrain it or restore the original file"
+        )
+    saved = sidecar.get("library_versions") or {}
+    differ = {k: (saved[k], v) for k, v in current_versions.items()
+              if k in saved and saved[k] != v}
+    if differ:
+        detail = ", ".join(f"{k} {a} (now {b})" for k, (a, b) in differ.items())
+        # stacklevel 3: the warning points at whoever called the public loader
+        warnings.warn(f"{path.name} was saved with {detail}; predictions may differ",
+                      UserWarning, stacklevel=3)
+    return data, sidecar
+
+
+def load_classifier(path: str | os.PathLike, *, verify: bool = True) -> FeatureClassifier:
     """Load a classifier saved by :func:`save_classifier`.
 
     Parameters
@@ -129,25 +197,9 @@ def load_classifier(path: str | os.PathLike, *, verify: bool = True):
     from classifiers.estimators import FeatureClassifier
 
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"model {path} does not exist; train one with 'tlearn train'")
-    if verify:
-        sidecar = read_sidecar(path)
-        actual = sha256_file(path)
-        if sidecar.get("sha256") != actual:
-            raise UserInputError(
-                f"{path} does not match the SHA-256 in {sidecar_path(path).name} (tampered or "
-                "corrupted); it was not loaded: retrain it or restore the original file"
-            )
-        saved = sidecar.get("library_versions", {})
-        now = classifier_versions()
-        differ = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
-        if differ:
-            detail = ", ".join(f"{k} {a} (now {b})" for k, (a, b) in differ.items())
-            warnings.warn(f"{path.name} was saved with {detail}; predictions may differ",
-                          UserWarning, stacklevel=2)
+    data, _ = read_verified(path, current_versions=classifier_versions(), verify=verify)
     try:
-        model = joblib.load(path)
+        model = joblib.load(io.BytesIO(data))
     except Exception as exc:
         raise UserInputError(f"{path} could not be loaded ({exc.__class__.__name__}: {exc})"
                              ) from exc
@@ -157,16 +209,29 @@ def load_classifier(path: str | os.PathLike, *, verify: bool = True):
 
 
 def check_same_features(model, spec: FeatureSpec, where: str = "the store") -> None:
-    """Refuse features of another specification than the model was trained on."""
+    """Refuse features of another specification than the model was trained on.
+
+    The runtime is not compared: float32 features of TensorFlow and OpenVINO agree
+    within ``features.runtimes.MIXING_TOLERANCE`` (tests/test_runtimes.py). The
+    precision is: int8 and bfloat16 features are other numbers than float32 ones.
+    """
     expected = getattr(model, "feature_spec_", None) or {}
+    if expected:
+        # A model saved before precision was recorded was trained on float32 features.
+        expected = FeatureSpec.fill_defaults(expected)
     got = spec.to_dict()
-    diffs = [f"{k} {got.get(k)!r} (model: {expected.get(k)!r})"
-             for k in SPEC_FIELDS_THAT_MATTER
-             if expected and str(expected.get(k)) != str(got.get(k))]
+    differing = [k for k in SPEC_FIELDS_THAT_MATTER
+                 if expected and str(expected.get(k)) != str(got.get(k))]
+    diffs = [f"{k} {got.get(k)!r} (model: {expected.get(k)!r})" for k in differing]
     if not expected and got["feature_dim"] != model.n_features_in_:
         diffs.append(f"feature_dim {got['feature_dim']} (model: {model.n_features_in_})")
     if diffs:
+        options = " ".join(f"--{k.replace('_', '-')} {expected[k]}" for k in differing
+                           if k != "feature_dim")
+        if "precision" in differing and expected["precision"] == "int8":
+            options += " --runtime openvino"  # int8 exists only there (features.runtimes)
         raise UserInputError(
             f"{where} has other features than the model was trained on: {'; '.join(diffs)}; "
-            "extract the images with the model's backbone settings"
+            + (f"extract the images again with {options}" if options
+               else "extract the images with the model's backbone settings")
         )

@@ -1,76 +1,215 @@
-"""Exact fitting of L2-regularised linear models in the row space of the training data.
+"""Exact fitting of L2-regularised linear models in the principal axes of the training rows.
 
 For a loss that depends on the data only through ``X @ w`` plus an L2 penalty on
 ``w``, the optimum satisfies ``w = X.T @ a`` for some ``a``: it lies in the span of
-the training rows. With ``X = U S V.T`` (thin SVD, rank r <= n), writing
-``w = V z`` turns the problem into the same problem on ``Z = X V = U S`` (n x r)
-with the same penalty, because ``||w|| = ||z||``. When there are far fewer rows
-than columns (a few thousand images, 25,088 features) this is the same model at a
-fraction of the cost, and the same holds for every cross-validation fold, whose
-row space is a subspace of the full one.
+the training rows. With ``X = U S V.T`` (thin SVD, rank r), writing ``w = V z``
+turns the problem into the same problem on ``Z = X V = U S`` (n x r) with the same
+penalty, because ``||w|| = ||z||``. The columns of ``Z`` are orthogonal, which is
+what a diagonal (Jacobi) preconditioner needs to make L-BFGS fast.
 
-``U`` and ``S`` come from the eigendecomposition of the Gram matrix ``X X.T``,
-so ``V`` (d x r) is never formed and ``X`` is never copied.
+When the intercept is not penalised (logistic regression), the intercept's own
+optimality condition makes the residuals sum to zero, so ``w = X.T @ a`` with
+``sum(a) = 0``: ``w`` lies in the row space of the *centred* rows ``Xc = X - mean``.
+Fitting on ``Z = Xc V`` with intercept ``b'`` and setting ``b = b' - mean @ w``
+gives the same model again, and the columns of ``Z`` then have zero mean: the
+intercept is decoupled from every coefficient as well. This holds for any subset
+of the rows (a cross-validation fold) with the same basis and mean, since a
+fold's rows lie in the same span. The linear SVM of liblinear penalises its
+intercept, so it takes the uncentred basis.
+
+Two ways to the same basis, whichever is smaller:
+
+* fewer rows than columns (25,088 VGG16 features): ``U`` and ``S`` from the
+  eigendecomposition of the n x n Gram matrix ``Xc Xc.T``; ``V`` (d x r) is never
+  formed and ``X`` is never copied: every product over the ``d`` columns is
+  accumulated in float64 from column blocks of ``X`` of about :data:`BLOCK_BYTES`;
+* more rows than columns (1,280 pooled features): ``V`` and ``S`` from the
+  eigendecomposition of the d x d matrix ``Xc.T Xc`` accumulated from row blocks,
+  then ``Z = Xc V`` block by block. With full rank this is only a rotation.
+
+Either way the extra memory is one r x r (or n x n) float64 matrix, ``Z`` and one block.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
+from scipy.linalg import eigh
+from scipy.linalg.blas import dgemm, dsyrk
+
+#: Size of the float64 blocks the products over all features (or rows) are accumulated from.
+BLOCK_BYTES = 32 << 20
+
+# Eigenvalues of a float64 Gram (or covariance) matrix below max(n, d) * eps * _SAFETY
+# times the largest are treated as zero. Each entry sums up to max(n, d) products
+# (rounding error up to about max(n, d) * eps * lambda_max) and eigh is backward
+# stable (error about min(n, d) * eps * lambda_max), so an exactly zero eigenvalue
+# comes out at most around max(n, d) * eps * lambda_max; the factor 10 covers the
+# constants of both bounds. What is cut has singular values below
+# sqrt(10 * max(n, d) * eps) ~ 1e-5 of the largest for 25,088 features: dropping it
+# changes the training rows, hence the decision values, by about 1e-5 of their scale
+# at most, far below the solvers' tolerances. Keeping it would divide by singular
+# values that are rounding noise (Gram route), or fit directions made of it.
+_SAFETY = 10.0
+
+
+def _column_blocks(X: np.ndarray, mean: np.ndarray | None
+                   ) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, X[:, start:stop] - mean as contiguous float64)`` for blocks of ~BLOCK_BYTES."""
+    n, d = X.shape
+    step = max(1, BLOCK_BYTES // (8 * max(1, n)))
+    for start in range(0, d, step):
+        block = np.array(X[:, start:start + step], dtype=np.float64)
+        if mean is not None:
+            block -= mean[start:start + step]
+        yield start, block
+
+
+def _row_blocks(X: np.ndarray, mean: np.ndarray | None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, X[start:stop] - mean as contiguous float64)`` for blocks of ~BLOCK_BYTES."""
+    n, d = X.shape
+    step = max(1, BLOCK_BYTES // (8 * max(1, d)))
+    for start in range(0, n, step):
+        block = np.array(X[start:start + step], dtype=np.float64)
+        if mean is not None:
+            block -= mean
+        yield start, block
+
+
+def _top_eigenpairs(sym: np.ndarray, n: int, d: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Eigenvalues above the rounding cut-off (descending) and their eigenvectors.
+
+    ``sym`` (Fortran order, upper triangle filled) is overwritten.
+    """
+    eigvals, eigvecs = eigh(sym, lower=False, overwrite_a=True, check_finite=False)
+    eigvals, eigvecs = eigvals[::-1], eigvecs[:, ::-1]  # eigh sorts ascending
+    cutoff = float(max(eigvals[0], 0.0) * max(n, d) * np.finfo(np.float64).eps * _SAFETY)
+    keep = eigvals > cutoff
+    return eigvals[keep], np.ascontiguousarray(eigvecs[:, keep]), cutoff
 
 
 class RowSpaceBasis:
-    """Orthonormal coordinates of the row space of a training matrix.
+    """Orthonormal principal axes of the (optionally centred) rows of a training matrix.
 
     Parameters
     ----------
-    rtol : float, default=1e-9
-        Directions whose squared singular value is below ``rtol`` times the largest
-        are dropped (numerically zero).
+    center : bool, default=False
+        Work with ``X - mean``: exact for models whose intercept is not penalised
+        (see the module's notes), and better conditioned.
+    dtype : numpy dtype, default=numpy.float64
+        Type of :attr:`train_coordinates_`. float32 halves the memory and the time of
+        every product a solver makes with them; rounding the coordinates perturbs the
+        data by no more than storing the features as float32 already did.
 
     Attributes
     ----------
     n_components_ : int
         Rank r kept.
     singular_values_ : numpy.ndarray of shape (r,)
+    eigenvalue_cutoff_ : float
+        Eigenvalues of ``Xc Xc.T`` (or ``Xc.T Xc``) at or below this were treated as zero.
+    mean_ : numpy.ndarray of shape (n_features,) or None
+        The column means subtracted (float64), None without centring.
+    via_gram_ : bool
+        True when the basis came from the n x n Gram matrix (fewer rows than columns).
     train_coordinates_ : numpy.ndarray of shape (n, r)
-        ``Z = U S``, the training rows in the basis.
+        ``Z = Xc V``, the training rows in the basis, in ``dtype``.
     """
 
-    def __init__(self, rtol: float = 1e-9) -> None:
-        self.rtol = rtol
+    def __init__(self, center: bool = False, dtype: type = np.float64) -> None:
+        self.center = center
+        self.dtype = dtype
 
     def fit(self, X: np.ndarray) -> RowSpaceBasis:
         """Compute the basis of ``X`` (n x d, float32 or float64); ``X`` is kept by reference."""
         X = np.asarray(X)
-        gram = (X @ X.T).astype(np.float64)  # n x n: the only product over all d columns
-        eigvals, eigvecs = np.linalg.eigh(gram)
-        del gram
-        order = np.argsort(eigvals)[::-1]
-        eigvals, eigvecs = eigvals[order], eigvecs[:, order]
-        keep = eigvals > self.rtol * max(float(eigvals[0]), np.finfo(float).tiny)
-        self.singular_values_ = np.sqrt(eigvals[keep])
-        self._u = eigvecs[:, keep]
+        n, d = X.shape
+        self.mean_ = X.mean(axis=0, dtype=np.float64) if self.center else None
+        self.via_gram_ = n < d
+        if self.via_gram_:
+            # Fortran order so that syrk accumulates in place; only the upper triangle is
+            # filled, which is the one eigh reads.
+            gram = np.zeros((n, n), order="F")
+            for _, block in _column_blocks(X, self.mean_):
+                # block.T is a Fortran-ordered view: syrk computes block @ block.T, no copy
+                gram = dsyrk(1.0, block.T, beta=1.0, c=gram, trans=1, overwrite_c=1)
+            eigvals, self._u, self.eigenvalue_cutoff_ = _top_eigenpairs(gram, n, d)
+            del gram
+            self.singular_values_ = np.sqrt(eigvals)
+            self._v = None
+            self.train_coordinates_ = (self._u * self.singular_values_).astype(
+                self.dtype, copy=False)
+        else:
+            cov = np.zeros((d, d), order="F")
+            for _, block in _row_blocks(X, self.mean_):
+                # block is C-ordered n_b x d, so block.T is Fortran d x n_b: syrk gives
+                # block.T @ block without a copy.
+                cov = dsyrk(1.0, block.T, beta=1.0, c=cov, trans=0, overwrite_c=1)
+            eigvals, self._v, self.eigenvalue_cutoff_ = _top_eigenpairs(cov, n, d)
+            del cov
+            self.singular_values_ = np.sqrt(eigvals)
+            self._u = None
+            Z = np.empty((n, len(eigvals)), dtype=self.dtype)
+            for start, block in _row_blocks(X, self.mean_):
+                Z[start:start + len(block)] = block @ self._v
+            self.train_coordinates_ = Z
         self._X = X
-        self.n_components_ = int(keep.sum())
-        self.train_coordinates_ = self._u * self.singular_values_
+        self.n_components_ = len(self.singular_values_)
         return self
 
     def transform(self, X_new: np.ndarray) -> np.ndarray:
-        """Coordinates ``X_new V`` of new rows (m x r), computed as ``X_new X.T U / S``."""
-        cross = np.asarray(X_new) @ self._X.T
-        return (cross.astype(np.float64) @ self._u) / self.singular_values_
+        """Coordinates ``(X_new - mean) V`` of new rows (m x r), in float64."""
+        X_new = np.asarray(X_new)
+        if self._v is not None:
+            rows = np.asarray(X_new, dtype=np.float64)
+            if self.mean_ is not None:
+                rows = rows - self.mean_
+            return rows @ self._v
+        # (X_new - mean) V = (X_new - mean) Xc.T U / S, accumulated over column blocks
+        cross = np.zeros((X_new.shape[0], self._X.shape[0]), order="F")
+        for start, block in _column_blocks(self._X, self.mean_):
+            stop = start + block.shape[1]
+            rows = np.array(X_new[:, start:stop], dtype=np.float64)
+            if self.mean_ is not None:
+                rows -= self.mean_[start:stop]
+            cross = dgemm(1.0, rows.T, block.T, beta=1.0, c=cross, trans_a=1, overwrite_c=1)
+        return (cross @ self._u) / self.singular_values_
 
     def lift(self, coef: np.ndarray) -> np.ndarray:
         """Map coefficients from basis coordinates (k x r) to features (k x d): ``coef V.T``."""
-        scaled = (np.atleast_2d(coef) / self.singular_values_) @ self._u.T  # k x n
-        n, d = self._X.shape
-        out = np.empty((scaled.shape[0], d), dtype=np.float64)
-        step = max(1, (32 << 20) // (8 * max(1, n)))  # float64 blocks of about 32 MB
-        for start in range(0, d, step):
-            block = self._X[:, start:start + step].astype(np.float64)
-            out[:, start:start + step] = scaled @ block
+        coef = np.atleast_2d(coef).astype(np.float64)
+        if self._v is not None:
+            return coef @ self._v.T
+        scaled = (coef / self.singular_values_) @ self._u.T  # k x n
+        out = np.empty((scaled.shape[0], self._X.shape[1]), dtype=np.float64)
+        for start, block in _column_blocks(self._X, self.mean_):
+            out[:, start:start + block.shape[1]] = scaled @ block
         return out
+
+    def lift_intercept(self, lifted_coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+        """Intercept on raw features of a model fitted on centred coordinates: ``b - W mean``."""
+        if self.mean_ is None:
+            return intercept
+        return np.asarray(intercept, dtype=np.float64) - lifted_coef @ self.mean_
 
     def release(self) -> None:
         """Drop the reference to the training matrix (it can then be freed)."""
         self._X = None
+
+
+def lift_estimator(estimator, basis: RowSpaceBasis):
+    """Turn a linear estimator fitted on ``basis`` coordinates into the same one on features.
+
+    ``estimator`` is changed in place and returned: its ``coef_`` and ``intercept_``
+    (or those of the binary models of a one-vs-rest wrapper, ``estimators_``) are
+    mapped back to the feature space, so that it predicts from raw feature rows.
+    """
+    n_features = basis._X.shape[1]
+    for part in getattr(estimator, "estimators_", [estimator]):
+        part.coef_ = basis.lift(part.coef_)
+        if basis.mean_ is not None:
+            part.intercept_ = basis.lift_intercept(part.coef_, part.intercept_)
+        part.n_features_in_ = n_features
+    estimator.n_features_in_ = n_features
+    return estimator

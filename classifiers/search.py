@@ -60,8 +60,11 @@ def check_folds(y: np.ndarray, cv: int) -> None:
     if cv < 2:
         raise UserInputError(f"cross-validation needs at least 2 folds, got --cv {cv}")
     classes, counts = np.unique(y, return_counts=True)
-    if len(classes) < 2:
-        raise UserInputError("the train split has a single class; a classifier needs two or more")
+    if len(classes) == 0:
+        raise UserInputError("the train split has no images to train on")
+    if len(classes) == 1:
+        raise UserInputError(f"the train split has a single class ({classes[0]}); one class "
+                             "cannot train a classifier: add images of another class")
     if counts.min() < cv:
         raise UserInputError(
             f"class {classes[counts.argmin()]} has only {counts.min()} training images, fewer "

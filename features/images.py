@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,19 +37,47 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB from any mode (16-bit rescaled, transparency composited on white)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16-bit grayscale: Pillow's convert("RGB") would clip to 255, so rescale first.
-        arr = np.asarray(img, dtype=np.float64)
-        scale = 257.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else 1.0
-        arr = np.clip(np.rint(arr / scale), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
+_WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_BLOCK_VALUES = 1 << 18  # elements converted at a time: about 1 MB of scratch memory
+
+
+def _wide_gray_to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer or float grayscale as 8-bit ``L``, a block of rows at a time.
+
+    Pillow's ``convert`` would clip 16-bit values to 255, so values are rescaled;
+    converting block by block keeps the scratch memory to a few MB (a whole-image
+    float64 copy of a 90-megapixel scan would cost 0.7 GB each).
+    """
+    arr = np.asarray(img)
+    out = np.empty(arr.shape, dtype=np.uint8)
+    rows = max(1, _BLOCK_VALUES // max(1, arr.shape[1] if arr.ndim > 1 else 1))
     if img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(arr.astype(np.uint8), mode="L").convert("RGB")
+        scale = np.float32(255.0 / (hi - lo)) if hi > lo else np.float32(0.0)
+        for start in range(0, arr.shape[0], rows):
+            block = np.nan_to_num((arr[start:start + rows] - np.float32(lo)) * scale)
+            out[start:start + rows] = np.clip(block, 0, 255).astype(np.uint8)
+    else:
+        sixteen = img.mode.startswith("I;16") or int(arr.max(initial=0)) > 255
+        for start in range(0, arr.shape[0], rows):
+            block = np.clip(arr[start:start + rows], 0, 65535 if sixteen else 255)
+            if sixteen:
+                block = (block.astype(np.uint32) + 128) // 257  # round(v / 257) in integers
+            out[start:start + rows] = block.astype(np.uint8)
+    return Image.fromarray(out, mode="L")
+
+
+def to_rgb(img: Image.Image, size: int | None = None) -> Image.Image:
+    """8-bit RGB from any mode (16-bit rescaled, transparency composited on white).
+
+    With ``size``, wide grayscale images are resized while still one channel,
+    before the RGB copy is made.
+    """
+    if img.mode in _WIDE_GRAY_MODES:
+        gray = _wide_gray_to_8bit(img)
+        if size is not None and gray.size != (size, size):
+            gray = gray.resize((size, size), Image.Resampling.BILINEAR)
+        return gray.convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -62,9 +89,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(
-    path: str | os.PathLike, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | os.PathLike, size: int | None, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
     """Read an image file as an RGB ``uint8`` array of shape ``(size, size, 3)``.
+
+    This is the one image reader of tlearn: extraction, prediction, serving,
+    fine-tuning and augmentation all decode through it.
 
     Grayscale, RGBA, CMYK, palette and 16-bit images are converted to 8-bit RGB;
     EXIF orientation is applied; resizing is bilinear to a square, ignoring aspect.
@@ -73,8 +103,8 @@ def load_image(
     ----------
     path : path-like
         The image file.
-    size : int
-        Side of the output square.
+    size : int or None
+        Side of the output square; None keeps the image's own size (augmentation).
     max_pixels : int, default=89_478_485
         Images with more pixels are refused as possible decompression bombs.
 
@@ -91,7 +121,7 @@ def load_image(
     return _decode(path, path, size, max_pixels)
 
 
-def decode_image(data: bytes, size: int, *, name: str = "upload",
+def decode_image(data: bytes, size: int | None, *, name: str = "upload",
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Like :func:`load_image`, for image bytes held in memory (nothing touches the disk).
 
@@ -105,31 +135,33 @@ def decode_image(data: bytes, size: int, *, name: str = "upload",
     return _decode(io.BytesIO(data), name, size, max_pixels)
 
 
-def _decode(source, path, size: int, max_pixels: int) -> np.ndarray:
+def _decode(source, path, size: int | None, max_pixels: int) -> np.ndarray:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise ImageDecodeError(
-                        path, f"refused: {width}x{height} pixels exceeds the limit of "
-                        f"{max_pixels} (possible decompression bomb)")
-                if img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
-                    # Let libjpeg decode at a reduced scale when the image is much larger
-                    # than needed: far less work, and the bilinear resize follows anyway.
-                    img.draft("RGB", (size, size))
-                img.load()
-                if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
-                    # exif_transpose copies even upright images: call it only when needed
-                    img = ImageOps.exif_transpose(img)
-                rgb = img if img.mode == "RGB" else to_rgb(img)
-                if rgb.size != (size, size):
-                    rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-                return np.asarray(rgb, dtype=np.uint8)
+        # No warnings.catch_warnings here: it swaps process-wide state and decoding runs
+        # in threads. Pillow raises DecompressionBombError above twice its own limit;
+        # below that, the explicit size check refuses anything over ``max_pixels``.
+        with Image.open(source) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    path, f"refused: {width}x{height} pixels exceeds the limit of "
+                    f"{max_pixels} (possible decompression bomb)")
+            if size is not None and img.format == "JPEG" and img.mode in ("RGB", "L",
+                                                                           "CMYK"):
+                # Let libjpeg decode at a reduced scale when the image is much larger
+                # than needed: far less work, and the bilinear resize follows anyway.
+                img.draft("RGB", (size, size))
+            img.load()
+            if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+                # exif_transpose copies even upright images: call it only when needed
+                img = ImageOps.exif_transpose(img)
+            rgb = img if img.mode == "RGB" else to_rgb(img, size)
+            if size is not None and rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
     except ImageDecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageDecodeError(path, f"refused: {exc}".split(". ")[0]) from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(path, "not an image (format not recognised)") from exc

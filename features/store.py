@@ -8,7 +8,10 @@ Layout of a store (``.h5``):
 ``paths``     utf-8 strings (rows,), absolute image paths
 ``split``     uint8 (rows,), index into the ``split_names`` attribute
 ``source_index`` int64 (rows,), position of the image in the planned list
-``skipped/paths``, ``skipped/reasons``: files that could not be used, and why
+``groups``    int64 (rows,), images that must share a split (augmented copies of one
+              photo, byte-identical files) share a group id
+``skipped/paths``, ``skipped/reasons``, ``skipped/source_index``: files that could not be
+used, why, and their position in the planned list
 
 Attributes record the feature specification (backbone, layer, pooling, input
 size, preprocessing, weights), library versions, creation time and a
@@ -34,11 +37,20 @@ from features.errors import UserInputError
 
 H5PY_VERSION = h5py.__version__
 STORE_FORMAT = "tlearn-features"
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: per-row groups
 SPLIT_NAMES = ("train", "test", "val")
 COMPRESSIONS = ("none", "lzf", "gzip")
 _STR = h5py.string_dtype("utf-8")
 _TARGET_CHUNK_BYTES = 1 << 20
+_ROW_DATASETS = ("features", "labels", "split", "source_index", "groups")
+_SKIPPED_INDEX, _SKIPPED_REASON = "skipped/source_index", "skipped/reason_bytes"
+_REASON_BYTES = 512
+_FINAL_DATASETS = ("paths", "skipped/paths", "skipped/reasons")
+
+
+def _reason_bytes(reason: str) -> bytes:
+    """UTF-8 of ``reason`` cut to the fixed field without splitting a character."""
+    return str(reason).encode("utf-8")[:_REASON_BYTES].decode("utf-8", "ignore").encode("utf-8")
 
 
 def partial_path(path: str | os.PathLike) -> Path:
@@ -62,10 +74,18 @@ class FeatureStoreWriter:
     written after the last commit is discarded, so a run killed mid-batch resumes
     from the last flushed row without duplicates or garbage.
 
+    While the run goes on only fixed-size values are appended (numbers, and the
+    reasons of skipped files as fixed-length bytes): variable-length strings live
+    in HDF5's global heap, which a process killed between two flushes leaves
+    inconsistent with the file. Paths are therefore written once, by
+    :meth:`finalize`, from the planned list and each row's ``source_index``.
+
     Parameters
     ----------
     path : path-like
         Final path of the store; the writer works on ``<path>.partial``.
+    planned_paths : sequence of str
+        Every input item, in order; rows and skipped files refer to it by index.
     attrs : dict
         Metadata recorded as HDF5 attributes (spec, versions, fingerprint...).
     settings_key : str
@@ -79,14 +99,15 @@ class FeatureStoreWriter:
         HDF5 filter for ``features``.
     """
 
-    def __init__(self, path, *, attrs: dict[str, Any], settings_key: str, feature_dim: int,
-                 label_names: list[str], compression: str = "none") -> None:
+    def __init__(self, path, *, planned_paths, attrs: dict[str, Any], settings_key: str,
+                 feature_dim: int, label_names: list[str], compression: str = "none") -> None:
         if compression not in COMPRESSIONS:
             raise UserInputError(
                 f"unknown compression {compression!r}; choose one of: {', '.join(COMPRESSIONS)}"
             )
         self.path = Path(path)
         self.partial = partial_path(self.path)
+        self.planned_paths = [str(p) for p in planned_paths]
         self.resumed_rows = 0
         self.items_done = 0
         if self.partial.exists():
@@ -102,17 +123,20 @@ class FeatureStoreWriter:
                 f"unfinished store {self.partial} cannot be opened ({exc}); "
                 "rerun with --overwrite to start again"
             ) from exc
-        if f.attrs.get("settings_key") != settings_key:
+        if f.attrs.get("settings_key") != settings_key or _SKIPPED_REASON not in f:
             f.close()
             raise UserInputError(
                 f"unfinished store {self.partial} was started with other settings or images; "
                 "rerun with the same settings to resume, or with --overwrite to start again"
             )
+        for name in _FINAL_DATASETS:  # left by a finalize that was interrupted: redone
+            if name in f:
+                del f[name]
         rows = int(f.attrs["rows_committed"])
         skipped = int(f.attrs["skipped_committed"])
-        for name in ("features", "labels", "paths", "split", "source_index"):
+        for name in _ROW_DATASETS:
             f[name].resize(rows, axis=0)
-        for name in ("skipped/paths", "skipped/reasons"):
+        for name in (_SKIPPED_INDEX, _SKIPPED_REASON):
             f[name].resize(skipped, axis=0)
         self.resumed_rows = rows
         self.items_done = int(f.attrs["items_done"])
@@ -128,12 +152,13 @@ class FeatureStoreWriter:
             compression=None if compression == "none" else compression,
         )
         for name, dtype in (("labels", "int32"), ("split", "uint8"), ("source_index", "int64"),
-                            ("paths", _STR)):
+                            ("groups", "int64")):
             f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(4096,))
         f.create_dataset("label_names", data=np.array(label_names, dtype=object), dtype=_STR)
-        f.create_dataset("skipped/paths", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
-        f.create_dataset("skipped/reasons", shape=(0,), maxshape=(None,), dtype=_STR,
+        f.create_dataset(_SKIPPED_INDEX, shape=(0,), maxshape=(None,), dtype="int64",
                          chunks=(256,))
+        f.create_dataset(_SKIPPED_REASON, shape=(0,), maxshape=(None,),
+                         dtype=f"S{_REASON_BYTES}", chunks=(256,))
         for key, value in attrs.items():
             f.attrs[key] = value
         f.attrs["format"] = STORE_FORMAT
@@ -154,43 +179,57 @@ class FeatureStoreWriter:
         dataset.resize(n + len(values), axis=0)
         dataset[n:] = values
 
-    def append(self, features: np.ndarray, labels, paths, split, source_index) -> None:
-        """Write rows; they count once :meth:`commit` is called."""
+    def append(self, features: np.ndarray, labels, split, source_index, groups=None) -> None:
+        """Write rows (``source_index`` into the planned paths); they count once committed.
+
+        ``groups`` defaults to ``source_index`` (every image its own group).
+        """
         if len(features) == 0:
             return
         self._append(self._file["features"], np.asarray(features, dtype=np.float32))
         self._append(self._file["labels"], np.asarray(labels, dtype=np.int32))
-        self._append(self._file["paths"], np.array([str(p) for p in paths], dtype=object))
         self._append(self._file["split"], np.asarray(split, dtype=np.uint8))
         self._append(self._file["source_index"], np.asarray(source_index, dtype=np.int64))
+        self._append(self._file["groups"], np.asarray(
+            source_index if groups is None else groups, dtype=np.int64))
 
-    def skip(self, paths, reasons) -> None:
-        """Record files that could not be used."""
-        if len(paths) == 0:
+    def skip(self, source_index, reasons) -> None:
+        """Record planned items that could not be used, and why."""
+        if len(source_index) == 0:
             return
-        self._append(self._file["skipped/paths"], np.array([str(p) for p in paths], dtype=object))
-        self._append(self._file["skipped/reasons"], np.array(list(reasons), dtype=object))
+        self._append(self._file[_SKIPPED_INDEX], np.asarray(source_index, dtype=np.int64))
+        self._append(self._file[_SKIPPED_REASON],
+                     np.array([_reason_bytes(r) for r in reasons], dtype=f"S{_REASON_BYTES}"))
 
     def commit(self, items_done: int) -> None:
         """Make everything written so far durable; ``items_done`` input items are accounted for."""
         f = self._file
         f.attrs["rows_committed"] = f["features"].shape[0]
-        f.attrs["skipped_committed"] = f["skipped/paths"].shape[0]
+        f.attrs["skipped_committed"] = f[_SKIPPED_INDEX].shape[0]
         f.attrs["items_done"] = items_done
         self.items_done = items_done
         f.flush()
 
     def skipped_items(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of every file skipped so far."""
-        return list(zip(_decode(self._file["skipped/paths"][:]),
-                        _decode(self._file["skipped/reasons"][:]), strict=True))
+        return [(self.planned_paths[i], r) for i, r in zip(
+            self._file[_SKIPPED_INDEX][:], _decode(self._file[_SKIPPED_REASON][:]), strict=True)]
 
     @property
     def rows(self) -> int:
         return int(self._file["features"].shape[0])
 
     def finalize(self, extra_attrs: dict[str, Any] | None = None) -> Path:
-        """Mark complete, close, and atomically move the partial file to the final path."""
+        """Write the paths, mark complete, close, and atomically move the file into place."""
+        f = self._file
+        rows = f["source_index"][:]
+        f.create_dataset("paths", data=np.array([self.planned_paths[i] for i in rows],
+                                                dtype=object), dtype=_STR)
+        skipped = self.skipped_items()
+        f.create_dataset("skipped/paths", data=np.array([p for p, _ in skipped], dtype=object),
+                         dtype=_STR)
+        f.create_dataset("skipped/reasons", data=np.array([r for _, r in skipped],
+                                                          dtype=object), dtype=_STR)
         for key, value in (extra_attrs or {}).items():
             self._file.attrs[key] = value
         self._file.attrs["complete"] = True
@@ -303,6 +342,15 @@ class FeatureStore:
         return _decode(self._file["paths"][:])
 
     @property
+    def groups(self) -> np.ndarray:
+        """Group id of every row; rows of one group always share a split.
+
+        Stores written before groups were recorded give every row its own group.
+        """
+        name = "groups" if "groups" in self._file else "source_index"
+        return np.asarray(self._file[name][:], dtype=np.int64)
+
+    @property
     def split(self) -> np.ndarray:
         """Split name of every row, as an array of str."""
         return np.array(self.split_names, dtype=object)[self._split]
@@ -362,10 +410,21 @@ class FeatureStore:
         for start in range(0, len(rows), chunk_rows):
             idx = rows[start:start + chunk_rows]
             lo, hi = int(idx[0]), int(idx[-1]) + 1
-            # Reading the covering slab is much faster than fancy indexing in h5py.
-            block = dset[lo:hi]
-            if hi - lo != len(idx):
-                block = block[idx - lo]
+            if hi - lo <= 2 * len(idx):
+                # Dense selection: one slab read (much faster than fancy indexing in
+                # h5py) costs at most twice the rows asked for.
+                block = dset[lo:hi]
+                if hi - lo != len(idx):
+                    block = block[idx - lo]
+            else:
+                # Sparse selection (a small split spread over the store): only the rows
+                # asked for, one run of consecutive rows at a time.
+                block = np.empty((len(idx), dset.shape[1]), dtype=np.float32)
+                breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+                pos = 0
+                for run in np.split(idx, breaks):
+                    block[pos:pos + len(run)] = dset[int(run[0]):int(run[-1]) + 1]
+                    pos += len(run)
             yield idx, np.asarray(block, dtype=np.float32), self._labels[idx]
 
     def load(self, split: str | None = None, *, max_bytes: int | None = None

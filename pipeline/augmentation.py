@@ -15,7 +15,13 @@ import numpy as np
 from PIL import Image
 
 from features.errors import UserInputError
-from features.images import ImageDecodeError
+from features.images import ImageDecodeError, load_image
+from features.integrity import (
+    atomic_write_json,
+    is_staging_dir,
+    new_staging_dir,
+    publish_staging_dir,
+)
 
 
 @dataclass(frozen=True)
@@ -131,17 +137,6 @@ def build_augmentation(config: AugmentationConfig, seed: int = 0):
     return keras.Sequential(stack, name="augmentation")
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    from features.images import to_rgb
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return np.asarray(img if img.mode == "RGB" else to_rgb(img), dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(path, f"unreadable image: {exc}") from exc
-
-
 def augment_folder(data: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 1500,
                    config: AugmentationConfig | None = None, seed: int = 42,
                    overwrite: bool = False, link: bool = False,
@@ -164,7 +159,7 @@ def augment_folder(data: str | os.PathLike, out: str | os.PathLike, *, per_class
         Missing or invalid dataset, ``out`` inside ``data`` or already present
         (without ``overwrite``), a bad ``per_class``.
     """
-    from pipeline.datasets import discover_images
+    from pipeline.datasets import AUGMENT_MANIFEST, discover_images
 
     config = config or AugmentationConfig()
     data, out = Path(data).resolve(), Path(out).resolve()
@@ -174,8 +169,18 @@ def augment_folder(data: str | os.PathLike, out: str | os.PathLike, *, per_class
         raise UserInputError(f"output {out} is inside the dataset {data}; choose another folder")
     if not data.is_dir():
         raise UserInputError(f"dataset {data} is not a folder with one sub-folder per class")
-    if out.exists() and not overwrite:
-        raise UserInputError(f"{out} already exists; pass --overwrite to replace it")
+    made_by_augment = (out / AUGMENT_MANIFEST).is_file()
+    empty_folder = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
+    if (out.exists() or out.is_symlink()) and not empty_folder \
+            and not (overwrite and made_by_augment):
+        if made_by_augment:
+            raise UserInputError(f"{out} already exists; pass --overwrite to replace it")
+        raise UserInputError(f"{out} already exists and was not made by 'tlearn augment'; "
+                             "choose a new folder for --out (nothing was changed)")
+    staging = out.with_name(out.name + ".partial")
+    if (staging.exists() or staging.is_symlink()) and not is_staging_dir(staging):
+        raise UserInputError(f"{staging} exists and was not made by tlearn; move it away or "
+                             "choose another --out (nothing was changed)")
     if not config.active:
         raise UserInputError("every transform is off: nothing to augment with")
     dataset = discover_images(data)
@@ -187,10 +192,10 @@ def augment_folder(data: str | os.PathLike, out: str | os.PathLike, *, per_class
 
     keras.utils.set_random_seed(seed)
     augmenter = build_augmentation(config, seed)
-    staging = out.with_name(out.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
+    new_staging_dir(staging)
     counts: dict[str, dict[str, int]] = {}
+    copied: dict[Path, str] = {}  # original -> its file name in the output class folder
+    sources: dict[str, str] = {}  # augmented copy -> the copied original it was made from
     total = sum(max(per_class, len(v)) for v in by_class.values())
     done = 0
     try:
@@ -199,35 +204,47 @@ def augment_folder(data: str | os.PathLike, out: str | os.PathLike, *, per_class
             target.mkdir(parents=True)
             for path in paths:
                 dest = target / path.relative_to(data / name).as_posix().replace("/", "__")
+                copied[path] = dest.name
                 if link:
                     os.link(path, dest)
                 else:
                     shutil.copy2(path, dest)
             done += len(paths)
-            readable = []
-            for path in paths:
-                try:
-                    readable.append((path, _read_rgb(path)))
-                except ImageDecodeError:
-                    continue  # copied as it is, but not a source of new images
             needed = max(0, per_class - len(paths))
-            if needed and not readable:
-                raise UserInputError(f"class {name!r} has no readable image to augment")
-            for k in range(needed):
-                source, pixels = readable[k % len(readable)]
+            sources_left = list(paths)  # unreadable originals are copied but not augmented
+            k = 0
+            while k < needed:
+                if not sources_left:
+                    raise UserInputError(f"class {name!r} has no readable image to augment")
+                source = sources_left[k % len(sources_left)]
+                try:
+                    # One original decoded at a time, through the reader extraction uses
+                    # (EXIF orientation applied, pixel limit enforced): bounded memory.
+                    pixels = load_image(source, None)
+                except ImageDecodeError:
+                    sources_left.remove(source)
+                    continue
                 batch = pixels[None].astype("float32")
                 augmented = np.asarray(augmenter(batch, training=True))[0]
                 image = Image.fromarray(np.clip(np.rint(augmented), 0, 255).astype(np.uint8))
-                image.save(target / f"aug_{k:05d}_{source.stem}.png")
+                copy_name = f"aug_{k:05d}_{source.stem}.png"
+                image.save(target / copy_name)
+                sources[f"{name}/{copy_name}"] = f"{name}/{copied[source]}"
+                k += 1
                 done += 1
                 if progress:
                     progress(done, total)
             counts[name] = {"originals": len(paths), "augmented": needed}
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
+        # Extraction reads this to keep every copy in its source's split (no leakage).
+        atomic_write_json(staging / AUGMENT_MANIFEST, {
+            "format": "tlearn-augment", "source_dataset": str(data), "seed": seed,
+            "config": config.to_dict(), "sources": sources})
+        if made_by_augment:
+            shutil.rmtree(out)  # an earlier 'tlearn augment' output, replaced on request
+        publish_staging_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return counts
+
 

@@ -4,11 +4,16 @@
 ``flowers17`` and ``cifar10`` are downloaded (resumable, checksummed, safely
 extracted) and exported to ``<dest>/<class>/<image>``. A dataset folder is
 written under a temporary name and renamed when complete.
+
+``dest`` is often a path the user typed, so nothing tlearn did not create is ever
+deleted: a destination must be new, empty, or a dataset folder tlearn finished
+earlier (it carries :data:`MARKER`), and a staging folder (``<dest>.partial``, or
+:data:`INNER_STAGING` inside an existing empty ``dest``) is only removed when it
+carries :data:`features.integrity.STAGING_MARKER`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import shutil
@@ -20,10 +25,18 @@ import numpy as np
 from PIL import Image
 
 from features.errors import UserInputError
+from features.integrity import (
+    STAGING_MARKER,
+    atomic_write_json,
+    is_staging_dir,
+    new_staging_dir,
+    publish_staging_dir,
+)
 from pipeline.config import artifacts_dir
 from pipeline.downloads import ProgressCallback, download_file, safe_extract
 
 MARKER = ".tlearn-dataset.json"
+INNER_STAGING = ".tlearn-partial"
 
 FLOWERS17_CLASSES = (
     "daffodil", "snowdrop", "lily_valley", "bluebell", "crocus", "iris", "tigerlily", "tulip",
@@ -121,16 +134,66 @@ def datasets_dir() -> Path:
     return artifacts_dir() / "datasets"
 
 
-def _finish(staging: Path, dest: Path, info: dict) -> Path:
-    (staging / MARKER).write_text(json.dumps(info, indent=2))
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(staging, dest)
-    return dest
-
-
 def _is_complete(dest: Path) -> bool:
     return (dest / MARKER).is_file()
+
+
+def _staging_path(dest: Path) -> Path:
+    """Where a dataset is written before it becomes ``dest``.
+
+    Beside a new folder, so that one rename publishes it whole. Inside an existing
+    empty one, which is filled rather than replaced: it may be a mount point (a
+    rename onto it fails, and its sibling is on another file system) or the shell's
+    working directory.
+    """
+    if dest.is_dir():
+        return dest / INNER_STAGING
+    return dest.with_name(dest.name + ".partial")
+
+
+def _check_destination(dest: Path) -> None:
+    """Refuse, before any work, a ``dest`` or staging folder that holds files tlearn did not make.
+
+    Raises
+    ------
+    UserInputError
+        ``dest`` is a file, or a folder holding anything but tlearn's own staging
+        folder, or the staging folder exists without its tlearn marker.
+    """
+    if dest.exists() or dest.is_symlink():
+        if not dest.is_dir():
+            raise UserInputError(f"{dest} exists and is not a folder; choose a new or empty "
+                                 "folder for --dest (nothing was changed)")
+        if any(not (entry.name == INNER_STAGING and is_staging_dir(entry))
+               for entry in dest.iterdir()):
+            raise UserInputError(f"{dest} is not empty and is not a dataset folder tlearn "
+                                 "made; choose a new or empty folder for --dest (nothing was "
+                                 "changed)")
+    staging = _staging_path(dest)
+    if (staging.exists() or staging.is_symlink()) and not is_staging_dir(staging):
+        raise UserInputError(f"{staging} exists and was not made by tlearn; move it away or "
+                             "choose another folder for --dest (nothing was changed)")
+
+
+def _new_staging(dest: Path) -> Path:
+    """An empty staging folder marked as tlearn's, replacing one an interrupted run left."""
+    _check_destination(dest)  # again: the folders may have changed during a long download
+    return new_staging_dir(_staging_path(dest))
+
+
+def _finish(staging: Path, dest: Path, info: dict) -> Path:
+    atomic_write_json(staging / MARKER, info)
+    if staging.parent == dest:
+        for entry in staging.iterdir():
+            if entry.name not in (MARKER, STAGING_MARKER):
+                os.replace(entry, dest / entry.name)
+        # last: only with its marker does dest count as a finished dataset
+        os.replace(staging / MARKER, dest / MARKER)
+        (staging / STAGING_MARKER).unlink()
+        staging.rmdir()
+    else:
+        publish_staging_dir(staging, dest)
+    return dest
 
 
 def fetch_dataset(dataset: str | RemoteDataset, dest: str | os.PathLike | None = None, *,
@@ -154,14 +217,17 @@ def fetch_dataset(dataset: str | RemoteDataset, dest: str | os.PathLike | None =
     dest = Path(dest) if dest else datasets_dir() / dataset.name
     if _is_complete(dest):
         return dest
+    _check_destination(dest)
     downloads = artifacts_dir() / "downloads"
     archive = download_file(dataset.url, downloads / dataset.archive_name,
                             checksum=dataset.checksum, algorithm=dataset.algorithm,
                             progress=progress)
     extracted = safe_extract(archive, downloads / f"{dataset.name}.extracted")
-    staging = dest.with_name(dest.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
+    try:
+        staging = _new_staging(dest)
+    except BaseException:
+        shutil.rmtree(extracted, ignore_errors=True)
+        raise
     try:
         count = dataset.export(extracted, staging)
     except BaseException:
@@ -191,10 +257,9 @@ def export_digits(dest: str | os.PathLike | None = None, *, size: int = 32,
     dest = Path(dest) if dest else datasets_dir() / "digits"
     if _is_complete(dest):
         return dest
+    _check_destination(dest)
     digits = load_digits()
-    staging = dest.with_name(dest.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
+    staging = _new_staging(dest)
     counts: dict[int, int] = {}
     try:
         for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):

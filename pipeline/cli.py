@@ -12,10 +12,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from features.errors import UserInputError
-from pipeline.config import DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEFAULT_TEST_SIZE
+from pipeline.config import DEFAULT_BACKBONE, DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEFAULT_TEST_SIZE
 
 app = typer.Typer(
     name="tlearn",
@@ -50,7 +51,10 @@ def _import_tensorflow_quietly() -> None:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape: a message may hold brackets (pip install 'tlearn[openvino]') that rich
+    # would otherwise take for markup and drop.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
+                      soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -84,13 +88,19 @@ def uses_tensorflow(func):
     return wrapper
 
 
+RUNTIME_HELP = ("What runs the network: tensorflow or openvino [default: openvino where it "
+                "is installed and measured faster, else tensorflow; see the README].")
+RuntimeOption = Annotated[str | None, typer.Option(help=RUNTIME_HELP)]
+
+
 @app.command()
 @user_errors
 @uses_tensorflow
 def extract(
     data: Annotated[Path, typer.Argument(help="Folder with a sub-folder per class, or a CSV "
                                               "of path,label.")],
-    backbone: Annotated[str, typer.Option(help="Network from 'tlearn backbones'.")] = "vgg16",
+    backbone: Annotated[str, typer.Option(help="Network from 'tlearn backbones'.")]
+    = DEFAULT_BACKBONE,
     out: Annotated[Path | None, typer.Option(
         help="Store to write [default: artifacts/features/<data>__<backbone>.h5].")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
@@ -103,7 +113,12 @@ def extract(
         help="imagenet, none (random, for tests) or the path of a weights file.")] = "imagenet",
     input_size: Annotated[int | None, typer.Option(
         help="Side of the square input [default: the backbone's].")] = None,
-    precision: Annotated[str, typer.Option(help="float32 or bfloat16 compute.")] = "float32",
+    precision: Annotated[str, typer.Option(
+        help="float32, bfloat16 (tensorflow) or int8 (openvino, calibrated on train images).")]
+    = "float32",
+    runtime: RuntimeOption = None,
+    calibration_images: Annotated[int, typer.Option(
+        min=1, help="int8: training images the quantization is calibrated on.")] = 300,
     compression: Annotated[str, typer.Option(help="none, lzf or gzip.")] = "none",
     test_size: Annotated[float, typer.Option(help="Share of each class held out for test.")]
     = DEFAULT_TEST_SIZE,
@@ -119,11 +134,14 @@ def extract(
     with progress_bar(f"extract {backbone}") as progress:
         report = extract_dataset(
             data, out=out, backbone=backbone, weights=weights, input_size=input_size,
-            layer=layer, pooling=pooling, precision=precision, batch_size=batch_size,
+            layer=layer, pooling=pooling, precision=precision, runtime=runtime,
+            calibration_images=calibration_images, batch_size=batch_size,
             compression=compression, test_size=test_size, val_size=val_size, seed=seed,
             overwrite=overwrite, workers=workers, progress=progress,
         )
     result = report.result
+    if report.grouping is not None and report.grouping.describe():
+        console.print(report.grouping.describe(), highlight=False)
     if result.up_to_date:
         console.print(f"{result.path} is up to date ({result.rows} rows); nothing to do "
                       "(--overwrite to extract again)")
@@ -230,8 +248,11 @@ def _parse_grid(grid: str | None) -> list[float] | None:
 
 # Terminal table: the model name already says backbone and classifier; the markdown and
 # CSV files written by 'compare' keep every column.
-_TERMINAL_COLUMNS = (("model", "model"), ("test_accuracy", "accuracy"), ("macro_f1", "macro-F1"),
-                     ("rank5", "rank-5"), ("chosen", "chosen"), ("fit_seconds", "fit s"),
+_TERMINAL_COLUMNS = (("model", "model"), ("test_accuracy", "accuracy"),
+                     ("accuracy_95ci", "95% interval"), ("resplit_accuracy", "re-splits"),
+                     ("macro_f1", "macro-F1"),
+                     ("rank5", "rank-5"), ("log_loss", "log-loss"), ("ece", "ECE"),
+                     ("vs_best_p", "p vs best"), ("chosen", "chosen"), ("fit_seconds", "fit s"),
                      ("predictions_per_second", "pred/s"), ("size_mb", "MB"))
 
 
@@ -264,11 +285,13 @@ def _print_rows(rows: list[dict], title: str) -> None:
     for row in rows:
         cells = []
         for key, _ in _TERMINAL_COLUMNS:
-            value = row[key]
-            if value is None:
+            value = row.get(key)
+            if value is None or value == "":
                 cells.append("-")
-            elif key in ("test_accuracy", "macro_f1", "rank5"):
+            elif key in ("test_accuracy", "macro_f1", "rank5", "log_loss", "ece"):
                 cells.append(f"{value:.4f}")
+            elif key == "vs_best_p":
+                cells.append(f"{value:.3g}" + (" *" if value < 0.05 else ""))
             elif key == "predictions_per_second":
                 cells.append(f"{value:,.0f}")
             elif isinstance(value, float):
@@ -290,6 +313,9 @@ def train(
         help="Comma-separated C values (alpha for sgd) [default: log-spaced].")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="Threads for the search.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the folds.")] = 0,
+    repeats: Annotated[int, typer.Option(
+        min=0, help="Also test on N seeded re-splits of the train+test rows (mean ± std).")]
+    = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing models.")] = False,
 ) -> None:
     """Stage 2: tune, fit, test and save classifiers on a feature store."""
@@ -298,7 +324,8 @@ def train(
     with err_console.status("training...") as status:
         outcomes = train_store(
             store, classifier=classifier, cv=cv, grid=_parse_grid(grid), jobs=jobs, seed=seed,
-            overwrite=overwrite, log=lambda line: (status.update(line), console.print(line)),
+            repeats=repeats, overwrite=overwrite,
+            log=lambda line: (status.update(line), console.print(line)),
         )
     from pipeline.reports import comparison_row
 
@@ -314,11 +341,17 @@ def compare(
         help="Stores (.h5) or models (.joblib, .keras) to compare [default: every report].")]
     = None,
 ) -> None:
-    """One table of every trained model: accuracy, macro-F1, rank-5, C, time, size."""
+    """One table of every trained model, with 95 % intervals, and which differences are real.
+
+    Each model is tested against the best one with McNemar's exact test on the same
+    test images (models tested on other images are not paired).
+    """
     from pipeline.workflows import compare_models
 
     rows, md, csv_path = compare_models(paths or [])
-    _print_rows(rows, "comparison (test split)")
+    _print_rows(rows, "comparison (test split; * = really different from the best, p < 0.05)")
+    for row in rows[1:]:
+        console.print(f"- {row['vs_best']}", highlight=False)
     console.print(f"written to {md} and {csv_path}", highlight=False)
 
 
@@ -326,18 +359,46 @@ def compare(
 @user_errors
 @uses_tensorflow
 def predict(
-    model: Annotated[Path, typer.Argument(help="A saved model (.joblib).")],
-    images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
-    top: Annotated[int, typer.Option(help="How many classes to show per image.")] = 1,
+    model: Annotated[Path, typer.Argument(help="A saved model (.joblib or .keras).")],
+    images: Annotated[list[Path], typer.Argument(
+        help="A folder (images at any depth), a CSV whose first column is image paths, "
+             "or image files.")],
+    out: Annotated[Path | None, typer.Option(
+        help="Write one CSV row per image here (streamed; <out>.partial until done) "
+             "instead of printing a table.")] = None,
+    top: Annotated[int, typer.Option(help="How many classes to keep per image.")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+    = DEFAULT_BATCH_SIZE,
+    workers: Annotated[int, typer.Option(min=1, help="Image decoding threads.")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
     = False,
+    runtime: RuntimeOption = None,
 ) -> None:
-    """Classify image files with a saved model; unreadable files are reported, not fatal."""
+    """Classify images with a saved model; unreadable files are reported, not fatal."""
     import json
 
-    from pipeline.workflows import predict_files
+    from pipeline.workflows import predict_files, write_predictions
 
-    results = predict_files(model, images, top=top)
+    if out is not None:
+        from pipeline.progress import progress_bar
+
+        with progress_bar(f"predict {model.name}") as progress:
+            report = write_predictions(model, images, out, top=top, batch_size=batch_size,
+                                       workers=workers, overwrite=overwrite, progress=progress,
+                                       runtime=runtime)
+        console.print(f"wrote {report.out}: {report.rows} image(s) in {report.seconds:.1f}s "
+                      f"({report.images_per_second:.1f} img/s)", highlight=False)
+        for what, items in (("unreadable", report.errors), ("ignored", report.ignored)):
+            if items:
+                err_console.print(f"[yellow]{len(items)} {what} file(s):[/]")
+                for path, reason in items[:20]:
+                    err_console.print(f"  {path}: {reason}", highlight=False)
+                if len(items) > 20:
+                    err_console.print(f"  ... and {len(items) - 20} more (see {report.out})")
+        return
+    results = predict_files(model, images, top=top, batch_size=batch_size, workers=workers,
+                            runtime=runtime)
     if as_json:
         console.print_json(json.dumps(results))
         return
@@ -363,15 +424,21 @@ def predict(
 @app.command()
 @user_errors
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="A saved model (.joblib).")],
+    model: Annotated[Path, typer.Argument(help="A saved model (.joblib or .keras).")],
     store: Annotated[Path, typer.Argument(help="A store with the same feature specification.")],
     split: Annotated[str, typer.Option(help="train, test or val.")] = "test",
+    runtime: Annotated[str | None, typer.Option(
+        help="Classify the split's image files with the network run by tensorflow or "
+             "openvino, instead of scoring the store's features (always so for .keras).")]
+    = None,
 ) -> None:
     """Report a saved model on any store of the same feature specification."""
     from pipeline.reports import comparison_row
     from pipeline.workflows import evaluate_model
 
-    outcome = evaluate_model(model, store, split=split)
+    if runtime is not None or model.suffix == ".keras":
+        _import_tensorflow_quietly()
+    outcome = evaluate_model(model, store, split=split, runtime=runtime)
     _print_rows([comparison_row(outcome.report)], f"{model.name} on {store} ({split})")
     console.print(f"report: {outcome.report_dir}/summary.md", highlight=False)
 
@@ -515,8 +582,8 @@ def finetune(
     shear: Shear = 0.2, zoom: Zoom = 0.2, flip: Flip = True, overwrite: Restart = False,
 ) -> None:
     """Stage 3: fine-tune a pretrained backbone under a new head, in two phases."""
-    from pipeline.finetune import HeadConfig
-    from pipeline.finetune import finetune as run_finetune
+    from pipeline.stage3 import HeadConfig
+    from pipeline.stage3 import finetune as run_finetune
 
     result = run_finetune(
         source, backbone=backbone, weights=weights, input_size=input_size, unfreeze=unfreeze,
@@ -545,7 +612,7 @@ def scratch(
     shear: Shear = 0.2, zoom: Zoom = 0.2, flip: Flip = True, overwrite: Restart = False,
 ) -> None:
     """Baseline without transfer: MiniVGGNet from random weights on the same split."""
-    from pipeline.finetune import train_from_scratch
+    from pipeline.stage3 import train_from_scratch
 
     result = train_from_scratch(
         source, input_size=input_size, epochs=epochs, learning_rate=learning_rate,
@@ -599,6 +666,15 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body (413 beyond).")]
     = 20.0,
     max_images: Annotated[int, typer.Option(min=1, help="Most images per request.")] = 16,
+    max_pixels: Annotated[int, typer.Option(
+        min=1, help="Largest image accepted, width x height (decompression bombs).")]
+    = 50_000_000,
+    max_queued: Annotated[int, typer.Option(
+        min=1, help="Most images waiting for the model; beyond, 503 with Retry-After.")]
+    = 256,
+    batching: Annotated[bool, typer.Option(
+        "--batching/--no-batching", help="Share forward passes between requests.")] = True,
+    runtime: RuntimeOption = None,
 ) -> None:
     """Serve a model: POST /predict, GET /health, GET /model, /docs and an upload page at /."""
     from pipeline.serving import ServeLimits, check_serve_args
@@ -609,8 +685,29 @@ def serve(
     check_serve_args(model, port)
     console.print(f"loading {model} ... then open http://{host}:{port}/ (Ctrl-C stops)",
                   highlight=False)
-    run_server(model, host=host, port=port, limits=ServeLimits(
-        max_upload_bytes=int(max_upload_mb * 2**20), max_images=max_images))
+    run_server(model, host=host, port=port, batching=batching, runtime=runtime,
+               limits=ServeLimits(
+        max_upload_bytes=int(max_upload_mb * 2**20), max_images=max_images,
+        max_pixels=max_pixels, max_queued=max_queued))
+
+
+@app.command()
+@user_errors
+@uses_tensorflow
+def export(
+    model: Annotated[Path, typer.Argument(help="A saved model (.joblib or .keras).")],
+    out: Annotated[Path, typer.Option(help="Folder to write (created).")],
+    format: Annotated[str, typer.Option(help="openvino or onnx.")] = "openvino",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """One deployable network, uint8 pixels to scores, runnable without tlearn."""
+    from pipeline.export import export_model
+
+    result = export_model(model, out, format=format, overwrite=overwrite)
+    console.print(f"wrote {result.out}: {', '.join(result.files)} (input uint8 "
+                  f"N x {result.input_size} x {result.input_size} x 3, {result.scores} "
+                  f"scores for {len(result.label_names)} classes; see README.md)",
+                  highlight=False)
 
 
 def main() -> None:
@@ -618,7 +715,7 @@ def main() -> None:
     try:
         app()
     except UserInputError as exc:  # raised outside a command body (e.g. while importing)
-        err_console.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         sys.exit(2)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DEFAULT_BACKBONE = "vgg16"
+# Defined beside the registry (features/ cannot import pipeline/): one value everywhere.
+from features.backbones import DEFAULT_BACKBONE as DEFAULT_BACKBONE
+
 DEFAULT_TEST_SIZE = 0.25
 DEFAULT_SEED = 42
 DEFAULT_BATCH_SIZE = 32

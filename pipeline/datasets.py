@@ -1,14 +1,19 @@
-"""Find labelled images (a folder per class, or a CSV) and decide the train/test/val split.
+"""Find labelled images (a folder per class, or a CSV), group them, and decide the split.
 
 The split is seeded, stratified per class and decided once, at extraction; it is
 recorded per row in the feature store so every later stage judges on the very
-same test images.
+same test images. It is made **by group**: augmented copies follow the photo they
+were made from (``tlearn augment`` records each copy's source) and byte-identical
+files form one group, so no test image has a copy in the train split.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,10 +21,12 @@ import numpy as np
 
 from features.errors import UserInputError
 from features.extraction import LabeledImages
-from features.images import is_image_file
+from features.images import IMAGE_EXTENSIONS, is_image_file
 from features.store import SPLIT_NAMES
 
 TRAIN, TEST, VAL = (SPLIT_NAMES.index(n) for n in ("train", "test", "val"))
+# Written by 'tlearn augment' at the root of the folder it makes: copy -> source image.
+AUGMENT_MANIFEST = ".tlearn-augment.json"
 
 
 @dataclass
@@ -36,12 +43,15 @@ class Dataset:
         ``(path, reason)`` for files that were not taken (not an image extension).
     source : str
         The folder or CSV the images came from.
+    grouping : Grouping or None
+        Set by :func:`load_dataset`: which images must share a split.
     """
 
     paths: list[str]
     class_of: list[str]
     source: str
     ignored: list[tuple[str, str]] = field(default_factory=list)
+    grouping: Grouping | None = None
 
     @property
     def label_names(self) -> list[str]:
@@ -61,6 +71,36 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name.startswith("__")
 
 
+def walk_images(folder: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image files below ``folder`` (any depth, sorted), and the files passed over, with why.
+
+    Hidden files and folders are skipped. Links are followed (a folder may link to
+    photos elsewhere), but a directory already walked is not entered again, so a
+    link loop ends and is reported.
+    """
+    paths: list[str] = []
+    ignored: list[tuple[str, str]] = []
+    visited: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        here = os.stat(dirpath)
+        if (here.st_dev, here.st_ino) in visited:
+            ignored.append((os.path.abspath(dirpath),
+                            "directory already listed (symbolic link loop or repeat)"))
+            dirnames[:] = []
+            continue
+        visited.add((here.st_dev, here.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        for name in sorted(filenames):
+            if _is_hidden(name):
+                continue
+            full = os.path.abspath(os.path.join(dirpath, name))
+            if is_image_file(name):
+                paths.append(full)
+            else:
+                ignored.append((full, "not an image file extension"))
+    return paths, ignored
+
+
 def _scan_folder(root: Path) -> Dataset:
     paths: list[str] = []
     classes: list[str] = []
@@ -73,17 +113,10 @@ def _scan_folder(root: Path) -> Dataset:
             continue
         if not entry.is_dir():
             continue
-        for dirpath, dirnames, filenames in os.walk(entry.path, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-            for name in sorted(filenames):
-                if _is_hidden(name):
-                    continue
-                full = os.path.abspath(os.path.join(dirpath, name))
-                if is_image_file(name):
-                    paths.append(full)
-                    classes.append(entry.name)
-                else:
-                    ignored.append((full, "not an image file extension"))
+        found, passed_over = walk_images(entry.path)
+        paths += found
+        classes += [entry.name] * len(found)
+        ignored += passed_over
     return Dataset(paths, classes, str(root.resolve()), ignored)
 
 
@@ -153,13 +186,141 @@ def discover_images(data: str | os.PathLike) -> Dataset:
     return dataset
 
 
-def stratified_split(labels: np.ndarray, *, test_size: float = 0.25, val_size: float = 0.0,
-                     seed: int = 42) -> np.ndarray:
-    """Assign each row to train, test or val, class by class, reproducibly.
+@dataclass(frozen=True)
+class Grouping:
+    """Which images must share a split, and why.
 
-    Each class contributes ``round(n * test_size)`` test rows and
+    Attributes
+    ----------
+    groups : numpy.ndarray of int64
+        Group id of each image: the position of the group's first image.
+    augmented : int
+        Images recorded by ``tlearn augment`` as copies of another image of the dataset.
+    duplicates : int
+        Images byte-identical to an earlier image of the dataset.
+    duplicate_groups : int
+        Groups holding byte-identical files.
+    mixed_label_groups : int
+        Groups whose images carry different labels (the same photo filed twice).
+    """
+
+    groups: np.ndarray
+    augmented: int = 0
+    duplicates: int = 0
+    duplicate_groups: int = 0
+    mixed_label_groups: int = 0
+
+    def describe(self) -> str:
+        """One line for the user, empty when every image is its own group."""
+        parts = []
+        if self.duplicates:
+            parts.append(f"{self.duplicates} byte-identical file(s) in "
+                         f"{self.duplicate_groups} group(s)")
+        if self.augmented:
+            parts.append(f"{self.augmented} augmented cop(ies) grouped with their source")
+        if not parts:
+            return ""
+        line = "; ".join(parts) + ": each group is kept in one split"
+        if self.mixed_label_groups:
+            line += (f"; {self.mixed_label_groups} group(s) hold the same image under "
+                     "different labels (check them)")
+        return line
+
+
+def _read_augment_manifest(root: Path) -> dict[str, str]:
+    manifest = root / AUGMENT_MANIFEST
+    if not manifest.is_file():
+        return {}
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        sources = data["sources"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserInputError(
+            f"{manifest} is damaged ({exc}); run 'tlearn augment' again or delete the file "
+            "(augmented copies would then no longer follow their source image)"
+        ) from exc
+    return {str((root / copy).resolve()): str((root / src).resolve())
+            for copy, src in sources.items()}
+
+
+def _content_digest(path: str) -> str | None:
+    try:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    except OSError:
+        return None
+
+
+def group_images(dataset: Dataset) -> Grouping:
+    """Group augmented copies with their source and byte-identical files together.
+
+    Only files whose size is shared by another file are read (hashed), so a
+    dataset without duplicates costs one ``stat`` per file.
+    """
+    n = len(dataset.paths)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(i: int, j: int) -> None:
+        a, b = find(i), find(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+
+    position = {p: i for i, p in enumerate(dataset.paths)}
+    augmented = 0
+    root = Path(dataset.source)
+    if root.is_dir():
+        for copy, source in _read_augment_manifest(root).items():
+            if copy in position and source in position:
+                union(position[copy], position[source])
+                augmented += 1
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for i, path in enumerate(dataset.paths):
+        try:
+            by_size[os.path.getsize(path)].append(i)
+        except OSError:
+            continue  # unreadable: extraction skips it with its reason
+    duplicates = 0
+    duplicate_groups = set()
+    for same_size in by_size.values():
+        if len(same_size) < 2:
+            continue
+        by_digest: dict[str, int] = {}
+        for i in same_size:
+            digest = _content_digest(dataset.paths[i])
+            if digest is None:
+                continue
+            if digest in by_digest:
+                union(by_digest[digest], i)
+                duplicates += 1
+                duplicate_groups.add(by_digest[digest])
+            else:
+                by_digest[digest] = i
+    groups = np.array([find(i) for i in range(n)], dtype=np.int64)
+    labels = dataset.labels
+    mixed = sum(1 for g in np.unique(groups) if len(np.unique(labels[groups == g])) > 1) \
+        if duplicates or augmented else 0
+    return Grouping(groups, augmented, duplicates, len({find(g) for g in duplicate_groups}),
+                    mixed)
+
+
+def stratified_split(labels: np.ndarray, *, test_size: float = 0.25, val_size: float = 0.0,
+                     seed: int = 42, groups: np.ndarray | None = None) -> np.ndarray:
+    """Assign each row to train, test or val, class by class and group by group, reproducibly.
+
+    Each class contributes about ``round(n * test_size)`` test rows and
     ``round(n * val_size)`` validation rows (taken from what is not test), but
-    always keeps at least one training row.
+    always keeps at least one training row. Rows of one group (``groups``) go to
+    the same split; a group counts for the class of its first row. Without
+    groups every row is its own group.
 
     Returns
     -------
@@ -174,28 +335,110 @@ def stratified_split(labels: np.ndarray, *, test_size: float = 0.25, val_size: f
             f"(test {test_size} + validation {val_size} < 1)"
         )
     labels = np.asarray(labels)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    if len(groups) != len(labels):
+        raise ValueError(f"{len(groups)} group ids for {len(labels)} labels")
     split = np.full(len(labels), TRAIN, dtype=np.uint8)
+    # Groups in order of their first row; each belongs to the class of that row.
+    _, first_rows, members = np.unique(groups, return_index=True, return_inverse=True)
+    order = np.argsort(first_rows, kind="stable")
+    rows_of: dict[int, list[int]] = defaultdict(list)
+    for row, g in enumerate(members):
+        rows_of[int(g)].append(row)
     rng = np.random.default_rng(seed)
     for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
-        rows = rows[rng.permutation(len(rows))]
-        n = len(rows)
+        units = [int(g) for g in order if labels[first_rows[g]] == label]
+        units = [units[i] for i in rng.permutation(len(units))]
+        n = sum(len(rows_of[g]) for g in units)
         n_test = min(round(n * test_size), max(0, n - 1))
         n_val = min(round(n * val_size), max(0, n - 1 - n_test))
-        split[rows[:n_test]] = TEST
-        split[rows[n_test:n_test + n_val]] = VAL
+        taken_test = taken_val = 0
+        for k, g in enumerate(units):
+            size = len(rows_of[g])
+            last = k == len(units) - 1
+            if taken_test < n_test and not (last and taken_test + taken_val == n - size):
+                split[rows_of[g]] = TEST
+                taken_test += size
+            elif taken_val < n_val and not (last and taken_test + taken_val == n - size):
+                split[rows_of[g]] = VAL
+                taken_val += size
     return split
 
 
 def load_dataset(data: str | os.PathLike, *, test_size: float = 0.25, val_size: float = 0.0,
                  seed: int = 42) -> tuple[LabeledImages, Dataset]:
-    """Discover a dataset and split it; returns what extraction needs and the raw listing."""
+    """Discover a dataset, group and split it.
+
+    Returns what extraction needs and the raw listing (with its ``grouping`` set).
+    """
     dataset = discover_images(data)
     labels = dataset.labels
-    split = stratified_split(labels, test_size=test_size, val_size=val_size, seed=seed)
+    grouping = group_images(dataset)
+    split = stratified_split(labels, test_size=test_size, val_size=val_size, seed=seed,
+                             groups=grouping.groups)
     images = LabeledImages(paths=dataset.paths, labels=labels, label_names=dataset.label_names,
-                           split=split, source=dataset.source)
+                           split=split, source=dataset.source, groups=grouping.groups)
+    dataset.grouping = grouping
     return images, dataset
+
+
+def images_to_predict(inputs: list[str | os.PathLike]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The image files named by ``tlearn predict``'s inputs, in order.
+
+    Parameters
+    ----------
+    inputs : list of path-like
+        One folder (images at any depth, as ``extract`` finds them), one CSV whose
+        first column holds image paths (header ``path`` optional, relative paths from
+        the CSV's folder), or image files.
+
+    Returns
+    -------
+    (paths, ignored)
+        Absolute paths to classify, and ``(path, reason)`` of what was passed over.
+
+    Raises
+    ------
+    UserInputError
+        No inputs, a missing input, or nothing to classify.
+    """
+    if not inputs:
+        raise UserInputError("no images given; pass a folder, a CSV of paths or image files")
+    ignored: list[tuple[str, str]] = []
+    first = Path(inputs[0]).expanduser()
+    if len(inputs) == 1 and first.is_dir():
+        paths, ignored = walk_images(first)
+    elif len(inputs) == 1 and first.suffix.lower() == ".csv" and first.is_file():
+        paths = _read_path_column(first)
+    else:
+        paths = []
+        for item in inputs:
+            path = Path(item).expanduser()
+            if path.is_dir():
+                raise UserInputError(f"{path} is a folder; pass one folder alone, or files")
+            if not path.exists():
+                raise UserInputError(f"{path} does not exist; check the path")
+            paths.append(str(path.resolve()))
+    if not paths:
+        raise UserInputError(f"no images found in {first}; expected image files "
+                             f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return paths, ignored
+
+
+def _read_path_column(path: Path) -> list[str]:
+    base = path.resolve().parent
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = [row for row in csv.reader(f) if row and row[0].strip()]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserInputError(f"cannot read CSV {path}: {exc}") from exc
+    if rows and rows[0][0].strip().lower() == "path":
+        rows = rows[1:]
+    out = []
+    for row in rows:
+        image = Path(row[0].strip()).expanduser()
+        out.append(str(image if image.is_absolute() else (base / image).resolve()))
+    return out
 
 
 def dataset_name(data: str | os.PathLike) -> str:

@@ -17,8 +17,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from features.backbones import file_digest
 from features.errors import UserInputError
+from features.integrity import file_digest
 
 ProgressCallback = Callable[[int, int], None]
 _BLOCK = 1 << 16

@@ -7,6 +7,7 @@ Every stage writes the same ``metrics.json`` layout under
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -16,10 +17,14 @@ from typing import Any
 import numpy as np
 
 from classifiers.evaluation import Evaluation
+from features.integrity import atomic_write, atomic_write_json, atomic_write_text
 
 REPORT_FILE = "metrics.json"
-COMPARE_COLUMNS = ("model", "stage", "backbone", "classifier", "test_accuracy", "macro_f1",
-                   "rank5", "chosen", "fit_seconds", "predictions_per_second", "size_mb")
+PREDICTIONS_FILE = "predictions.csv"
+COMPARE_COLUMNS = ("model", "stage", "backbone", "classifier", "test_images", "test_accuracy",
+                   "accuracy_95ci", "resplit_accuracy", "macro_f1", "rank5", "log_loss", "ece",
+                   "vs_best_p", "vs_best", "chosen", "fit_seconds", "predictions_per_second",
+                   "size_mb")
 
 
 def format_chosen(chosen: Any) -> str:
@@ -63,17 +68,91 @@ def plot_confusion(confusion: list[list[int]], label_names: list[str], path: Pat
                         color="white" if shares[i, j] > 0.5 else "black", fontsize=8)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
     ax.set_title(title or "confusion matrix")
+    return _save_figure(fig, path)
+
+
+def _ci(interval) -> str:
+    return f"[{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
+
+
+def _save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), suffix=".png")
     plt.close(fig)
     return path
 
 
+def plot_reliability(reliability: dict, ece: float | None, path: Path, title: str = "") -> Path:
+    """Reliability diagram: accuracy against mean top probability per bin, with counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = np.asarray(reliability["edges"])
+    centres = (edges[:-1] + edges[1:]) / 2
+    used = [i for i, c in enumerate(reliability["counts"]) if c]
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
+    ax.bar(centres[used], [reliability["accuracy"][i] for i in used], width=edges[1] - edges[0],
+           edgecolor="black", alpha=0.7, label="accuracy in bin")
+    ax.plot([reliability["confidence"][i] for i in used],
+            [reliability["accuracy"][i] for i in used], "o", color="tab:red",
+            label="mean top probability")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"{title}: ECE {ece:.3f} (15 bins)" if ece is not None else title)
+    hist.bar(centres, reliability["counts"], width=edges[1] - edges[0], edgecolor="black")
+    hist.set_xlabel("top probability")
+    hist.set_ylabel("images")
+    return _save_figure(fig, path)
+
+
+def plot_mistakes(per_image: dict, path: Path, most: int = 16) -> Path | None:
+    """A gallery of up to ``most`` test images the model got wrong, most confident first."""
+    from PIL import Image
+
+    wrong = [i for i, (t, p) in enumerate(zip(per_image["true"], per_image["predicted"],
+                                              strict=True)) if t != p]
+    wrong = [i for i in sorted(wrong, key=lambda i: -per_image["score"][i])
+             if os.path.isfile(per_image["id"][i])][:most]
+    if not wrong:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(4, len(wrong))
+    rows = (len(wrong) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), wrong, strict=False):
+        try:
+            with Image.open(per_image["id"][i]) as img:
+                img.thumbnail((256, 256))
+                ax.imshow(img.convert("RGB"))
+        except OSError:
+            continue
+        ax.set_title(f"true {per_image['true'][i]}\nsaid {per_image['predicted'][i]} "
+                     f"({per_image['score'][i]:.2f})", fontsize=9)
+    fig.suptitle("test images the model got wrong (most confident first)")
+    return _save_figure(fig, path)
+
+
 def write_report(directory: str | os.PathLike, evaluation: Evaluation, info: dict[str, Any]
                  ) -> Path:
-    """Write ``metrics.json``, ``summary.md``, ``per_class.csv``, ``confusion.csv`` and
-    ``confusion.png`` for one model into ``directory``.
+    """Write one model's test report into ``directory``.
+
+    Files: ``metrics.json`` (written last: a report counts once it is there),
+    ``summary.md``, ``per_class.csv``, ``confusion.csv``, ``confusion.png``, and when
+    known ``predictions.csv`` (one row per test image, for paired comparisons),
+    ``mistakes.png`` (a gallery of errors) and ``reliability.png`` (calibration).
 
     Parameters
     ----------
@@ -86,25 +165,27 @@ def write_report(directory: str | os.PathLike, evaluation: Evaluation, info: dic
         (hyperparameter), ``cv`` (scores), ``fit_seconds``, ``size_bytes``, ``model_path``...
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    payload = {**info, "test": evaluation.to_dict()}
-    (directory / REPORT_FILE).write_text(json.dumps(payload, indent=2, default=str))
-
     names = evaluation.label_names
-    with (directory / "confusion.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["true \\ predicted", *names])
-        for name, row in zip(names, evaluation.confusion, strict=True):
-            writer.writerow([name, *row])
-    with (directory / "per_class.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["class", "precision", "recall", "f1", "support"])
-        for name in names:
-            r = evaluation.per_class[name]
-            writer.writerow([name, f"{r['precision']:.4f}", f"{r['recall']:.4f}",
-                             f"{r['f1-score']:.4f}", int(r["support"])])
+    atomic_write_text(directory / "confusion.csv", _csv_text(
+        [["true \\ predicted", *names]]
+        + [[name, *row] for name, row in zip(names, evaluation.confusion, strict=True)]))
+    atomic_write_text(directory / "per_class.csv", _csv_text(
+        [["class", "precision", "recall", "f1", "support"]]
+        + [[name, f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1-score']:.4f}",
+            int(r["support"])] for name, r in ((n, evaluation.per_class[n]) for n in names)]))
     plot_confusion(evaluation.confusion, names, directory / "confusion.png",
                    title=f"{info.get('model', '')}: test accuracy {evaluation.accuracy:.3f}")
+    per_image = evaluation.per_image
+    if per_image.get("id"):
+        atomic_write_text(directory / PREDICTIONS_FILE, _csv_text(
+            [["id", "true", "predicted", "score"]]
+            + [list(row) for row in zip(per_image["id"], per_image["true"],
+                                        per_image["predicted"], per_image["score"],
+                                        strict=True)]))
+        plot_mistakes(per_image, directory / "mistakes.png")
+    if evaluation.reliability:
+        plot_reliability(evaluation.reliability, evaluation.ece, directory / "reliability.png",
+                         title=info.get("model", ""))
 
     lines = [
         f"# {info.get('model', directory.name)}",
@@ -112,8 +193,16 @@ def write_report(directory: str | os.PathLike, evaluation: Evaluation, info: dic
         f"- stage: {info.get('stage', '')}; backbone: {info.get('backbone', '')}; "
         f"classifier: {info.get('classifier', '')}",
         f"- test images: {evaluation.n_samples}",
-        f"- test accuracy: {evaluation.accuracy:.4f}; macro-F1: {evaluation.macro_f1:.4f}; "
-        f"rank-1: {evaluation.rank1:.4f}; rank-5: {_fmt(evaluation.rank5)}",
+        f"- test accuracy: {evaluation.accuracy:.4f} {_ci(evaluation.accuracy_ci)}; "
+        f"macro-F1: {evaluation.macro_f1:.4f} {_ci(evaluation.macro_f1_ci)}; "
+        f"rank-1: {evaluation.rank1:.4f}; rank-5: {_fmt(evaluation.rank5)} "
+        f"{_ci(evaluation.rank5_ci)}".rstrip(),
+        "  (95 % intervals: Wilson for accuracy and rank-5, bootstrap over test images "
+        "for macro-F1)",
+        f"- scores: {evaluation.scores}"
+        + (f"; log-loss {evaluation.log_loss:.4f}; expected calibration error "
+           f"{evaluation.ece:.4f} (15 equal-width bins)" if evaluation.ece is not None
+           else " (no probabilities: no log-loss or calibration)"),
         f"- chosen: {format_chosen(info.get('chosen'))}; "
         f"fit: {_fmt(info.get('fit_seconds'), 2)} s; "
         f"predictions/s: {evaluation.predictions_per_second:,.0f}; "
@@ -126,21 +215,74 @@ def write_report(directory: str | os.PathLike, evaluation: Evaluation, info: dic
         r = evaluation.per_class[name]
         lines.append(f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | "
                      f"{r['f1-score']:.3f} | {int(r['support'])} |")
+    rep = info.get("repeats")
+    if rep:
+        lines += ["", f"Over {rep['n']} seeded re-splits of the train and test rows (same "
+                  f"test share, grouped and stratified): test accuracy "
+                  f"{rep['accuracy_mean']:.4f} ± {rep['accuracy_std']:.4f} "
+                  f"(min {rep['accuracy_min']:.4f}, max {rep['accuracy_max']:.4f}); the "
+                  f"recorded split above gave {evaluation.accuracy:.4f}."]
     cv = info.get("cv")
     if cv:
         lines += ["", f"Cross-validation ({cv['param']}): " + ", ".join(
             f"{v:g}: {m:.4f}" for v, m in zip(cv["grid"], cv["mean_accuracy"], strict=True))]
     lines += ["", "![confusion matrix](confusion.png)", ""]
-    (directory / "summary.md").write_text("\n".join(lines))
+    if evaluation.reliability:
+        lines += ["![reliability diagram](reliability.png)", ""]
+    if (directory / "mistakes.png").exists():
+        lines += ["![some test images it got wrong](mistakes.png)", ""]
+    atomic_write_text(directory / "summary.md", "\n".join(lines))
+    # Written last: a report counts (read_report) only once all its files are there.
+    atomic_write_json(directory / REPORT_FILE, {**info, "test": evaluation.to_dict()})
     return directory
 
 
+def _csv_text(rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
+
+
 def read_report(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """A report's ``metrics.json`` (with ``report_dir`` added), or None if there is none."""
     path = Path(directory) / REPORT_FILE
     try:
-        return json.loads(path.read_text())
+        report = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+    report["report_dir"] = str(Path(directory))
+    return report
+
+
+def read_predictions(report: dict[str, Any]) -> dict[str, bool] | None:
+    """Per test image id: whether the model was right, from the report's ``predictions.csv``."""
+    path = Path(report.get("report_dir", "")) / PREDICTIONS_FILE
+    try:
+        with path.open(newline="") as f:
+            return {row["id"]: row["true"] == row["predicted"] for row in csv.DictReader(f)}
+    except (OSError, KeyError, csv.Error):
+        return None
+
+
+def paired_comparison(best: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """McNemar's exact test of ``other`` against ``best`` when both saw the same test images.
+
+    Returns ``{"verdict", "p_value", "paired"}``; models tested on different images
+    (another split, another store) are never compared as if paired.
+    """
+    from classifiers.statistics import mcnemar_exact
+
+    a, b = read_predictions(best), read_predictions(other)
+    if a is None or b is None:
+        return {"paired": False, "p_value": None,
+                "verdict": "no per-image predictions (trained before they were kept)"}
+    if set(a) != set(b):
+        return {"paired": False, "p_value": None,
+                "verdict": "tested on other images: not comparable pair by pair"}
+    ids = sorted(a)
+    result = mcnemar_exact(np.array([a[i] for i in ids]), np.array([b[i] for i in ids]))
+    return {"paired": True, "p_value": result.p_value,
+            "verdict": result.verdict(best.get("model", "best"), other.get("model", "this"))}
 
 
 def comparison_row(report: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +292,14 @@ def comparison_row(report: dict[str, Any]) -> dict[str, Any]:
         "stage": report.get("stage", ""),
         "backbone": report.get("backbone", ""),
         "classifier": report.get("classifier", ""),
+        "test_images": test.get("n_samples"),
         "test_accuracy": test.get("accuracy"),
+        "accuracy_95ci": _ci(test.get("accuracy_ci")),
+        "resplit_accuracy": (f"{report['repeats']['accuracy_mean']:.4f} ± "
+                             f"{report['repeats']['accuracy_std']:.4f} "
+                             f"(n={report['repeats']['n']})") if report.get("repeats") else "",
+        "log_loss": test.get("log_loss"),
+        "ece": test.get("ece"),
         "macro_f1": test.get("macro_f1"),
         "rank5": test.get("rank5"),
         "chosen": format_chosen(report.get("chosen")),
@@ -183,19 +332,27 @@ def filter_reports(reports: list[dict[str, Any]], *, stores: list[str] | None = 
 def write_comparison(rows: list[dict[str, Any]], directory: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``comparison.md`` and ``comparison.csv``; rows sorted by test accuracy."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = directory / "comparison.csv", directory / "comparison.md"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COMPARE_COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_text(csv_path, _csv_text(
+        [list(COMPARE_COLUMNS)] + [[row.get(c, "") for c in COMPARE_COLUMNS] for row in rows]))
     header = "| " + " | ".join(COMPARE_COLUMNS) + " |"
     lines = [header, "|" + "---|" * len(COMPARE_COLUMNS)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in COMPARE_COLUMNS) + " |")
-    md_path.write_text("\n".join(lines) + "\n")
+        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in COMPARE_COLUMNS) + " |")
+    atomic_write_text(md_path, "\n".join(lines) + "\n")
     return md_path, csv_path
 
 
-def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(rows, key=lambda r: -(r["test_accuracy"] or 0.0))
+def compare_reports(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Comparison rows, best first, each judged against the best by McNemar's exact test."""
+    order = sorted(reports, key=lambda r: -(r.get("test", {}).get("accuracy") or 0.0))
+    rows = []
+    for i, report in enumerate(order):
+        row = comparison_row(report)
+        if i == 0:
+            row |= {"vs_best_p": None, "vs_best": "best"}
+        else:
+            paired = paired_comparison(order[0], report)
+            row |= {"vs_best_p": paired["p_value"], "vs_best": paired["verdict"]}
+        rows.append(row)
+    return rows

@@ -15,117 +15,96 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from features.errors import UserInputError
-from features.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from features.images import ImageDecodeError, decode_image
+from features.prediction import rank_scores
+from pipeline.image_classifiers import ImageClassifier, load_image_classifier
 
 # -- the model ----------------------------------------------------------------------------------
 
-@dataclass
-class ServedModel:
-    """A loaded classifier of either kind, behind one interface."""
-
-    name: str
-    input_size: int
-    label_names: list[str]
-    scores_are_probabilities: bool
-    info: dict[str, Any]
-    _scores: Any = field(repr=False)
-
-    def class_scores(self, images: np.ndarray) -> np.ndarray:
-        """Scores (n, classes) of RGB uint8 images of shape (n, size, size, 3)."""
-        return np.asarray(self._scores(images))
-
-    def warm_up(self, max_batch: int) -> None:
-        """Compile the network for every batch size the server will use (powers of two),
-        so no request pays for a graph compilation."""
-        size = 1
-        while True:
-            self.class_scores(np.zeros((size, self.input_size, self.input_size, 3), np.uint8))
-            if size >= max_batch:
-                break
-            size = min(max_batch, size * 2)
-
-
-def load_served_model(path: str | Path) -> ServedModel:
-    """Load a joblib classifier (stage 2) or a ``.keras`` model (stage 3), with its sidecar."""
-    from classifiers.persistence import read_sidecar
-    from pipeline.finetune import KerasImageClassifier
-    from pipeline.workflows import load_image_classifier
-
-    path = Path(path)
-    model = load_image_classifier(path)
-    if isinstance(model, KerasImageClassifier):
-        return ServedModel(path.stem, int(model.info["input_size"]), model.label_names_, True,
-                           _public_info(model.info, path), model.class_scores_of_images)
-    extractor = model.feature_extractor()  # built now, not on the first request
-    names = [model.label_names_[c] for c in model.classes_]
-
-    def scores(images):
-        return model.class_scores(extractor(images))
-
-    return ServedModel(path.stem, extractor.spec.input_size, names, model.has_predict_proba,
-                       _public_info(read_sidecar(path), path), scores)
-
-
-def _public_info(info: dict, path: Path) -> dict:
-    keep = ("kind", "stage", "backbone", "classifier", "feature_spec", "label_names",
-            "best_params", "metrics", "input_size", "created", "library_versions")
-    out = {k: info[k] for k in keep if k in info}
-    if isinstance(out.get("metrics"), dict):
-        out["metrics"] = {k: v for k, v in out["metrics"].items()
-                          if k in ("accuracy", "macro_f1", "rank1", "rank5", "n_samples")}
-    out["model"] = path.name
-    return out
-
-
 # -- batching -----------------------------------------------------------------------------------
+
+class Overloaded(Exception):
+    """The batcher's queue is full: the request is refused (503) rather than left waiting."""
+
 
 class MicroBatcher:
     """One worker thread that runs queued images through the model in shared batches.
 
+    The queue is bounded (in images): when it is full, :meth:`submit` raises
+    :class:`Overloaded` at once, so latency stays bounded under overload and the
+    server answers 503 instead of piling up work it cannot finish in time.
+
     Parameters
     ----------
-    model : ServedModel
+    model : ImageClassifier
     max_batch : int
         Most images per forward pass.
     max_wait : float
         Seconds the worker waits for more images once it has some.
+    max_queued : int
+        Most images waiting at once.
+    batching : bool
+        Merge queued requests into shared forward passes (False: one request per pass,
+        to measure what batching buys).
     """
 
-    def __init__(self, model: ServedModel, max_batch: int = 32, max_wait: float = 0.005):
+    def __init__(self, model: ImageClassifier, max_batch: int = 32, max_wait: float = 0.005,
+                 max_queued: int = 256, batching: bool = True):
         self.model, self.max_batch, self.max_wait = model, max_batch, max_wait
+        self.max_queued, self.batching = max_queued, batching
         self._queue: queue.Queue = queue.Queue()
+        self._queued = 0
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="tlearn-batcher", daemon=True)
         self._thread.start()
 
+    @property
+    def queued_images(self) -> int:
+        return self._queued
+
     def submit(self, images: np.ndarray) -> Future:
+        """Queue ``images``; their scores arrive in the returned future.
+
+        Raises
+        ------
+        Overloaded
+            When the queue already holds ``max_queued`` images.
+        """
+        with self._lock:
+            if self._queued and self._queued + len(images) > self.max_queued:
+                raise Overloaded(f"{self._queued} images are already waiting")
+            self._queued += len(images)
         future: Future = Future()
         self._queue.put((images, future))
         return future
 
+    def _take_more(self, jobs: list, count: int) -> None:
+        deadline = time.perf_counter() + self.max_wait
+        while count < self.max_batch:
+            timeout = deadline - time.perf_counter()
+            if timeout <= 0:
+                break
+            try:
+                job = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                break
+            jobs.append(job)
+            count += len(job[0])
+
     def _run(self) -> None:
         while True:
             jobs = [self._queue.get()]
-            count = len(jobs[0][0])
-            deadline = time.perf_counter() + self.max_wait
-            while count < self.max_batch:
-                timeout = deadline - time.perf_counter()
-                if timeout <= 0:
-                    break
-                try:
-                    job = self._queue.get(timeout=timeout)
-                except queue.Empty:
-                    break
-                jobs.append(job)
-                count += len(job[0])
+            if self.batching:
+                self._take_more(jobs, len(jobs[0][0]))
+            n = sum(len(j[0]) for j in jobs)
             try:
                 scores = self.model.class_scores(np.concatenate([j[0] for j in jobs]))
                 start = 0
@@ -136,9 +115,12 @@ class MicroBatcher:
                 for _, future in jobs:
                     if not future.done():
                         future.set_exception(exc)
+            finally:
+                with self._lock:
+                    self._queued -= n
 
 
-# -- multipart, in memory -----------------------------------------------------------------------
+# -- multipart, streamed ------------------------------------------------------------------------
 
 class UploadError(Exception):
     def __init__(self, status: int, message: str) -> None:
@@ -146,67 +128,159 @@ class UploadError(Exception):
         self.status = status
 
 
-def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, bytes]]:
-    """``(client file name, bytes)`` of every file part of a multipart/form-data body."""
-    from python_multipart.multipart import MultipartParser, parse_options_header
+class MultipartFiles:
+    """Collect the file parts of a multipart/form-data body fed chunk by chunk.
 
-    ctype, params = parse_options_header(content_type or "")
-    if ctype != b"multipart/form-data" or b"boundary" not in params:
-        raise UploadError(400, "send the images as multipart/form-data (field 'files')")
-    files: list[tuple[str, bytes]] = []
-    part: dict = {}
+    Each chunk goes straight to the parser as it arrives (nothing buffers the
+    whole body); a file's bytes are kept once, in its own buffer. Too many files
+    or too many bytes stop the upload at the first chunk that crosses a limit.
 
-    def on_part_begin():
-        part.clear()
-        part.update(headers={}, data=bytearray(), name=bytearray(), value=bytearray())
+    Parameters
+    ----------
+    content_type : str
+        The request's Content-Type header (with its boundary).
+    max_files : int
+        Most file parts accepted.
+    max_bytes : int
+        Most body bytes accepted.
+    """
 
-    def on_header_field(data, start, end):
-        part["name"] += data[start:end]
+    def __init__(self, content_type: str, *, max_files: int, max_bytes: int) -> None:
+        from python_multipart.multipart import MultipartParser, parse_options_header
 
-    def on_header_value(data, start, end):
-        part["value"] += data[start:end]
+        self._parse_options_header = parse_options_header
+        ctype, params = parse_options_header(content_type or "")
+        if ctype != b"multipart/form-data" or b"boundary" not in params:
+            raise UploadError(400, "send the images as multipart/form-data (field 'files')")
+        self.max_files, self.max_bytes = max_files, max_bytes
+        self.files: list[tuple[str, bytearray]] = []
+        self.received = 0
+        self._part: dict = {}
+        self._parser = MultipartParser(params[b"boundary"], callbacks={
+            "on_part_begin": self._begin, "on_header_field": self._field,
+            "on_header_value": self._value, "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_done, "on_part_data": self._data,
+            "on_part_end": self._end})
 
-    def on_header_end():
+    def _begin(self) -> None:
+        self._part = {"headers": {}, "name": bytearray(), "value": bytearray(), "file": None}
+
+    def _field(self, data, start, end) -> None:
+        self._part["name"] += data[start:end]
+
+    def _value(self, data, start, end) -> None:
+        self._part["value"] += data[start:end]
+
+    def _header_end(self) -> None:
+        part = self._part
         part["headers"][bytes(part["name"]).lower()] = bytes(part["value"])
         part["name"], part["value"] = bytearray(), bytearray()
 
-    def on_part_data(data, start, end):
-        part["data"] += data[start:end]
+    def _headers_done(self) -> None:
+        disposition = self._part["headers"].get(b"content-disposition", b"")
+        _, options = self._parse_options_header(disposition)
+        if b"filename" not in options:
+            return  # a plain form field: ignored
+        if len(self.files) >= self.max_files:
+            raise UploadError(400, f"more than {self.max_files} images in one request; at "
+                                   f"most {self.max_files} are accepted")
+        name = options[b"filename"].decode("utf-8", "replace")
+        buffer = bytearray()
+        # Only the base name, for display: a client's path is never used as a path.
+        self.files.append((Path(name.replace("\\", "/")).name or "upload", buffer))
+        self._part["file"] = buffer
 
-    def on_part_end():
-        _, options = parse_options_header(part["headers"].get(b"content-disposition", b""))
-        if b"filename" in options:
-            name = options[b"filename"].decode("utf-8", "replace")
-            files.append((Path(name.replace("\\", "/")).name or "upload", bytes(part["data"])))
+    def _data(self, data, start, end) -> None:
+        if self._part.get("file") is not None:
+            self._part["file"] += data[start:end]
 
-    parser = MultipartParser(params[b"boundary"], callbacks={
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
-        "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_part_data": on_part_data, "on_part_end": on_part_end})
-    try:
-        parser.write(body)
-        parser.finalize()
-    except Exception as exc:
-        raise UploadError(400, f"malformed multipart body ({exc})") from exc
-    return files
+    def _end(self) -> None:
+        self._part = {}
+
+    def feed(self, chunk: bytes) -> None:
+        """Parse the next chunk of the body."""
+        self.received += len(chunk)
+        if self.received > self.max_bytes:
+            raise UploadError(413, f"upload exceeds the limit of {self.max_bytes:,} bytes")
+        try:
+            self._parser.write(chunk)
+        except UploadError:
+            raise
+        except Exception as exc:
+            raise UploadError(400, f"malformed multipart body ({exc})") from exc
+
+    def finish(self) -> list[tuple[str, bytearray]]:
+        """``(client file name, bytes)`` of every file part, once the body has ended."""
+        try:
+            self._parser.finalize()
+        except Exception as exc:
+            raise UploadError(400, f"malformed multipart body ({exc})") from exc
+        return self.files
+
+
+def parse_multipart(body: bytes, content_type: str, *, max_files: int = 1 << 30,
+                    max_bytes: int = 1 << 62) -> list[tuple[str, bytearray]]:
+    """``(client file name, bytes)`` of every file part of a whole multipart body."""
+    parts = MultipartFiles(content_type, max_files=max_files, max_bytes=max_bytes)
+    parts.feed(body)
+    return parts.finish()
+
+
+def decode_uploads(files: list[tuple[str, bytearray]], size: int, max_pixels: int
+                   ) -> tuple[list[np.ndarray], list[dict]]:
+    """Decode uploaded images (in a worker thread, off the event loop)."""
+    images, errors = [], []
+    for name, data in files:
+        try:
+            images.append(decode_image(data, size, name=name, max_pixels=max_pixels))
+        except ImageDecodeError as exc:
+            errors.append({"filename": name, "error": exc.reason})
+    return images, errors
 
 
 # -- the app ------------------------------------------------------------------------------------
 
+# Uploads are phone photos and scans, not gigapixel mosaics: 50 megapixels admits a
+# 48-megapixel phone photo and keeps one decode under about 150 MB of RGB pixels.
+SERVE_MAX_PIXELS = 50_000_000
+
+
 @dataclass(frozen=True)
 class ServeLimits:
-    """Limits applied to every request."""
+    """Limits applied to every request.
+
+    Attributes
+    ----------
+    max_upload_bytes : int
+        Largest request body (413 beyond).
+    max_images : int
+        Most images per request.
+    max_pixels : int
+        Largest image accepted (width x height), a defence against decompression bombs.
+    max_queued : int
+        Most images waiting for the model; beyond, requests get 503 with Retry-After.
+    decode_workers : int
+        Threads decoding uploads (off the event loop, so /health stays responsive).
+    """
 
     max_upload_bytes: int = 20 * 2**20
     max_images: int = 16
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int = SERVE_MAX_PIXELS
+    max_queued: int = 256
+    decode_workers: int = 2
 
 
-def create_app(model: ServedModel, limits: ServeLimits | None = None, *, max_batch: int = 32):
+def create_app(model: ImageClassifier, limits: ServeLimits | None = None, *,
+               max_batch: int = 32, batching: bool = True):
     """The FastAPI application serving ``model``."""
+    from concurrent.futures import ThreadPoolExecutor
+
     limits = limits or ServeLimits()
     model.warm_up(max_batch)
-    batcher = MicroBatcher(model, max_batch=max_batch)
+    batcher = MicroBatcher(model, max_batch=max_batch, max_queued=limits.max_queued,
+                           batching=batching)
+    decoders = ThreadPoolExecutor(max_workers=limits.decode_workers,
+                                  thread_name_prefix="tlearn-upload-decode")
     app = FastAPI(title="tlearn", version="1",
                   description=f"Image classification with {model.name}")
 
@@ -217,8 +291,8 @@ def create_app(model: ServedModel, limits: ServeLimits | None = None, *, max_bat
                                       "max_upload_bytes": limits.max_upload_bytes}))
 
     @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "model": model.name}
+    async def health() -> dict:
+        return {"status": "ok", "model": model.name, "queued_images": batcher.queued_images}
 
     @app.get("/model")
     def model_info() -> dict:
@@ -226,43 +300,36 @@ def create_app(model: ServedModel, limits: ServeLimits | None = None, *, max_bat
                 "input_size": model.input_size,
                 "scores": "probability" if model.scores_are_probabilities else "decision",
                 "limits": {"max_upload_bytes": limits.max_upload_bytes,
-                           "max_images": limits.max_images}}
+                           "max_images": limits.max_images, "max_pixels": limits.max_pixels}}
 
     @app.post("/predict", response_model=None)
     async def predict(request: Request, top: int = Query(3, ge=1, le=1000)) -> JSONResponse:
         t0 = time.perf_counter()
         try:
-            body = await _read_limited(request, limits.max_upload_bytes)
-            files = parse_multipart(body, request.headers.get("content-type", ""))
+            files = await _read_files(request, limits)
         except UploadError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=exc.status)
         if not files:
             return JSONResponse({"detail": "no image in the request; send files in the "
                                            "multipart field 'files'"}, status_code=400)
-        if len(files) > limits.max_images:
-            return JSONResponse({"detail": f"{len(files)} images in one request; at most "
-                                           f"{limits.max_images} are accepted"},
-                                status_code=400)
-        images, errors = [], []
-        for name, data in files:
-            try:
-                images.append(decode_image(data, model.input_size, name=name,
-                                           max_pixels=limits.max_pixels))
-            except ImageDecodeError as exc:
-                errors.append({"filename": name, "error": exc.reason})
+        images, errors = await asyncio.get_running_loop().run_in_executor(
+            decoders, decode_uploads, files, model.input_size, limits.max_pixels)
         if errors:
             return JSONResponse({"detail": f"{len(errors)} of {len(files)} files are not "
                                            "usable images", "errors": errors}, status_code=400)
-        scores = await asyncio.wrap_future(batcher.submit(np.stack(images)))
+        try:
+            future = batcher.submit(np.stack(images))
+        except Overloaded as exc:
+            return JSONResponse({"detail": f"the server is busy ({exc}); retry shortly"},
+                                status_code=503, headers={"Retry-After": "1"})
+        scores = await asyncio.wrap_future(future)
         elapsed_ms = 1000 * (time.perf_counter() - t0)
         results = []
         for (name, _), row in zip(files, scores, strict=True):
-            order = np.argsort(row)[::-1][:top]
+            ranked = rank_scores(row, model.label_names, top)
             results.append({
-                "filename": name, "label": model.label_names[order[0]],
-                "score": float(row[order[0]]),
-                "top": [{"label": model.label_names[j], "score": float(row[j])}
-                        for j in order]})
+                "filename": name, "label": ranked[0][0], "score": ranked[0][1],
+                "top": [{"label": label, "score": score} for label, score in ranked]})
         return JSONResponse({"results": results, "ms": elapsed_ms,
                              "scores": "probability" if model.scores_are_probabilities
                              else "decision"})
@@ -270,18 +337,16 @@ def create_app(model: ServedModel, limits: ServeLimits | None = None, *, max_bat
     return app
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
+async def _read_files(request: Request, limits: ServeLimits) -> list[tuple[str, bytearray]]:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_upload_bytes:
         raise UploadError(413, f"upload of {int(declared):,} bytes exceeds the limit of "
-                               f"{limit:,} bytes")
-    chunks, size = [], 0
+                               f"{limits.max_upload_bytes:,} bytes")
+    parts = MultipartFiles(request.headers.get("content-type", ""),
+                           max_files=limits.max_images, max_bytes=limits.max_upload_bytes)
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise UploadError(413, f"upload exceeds the limit of {limit:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        parts.feed(chunk)
+    return parts.finish()
 
 
 def check_serve_args(model_path: str | Path, port: int) -> None:
@@ -296,12 +361,18 @@ def check_serve_args(model_path: str | Path, port: int) -> None:
 
 
 def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
-          limits: ServeLimits | None = None, log_level: str = "info") -> None:
-    """Load ``model_path`` once and serve it with uvicorn until interrupted."""
+          limits: ServeLimits | None = None, batching: bool = True,
+          log_level: str = "info", runtime: str | None = None) -> None:
+    """Load ``model_path`` once and serve it with uvicorn until interrupted.
+
+    ``runtime`` runs the network (see :func:`pipeline.image_classifiers.load_image_classifier`);
+    ``GET /model`` says which runtime and precision answer.
+    """
     import uvicorn
 
     check_serve_args(model_path, port)
-    app = create_app(load_served_model(model_path), limits)
+    app = create_app(load_image_classifier(model_path, runtime=runtime), limits,
+                     batching=batching)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 

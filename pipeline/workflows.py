@@ -10,7 +10,10 @@ from pathlib import Path
 from features.backbones import get_backbone
 from features.errors import UserInputError
 from features.extraction import ExtractionResult, ProgressCallback, extract_features
+from features.integrity import atomic_write
+from features.runtimes import DEFAULT_CALIBRATION_IMAGES
 from pipeline.config import (
+    DEFAULT_BACKBONE,
     DEFAULT_BATCH_SIZE,
     DEFAULT_SEED,
     DEFAULT_TEST_SIZE,
@@ -18,29 +21,33 @@ from pipeline.config import (
     default_store_path,
     reports_dir,
 )
-from pipeline.datasets import dataset_name, load_dataset
+from pipeline.datasets import Grouping, dataset_name, images_to_predict, load_dataset
+from pipeline.image_classifiers import load_image_classifier
 
 
 @dataclass
 class ExtractReport:
-    """Outcome of :func:`extract_dataset`: the extraction plus what discovery left out."""
+    """Outcome of :func:`extract_dataset`: the extraction, what discovery left out, and
+    how images were grouped for the split."""
 
     result: ExtractionResult
-    n_listed: int
     class_counts: dict[str, int]
     ignored: list[tuple[str, str]] = field(default_factory=list)
+    grouping: Grouping | None = None
 
 
 def extract_dataset(
     data: str | Path,
     *,
     out: str | Path | None = None,
-    backbone: str = "vgg16",
+    backbone: str = DEFAULT_BACKBONE,
     weights: str | None = "imagenet",
     input_size: int | None = None,
     layer: str | None = None,
     pooling: str | None = None,
     precision: str = "float32",
+    runtime: str | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     batch_size: int = DEFAULT_BATCH_SIZE,
     compression: str = "none",
     test_size: float = DEFAULT_TEST_SIZE,
@@ -61,7 +68,10 @@ def extract_dataset(
     test_size, val_size : float
         Shares of each class held out for test and validation.
     seed : int
-        Seed of the split.
+        Seed of the split (and of the choice of int8 calibration images).
+    runtime, calibration_images
+        What runs the network, and for int8 how many training images calibrate it
+        (:func:`features.extraction.extract_features`).
     Other parameters are those of :func:`features.extract_features`.
 
     Returns
@@ -74,13 +84,17 @@ def extract_dataset(
         out = default_store_path(dataset_name(data), backbone, layer, pooling)
     result = extract_features(
         images, out, backbone=backbone, weights=weights, input_size=input_size, layer=layer,
-        pooling=pooling, precision=precision, batch_size=batch_size, compression=compression,
-        overwrite=overwrite, workers=workers, progress=progress,
+        pooling=pooling, precision=precision, runtime=runtime,
+        calibration_images=calibration_images, calibration_seed=seed, batch_size=batch_size,
+        compression=compression, overwrite=overwrite, workers=workers, progress=progress,
         extra_attrs={"test_size": test_size, "val_size": val_size, "seed": seed,
-                     "n_ignored_files": len(dataset.ignored)},
+                     "n_ignored_files": len(dataset.ignored),
+                     "n_groups": len(set(images.group_ids.tolist())),
+                     "n_duplicate_files": dataset.grouping.duplicates,
+                     "n_augmented_copies": dataset.grouping.augmented},
     )
-    return ExtractReport(result=result, n_listed=len(images),
-                         class_counts=dataset.class_counts(), ignored=dataset.ignored)
+    return ExtractReport(result=result, class_counts=dataset.class_counts(),
+                         ignored=dataset.ignored, grouping=dataset.grouping)
 
 
 # -- stage 2 -----------------------------------------------------------------------------------
@@ -110,6 +124,8 @@ def _scores_by_chunks(model, store, split: str):
 
 
 def _evaluate_on_store(model, store, split: str):
+    import numpy as np
+
     from classifiers.evaluation import evaluate_predictions
 
     if store.split_counts().get(split, 0) == 0:
@@ -118,7 +134,10 @@ def _evaluate_on_store(model, store, split: str):
         )
     scores, y, seconds = _scores_by_chunks(model, store, split)
     rate = len(y) / seconds if seconds > 0 else float("inf")
-    return evaluate_predictions(y, scores, model.classes_, model.label_names_, rate)
+    paths = store.paths
+    ids = [paths[i] for i in np.flatnonzero(store.split_mask(split))]
+    return evaluate_predictions(y, scores, model.classes_, model.label_names_, rate,
+                                probabilities=hasattr(model, "predict_proba"), sample_ids=ids)
 
 
 def train_store(
@@ -129,6 +148,7 @@ def train_store(
     grid: list[float] | None = None,
     jobs: int = 1,
     seed: int = 0,
+    repeats: int = 0,
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> list[TrainOutcome]:
@@ -147,6 +167,11 @@ def train_store(
     jobs : int, default=1
         Threads for the search.
     seed : int, default=0
+    repeats : int, default=0
+        Also fit and test each family on this many seeded re-splits of the store's
+        train and test rows (grouped and stratified like the recorded split), and
+        report the mean and standard deviation beside the recorded split's figures.
+        The saved model is always the one of the recorded split.
     overwrite : bool, default=False
         Retrain even when a model with these settings exists, replacing it.
     log : callable, optional
@@ -162,13 +187,16 @@ def train_store(
         Bad store, too few images per class for the folds, unknown classifier, or a
         saved model made with other settings (without ``overwrite``).
     """
-    from classifiers.estimators import FeatureClassifier, resolve_classifier_names
+    from classifiers.estimators import FeatureClassifier
     from classifiers.persistence import read_sidecar, save_classifier, sidecar_path
+    from classifiers.registry import resolve_classifier_names
     from classifiers.search import check_folds
     from features.store import FeatureStore
     from pipeline.reports import read_report, write_report
 
     say = log or (lambda line: None)
+    if repeats < 0:
+        raise UserInputError(f"--repeats must be 0 or more, got {repeats}")
     names = resolve_classifier_names(classifier)
     outcomes = []
     with FeatureStore(store_path) as store:
@@ -176,12 +204,13 @@ def train_store(
         attrs = store.attrs
         # Fail before training anything, so 'all' never stops half-way on a data problem.
         check_folds(store.labels[store.split_mask("train")], cv)
+        loaded = None  # the train split, read once for every in-memory family
         for kind in names:
             name = f"{store_name}__{kind}"
             model_path = classifiers_dir() / f"{name}.joblib"
             report_dir = reports_dir() / name
             settings = {"kind": kind, "cv": cv, "grid": grid, "seed": seed,
-                        "store_settings_key": attrs.get("settings_key")}
+                        "repeats": repeats, "store_settings_key": attrs.get("settings_key")}
             if model_path.exists() and not overwrite:
                 previous = read_sidecar(model_path) if sidecar_path(model_path).exists() else {}
                 report = read_report(report_dir)
@@ -195,9 +224,12 @@ def train_store(
                 )
             say(f"{name}: searching {'alpha' if kind == 'sgd' else 'C'} with {cv}-fold CV "
                 f"on {store.split_counts()['train']} training images")
-            model = FeatureClassifier(kind=kind, grid=grid, cv=cv, seed=seed, n_jobs=jobs)
+            model = FeatureClassifier(kind=kind, grid=grid, cv=cv, random_state=seed,
+                                      n_jobs=jobs)
+            if kind != "sgd" and loaded is None:
+                loaded = store.load("train")
             model.fit_store(store, "train", progress=lambda done, total, n=name: say(
-                f"{n}: cross-validation fold {done}/{total} done"))
+                f"{n}: cross-validation fold {done}/{total} done"), loaded=loaded)
             evaluation = _evaluate_on_store(model, store, "test")
             info = {
                 "model": name, "stage": "features", "store": str(Path(store_path).resolve()),
@@ -208,6 +240,15 @@ def train_store(
                 "rowspace_shortcut": model.used_rowspace_, "converged": model.converged_,
                 "n_train": store.split_counts()["train"], "model_path": str(model_path),
             }
+            if repeats:
+                say(f"{name}: {repeats} seeded re-splits of the train and test rows")
+                info["repeats"] = repeated_splits(store, model.get_params(), repeats,
+                                                  recorded=evaluation)
+                r = info["repeats"]
+                say(f"{name}: over {repeats} re-splits, test accuracy "
+                    f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} "
+                    f"(min {r['accuracy_min']:.4f}, max {r['accuracy_max']:.4f}); "
+                    f"recorded split {evaluation.accuracy:.4f}")
             save_classifier(model, model_path, metadata={
                 "settings": settings, "metrics": evaluation.to_dict() | {"per_class": None},
                 "store": info["store"], "store_name": store_name})
@@ -222,26 +263,134 @@ def train_store(
     return outcomes
 
 
-def evaluate_model(model_path: str | Path, store_path: str | Path, *, split: str = "test"
-                   ) -> TrainOutcome:
-    """Report a saved classifier on a split of any store with the same feature specification."""
-    from classifiers.persistence import check_same_features, load_classifier
+def repeated_splits(store, params: dict, repeats: int, *, recorded=None) -> dict:
+    """Fit and test a classifier on ``repeats`` seeded re-splits of a store's train+test rows.
+
+    Each re-split keeps the store's test share, stratified by class and by group
+    (augmented copies and duplicates stay on one side), seeded 1, 2, ... so it is
+    reproducible. Returns per-split and summary figures (mean, std, min, max) of
+    accuracy, macro-F1 and, for probabilistic models, log-loss and ECE.
+    """
+    import numpy as np
+    from sklearn.base import clone
+
+    from classifiers.estimators import FeatureClassifier
+    from classifiers.evaluation import evaluate_predictions
+    from pipeline.datasets import TEST, stratified_split
+
+    counts = store.split_counts()
+    rows = np.flatnonzero(store.split_mask("train") | store.split_mask("test"))
+    share = counts["test"] / max(1, counts["train"] + counts["test"])
+    X, y = store.load(None)
+    X, y = X[rows], y[rows]
+    groups = store.groups[rows]
+    template = FeatureClassifier(**{**params, "label_names": store.label_names})
+    per_split = []
+    for r in range(1, repeats + 1):
+        split = stratified_split(y, test_size=share, seed=r, groups=groups)
+        test = split == TEST
+        model = clone(template).fit(X[~test], y[~test])
+        ev = evaluate_predictions(y[test], model.class_scores(X[test]), model.classes_,
+                                  model.label_names_,
+                                  probabilities=hasattr(model, "predict_proba"))
+        per_split.append({"seed": r, "accuracy": ev.accuracy, "macro_f1": ev.macro_f1,
+                          "log_loss": ev.log_loss, "ece": ev.ece,
+                          "chosen": model.best_params_})
+    out: dict = {"n": repeats, "test_share": share, "per_split": per_split}
+    for key in ("accuracy", "macro_f1", "log_loss", "ece"):
+        values = [s[key] for s in per_split if s[key] is not None]
+        if values:
+            out |= {f"{key}_mean": float(np.mean(values)), f"{key}_std": float(np.std(values)),
+                    f"{key}_min": float(np.min(values)), f"{key}_max": float(np.max(values))}
+    if recorded is not None:
+        out["recorded_accuracy"] = recorded.accuracy
+    return out
+
+
+def evaluate_model(model_path: str | Path, store_path: str | Path, *, split: str = "test",
+                   runtime: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                   workers: int = 2) -> TrainOutcome:
+    """Report a saved model on a split of a store.
+
+    A ``.joblib`` classifier is scored on the store's features, which must have its
+    feature specification. With ``runtime`` named, or for a stage 3 ``.keras`` model,
+    the split's image files are classified instead, the network run by ``runtime``
+    (how a model behaves on another runtime than the one its features came from).
+
+    Raises
+    ------
+    UserInputError
+        Features of another specification, an empty split, classes the model does not
+        know, or an image of the split that can no longer be read.
+    """
     from features.store import FeatureStore
     from pipeline.reports import read_report, write_report
 
-    model = load_classifier(model_path)
+    model_path = Path(model_path)
+    from_images = runtime is not None or model_path.suffix == ".keras"
     with FeatureStore(store_path) as store:
-        check_same_features(model, store.spec, where=str(store_path))
-        evaluation = _evaluate_on_store(model, store, split)
-        name = f"{Path(model_path).stem}__on__{Path(store_path).stem}"
+        if from_images:
+            evaluation, meta = _evaluate_from_images(model_path, store, split, runtime,
+                                                     batch_size, workers)
+        else:
+            from classifiers.persistence import check_same_features, load_classifier
+
+            model = load_classifier(model_path)
+            check_same_features(model, store.spec, where=str(store_path))
+            evaluation = _evaluate_on_store(model, store, split)
+            meta = {"classifier": model.kind, "chosen": model.best_params_,
+                    "backbone": (model.feature_spec_ or {}).get("backbone")}
+        name = f"{model_path.stem}__on__{Path(store_path).stem}"
+        if from_images:
+            name += f"__{meta['runtime']}"
         report_dir = reports_dir() / "evaluations" / name
         write_report(report_dir, evaluation, {
-            "model": name, "stage": "evaluation", "classifier": model.kind,
-            "backbone": (model.feature_spec_ or {}).get("backbone"), "store": str(store_path),
-            "split": split, "chosen": model.best_params_, "model_path": str(model_path),
-            "size_bytes": Path(model_path).stat().st_size,
+            "model": name, "stage": "evaluation", **meta, "store": str(store_path),
+            "split": split, "model_path": str(model_path),
+            "size_bytes": model_path.stat().st_size,
         })
-    return TrainOutcome(name, Path(model_path), report_dir, read_report(report_dir))
+    return TrainOutcome(name, model_path, report_dir, read_report(report_dir))
+
+
+def _evaluate_from_images(model_path: Path, store, split: str, runtime: str | None,
+                          batch_size: int, workers: int):
+    """Metrics of the model on the image files of a split, and what the report records."""
+    import numpy as np
+
+    from classifiers.evaluation import evaluate_predictions
+    from features.batches import iter_decoded_batches
+
+    rows = np.flatnonzero(store.split_mask(split))
+    if len(rows) == 0:
+        raise UserInputError(
+            f"{store.path} has no {split} images; extract again with --test-size above 0")
+    model = load_image_classifier(model_path, runtime=runtime)
+    position = {name: i for i, name in enumerate(model.label_names)}
+    unknown = sorted({store.label_names[c] for c in store.labels[rows]} - set(position))
+    if unknown:
+        raise UserInputError(f"the model does not know the classes {', '.join(unknown)} of "
+                             f"{store.path}; evaluate it on a store of its own classes")
+    y = np.array([position[store.label_names[c]] for c in store.labels[rows]])
+    all_paths = store.paths
+    paths = [all_paths[i] for i in rows]
+    scores, seconds = [], 0.0
+    for batch in iter_decoded_batches(paths, size=model.input_size, batch_size=batch_size,
+                                      preprocess=lambda images: images, workers=workers):
+        if batch.bad:
+            i, reason = batch.bad[0]
+            raise UserInputError(f"{paths[batch.begin + i]} can no longer be read ({reason}); "
+                                 "restore it or extract the store again")
+        t0 = time.perf_counter()
+        scores.append(model.class_scores(batch.x))
+        seconds += time.perf_counter() - t0
+    rate = len(y) / seconds if seconds > 0 else float("inf")
+    evaluation = evaluate_predictions(y, np.concatenate(scores), np.arange(len(position)),
+                                      list(model.label_names), rate)
+    info = model.info
+    return evaluation, {"classifier": info.get("classifier") or info.get("kind"),
+                        "chosen": info.get("best_params"), "backbone": info.get("backbone")
+                        or (info.get("feature_spec") or {}).get("backbone"),
+                        "runtime": info["runtime"], "precision": info["precision"]}
 
 
 def compare_models(paths: list[str | Path] | None = None) -> tuple[list[dict], Path, Path]:
@@ -252,9 +401,8 @@ def compare_models(paths: list[str | Path] | None = None) -> tuple[list[dict], P
     """
     from pipeline.reports import (
         collect_reports,
-        comparison_row,
+        compare_reports,
         filter_reports,
-        sort_rows,
         write_comparison,
     )
 
@@ -277,34 +425,102 @@ def compare_models(paths: list[str | Path] | None = None) -> tuple[list[dict], P
                     and r.get("store_name") in store_names and r not in reports]
     if not reports:
         raise UserInputError("no reports found; train a classifier first ('tlearn train STORE')")
-    rows = sort_rows([comparison_row(r) for r in reports])
+    rows = compare_reports(reports)
     md, csv_path = write_comparison(rows, reports_dir())
     return rows, md, csv_path
 
 
-def load_image_classifier(model_path: str | Path):
-    """A stage 2 joblib classifier or a stage 3 ``.keras`` model, checked before loading.
+def predict_files(model_path: str | Path, images: list[str | Path], *, top: int = 1,
+                  batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 2,
+                  runtime: str | None = None) -> list[dict]:
+    """Classify images with a saved model; unreadable files get an ``error`` entry.
 
-    Both offer ``predict_images(paths, top)``.
+    ``images`` is a folder, a CSV of paths, or image files (see
+    :func:`pipeline.datasets.images_to_predict`). Files are streamed through the
+    model a batch at a time; the results come back in input order. ``runtime`` runs
+    the network (see :func:`pipeline.image_classifiers.load_image_classifier`).
     """
-    path = Path(model_path)
-    if path.suffix == ".keras":
-        from pipeline.finetune import load_keras_classifier
-
-        return load_keras_classifier(path)
-    if path.suffix != ".joblib":
-        raise UserInputError(f"{path} is neither a .joblib classifier nor a .keras model")
-    from classifiers.persistence import load_classifier
-
-    return load_classifier(path)
+    _check_predict_args(top, batch_size)
+    paths, _ = images_to_predict(list(images))
+    model = load_image_classifier(model_path, runtime=runtime)
+    return list(model.iter_predictions(paths, top=top, batch_size=batch_size, workers=workers))
 
 
-def predict_files(model_path: str | Path, images: list[str | Path], *, top: int = 1
-                  ) -> list[dict]:
-    """Classify image files with a saved model; unreadable files get an ``error`` entry."""
+@dataclass
+class PredictionReport:
+    """Outcome of :func:`write_predictions`."""
+
+    out: Path
+    rows: int
+    errors: list[tuple[str, str]]
+    ignored: list[tuple[str, str]]
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+PREDICTION_COLUMNS = ("path", "label", "score", "top", "error")
+
+
+def write_predictions(model_path: str | Path, images: list[str | Path], out: str | Path, *,
+                      top: int = 1, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 2,
+                      overwrite: bool = False, progress: ProgressCallback | None = None,
+                      runtime: str | None = None) -> PredictionReport:
+    """Classify a folder, a CSV of paths or files, writing one CSV row per image as it goes.
+
+    Rows (``path, label, score, top, error``; ``top`` as ``label:score`` pairs joined
+    by ``;``) are written in input order to ``<out>.partial``, which is renamed to
+    ``out`` only when every image is done: a file at ``out`` is always complete.
+    Memory stays bounded by a few batches, whatever the number of images. ``runtime``
+    runs the network, as in :func:`predict_files`.
+
+    Raises
+    ------
+    UserInputError
+        Bad arguments, no images, an ``out`` that exists (without ``overwrite``), or a
+        model that cannot be loaded.
+    """
+    import csv
+
+    _check_predict_args(top, batch_size)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserInputError(f"{out} already exists; pass --overwrite to replace it, or "
+                             "another --out")
+    if out.suffix.lower() != ".csv":
+        raise UserInputError(f"--out {out} must name a .csv file")
+    paths, ignored = images_to_predict(list(images))
+    model = load_image_classifier(model_path, runtime=runtime)
+    errors: list[tuple[str, str]] = []
+    t0 = time.perf_counter()
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(PREDICTION_COLUMNS)
+            for n, r in enumerate(model.iter_predictions(paths, top=top, batch_size=batch_size,
+                                                          workers=workers), start=1):
+                if "error" in r:
+                    errors.append((r["path"], r["error"]))
+                    writer.writerow([r["path"], "", "", "", r["error"]])
+                else:
+                    writer.writerow([r["path"], r["label"], f"{r['score']:.6g}",
+                                     ";".join(f"{lbl}:{s:.6g}" for lbl, s in r["top"]), ""])
+                if progress and (n % batch_size == 0 or n == len(paths)):
+                    f.flush()
+                    progress(n, len(paths))
+
+    atomic_write(out, write, partial=True)
+    return PredictionReport(out, len(paths), errors, ignored, time.perf_counter() - t0)
+
+
+def _check_predict_args(top: int, batch_size: int) -> None:
     if top < 1:
         raise UserInputError(f"--top must be at least 1, got {top}")
-    return load_image_classifier(model_path).predict_images([str(p) for p in images], top=top)
+    if batch_size < 1:
+        raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
 
 
 # -- the built-in demo -------------------------------------------------------------------------
@@ -322,7 +538,7 @@ class DemoResult:
     best: TrainOutcome | None = None
 
 
-def run_demo(*, limit_per_class: int | None = None, backbone: str = "efficientnet_lite0",
+def run_demo(*, limit_per_class: int | None = None, backbone: str = DEFAULT_BACKBONE,
              classifier: str = "all", log: Callable[[str], None] | None = None,
              progress: ProgressCallback | None = None) -> DemoResult:
     """The main job on a built-in dataset, offline: digits -> features -> classifiers -> compare.

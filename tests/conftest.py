@@ -95,6 +95,14 @@ def shapes_store(tmp_path, artifacts):
     return extract_dataset(data, **TINY_EXTRACT).result.path, data
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _converted_network_cache(tmp_path_factory):
+    """Networks converted by features.runtimes go to a folder of this test run, not ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TLEARN_CACHE", str(tmp_path_factory.mktemp("tlearn-cache")))
+        yield
+
+
 @pytest.fixture
 def artifacts(tmp_path, monkeypatch) -> Path:
     """Point TLEARN_ARTIFACTS at a temporary folder."""

@@ -1,5 +1,6 @@
 import hashlib
 
+import numpy as np
 import pytest
 
 from features.errors import UserInputError
@@ -39,7 +40,7 @@ def test_bad_requests(tmp_path):
     data = make_image_folder(tmp_path / "d", per_class=2)
     with pytest.raises(UserInputError, match="inside the dataset"):
         augment_folder(data, data / "more")
-    (tmp_path / "exists").mkdir()
+    augment_folder(data, tmp_path / "exists", per_class=3)
     with pytest.raises(UserInputError, match="--overwrite"):
         augment_folder(data, tmp_path / "exists", per_class=3)
     with pytest.raises(UserInputError, match="at least 1"):
@@ -86,3 +87,80 @@ def test_link_mode_hard_links_originals(tmp_path):
     augment_folder(data, tmp_path / "out", per_class=3, link=True)
     original, linked = data / "cat" / "cat_000.jpg", tmp_path / "out" / "cat" / "cat_000.jpg"
     assert linked.stat().st_ino == original.stat().st_ino
+
+
+def test_augmented_copies_follow_their_source_into_its_split(tmp_path, artifacts):
+    """Augment then extract: no copy of a test image may land in train (issue: leakage)."""
+    import re
+
+    import numpy as np
+
+    from features.store import FeatureStore
+    from pipeline.workflows import extract_dataset
+    from tests.conftest import TINY_EXTRACT
+
+    data = make_image_folder(tmp_path / "d", per_class=8)
+    augment_folder(data, tmp_path / "aug", per_class=40, seed=3,
+                   config=AugmentationConfig(rotation=0, width_shift=0, height_shift=0,
+                                             shear=0, zoom=0.1, horizontal_flip=True))
+    report = extract_dataset(tmp_path / "aug", **TINY_EXTRACT)
+    with FeatureStore(report.result.path) as store:
+        split_of = {p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1]: s
+                    for p, s in zip(store.paths, store.split, strict=True)}
+        split = store.split
+    # copies are named aug_<k>_<source stem>.png: pair them by name, not by tlearn's record
+    for name, s in split_of.items():
+        match = re.match(r"(\w+)/aug_\d+_(.+)\.png$", name)
+        if match:
+            cls, stem = match.groups()
+            source = next(k for k in split_of if k.startswith(f"{cls}/{stem}."))
+            assert s == split_of[source], f"{name} is in {s}, its source {source} in another"
+    assert report.grouping.augmented == 64
+    with FeatureStore(report.result.path) as store:
+        groups = store.groups
+    for g in np.unique(groups):
+        assert len(set(split[groups == g])) == 1
+    assert set(split) == {"train", "test"}
+
+
+def test_augmented_copy_keeps_the_exif_orientation_of_its_source(tmp_path):
+    from PIL import Image
+
+    from features.images import load_image
+
+    data = make_image_folder(tmp_path / "d", per_class=1, size=(40, 20))
+    photo = data / "cat" / "phone.jpg"
+    img = Image.new("RGB", (60, 30), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed, as phones write it
+    img.save(photo, exif=exif)
+    augment_folder(data, tmp_path / "aug", per_class=4, seed=0,
+                   config=AugmentationConfig(rotation=0, width_shift=0, height_shift=0,
+                                             shear=0, zoom=0, horizontal_flip=True))
+    upright = load_image(photo, None).shape
+    copies = sorted((tmp_path / "aug" / "cat").glob("aug_*_phone.png"))
+    assert copies and upright == (60, 30, 3)
+    for copy in copies:
+        assert np.asarray(Image.open(copy)).shape == upright
+
+
+def test_overwrite_never_deletes_a_folder_augment_did_not_make(tmp_path):
+    data = make_image_folder(tmp_path / "d", per_class=2)
+    photos = make_image_folder(tmp_path / "photos", per_class=1)
+    before = _digest(photos)
+    with pytest.raises(UserInputError, match="not made by 'tlearn augment'"):
+        augment_folder(data, photos, per_class=3, overwrite=True)
+    assert _digest(photos) == before
+    stray = tmp_path / "out.partial"
+    (stray / "keep").mkdir(parents=True)
+    (stray / "keep" / "me.txt").write_text("mine")
+    with pytest.raises(UserInputError, match="not made by tlearn"):
+        augment_folder(data, tmp_path / "out", per_class=3)
+    assert (stray / "keep" / "me.txt").read_text() == "mine"
+    # an earlier augment output is replaced on request; an empty folder is filled
+    augment_folder(data, tmp_path / "aug", per_class=3, seed=1)
+    augment_folder(data, tmp_path / "aug", per_class=4, seed=1, overwrite=True)
+    assert discover_images(tmp_path / "aug").class_counts() == {"cat": 4, "dog": 4}
+    (tmp_path / "empty").mkdir()
+    augment_folder(data, tmp_path / "empty", per_class=3)
+    assert not any(p.name == ".tlearn-staging" for p in (tmp_path / "empty").rglob("*"))

@@ -6,10 +6,14 @@ import tarfile
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from features.errors import UserInputError
+from pipeline import catalog
 from pipeline.catalog import (
+    INNER_STAGING,
     MARKER,
+    STAGING_MARKER,
     RemoteDataset,
     export_cifar_batches,
     export_digits,
@@ -17,6 +21,7 @@ from pipeline.catalog import (
     fetch_dataset,
     list_datasets,
 )
+from pipeline.cli import app
 from tests.test_downloads import make_tar, server  # noqa: F401 - fixture
 
 
@@ -109,3 +114,132 @@ def test_unknown_dataset_and_listing(artifacts):
 
 def test_tar_fixture_is_gzip():
     assert tarfile.is_tarfile(io.BytesIO(make_tar({"a": b"b"})))
+
+
+# -- the destination belongs to the user: tlearn never deletes what it did not make ------------
+
+def _user_folder(root):
+    """A folder of the user's own files (nested, one hidden), and its exact contents."""
+    (root / "holiday").mkdir(parents=True)
+    (root / "holiday" / "beach.jpg").write_bytes(_jpeg_bytes((10, 120, 200)))
+    (root / "notes.txt").write_text("do not lose me\n")
+    (root / ".DS_Store").write_bytes(b"\x00\x01")
+    return root, _snapshot(root)
+
+
+def _snapshot(root) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
+
+
+def _mini_spec(base, handler) -> RemoteDataset:
+    members = {f"jpg/image_{i:04d}.jpg": _jpeg_bytes((i * 40, 0, 0)) for i in range(1, 5)}
+    data = make_tar(members)
+    handler.files["/mini.tgz"] = data
+    return RemoteDataset(
+        "mini", "two classes", f"{base}/mini.tgz", hashlib.md5(data).hexdigest(), "md5",
+        "mini.tgz", lambda src, dst: export_numbered_images(
+            src, dst, folder="jpg", classes=("a", "b"), per_class=2), 2, 4)
+
+
+def test_fetch_refuses_a_non_empty_folder_before_downloading(tmp_path, server, artifacts):  # noqa: F811
+    base, handler = server
+    photos, before = _user_folder(tmp_path / "photos")
+    with pytest.raises(UserInputError, match=r"photos is not empty and is not a dataset folder "
+                                             r"tlearn made; choose a new or empty folder"):
+        fetch_dataset(_mini_spec(base, handler), photos)
+    assert _snapshot(photos) == before
+    assert handler.requests == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+def test_digits_refuses_a_non_empty_folder(tmp_path):
+    photos, before = _user_folder(tmp_path / "photos")
+    with pytest.raises(UserInputError, match="choose a new or empty folder for --dest"):
+        export_digits(photos, limit_per_class=1)
+    assert _snapshot(photos) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+def test_user_folder_named_like_the_staging_folder_survives(tmp_path):
+    # <dest>.partial is where tlearn stages; a folder there it did not make is the user's
+    photos, before = _user_folder(tmp_path / "digits.partial")
+    with pytest.raises(UserInputError, match=r"digits\.partial exists and was not made by "
+                                             r"tlearn; move it away"):
+        export_digits(tmp_path / "digits", limit_per_class=1)
+    assert _snapshot(photos) == before
+    assert not (tmp_path / "digits").exists()
+
+
+def test_destination_that_is_a_file_is_refused(tmp_path):
+    target = tmp_path / "digits"
+    target.write_text("mine\n")
+    with pytest.raises(UserInputError, match="exists and is not a folder"):
+        export_digits(target, limit_per_class=1)
+    assert target.read_text() == "mine\n"
+
+
+def test_cli_digits_into_a_user_folder_exits_2_with_one_line(tmp_path, artifacts):
+    photos, before = _user_folder(tmp_path / "photos")
+    result = CliRunner().invoke(app, ["datasets", "digits", "--dest", str(photos)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {photos} is not empty and is not a dataset folder tlearn made; choose a new "
+        "or empty folder for --dest (nothing was changed)"]
+    assert _snapshot(photos) == before
+
+
+def test_cli_fetch_into_a_user_folder_exits_2(tmp_path, server, artifacts, monkeypatch):  # noqa: F811
+    base, handler = server
+    monkeypatch.setitem(catalog.REMOTE_DATASETS, "mini", _mini_spec(base, handler))
+    photos, before = _user_folder(tmp_path / "photos")
+    result = CliRunner().invoke(app, ["datasets", "fetch", "mini", "--dest", str(photos)])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: {photos} is not empty")
+    assert _snapshot(photos) == before
+    assert handler.requests == []
+
+
+def test_empty_folder_is_filled_in_place_and_a_finished_one_reused(tmp_path, server,  # noqa: F811
+                                                                   artifacts):
+    base, handler = server
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    inode = empty.stat().st_ino  # the user's folder itself (a mount point, say), not a new one
+    assert export_digits(empty, limit_per_class=1) == empty
+    assert empty.stat().st_ino == inode
+    assert sorted(p.name for p in empty.iterdir()) == [MARKER, *map(str, range(10))]
+    marker = (empty / MARKER).read_bytes()
+    (empty / "0" / "added-by-user.txt").write_text("kept")
+    assert export_digits(empty, limit_per_class=1) == empty  # reused as it is
+    assert (empty / MARKER).read_bytes() == marker
+    assert (empty / "0" / "added-by-user.txt").read_text() == "kept"
+
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    inode = fetched.stat().st_ino
+    spec = _mini_spec(base, handler)
+    assert fetch_dataset(spec, fetched) == fetched
+    assert fetched.stat().st_ino == inode
+    assert sorted(p.name for p in fetched.iterdir()) == [MARKER, "a", "b"]
+    requests = len(handler.requests)
+    assert fetch_dataset(spec, fetched) == fetched
+    assert len(handler.requests) == requests
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts", "empty", "fetched"]
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["beside_new_dest", "inside_empty_dest"])
+def test_staging_left_by_an_interrupted_run_is_replaced(tmp_path, inside):
+    dest = tmp_path / "digits"
+    if inside:
+        dest.mkdir()
+    staging = dest / INNER_STAGING if inside else tmp_path / "digits.partial"
+    (staging / "3").mkdir(parents=True)
+    (staging / STAGING_MARKER).touch()
+    (staging / "3" / "half-written.png").write_bytes(b"\x89PNG")
+    assert export_digits(dest, limit_per_class=1) == dest
+    assert not staging.exists()
+    assert [p.name for p in (dest / "3").iterdir()] == ["digit_0003.png"]
+    assert sorted(p.name for p in dest.iterdir()) == [MARKER, *map(str, range(10))]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits"]

@@ -79,3 +79,44 @@ def test_load_dataset_returns_aligned_arrays(image_folder):
     assert len(images) == len(images.labels) == len(images.split) == 12
     assert images.label_names == ["cat", "dog"]
     assert (images.split == TEST).sum() == 6
+
+
+def test_groups_never_straddle_splits_and_keep_the_class_shares():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 60)
+    groups = np.concatenate([rng.integers(0, 15, 60), 100 + rng.integers(0, 15, 60)])
+    split = stratified_split(labels, test_size=0.25, val_size=0.1, seed=1, groups=groups)
+    for g in np.unique(groups):
+        assert len(set(split[groups == g])) == 1, f"group {g} is in several splits"
+    for label in (0, 1):
+        rows = split[labels == label]
+        assert (rows == TRAIN).sum() >= 1 and 5 <= (rows == TEST).sum() <= 30
+
+
+def test_one_group_per_class_stays_in_train():
+    split = stratified_split(np.array([0, 0, 0, 1, 1]), test_size=0.5,
+                             groups=np.array([7, 7, 7, 1, 2]))
+    assert list(split[:3]) == [TRAIN] * 3
+
+
+def test_byte_identical_files_form_one_group(tmp_path):
+    root = make_image_folder(tmp_path / "d", per_class=6)
+    (root / "dog" / "copy_of_cat.jpg").write_bytes((root / "cat" / "cat_000.jpg").read_bytes())
+    (root / "cat" / "again.jpg").write_bytes((root / "cat" / "cat_000.jpg").read_bytes())
+    images, dataset = load_dataset(root, test_size=0.5, seed=0)
+    grouping = dataset.grouping
+    assert grouping.duplicates == 2 and grouping.duplicate_groups == 1
+    assert grouping.mixed_label_groups == 1
+    assert "2 byte-identical file(s) in 1 group(s)" in grouping.describe()
+    same = [i for i, p in enumerate(images.paths)
+            if p.endswith(("cat_000.jpg", "copy_of_cat.jpg", "again.jpg"))]
+    assert len(set(images.groups[same])) == 1
+    assert len(set(images.split[same])) == 1
+
+
+def test_symbolic_link_loop_is_listed_once_and_reported(tmp_path):
+    root = make_image_folder(tmp_path / "d", per_class=2)
+    (root / "cat" / "loop").symlink_to(root / "cat", target_is_directory=True)
+    ds = discover_images(root)  # hung (or hit the path length limit) before
+    assert len(ds.paths) == 4
+    assert any("link loop" in reason for _, reason in ds.ignored)

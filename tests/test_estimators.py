@@ -1,15 +1,19 @@
+import pickle
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.svm import LinearSVC
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from classifiers.estimators import (
-    CLASSIFIERS,
-    FeatureClassifier,
-    StreamingSGDClassifier,
-    get_classifier_config,
-    resolve_classifier_names,
-)
+from classifiers.estimators import FeatureClassifier
+from classifiers.registry import CLASSIFIERS
 from features.errors import UserInputError
-from tests.test_rowspace import wide_data
+from tests.conftest import CLASS_COLOURS, write_image
+from tests.test_rowspace import assert_same_decisions, wide_data
 
 
 def tall_data(n=120, d=6, k=3, seed=0):
@@ -19,27 +23,67 @@ def tall_data(n=120, d=6, k=3, seed=0):
     return X.astype(np.float32), y
 
 
-def test_registry():
-    assert set(CLASSIFIERS) == {"logreg", "linear_svm", "ovr", "sgd"}
-    assert resolve_classifier_names("all") == list(CLASSIFIERS)
-    with pytest.raises(UserInputError, match="unknown classifier 'knn'; choose one of"):
-        get_classifier_config("knn")
+# The plain scikit-learn models, solved to far tighter tolerances than tlearn's.
+PLAIN = {
+    "logreg": lambda C: LogisticRegression(C=C, max_iter=100_000, tol=1e-10),
+    "linear_svm": lambda C: LinearSVC(C=C, max_iter=100_000, tol=1e-10),
+    "ovr": lambda C: OneVsRestClassifier(LogisticRegression(C=C, max_iter=100_000, tol=1e-10)),
+}
 
 
-@pytest.mark.parametrize("kind", ["logreg", "linear_svm", "ovr"])
+@pytest.mark.parametrize("kind", list(PLAIN))
 def test_rowspace_shortcut_gives_the_plain_model(kind):
     X, y, Xt = wide_data(n=60, d=800, noise=2.0)
     grid = [1e-4, 1e-3, 1e-2]
     fast = FeatureClassifier(kind=kind, grid=grid, max_iter=20_000).fit(X, y)
-    slow = FeatureClassifier(kind=kind, grid=grid, max_iter=20_000, rowspace=False).fit(X, y)
+    slow = FeatureClassifier(kind=kind, grid=grid, max_iter=20_000,
+                             solver_space="features").fit(X, y)
     assert fast.used_rowspace_ and not slow.used_rowspace_
-    assert fast.best_params_ == slow.best_params_
-    # Near-constant models (smallest C) have near-tied held-out predictions that the
-    # solver's tolerance may flip on either path: allow one of the 20 per fold.
+    # The same held-out predictions, up to near-tied rows whose label the solvers'
+    # tolerance (or the CPU's rounding) decides: at most one of the 20 per fold.
     assert np.abs(fast.search_.scores - slow.search_.scores).max() <= 1 / 20 + 1e-9
-    np.testing.assert_array_equal(fast.predict(Xt), slow.predict(Xt))
-    d_fast, d_slow = fast.decision_function(Xt), slow.decision_function(Xt)
-    np.testing.assert_allclose(d_fast, d_slow, atol=1e-3 * np.abs(d_slow).max())
+    # The final model at a fixed C (the weakest of the grid, where the row-space
+    # coordinates matter most) is the plain float64 model, to the solvers' tolerance.
+    C = grid[-1]
+    ours = FeatureClassifier(kind=kind, grid=[C], max_iter=20_000).fit(X, y)
+    plain = PLAIN[kind](C).fit(X.astype(np.float64), y)
+    assert ours.used_rowspace_ and ours.converged_
+    assert_same_decisions(ours, plain, Xt, rtol=5e-3)
+    if hasattr(plain, "predict_proba"):
+        np.testing.assert_allclose(ours.predict_proba(Xt), plain.predict_proba(Xt), atol=1e-3)
+
+
+def test_solver_space_choices():
+    X, y = tall_data()
+    assert not FeatureClassifier().fit(X, y).used_rowspace_  # more rows than features
+    assert FeatureClassifier(solver_space="rowspace").fit(X, y).used_rowspace_
+    wide, y_wide, _ = wide_data(n=30, d=100)
+    assert FeatureClassifier().fit(wide, y_wide).used_rowspace_
+    assert not FeatureClassifier(solver_space="features").fit(wide, y_wide).used_rowspace_
+    assert not FeatureClassifier(kind="sgd").fit(wide, y_wide).used_rowspace_
+
+
+@pytest.mark.parametrize("kind", ["logreg", "linear_svm"])
+def test_all_zero_wide_features_fall_back_to_the_feature_space(kind):
+    y = np.arange(30) % 3
+    model = FeatureClassifier(kind=kind, grid=[1.0]).fit(np.zeros((30, 100), np.float32), y)
+    assert not model.used_rowspace_  # an empty row space has no coordinates to fit on
+    assert model.predict(np.zeros((2, 100), dtype=np.float32)).shape == (2,)
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"solver_space": True}, "solver_space must be one of auto, rowspace, features; got True"),
+    ({"kind": "sgd", "solver_space": "rowspace"}, "kind 'sgd' takes 'auto' or 'features'"),
+    ({"kind": "knn"}, "unknown classifier 'knn'; choose one of"),
+    ({"grid": []}, r"grid must hold positive values of C, got \[\]"),
+    ({"cv": 1}, "cv must be an integer >= 2, got 1"),
+    ({"max_iter": 0}, "max_iter must be an integer >= 1, got 0"),
+])
+def test_bad_parameters_are_named_in_fit(params, message):
+    X, y = tall_data()
+    model = FeatureClassifier(**params)  # __init__ only stores
+    with pytest.raises(UserInputError, match=message):
+        model.fit(X, y)
 
 
 @pytest.mark.parametrize("kind", list(CLASSIFIERS))
@@ -51,25 +95,119 @@ def test_every_family_learns_and_follows_sklearn_api(kind):
     assert list(model.classes_) == [0, 1, 2]
     assert model.label_names_ == ["a", "b", "c"]
     assert model.decision_function(X).shape == (len(y), 3)
-    if kind == "linear_svm":
-        with pytest.raises(AttributeError, match="decision_function"):
-            model.predict_proba(X)
-    else:
+    assert model.class_scores(X).shape == (len(y), 3)
+    assert hasattr(model, "predict_proba") == (kind != "linear_svm")
+    if kind != "linear_svm":
         np.testing.assert_allclose(model.predict_proba(X).sum(axis=1), 1, rtol=1e-6)
-    assert model.n_features_in_ == X.shape[1]
+    assert model.n_features_in_ == X.shape[1] and model.n_iter_ >= 1
     assert set(model.best_params_) == {"alpha" if kind == "sgd" else "C"}
 
 
-def test_binary_decision_function_has_two_columns():
+@pytest.mark.parametrize("kind", list(CLASSIFIERS))
+def test_binary_decision_function_is_one_column_as_in_sklearn(kind):
     X, y = tall_data(k=2)
-    model = FeatureClassifier(kind="linear_svm").fit(X, y)
-    assert model.decision_function(X).shape == (len(y), 2)
+    labels = np.array(["no", "yes"])[y]
+    model = FeatureClassifier(kind=kind).fit(X, labels)
+    scores = model.decision_function(X)
+    assert scores.shape == (len(y),)
+    # positive values mean classes_[1], as in scikit-learn
+    np.testing.assert_array_equal(model.predict(X), model.classes_[(scores > 0).astype(int)])
+    columns = model.class_scores(X)
+    assert columns.shape == (len(y), 2)
+    np.testing.assert_array_equal(model.classes_[columns.argmax(axis=1)], model.predict(X))
+
+
+class ArrayStore:
+    """What :meth:`FeatureClassifier.fit_store` reads from a feature store, over arrays."""
+
+    def __init__(self, X, y, label_names):
+        self.X, self.labels, self.label_names = X, y, label_names
+        self.feature_dim = X.shape[1]
+        self.spec = SimpleNamespace(to_dict=lambda: {"backbone": "vgg16", "layer": "fc1",
+                                                     "pooling": "avg", "input_size": 32})
+
+    def split_mask(self, split):
+        return np.ones(len(self.labels), dtype=bool)
+
+    def load(self, split):
+        return self.X, self.labels
+
+    def iter_chunks(self, split):
+        for start in range(0, len(self.labels), 50):
+            rows = np.arange(start, min(start + 50, len(self.labels)))
+            yield rows, self.X[rows], self.labels[rows]
+
+
+@pytest.mark.parametrize("kind", list(CLASSIFIERS))
+def test_fitting_leaves_the_parameters_alone(kind):
+    X, y = tall_data()
+    model = FeatureClassifier(kind=kind, cv=3)
+    before = model.get_params()
+    done = []
+
+    def progress(i, total):
+        done.append(i)
+
+    model.fit_store(ArrayStore(X, y, ["a", "b", "c"]), progress=progress)
+    assert model.get_params() == before
+    # what the store said is learned state, and the run's callback is not kept
+    assert model.label_names_ == ["a", "b", "c"]
+    assert model.feature_spec_["layer"] == "fc1"
+    assert not any(value is progress for value in vars(model).values())
+    assert done == ([] if kind == "sgd" else [1, 2, 3])
+    model.fit(X, y)
+    assert model.get_params() == before
+    assert model.label_names_ == ["0", "1", "2"] and model.feature_spec_ is None
+    pickle.loads(pickle.dumps(model))
+
+
+class MeanColour:
+    """Stands for a backbone: the mean colour of each image, as three features."""
+
+    spec = SimpleNamespace(input_size=16)
+
+    def __call__(self, images):
+        return images.reshape(len(images), -1, 3).mean(axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("labels,label_names,expected", [
+    (["red", "green", "blue"], None, ["red", "green", "blue"]),
+    ([30, 7, 42], None, ["30", "7", "42"]),
+    ([4, 0, 2], ["zero", "one", "two", "three", "four"], ["four", "zero", "two"]),
+])
+@pytest.mark.parametrize("kind", ["logreg", "linear_svm"])
+def test_labels_of_any_type(tmp_path, monkeypatch, kind, labels, label_names, expected):
+    rng = np.random.default_rng(0)
+    index = np.arange(60) % 3
+    X = (np.array(CLASS_COLOURS[:3])[index] + rng.normal(0, 10, (60, 3))).astype(np.float32)
+    y = np.array(labels)[index]
+    model = FeatureClassifier(kind=kind, label_names=label_names).fit(X, y)
+    np.testing.assert_array_equal(model.classes_, np.unique(y))
+    np.testing.assert_array_equal(model.predict(X[:3]), y[:3])
+    assert dict(zip(model.classes_.tolist(), model.label_names_, strict=True)) == \
+        dict(zip(labels, expected, strict=True))
+    monkeypatch.setattr(model, "feature_extractor", MeanColour)
+    paths = [write_image(tmp_path / f"{i}.png", CLASS_COLOURS[i]) for i in range(3)]
+    results = model.predict_images(paths, top=3)
+    assert [r["label"] for r in results] == expected
+    assert all(sorted(name for name, _ in r["top"]) == sorted(expected) for r in results)
+
+
+@pytest.mark.parametrize("y,label_names,message", [
+    (["a", "b"] * 10, ["x", "y"], "label_names names integer labels"),
+    ([0, 5] * 10, ["x", "y"], "label 5 has no name: label_names has 2 entries"),
+])
+def test_label_names_must_name_the_labels(y, label_names, message):
+    X, _ = tall_data(n=20)
+    with pytest.raises(UserInputError, match=message):
+        FeatureClassifier(label_names=label_names).fit(X, np.array(y))
 
 
 def test_wrong_width_is_refused():
     X, y = tall_data()
     model = FeatureClassifier().fit(X, y)
-    with pytest.raises(UserInputError, match="expects 6"):
+    with pytest.raises(UserInputError, match="X has 7 features, but FeatureClassifier is "
+                                             "expecting 6 features as input"):
         model.predict(np.zeros((2, 7), dtype=np.float32))
 
 
@@ -86,28 +224,29 @@ def test_too_few_rows_per_class_for_folds():
         FeatureClassifier(cv=3).fit(X, y)
 
 
-def test_streaming_sgd_fit_chunks_matches_fit():
-    X, y = tall_data(n=300)
-    a = StreamingSGDClassifier(alpha=1e-3, epochs=3).fit(X, y)
-    b = StreamingSGDClassifier(alpha=1e-3, epochs=3).fit_chunks(
-        lambda: [(X[i:i + 1024], y[i:i + 1024]) for i in range(0, len(y), 1024)],
-        classes=np.unique(y))
-    np.testing.assert_allclose(a.decision_function(X), b.decision_function(X))
-
-
 def test_fit_is_reproducible():
     X, y = tall_data()
-    a = FeatureClassifier(kind="sgd", seed=3).fit(X, y)
-    b = FeatureClassifier(kind="sgd", seed=3).fit(X, y)
+    a = FeatureClassifier(kind="sgd", random_state=3).fit(X, y)
+    b = clone(a).fit(X, y)
     np.testing.assert_array_equal(a.decision_function(X), b.decision_function(X))
 
 
-def test_shortcut_and_solver_equal_plain_sklearn_logistic_regression():
-    from sklearn.linear_model import LogisticRegression
+def test_models_saved_with_the_old_parameter_names_still_load():
+    X, y = tall_data()
+    state = FeatureClassifier().fit(X, y).__getstate__()
+    state["seed"] = state.pop("random_state")
+    state["rowspace"] = False
+    del state["solver_space"]
+    old = FeatureClassifier.__new__(FeatureClassifier)
+    old.__setstate__(state)
+    assert old.get_params()["random_state"] == 0
+    assert old.get_params()["solver_space"] == "features"
+    assert clone(old).fit(X, y).score(X, y) > 0.9
 
-    X, y, Xt = wide_data(n=60, d=800, noise=2.0)
-    ours = FeatureClassifier(kind="logreg", grid=[1e-3]).fit(X, y)
-    assert ours.used_rowspace_ and ours.converged_
-    plain = LogisticRegression(C=1e-3, max_iter=100_000, tol=1e-10).fit(X.astype(np.float64), y)
-    np.testing.assert_array_equal(ours.predict(Xt), plain.predict(Xt))
-    np.testing.assert_allclose(ours.predict_proba(Xt), plain.predict_proba(Xt), atol=1e-3)
+
+@parametrize_with_checks([
+    FeatureClassifier(kind=kind, grid=[1e-3] if kind == "sgd" else [1.0], cv=2)
+    for kind in CLASSIFIERS
+])
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)

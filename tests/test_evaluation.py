@@ -41,13 +41,78 @@ def test_absent_class_in_test_still_reported():
     assert ev.per_class["c"]["support"] == 0
 
 
-def test_classify_files_keeps_order_and_repeated_broken_paths(tmp_path, broken_files):
-    from classifiers.evaluation import classify_files
-    from tests.conftest import write_image
 
-    good = write_image(tmp_path / "g.png", (1, 2, 3))
-    bad = broken_files["truncated"]
-    out = classify_files([bad, good, bad], 8, lambda x: np.tile([0.2, 0.8], (len(x), 1)),
-                         ["a", "b"], top=2)
-    assert [r.get("error") for r in out] == ["truncated image", None, "truncated image"]
-    assert out[1]["label"] == "b" and out[1]["top"] == [("b", 0.8), ("a", 0.2)]
+def test_intervals_cover_the_estimate_and_shrink_with_more_images():
+    from classifiers.statistics import wilson_interval
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 40)
+    scores = rng.random((120, 3))
+    scores[np.arange(120), y] += 0.5
+    ev = evaluate_predictions(y, scores, np.arange(3), list("abc"))
+    lo, hi = ev.accuracy_ci
+    assert lo < ev.accuracy < hi
+    assert ev.macro_f1_ci[0] < ev.macro_f1 < ev.macro_f1_ci[1]
+    assert np.diff(wilson_interval(90, 100)) > np.diff(wilson_interval(900, 1000))
+    # all right on 20 images: the upper bound is 1 but the lower one is not
+    assert wilson_interval(20, 20)[1] == 1.0 and wilson_interval(20, 20)[0] < 0.9
+
+
+def test_wilson_interval_hand_worked():
+    from classifiers.statistics import wilson_interval
+
+    # p = 0.8, n = 100, z = 1.96: centre 0.7888, half-width 0.0813 (textbook values)
+    lo, hi = wilson_interval(80, 100)
+    assert abs(lo - 0.7112) < 1e-3 and abs(hi - 0.8666) < 1e-3
+
+
+def test_fast_macro_f1_matches_scikit_learn_under_bootstrap():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, 200)
+    scores = rng.random((200, 5))  # class 4 never true: counted as in scikit-learn
+    ev = evaluate_predictions(y, scores, np.arange(5), list("abcde"))
+    pred = scores.argmax(axis=1)
+    assert abs(ev.macro_f1 - f1_score(y, pred, labels=range(5), average="macro",
+                                      zero_division=0)) < 1e-12
+    assert ev.macro_f1_ci[0] <= ev.macro_f1 <= ev.macro_f1_ci[1]
+
+
+def test_expected_calibration_error_hand_worked():
+    from classifiers.calibration import expected_calibration_error
+
+    # four images, two bins used: top probability 0.9 (right, right) and 0.6 (right, wrong)
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    y = np.array([0, 0, 0, 1])
+    # bin of 0.9: accuracy 1.0, gap 0.1; bin of 0.6: accuracy 0.5, gap 0.1 -> ECE 0.1
+    assert abs(expected_calibration_error(probs, y) - 0.1) < 1e-12
+    ev = evaluate_predictions(y, probs, np.arange(2), ["a", "b"])
+    assert ev.scores == "probability" and abs(ev.ece - 0.1) < 1e-12
+    assert abs(ev.log_loss - np.mean(-np.log([0.9, 0.9, 0.6, 0.4]))) < 1e-12
+    margins = evaluate_predictions(y, probs * 3 - 1, np.arange(2), ["a", "b"])
+    assert margins.scores == "decision" and margins.ece is None and margins.log_loss is None
+
+
+def test_mcnemar_exact_hand_worked():
+    from classifiers.statistics import mcnemar_exact
+
+    a = np.array([True] * 10 + [False] * 0 + [True] * 50)
+    b = np.array([False] * 10 + [True] * 50)
+    result = mcnemar_exact(a, b)
+    assert (result.only_a, result.only_b) == (10, 0)
+    assert abs(result.p_value - 2 * 0.5 ** 10) < 1e-12  # exact binomial, two-sided
+    assert "really better" in result.verdict("A", "B")
+    tie = mcnemar_exact(np.array([True, False, True]), np.array([False, True, True]))
+    assert tie.p_value == 1.0 and "no real difference" in tie.verdict()
+
+
+def test_string_and_sparse_labels_are_reported_under_their_names():
+    y = np.array(["cat", "dog", "dog", "cat"])
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    ev = evaluate_predictions(y, scores, np.array(["cat", "dog"]), ["cat", "dog"])
+    assert ev.accuracy == 0.5 and ev.confusion == [[1, 1], [1, 1]]
+    assert ev.per_image["true"] == ["cat", "dog", "dog", "cat"]
+    assert ev.per_image["predicted"] == ["cat", "dog", "cat", "dog"]
+    sparse = evaluate_predictions(np.array([10, 30]), np.eye(2), np.array([10, 30]), ["a", "b"])
+    assert sparse.accuracy == 1.0 and sparse.per_class["b"]["support"] == 1

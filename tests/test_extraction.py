@@ -1,3 +1,9 @@
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -117,3 +123,105 @@ def test_bad_settings_write_nothing(tmp_path, images):
     with pytest.raises(UserInputError):
         extract_features(images, out, **{**SETTINGS, "layer": "nope"})
     assert not out.exists() and not partial_path(out).exists()
+
+
+def test_edited_image_of_the_same_size_changes_the_fingerprint(tmp_path, images):
+    out = tmp_path / "f.h5"
+
+    def stop(done, total):
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(images, out, progress=stop, **SETTINGS)
+    before = images.fingerprint()
+    edited = Path(images.paths[0])
+    stat = edited.stat()
+    data = bytearray(edited.read_bytes())
+    data[-3] ^= 0xFF  # same size, other content, as a photo editor saving in place
+    edited.write_bytes(bytes(data))
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000))
+    assert edited.stat().st_size == stat.st_size
+    assert images.fingerprint() != before
+    # the unfinished store of the old file is not resumed with rows of the new one
+    with pytest.raises(UserInputError, match="other settings or images"):
+        extract_features(images, out, **SETTINGS)
+
+
+# A real 'tlearn extract' process that SIGKILLs itself at a chosen point of a chosen batch.
+_KILLER = """
+import os, signal, sys
+from features import batches, store
+
+point, batch = sys.argv[1], int(sys.argv[2])
+calls = {"append": 0, "commit": 0, "decode": 0}
+
+def die_at(name):
+    calls[name] += 1
+    if point == name and calls[name] == batch:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+original_append = store.FeatureStoreWriter._append
+
+def append(dataset, values):
+    original_append(dataset, values)
+    if dataset.name == "/features":
+        die_at("append")  # features of the batch written, its labels and paths not yet
+
+store.FeatureStoreWriter._append = staticmethod(append)
+original_commit = store.FeatureStoreWriter.commit
+
+def commit(self, items_done):
+    die_at("commit")  # the whole batch written, not yet committed
+    original_commit(self, items_done)
+
+store.FeatureStoreWriter.commit = commit
+original_decode = batches.decode_batch
+
+def decode(*args):
+    out = original_decode(*args)
+    die_at("decode")  # a batch decoded, while earlier batches run through the network
+    return out
+
+batches.decode_batch = decode
+from pipeline.cli import main
+sys.argv = ["tlearn", "extract", *sys.argv[3:]]
+main()
+"""
+
+
+def test_store_survives_sigkill_mid_batch_and_resumes_to_the_same_rows(tmp_path,
+                                                                      broken_files):
+    # 48 files in batches of 4: every kill below stops a run long before the end,
+    # whatever the decode threads had prefetched, so each run really is interrupted.
+    root = make_image_folder(tmp_path / "data", classes=("a", "b", "c"), per_class=15)
+    for path in broken_files.values():
+        (root / "b" / path.name).write_bytes(path.read_bytes())
+    args = [str(root), "--weights", "none", "--input-size", "32", "--pooling", "avg",
+            "--batch-size", "4", "--backbone", "vgg16", "--workers", "1"]
+    env = {**os.environ, "TLEARN_ARTIFACTS": str(tmp_path / "artifacts"),
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+    def run(out, *kill):
+        return subprocess.run([sys.executable, "-c", _KILLER, *(kill or ("none", "0")), *args,
+                               "--out", str(out)], env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    reference = tmp_path / "reference.h5"
+    assert run(reference).returncode == 0
+    out = tmp_path / "killed.h5"
+    for point, batch in (("append", 2), ("commit", 2), ("decode", 3), ("append", 1)):
+        done = run(out, point, str(batch))
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        assert not out.exists() and partial_path(out).exists()
+    finished = run(out)
+    assert finished.returncode == 0, finished.stderr
+    assert "resumed an interrupted run" in finished.stdout
+    with FeatureStore(out) as a, FeatureStore(reference) as b:
+        assert a.paths == b.paths
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert list(a.split) == list(b.split)
+        np.testing.assert_array_equal(a.groups, b.groups)
+        np.testing.assert_allclose(a.load()[0], b.load()[0], rtol=1e-6, atol=1e-6)
+        assert [(s.path, s.reason) for s in a.skipped] == [(s.path, s.reason)
+                                                            for s in b.skipped]

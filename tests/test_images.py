@@ -84,3 +84,42 @@ def test_exif_orientation_applied(tmp_path):
                                            ("x.webp", True)])
 def test_is_image_file(name, expected):
     assert is_image_file(name) is expected
+
+
+def test_sixteen_bit_scan_converts_without_float64_copies(tmp_path):
+    import tracemalloc
+
+    side = 2000  # 4 megapixels: 8 MB as uint16, 32 MB per float64 copy
+    ramp = (np.arange(side * side, dtype=np.uint32) % 65536).astype(np.uint16)
+    path = tmp_path / "scan.png"
+    Image.fromarray(ramp.reshape(side, side)).save(path)
+    tracemalloc.start()
+    try:
+        out = load_image(path, 32)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    assert peak < 40 * 2**20, f"peak {peak / 2**20:.0f} MB"
+
+
+def test_sixteen_bit_values_are_rounded_not_clipped(tmp_path):
+    values = np.array([[0, 128, 129, 257, 65535, 32896]], dtype=np.uint16)
+    path = tmp_path / "v.png"
+    Image.fromarray(values).save(path)
+    out = load_image(path, None)
+    assert out[0, :, 0].tolist() == [0, 0, 1, 1, 255, 128]
+
+
+def test_decoding_leaves_the_process_warning_state_alone(tmp_path, monkeypatch):
+    import warnings
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("warnings.catch_warnings is not thread-safe; decode runs in threads")
+
+    monkeypatch.setattr(warnings, "catch_warnings", forbidden)
+    path = tmp_path / "big.png"
+    Image.new("L", (300, 300)).save(path)
+    with pytest.raises(ImageDecodeError, match="exceeds the limit"):
+        load_image(path, 8, max_pixels=1000)
+    assert load_image(path, 8).shape == (8, 8, 3)

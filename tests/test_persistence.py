@@ -88,3 +88,21 @@ def test_readme_three_lines_api(tmp_path, fitted):
     path = save_classifier(fitted[0], tmp_path / "m.joblib")
     assert public_load is load_classifier
     assert public_load(path).label_names_ == ["a", "b"]
+
+
+def test_loader_unpickles_the_very_bytes_it_verified(tmp_path, fitted, monkeypatch):
+    model, X = fitted
+    path = save_classifier(model, tmp_path / "m.joblib")
+    other = tmp_path / "other.joblib"
+    y = np.arange(len(X)) % 2
+    joblib.dump(FeatureClassifier(feature_spec=SPEC.to_dict(), label_names=["x", "y"]).fit(X, y),
+                other)
+    real_load = joblib.load
+
+    def swap_then_load(source, *args, **kwargs):
+        # someone replaces the file between the digest check and the unpickling
+        path.write_bytes(other.read_bytes())
+        return real_load(source, *args, **kwargs)
+
+    monkeypatch.setattr(joblib, "load", swap_then_load)
+    assert load_classifier(path).label_names_ == ["a", "b"]

@@ -33,7 +33,10 @@ def test_matches_gridsearchcv_scores():
     ours = grid_search(LogisticRegression(max_iter=1000), "C", grid, X, y, cv=3, seed=5)
     ref = GridSearchCV(LogisticRegression(max_iter=1000), {"C": grid},
                        cv=StratifiedKFold(3, shuffle=True, random_state=5)).fit(X, y)
-    np.testing.assert_allclose(ours.mean_scores, ref.cv_results_["mean_test_score"], atol=1e-9)
+    ref_scores = np.column_stack([ref.cv_results_[f"split{f}_test_score"] for f in range(3)])
+    # Warm starts stop the solver elsewhere within its tolerance than cold starts, which
+    # may flip a near-tied held-out row: at most one of the 20 per fold.
+    assert np.abs(ours.scores - ref_scores).max() <= 1 / 20 + 1e-9
 
 
 def test_ties_prefer_stronger_regularisation():
@@ -44,7 +47,8 @@ def test_ties_prefer_stronger_regularisation():
 
 @pytest.mark.parametrize("y,cv,message", [
     (np.array([0, 0, 1, 1, 1]), 3, "only 2 training images.*--cv 2"),
-    (np.zeros(9), 3, "single class"),
+    (np.zeros(9), 3, r"single class \(0.0\); one class cannot train"),
+    (np.zeros(0), 3, "no images"),
     (np.array([0, 1] * 5), 1, "at least 2 folds"),
 ])
 def test_check_folds_messages(y, cv, message):

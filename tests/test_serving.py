@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.serving import ServeLimits, create_app, load_served_model, parse_multipart
+from pipeline.image_classifiers import load_image_classifier
+from pipeline.serving import ServeLimits, create_app, parse_multipart
 from pipeline.workflows import extract_dataset, train_store
 from tests.conftest import make_image_folder
 
@@ -39,7 +40,7 @@ def model_path(tmp_path_factory):
 def client(model_path):
     from fastapi.testclient import TestClient
 
-    app = create_app(load_served_model(model_path[0]),
+    app = create_app(load_image_classifier(model_path[0]),
                      ServeLimits(max_upload_bytes=200_000, max_images=4, max_pixels=300 * 300))
     with TestClient(app) as c:
         yield c
@@ -125,3 +126,190 @@ def test_parse_multipart_keeps_bytes_in_memory():
     body = (b"--XX\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n"
             b"Content-Type: image/png\r\n\r\nDATA\r\n--XX--\r\n")
     assert parse_multipart(body, "multipart/form-data; boundary=XX") == [("a.png", b"DATA")]
+
+
+def test_batcher_merges_concurrent_requests_into_one_forward_pass():
+    import threading
+
+    import numpy as np
+
+    from pipeline.image_classifiers import ImageClassifier
+    from pipeline.serving import MicroBatcher
+
+    calls = []
+    busy, release = threading.Event(), threading.Event()
+
+    def scores(images):
+        calls.append(len(images))
+        if len(calls) == 1:
+            busy.set()
+            release.wait(10)  # hold the worker while more requests queue up
+        # one score column per image: its first pixel, so each answer is traceable
+        return images[:, 0, 0, :1].astype(np.float32)
+
+    model = ImageClassifier("m", 2, ["x"], True, {}, scores)
+    batcher = MicroBatcher(model, max_batch=32, max_wait=0.05)
+    first = batcher.submit(np.full((1, 2, 2, 3), 1, np.uint8))
+    assert busy.wait(10)
+    later = [batcher.submit(np.full((k, 2, 2, 3), 10 + k, np.uint8)) for k in (1, 2, 3)]
+    release.set()
+    assert first.result(10).ravel().tolist() == [1]
+    for k, future in zip((1, 2, 3), later, strict=True):
+        assert future.result(10).ravel().tolist() == [10 + k] * k
+    assert calls == [1, 6]  # the three queued requests shared one forward pass
+
+
+def _toy_model(scores=None):
+    from pipeline.image_classifiers import ImageClassifier
+
+    def mean_red(images):
+        red = images[:, :, :, 0].mean(axis=(1, 2)) / 255.0
+        return np.column_stack([red, 1 - red])
+
+    return ImageClassifier("toy", 8, ["red", "other"], True, {}, scores or mean_red)
+
+
+@pytest.fixture
+def live_server():
+    """Start an app with uvicorn on a free loopback port; yields its base URL."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    servers = []
+
+    def start(app):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                               log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        import time
+
+        import httpx
+
+        for _ in range(200):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_health_answers_quickly_while_uploads_are_decoded(live_server, monkeypatch):
+    import threading
+    import time
+
+    import httpx
+
+    import pipeline.serving as serving
+
+    real_decode = serving.decode_image
+
+    def slow_decode(*args, **kwargs):
+        time.sleep(0.4)  # a large photo's decode, stretched so the test can see it
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(serving, "decode_image", slow_decode)
+    base = live_server(create_app(_toy_model()))
+    files = [("files", (f"{i}.png", _png(), "image/png")) for i in range(6)]
+    done = []
+    upload = threading.Thread(target=lambda: done.append(
+        httpx.post(f"{base}/predict", files=files, timeout=60)))
+    upload.start()
+    time.sleep(0.3)  # the upload is being decoded now (2.4 s of decoding in all)
+    latencies = []
+    while upload.is_alive() and len(latencies) < 10:
+        t0 = time.perf_counter()
+        assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+        latencies.append(time.perf_counter() - t0)
+        time.sleep(0.05)
+    upload.join(60)
+    assert done and done[0].status_code == 200
+    assert len(latencies) >= 3 and max(latencies) < 0.1, latencies
+
+
+def test_full_queue_answers_503_with_retry_after_and_keeps_serving():
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    release = threading.Event()
+    busy = threading.Event()
+
+    def stuck(images):
+        busy.set()
+        release.wait(30)
+        return np.tile([0.9, 0.1], (len(images), 1))
+
+    release.set()  # let the start-up warm-up through
+    app = create_app(_toy_model(stuck), ServeLimits(max_queued=2), max_batch=1)
+    busy.clear()
+    release.clear()
+    with TestClient(app) as client:
+        one = [("files", ("a.png", _png(), "image/png"))]
+        results = []
+        first = threading.Thread(target=lambda: results.append(client.post("/predict",
+                                                                          files=one)))
+        first.start()
+        assert busy.wait(10)
+        second = threading.Thread(target=lambda: results.append(client.post("/predict",
+                                                                           files=one)))
+        second.start()
+        for _ in range(200):  # until the second request is queued behind the first
+            if client.get("/health").json()["queued_images"] == 2:
+                break
+            threading.Event().wait(0.02)
+        refused = client.post("/predict", files=one)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        release.set()
+        first.join(30)
+        second.join(30)
+        assert [r.status_code for r in results] == [200, 200]
+        assert client.post("/predict", files=one).status_code == 200  # serving again
+
+
+def test_multipart_is_parsed_chunk_by_chunk_and_stops_at_the_first_extra_file():
+    from pipeline.serving import MultipartFiles, UploadError
+
+    def part(name, data):
+        return (b"--XX\r\nContent-Disposition: form-data; name=\"files\"; filename=\"" + name
+                + b"\"\r\nContent-Type: image/png\r\n\r\n" + data + b"\r\n")
+
+    body = part(b"a.png", b"AAAA" * 50) + part(b"b.png", b"BB") + b"--XX--\r\n"
+    parts = MultipartFiles("multipart/form-data; boundary=XX", max_files=2, max_bytes=10_000)
+    for i in range(0, len(body), 7):
+        parts.feed(body[i:i + 7])
+    assert [(n, bytes(d)) for n, d in parts.finish()] == [("a.png", b"AAAA" * 50),
+                                                           ("b.png", b"BB")]
+    three = part(b"a.png", b"A") + part(b"b.png", b"B") + part(b"c.png", b"C" * 5000)
+    parts = MultipartFiles("multipart/form-data; boundary=XX", max_files=2, max_bytes=10_000)
+    fed = 0
+    with pytest.raises(UploadError, match="more than 2 images"):
+        for i in range(0, len(three), 64):
+            parts.feed(three[i:i + 64])
+            fed = i + 64
+    assert fed < len(three) - 4000  # refused at the third part's headers, not at the end
+
+
+def test_server_has_its_own_pixel_limit():
+    from pipeline.serving import SERVE_MAX_PIXELS
+
+    assert ServeLimits().max_pixels == SERVE_MAX_PIXELS < 89_478_485
+
+
+def test_model_info_says_how_sure_its_accuracy_is(client):
+    metrics = client.get("/model").json()["metrics"]
+    lo, hi = metrics["accuracy_ci"]
+    assert lo <= metrics["accuracy"] <= hi
+    assert metrics["scores"] == "probability" and metrics["ece"] is not None

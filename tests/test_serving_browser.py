@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.serving import create_app, load_served_model
+from pipeline.image_classifiers import load_image_classifier
+from pipeline.serving import create_app
 from tests.conftest import REPO_ROOT
 from tests.test_serving import model_path  # noqa: F401 - module fixture
 
@@ -32,7 +33,7 @@ def server(model_path):  # noqa: F811
     import uvicorn
 
     port = _free_port()
-    app = create_app(load_served_model(model_path[0]))
+    app = create_app(load_image_classifier(model_path[0]))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

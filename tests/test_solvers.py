@@ -3,6 +3,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from classifiers.solvers import PreconditionedLogisticRegression
+from tests.test_rowspace import assert_same_decisions
 
 
 def badly_scaled(k, n=150, d=40, seed=0):
@@ -21,7 +22,8 @@ def test_same_model_as_scikit_learn(k, C):
     assert ours.converged_
     assert ours.coef_.shape == ref.coef_.shape and ours.intercept_.shape == ref.intercept_.shape
     np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-4)
-    np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+    # both stop at a gradient of 1e-4: decision values agree to a few 1e-4 of their scale
+    assert_same_decisions(ours, ref, X, rtol=5e-3)
     assert ours.n_iter_[0] < ref.n_iter_[0]  # the point of preconditioning
 
 

@@ -9,24 +9,27 @@ from features.store import FeatureStore, FeatureStoreWriter, partial_path
 SPEC = FeatureSpec("vgg16", "block5_pool", "avg", 32, "caffe", "random", "", 5)
 
 
+PLANNED = [f"/img/{i}.jpg" for i in range(100)] + ["/img/bad.jpg"]
+
+
 def _writer(path, key="k1", compression="none"):
-    return FeatureStoreWriter(path, attrs=SPEC.to_dict(), settings_key=key, feature_dim=5,
-                              label_names=["a", "b"], compression=compression)
+    return FeatureStoreWriter(path, planned_paths=PLANNED, attrs=SPEC.to_dict(),
+                              settings_key=key, feature_dim=5, label_names=["a", "b"],
+                              compression=compression)
 
 
 def _rows(start, n):
     feats = np.arange(start * 5, (start + n) * 5, dtype=np.float32).reshape(n, 5)
-    return feats, np.arange(start, start + n) % 2, [f"/img/{i}.jpg" for i in range(start,
-                                                                                  start + n)]
+    return feats, np.arange(start, start + n) % 2
 
 
 @pytest.mark.parametrize("compression", ["none", "lzf", "gzip"])
 def test_write_finalize_read(tmp_path, compression):
     out = tmp_path / "s.h5"
     w = _writer(out, compression=compression)
-    feats, labels, paths = _rows(0, 7)
-    w.append(feats, labels, paths, [0, 0, 0, 0, 0, 1, 1], np.arange(7))
-    w.skip(["/img/bad.jpg"], ["truncated image"])
+    feats, labels = _rows(0, 7)
+    w.append(feats, labels, [0, 0, 0, 0, 0, 1, 1], np.arange(7))
+    w.skip([100], ["truncated image"])
     w.commit(8)
     assert not out.exists() and partial_path(out).exists()
     w.finalize()
@@ -116,3 +119,28 @@ def test_load_refuses_what_does_not_fit(tmp_path):
 def test_bad_compression(tmp_path):
     with pytest.raises(UserInputError, match="unknown compression 'zip'"):
         _writer(tmp_path / "s.h5", compression="zip")
+
+
+def test_sparse_selection_reads_only_the_rows_asked_for(tmp_path, monkeypatch):
+    out = tmp_path / "s.h5"
+    w = _writer(out)
+    feats, labels = _rows(0, 100)
+    split = np.zeros(100, dtype=np.uint8)
+    split[::20] = 1  # 5 test rows spread over the whole store
+    w.append(feats, labels, split, np.arange(100))
+    w.commit(100)
+    w.finalize()
+    read_rows = []
+    original = h5py.Dataset.__getitem__
+
+    def counting(self, key):
+        out = original(self, key)
+        if self.name == "/features":
+            read_rows.append(len(out))
+        return out
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
+    with FeatureStore(out) as store:
+        X, _ = store.load("test")
+    np.testing.assert_array_equal(X, feats[::20])
+    assert sum(read_rows) == 5  # the covering slab would be 81 rows

@@ -1,12 +1,14 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from features.errors import UserInputError
 from features.store import FeatureStore, FeatureStoreWriter
+from pipeline.reports import collect_reports
 from pipeline.workflows import (
     compare_models,
     evaluate_model,
@@ -92,11 +94,11 @@ def _store_with(path, labels, split):
     from features.backbones import FeatureSpec
 
     spec = FeatureSpec("vgg16", "block5_pool", "avg", 32, "caffe", "random", "", 4)
-    w = FeatureStoreWriter(path, attrs=spec.to_dict(), settings_key="k", feature_dim=4,
-                           label_names=["a", "b"])
     n = len(labels)
-    w.append(np.random.default_rng(0).random((n, 4)), labels, [f"/x/{i}" for i in range(n)],
-             split, np.arange(n))
+    w = FeatureStoreWriter(path, planned_paths=[f"/x/{i}" for i in range(n)],
+                           attrs=spec.to_dict(), settings_key="k", feature_dim=4,
+                           label_names=["a", "b"])
+    w.append(np.random.default_rng(0).random((n, 4)), labels, split, np.arange(n))
     w.commit(n)
     return w.finalize()
 
@@ -112,3 +114,106 @@ def test_one_class_or_too_few_images(tmp_path, artifacts):
     assert not (artifacts / "classifiers").exists()
     with FeatureStore(few) as fs:
         assert fs.split_counts()["test"] == 2
+
+
+def test_predict_a_folder_to_csv_streamed_in_batches(tmp_path, store, monkeypatch):
+    import csv
+
+    from features import batches
+    from pipeline.workflows import write_predictions
+
+    store_path, data = store
+    model = train_store(store_path, classifier="logreg", cv=2)[0].model_path
+    folder = tmp_path / "to_classify"
+    for i, path in enumerate(sorted(data.rglob("*.*"))[:9]):
+        (folder / "deep" / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        (folder / "deep" / str(i % 2) / path.name).write_bytes(path.read_bytes())
+    (folder / "deep" / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "notes.txt").write_text("skip me")
+    sizes = []
+    original = batches.decode_batch
+    monkeypatch.setattr(batches, "decode_batch",
+                        lambda paths, *a: sizes.append(len(paths)) or original(paths, *a))
+    seen = []
+    out = tmp_path / "pred.csv"
+    report = write_predictions(model, [folder], out, top=2, batch_size=4,
+                               progress=lambda done, total: seen.append(
+                                   (done, total, (tmp_path / "pred.csv.partial").exists())))
+    assert max(sizes) <= 4 and sum(sizes) == 10  # streamed, a batch at a time
+    assert seen[-1][:2] == (10, 10) and all(partial for _, _, partial in seen)
+    assert not (tmp_path / "pred.csv.partial").exists()
+    rows = list(csv.DictReader(out.open()))
+    from pipeline.datasets import images_to_predict
+
+    assert [r["path"] for r in rows] == images_to_predict([folder])[0]  # input order
+    assert len(rows) == 10
+    broken = [r for r in rows if r["error"]]
+    assert len(broken) == 1 and broken[0]["path"].endswith("broken.jpg")
+    good = [r for r in rows if not r["error"]]
+    assert all(r["label"] in {"red", "green", "blue"} and len(r["top"].split(";")) == 2
+               for r in good)
+    for r in good:  # the label matches the class folder the image was copied from
+        assert r["label"] == Path(r["path"]).name.split("_")[0]
+    assert report.errors == [(broken[0]["path"], broken[0]["error"])]
+    assert [p for p, _ in report.ignored] == [str(folder / "notes.txt")]
+    with pytest.raises(UserInputError, match="already exists"):
+        write_predictions(model, [folder], out)
+
+
+def test_predict_a_csv_of_paths(tmp_path, store):
+    from pipeline.workflows import predict_files
+
+    store_path, data = store
+    model = train_store(store_path, classifier="logreg", cv=2)[0].model_path
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"path\n{data / 'green' / 'green_003.PNG'}\nred/red_004.jpg\n")
+    (tmp_path / "red").mkdir()
+    (tmp_path / "red" / "red_004.jpg").write_bytes((data / "red" / "red_004.jpg").read_bytes())
+    results = predict_files(model, [listing])
+    assert [r["label"] for r in results] == ["green", "red"]
+
+
+def test_compare_pairs_models_on_the_same_test_images_only(tmp_path, store, artifacts):
+    from pipeline.reports import read_predictions
+
+    store_path, data = store
+    train_store(store_path, classifier="logreg", cv=2)
+    train_store(store_path, classifier="linear_svm", cv=2)
+    other = extract_dataset(data, **{**TINY_EXTRACT, "pooling": "max"}, seed=7,
+                            out=tmp_path / "other.h5").result.path
+    train_store(other, classifier="logreg", cv=2)
+    rows, md, _ = compare_models([])
+    by_name = {r["model"]: r for r in rows}
+    assert rows[0]["vs_best"] == "best"
+    for row in rows:
+        lo, hi = (float(v) for v in row["accuracy_95ci"].strip("[]").split(","))
+        assert lo <= row["test_accuracy"] <= hi
+    best_store = rows[0]["model"].rsplit("__", 1)[0]
+    for name, row in by_name.items():
+        if row is rows[0]:
+            continue
+        if name.startswith(best_store + "__"):
+            assert row["vs_best_p"] is not None and 0 <= row["vs_best_p"] <= 1
+            assert "difference" in row["vs_best"] or "really better" in row["vs_best"]
+        else:  # another split: never paired
+            assert row["vs_best_p"] is None and "other images" in row["vs_best"]
+    report = next(r for r in collect_reports(artifacts / "reports")
+                  if r["model"] == rows[0]["model"])
+    right = read_predictions(report)
+    assert len(right) == report["test"]["n_samples"]
+    assert all(p.startswith(str(data)) for p in right)
+    assert "vs_best" in md.read_text()
+
+
+def test_repeats_report_the_spread_over_seeded_resplits(store):
+    store_path, _ = store
+    outcome = train_store(store_path, classifier="logreg", cv=2, repeats=3)[0]
+    rep = outcome.report["repeats"]
+    assert rep["n"] == 3 and len(rep["per_split"]) == 3
+    accuracies = [s["accuracy"] for s in rep["per_split"]]
+    assert abs(rep["accuracy_mean"] - np.mean(accuracies)) < 1e-12
+    assert rep["accuracy_min"] <= rep["accuracy_mean"] <= rep["accuracy_max"]
+    assert rep["recorded_accuracy"] == outcome.report["test"]["accuracy"]
+    assert "re-splits" in (outcome.report_dir / "summary.md").read_text()
+    # the recorded split's model is the one saved; asking again is up to date
+    assert train_store(store_path, classifier="logreg", cv=2, repeats=3)[0].up_to_date

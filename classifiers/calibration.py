@@ -1,0 +1,57 @@
+"""Whether scores mean what they say: expected calibration error and reliability bins.
+
+A model whose top probability is 0.8 should be right on about 80 % of such images.
+The images are put in 15 equal-width bins of top probability; the expected
+calibration error (ECE) is the image-weighted mean gap between each bin's
+accuracy and its mean top probability.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ECE_BINS = 15
+
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Per-bin counts, accuracy and mean confidence (top probability), equal-width bins."""
+
+    edges: list[float]
+    counts: list[int]
+    accuracy: list[float | None]
+    confidence: list[float | None]
+
+    def to_dict(self) -> dict:
+        return {"edges": self.edges, "counts": self.counts, "accuracy": self.accuracy,
+                "confidence": self.confidence}
+
+
+def reliability_bins(probabilities: np.ndarray, y_index: np.ndarray, bins: int = ECE_BINS
+                     ) -> ReliabilityBins:
+    """Bin images by their top probability (bins are (lo, hi], the first [0, hi])."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(y_index)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    counts, accuracy, mean_conf = [], [], []
+    for b in range(bins):
+        rows = which == b
+        counts.append(int(rows.sum()))
+        accuracy.append(float(correct[rows].mean()) if rows.any() else None)
+        mean_conf.append(float(confidence[rows].mean()) if rows.any() else None)
+    return ReliabilityBins([float(e) for e in edges], counts, accuracy, mean_conf)
+
+
+def expected_calibration_error(probabilities: np.ndarray, y_index: np.ndarray,
+                               bins: int = ECE_BINS) -> float:
+    """ECE over ``bins`` equal-width bins of the top probability (15 by default)."""
+    table = reliability_bins(probabilities, y_index, bins)
+    n = sum(table.counts)
+    if n == 0:
+        return 0.0
+    return float(sum(c * abs(a - m) for c, a, m in zip(
+        table.counts, table.accuracy, table.confidence, strict=True) if c) / n)

@@ -1,0 +1,152 @@
+"""Out-of-core logistic regression: SGD trained chunk by chunk, and its search over alpha.
+
+For feature files larger than memory. Data arrive as a *chunk source*: a callable
+that returns a fresh iterable of ``(X, y)`` chunks on each call (one call per pass),
+such as the chunks of a :class:`features.FeatureStore` split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import SGDClassifier
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
+
+from classifiers.search import SearchResult, check_folds, pick_best, stratified_folds
+
+ChunkSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+
+
+class StreamingSGDClassifier(ClassifierMixin, BaseEstimator):
+    """Standardised logistic-loss SGD trained chunk by chunk (``partial_fit``).
+
+    Parameters
+    ----------
+    alpha : float, default=1e-4
+        L2 regularisation strength.
+    epochs : int, default=5
+        Passes over the data after the pass that fits the scaler.
+    random_state : int, default=0
+        Seed of the shuffling within chunks and of SGD.
+
+    Attributes
+    ----------
+    scaler_ : StandardScaler
+    sgd_ : SGDClassifier
+    classes_ : numpy.ndarray
+    n_features_in_ : int
+    """
+
+    def __init__(self, alpha: float = 1e-4, epochs: int = 5, random_state: int = 0) -> None:
+        self.alpha = alpha
+        self.epochs = epochs
+        self.random_state = random_state
+
+    def _new_sgd(self, alpha: float) -> SGDClassifier:
+        return SGDClassifier(loss="log_loss", alpha=alpha, learning_rate="optimal",
+                             random_state=self.random_state)
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> StreamingSGDClassifier:
+        X, y = np.asarray(X), np.asarray(y)
+        return self.fit_chunks(lambda: array_chunks(X, y), classes=np.unique(y))
+
+    def fit_chunks(self, chunks: ChunkSource, classes: np.ndarray) -> StreamingSGDClassifier:
+        """Fit from a chunk source (a callable returning a fresh iterable of ``(X, y)``)."""
+        self.classes_ = np.asarray(classes)
+        self.scaler_ = fit_scaler(chunks)
+        self.sgd_ = self._new_sgd(self.alpha)
+        rng = np.random.default_rng(self.random_state)
+        for _ in range(self.epochs):
+            for X, y in chunks():
+                order = rng.permutation(len(y))
+                self.sgd_.partial_fit(self.scaler_.transform(X[order]), y[order],
+                                      classes=self.classes_)
+        self.n_features_in_ = self.scaler_.n_features_in_
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "sgd_")
+        return self.sgd_.decision_function(self.scaler_.transform(X))
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "sgd_")
+        return self.sgd_.predict_proba(self.scaler_.transform(X))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "sgd_")
+        return self.sgd_.predict(self.scaler_.transform(X))
+
+
+def array_chunks(X: np.ndarray, y: np.ndarray, rows: int = 1024) -> Iterator:
+    """In-memory arrays as a chunk iterable, so they take the same path as a store."""
+    for start in range(0, len(y), rows):
+        yield X[start:start + rows], y[start:start + rows]
+
+
+def fit_scaler(chunks: ChunkSource) -> StandardScaler:
+    """Feature means and variances over one pass of ``chunks``."""
+    scaler = StandardScaler()
+    for X, _ in chunks():
+        scaler.partial_fit(X)
+    return scaler
+
+
+def search_sgd(chunks: ChunkSource, y: np.ndarray, grid: Sequence[float], *, cv: int,
+               random_state: int, epochs: int) -> SearchResult:
+    """Cross-validate ``alpha`` for :class:`StreamingSGDClassifier` in a few passes over the data.
+
+    Every (alpha, fold) model is updated from the same chunk as it streams by, so
+    the data are read ``epochs + 2`` times whatever the grid and fold count. The
+    scaler is fitted on the whole train split (means and variances only).
+
+    Parameters
+    ----------
+    chunks : callable
+        Chunk source of the training rows, in the order of ``y``.
+    y : array of shape (n_samples,)
+        All training labels (to make the folds before streaming).
+    grid : sequence of float
+        Values of ``alpha``.
+    cv, random_state, epochs : int
+        Folds, seed of the folds and of SGD, passes over the data.
+
+    Returns
+    -------
+    SearchResult
+    """
+    check_folds(y, cv)
+    grid = sorted(float(v) for v in grid)
+    classes = np.unique(y)
+    fold_of = np.empty(len(y), dtype=np.int64)
+    for f, (_, held_out) in enumerate(stratified_folds(y, cv, random_state)):
+        fold_of[held_out] = f
+    scaler = fit_scaler(chunks)
+    template = StreamingSGDClassifier(random_state=random_state)
+    models = {(a, f): template._new_sgd(grid[a]) for a in range(len(grid)) for f in range(cv)}
+    rng = np.random.default_rng(random_state)
+    for _ in range(epochs):
+        pos = 0
+        for X, yc in chunks():
+            Xs, folds = scaler.transform(X), fold_of[pos:pos + len(yc)]
+            pos += len(yc)
+            order = rng.permutation(len(yc))
+            Xs, yc, folds = Xs[order], yc[order], folds[order]
+            for (_, f), model in models.items():
+                keep = folds != f
+                if keep.any():
+                    model.partial_fit(Xs[keep], yc[keep], classes=classes)
+    correct = np.zeros((len(grid), cv))
+    total = np.bincount(fold_of, minlength=cv).astype(float)
+    pos = 0
+    for X, yc in chunks():
+        Xs, folds = scaler.transform(X), fold_of[pos:pos + len(yc)]
+        pos += len(yc)
+        for (a, f), model in models.items():
+            held = folds == f
+            if held.any():
+                correct[a, f] += np.sum(model.predict(Xs[held]) == yc[held])
+    scores = correct / total
+    return SearchResult("alpha", grid, scores, pick_best(scores, regularisation_decreases=False))

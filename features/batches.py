@@ -1,0 +1,117 @@
+"""Decode image files a few batches ahead of the network, in low-priority threads.
+
+Extraction and batch prediction both consume :func:`iter_decoded_batches`: while
+the network computes one batch, the next ones are decoded, resized and
+preprocessed, so the CPU or GPU never waits for JPEG decoding, and at most
+``prefetch`` batches are in memory whatever the number of files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from features.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
+
+Preprocess = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class DecodedBatch:
+    """Files ``begin:end`` of the list, decoded.
+
+    Attributes
+    ----------
+    begin, end : int
+        Positions of the batch in the file list.
+    good : list of int
+        Positions (within the batch) of the files that decoded, in order.
+    x : numpy.ndarray
+        Their preprocessed pixels, one row per entry of ``good``.
+    bad : list of (int, str)
+        Position within the batch and reason of each file that did not decode.
+    """
+
+    begin: int
+    end: int
+    good: list[int]
+    x: np.ndarray
+    bad: list[tuple[int, str]]
+
+    @property
+    def good_positions(self) -> np.ndarray:
+        """Positions of the decoded files in the whole list."""
+        return np.asarray(self.good, dtype=np.int64) + self.begin
+
+
+def _lower_thread_priority() -> None:
+    # Decoding runs at the lowest priority so it fills the gaps between the network's
+    # ops instead of preempting its threads: on a CPU with few cores a preempted
+    # compute thread stalls all the others at the next synchronisation point.
+    # Where this is not possible (not Linux, not permitted), decoding runs at normal priority.
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+def decode_batch(paths: Sequence[str], size: int, max_pixels: int, preprocess: Preprocess
+                 ) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
+    """Decode and preprocess ``paths``; returns ``(good, x, bad)`` as in :class:`DecodedBatch`."""
+    good, images, bad = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(load_image(path, size, max_pixels=max_pixels))
+            good.append(i)
+        except ImageDecodeError as exc:
+            bad.append((i, exc.reason))
+    x = preprocess(np.stack(images)) if images else np.empty((0, size, size, 3), dtype=np.float32)
+    return good, x, bad
+
+
+def iter_decoded_batches(paths: Sequence[str], *, size: int, batch_size: int,
+                         preprocess: Preprocess, start: int = 0, workers: int = 2,
+                         max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[DecodedBatch]:
+    """Yield every batch of ``paths[start:]`` decoded, in order, decoding ahead in threads.
+
+    Parameters
+    ----------
+    paths : sequence of str
+    size : int
+        Side of the square images.
+    batch_size : int
+        Files per batch; batches start at ``start``, ``start + batch_size``...
+    preprocess : callable
+        Applied to each batch of uint8 images in the decoding thread.
+    start : int, default=0
+        First file (a resumed run starts after its committed files).
+    workers : int, default=2
+        Decoding threads; ``workers + 1`` batches (at least 2) are decoded ahead.
+    max_pixels : int
+        Larger images are refused as possible decompression bombs.
+    """
+    total = len(paths)
+    begins = iter(range(start, total, batch_size))
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="tlearn-decode",
+                            initializer=_lower_thread_priority) as pool:
+        pending: deque = deque()
+
+        def submit_next() -> None:
+            begin = next(begins, None)
+            if begin is not None:
+                end = min(begin + batch_size, total)
+                pending.append((begin, end, pool.submit(
+                    decode_batch, paths[begin:end], size, max_pixels, preprocess)))
+
+        for _ in range(max(2, workers + 1)):
+            submit_next()
+        while pending:
+            begin, end, future = pending.popleft()
+            good, x, bad = future.result()
+            submit_next()
+            yield DecodedBatch(begin, end, good, x, bad)

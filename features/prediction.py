@@ -1,0 +1,82 @@
+"""Classify image files with any model given as a scoring function of decoded pixels.
+
+Files are decoded through the one image reader, ahead of the model in threads (the
+same :func:`features.batches.iter_decoded_batches` extraction uses), and scored a
+batch at a time, so memory stays bounded by a few batches whatever the number of
+files; results come back in input order, with unreadable files reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from features.batches import iter_decoded_batches
+
+ClassScores = Callable[[np.ndarray], np.ndarray]
+
+
+def rank_scores(scores: np.ndarray, label_names: Sequence[str], top: int
+                ) -> list[tuple[str, float]]:
+    """The ``top`` best ``(label, score)`` pairs of one row of scores, best first."""
+    order = np.argsort(scores)[::-1][:max(1, top)]
+    return [(label_names[j], float(scores[j])) for j in order]
+
+
+def iter_image_predictions(paths: Sequence[str | os.PathLike], input_size: int,
+                           class_scores: ClassScores, label_names: Sequence[str], top: int = 1,
+                           *, batch_size: int = 32, workers: int = 2) -> Iterator[dict]:
+    """Classify image files one batch at a time, yielding one result per path, in order.
+
+    Decoding runs ``workers`` threads ahead of the model (as in extraction), so at most
+    a few batches of pixels are in memory whatever the number of files.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+    input_size : int
+        Side of the square the model takes.
+    class_scores : callable
+        Maps RGB uint8 images ``(n, size, size, 3)`` to scores ``(n, classes)``.
+    label_names : sequence of str
+        Name of each score column.
+    top : int, default=1
+        How many ``(label, score)`` pairs to keep per image.
+    batch_size : int, default=32
+        Images decoded and scored at a time.
+    workers : int, default=2
+        Decoding threads.
+
+    Yields
+    ------
+    dict
+        ``{"path", "label", "score", "top": [(label, score)...]}``, or
+        ``{"path", "error"}`` for a file that could not be read.
+    """
+    names = [str(p) for p in paths]
+    for batch in iter_decoded_batches(names, size=input_size, batch_size=max(1, batch_size),
+                                      preprocess=_unchanged, workers=workers):
+        entries: list[dict] = [{} for _ in range(batch.end - batch.begin)]
+        for i, reason in batch.bad:
+            entries[i] = {"path": names[batch.begin + i], "error": reason}
+        if batch.good:
+            scores = np.asarray(class_scores(batch.x))
+            for row, i in enumerate(batch.good):
+                ranked = rank_scores(scores[row], label_names, top)
+                entries[i] = {"path": names[batch.begin + i], "label": ranked[0][0],
+                              "score": ranked[0][1], "top": ranked}
+        yield from entries
+
+
+def classify_files(paths: Sequence[str | os.PathLike], input_size: int,
+                   class_scores: ClassScores, label_names: Sequence[str], top: int = 1, *,
+                   batch_size: int = 32, workers: int = 2) -> list[dict]:
+    """All results of :func:`iter_image_predictions` as a list (same order as ``paths``)."""
+    return list(iter_image_predictions(paths, input_size, class_scores, label_names, top,
+                                       batch_size=batch_size, workers=workers))
+
+
+def _unchanged(images: np.ndarray) -> np.ndarray:
+    return images

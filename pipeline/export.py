@@ -1,0 +1,379 @@
+"""Export a trained model as one deployable network: uint8 pixels in, class scores out.
+
+``tlearn export MODEL --format openvino|onnx --out DIR`` writes, in one folder,
+a network that holds everything between decoded pixels and scores: the
+backbone's preprocessing, the backbone, and for a stage 2 classifier its
+linear head (softmax or normalised sigmoids where the classifier gives
+probabilities, decision values for ``linear_svm``). It runs with only the
+OpenVINO or ONNX Runtime package: beside it lie ``classes.txt``, a README that
+says how images must be decoded, and ``predict.py``, a standalone example.
+
+The head is read off the classifier as the affine map it is (its decision
+function on the origin and on each unit vector), so any linear family exports
+the same way; before anything is written the whole network is checked against
+tlearn's own scores on random images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from features.errors import UserInputError
+
+EXPORT_FORMATS = ("openvino", "onnx")
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "scores"
+_MODEL_FILES = {"openvino": ("model.xml", "model.bin"), "onnx": ("model.onnx",)}
+# |exported - tlearn| on probabilities (or decision values scaled by their largest
+# magnitude) above which the export is refused as wrong rather than written.
+_CHECK_TOLERANCE = 1e-3
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote."""
+
+    out: Path
+    format: str
+    files: list[str]
+    input_size: int
+    label_names: list[str]
+    scores: str
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in EXPORT_FORMATS:
+        raise UserInputError(f"unknown export format {fmt!r}; choose one of: "
+                             f"{', '.join(EXPORT_FORMATS)}")
+    import importlib.util
+
+    needed = {"openvino": ("openvino",), "onnx": ("onnx", "tf2onnx", "onnxruntime")}[fmt]
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserInputError(f"--format {fmt} needs {', '.join(missing)}, not installed; "
+                             f"install it with pip install 'tlearn[{fmt}]'")
+
+
+# -- the network --------------------------------------------------------------------------------
+
+def _preprocessing_ops(mode: str):
+    """The graph version of a preprocessing mode (``features.backbones.Preprocessing.mode``)."""
+    import keras
+
+    ops = keras.ops
+    if mode == "caffe":
+        means = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+        return lambda x: ops.flip(x, axis=-1) - means
+    if mode == "tf":
+        return lambda x: x / 127.5 - 1.0
+    if mode == "lite":
+        return lambda x: (x - 127.0) / 128.0
+    if mode == "scale_to_unit":
+        return lambda x: x / 255.0
+    raise UserInputError(f"preprocessing {mode!r} cannot be exported")
+
+
+def linear_head(model: Any, feature_dim: int, chunk: int = 1024
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, b)`` with ``decision_function(X) == X @ W.T + b`` for a linear classifier.
+
+    Read off the classifier itself (origin, then unit vectors a chunk at a time),
+    so scalers and row-space liftings inside it are folded in.
+    """
+    b = np.atleast_1d(np.asarray(model.decision_function(
+        np.zeros((1, feature_dim), np.float32)), np.float64)[0])
+    rows = []
+    for start in range(0, feature_dim, chunk):
+        n = min(chunk, feature_dim - start)
+        eye = np.zeros((n, feature_dim), np.float32)
+        eye[np.arange(n), start + np.arange(n)] = 1.0
+        d = np.asarray(model.decision_function(eye), np.float64).reshape(n, -1)
+        rows.append(d - b)
+    return np.concatenate(rows).T, b
+
+
+def _head_layers(model: Any, feature_dim: int):
+    """A function adding the classifier's head to a feature tensor, and the score kind."""
+    import keras
+
+    W, b = linear_head(model, feature_dim)
+    probabilities = bool(getattr(model, "has_predict_proba", hasattr(model, "predict_proba")))
+    if W.shape[0] == 1:  # two classes: one decision value d, scores in classes_ order
+        W = np.concatenate([np.zeros_like(W) if probabilities else -W, W])
+        b = np.concatenate([np.zeros_like(b) if probabilities else -b, b])
+        activation = "softmax" if probabilities else "linear"  # softmax([0, d]) = [1-s, s]
+    elif not probabilities:
+        activation = "linear"
+    elif model.kind == "logreg":
+        activation = "softmax"
+    else:  # one-vs-rest sigmoids, normalised to sum to one (as scikit-learn does)
+        activation = "normalized_sigmoid"
+    dense = keras.layers.Dense(W.shape[0], name="head")
+
+    def apply(features):
+        z = dense(features)
+        dense.set_weights([W.T.astype(np.float32), b.astype(np.float32)])
+        if activation == "softmax":
+            return keras.ops.softmax(z, axis=-1)
+        if activation == "normalized_sigmoid":
+            s = keras.ops.sigmoid(z)
+            return s / keras.ops.sum(s, axis=-1, keepdims=True)
+        return z
+
+    return apply, "probability" if probabilities else "decision"
+
+
+def build_export_network(model_path: str | os.PathLike):
+    """The Keras network uint8 pixels -> scores of a saved model, and what describes it.
+
+    Returns
+    -------
+    (keras.Model, dict)
+        The dict has ``input_size``, ``label_names``, ``scores`` and ``source``.
+
+    Raises
+    ------
+    UserInputError
+        A model whose features are not float32 (the exported network computes float32).
+    """
+    import keras
+
+    from features.backbones import FeatureSpec, build_from_spec, get_backbone
+    from pipeline.image_classifiers import load_model_file
+    from pipeline.stage3 import KerasImageClassifier
+
+    loaded = load_model_file(model_path)
+    if isinstance(loaded, KerasImageClassifier):
+        size = int(loaded.info["input_size"])
+        mode = loaded.info["preprocessing"]
+        if mode != "scale_to_unit":
+            mode = get_backbone(loaded.info["backbone"]).preprocess.mode
+        network, head, scores = loaded.model, None, "probability"
+        names = list(loaded.label_names_)
+    else:
+        if not loaded.feature_spec_:
+            loaded.feature_extractor()  # raises the error that says how to fit it with a spec
+        spec = FeatureSpec.from_dict(FeatureSpec.fill_defaults(loaded.feature_spec_))
+        if spec.precision != "float32":
+            raise UserInputError(
+                f"{Path(model_path).name} was trained on {spec.precision} features and the "
+                "exported network computes float32; export a model trained on float32 features")
+        extractor = build_from_spec(replace(spec, runtime="tensorflow", calibration=""))
+        size, mode = spec.input_size, get_backbone(spec.backbone).preprocess.mode
+        network = extractor.model
+        head, scores = _head_layers(loaded, spec.feature_dim)
+        names = [loaded.label_names_[i] for i in range(len(loaded.classes_))]
+    pixels = keras.Input((size, size, 3), dtype="uint8", name=INPUT_NAME)
+    x = _preprocessing_ops(mode)(keras.ops.cast(pixels, "float32"))
+    x = network(x, training=False)
+    if head is not None:
+        x = head(x)
+    composed = keras.Model(pixels, x, name="tlearn_export")
+    return composed, {"input_size": size, "label_names": names, "scores": scores,
+                      "source": Path(model_path).name}
+
+
+def _check_against_tlearn(composed, model_path, size: int, scores_kind: str) -> None:
+    from pipeline.image_classifiers import load_image_classifier
+
+    images = np.random.default_rng(0).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
+    expected = load_image_classifier(model_path, runtime="tensorflow").class_scores(images)
+    got = np.asarray(composed.predict_on_batch(images))
+    scale = 1.0 if scores_kind == "probability" else max(1.0, float(np.max(np.abs(expected))))
+    error = float(np.max(np.abs(got - expected))) / scale
+    if got.shape != expected.shape or error > _CHECK_TOLERANCE:
+        raise RuntimeError(f"the exported network differs from tlearn's scores by {error:.3g}; "
+                           "nothing was written (please report this)")
+
+
+# -- files --------------------------------------------------------------------------------------
+
+def _save_openvino(composed, folder: Path, size: int) -> None:
+    import openvino as ov
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, size, size, 3], tf.uint8, name=INPUT_NAME)
+    function = tf.function(lambda x: composed(x, training=False)).get_concrete_function(spec)
+    converted = ov.convert_model(function)
+    converted.inputs[0].get_tensor().set_names({INPUT_NAME})
+    converted.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    # compress_to_fp16=False: the default would round the weights to float16.
+    ov.save_model(converted, str(folder / "model.xml"), compress_to_fp16=False)
+
+
+def _save_onnx(composed, folder: Path, size: int) -> None:
+    import onnx
+
+    composed.predict_on_batch(np.zeros((1, size, size, 3), np.uint8))  # Keras exports called models
+    path = folder / "model.onnx"
+    # Keras 3 exports through tf2onnx (with its own numpy 2 patches): the supported way.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the patch's probe of np.object
+        composed.export(str(path), format="onnx", verbose=False)
+    graph = onnx.load(str(path))
+    old = graph.graph.output[0].name
+    for node in graph.graph.node:
+        node.output[:] = [OUTPUT_NAME if o == old else o for o in node.output]
+        node.input[:] = [OUTPUT_NAME if i == old else i for i in node.input]
+    graph.graph.output[0].name = OUTPUT_NAME
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+
+
+_README = """# {source}, exported by tlearn ({fmt})
+
+One network from decoded pixels to class scores: preprocessing, backbone{head}.
+It needs only {runtime} and numpy (and Pillow to decode images), not tlearn.
+
+| | |
+|---|---|
+| file | {files} |
+| input `{input}` | uint8, shape (N, {size}, {size}, 3): RGB pixels, batch first, any N |
+| output `{output}` | float32, shape (N, {n}): {scores_text} |
+| classes | `classes.txt`, one name a line, in the order of the output columns |
+
+Decode images as tlearn does: apply the EXIF orientation, convert to 8-bit RGB,
+resize the whole image (aspect ratio ignored) to {size} x {size} with bilinear
+resampling (Pillow's `Image.resize(..., Image.Resampling.BILINEAR)`; for JPEG,
+`Image.draft("RGB", ({size}, {size}))` first, as tlearn does). No other scaling:
+the network does its own preprocessing.
+
+`python predict.py IMAGE...` prints the scores of each image as JSON (see the code).
+`tlearn-export.json` records the source model and the SHA-256 of every file.
+"""
+
+_PREDICT = '''"""Classify images with the exported network: python predict.py IMAGE... (JSON)."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+HERE = Path(__file__).resolve().parent
+SIZE = {size}
+CLASSES = (HERE / "classes.txt").read_text(encoding="utf-8").splitlines()
+
+
+def load(path):
+    """RGB uint8 (SIZE, SIZE, 3), decoded as tlearn decodes."""
+    with Image.open(path) as img:
+        if img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
+            img.draft("RGB", (SIZE, SIZE))
+        img.load()
+        img = ImageOps.exif_transpose(img).convert("RGB")
+        if img.size != (SIZE, SIZE):
+            img = img.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
+
+
+{runner}
+
+
+def main(paths):
+    pixels = np.stack([load(p) for p in paths])
+    scores = run(pixels)
+    print(json.dumps([{{"path": str(p), "label": CLASSES[int(np.argmax(s))],
+                       "scores": [float(v) for v in s]}} for p, s in zip(paths, scores)]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+'''
+
+_RUNNERS = {
+    "openvino": '''def run(pixels):
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(HERE / "model.xml"), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    return compiled(pixels)[0]''',
+    "onnx": '''def run(pixels):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(HERE / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, {"pixels": pixels})[0]''',
+}
+
+
+def export_model(model_path: str | os.PathLike, out: str | os.PathLike, *,
+                 format: str = "openvino", overwrite: bool = False) -> ExportResult:
+    """Write ``model_path`` as one network in ``format`` to the folder ``out``.
+
+    The folder is built under a temporary name beside ``out`` and renamed into
+    place when complete: ``out`` is never half-written.
+
+    Parameters
+    ----------
+    model_path : path-like
+        A ``.joblib`` classifier or a stage 3 ``.keras`` model (with its sidecar).
+    out : path-like
+        Folder to create.
+    format : {"openvino", "onnx"}, default="openvino"
+    overwrite : bool, default=False
+        Replace an existing ``out``.
+
+    Raises
+    ------
+    UserInputError
+        Unknown format or missing package, ``out`` exists, or a model that cannot be
+        exported (int8 or bfloat16 features).
+    """
+    from features.integrity import atomic_write_json, atomic_write_text, file_digest
+
+    _check_format(format)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserInputError(f"{out} already exists; pass --overwrite to replace it, or "
+                             "another --out")
+    composed, about = build_export_network(model_path)
+    size, names = about["input_size"], about["label_names"]
+    _check_against_tlearn(composed, model_path, size, about["scores"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    try:
+        (_save_openvino if format == "openvino" else _save_onnx)(composed, tmp, size)
+        atomic_write_text(tmp / "classes.txt", "".join(f"{n}\n" for n in names))
+        scores_text = ("class probabilities (rows sum to 1)" if about["scores"] == "probability"
+                       else "decision values of a linear SVM (highest wins)")
+        files = list(_MODEL_FILES[format])
+        atomic_write_text(tmp / "README.md", _README.format(
+            source=about["source"], fmt=format,
+            head=", linear head" if Path(model_path).suffix == ".joblib" else " and its head",
+            runtime="OpenVINO" if format == "openvino" else "ONNX Runtime",
+            files=", ".join(f"`{f}`" for f in files), input=INPUT_NAME, size=size,
+            output=OUTPUT_NAME, n=len(names), scores_text=scores_text))
+        atomic_write_text(tmp / "predict.py", _PREDICT.format(size=size,
+                                                              runner=_RUNNERS[format]))
+        atomic_write_json(tmp / "tlearn-export.json", {
+            "source": about["source"], "format": format, "input": INPUT_NAME,
+            "input_shape": [None, size, size, 3], "input_dtype": "uint8",
+            "output": OUTPUT_NAME, "scores": about["scores"], "classes": names,
+            "files": {f: file_digest(tmp / f) for f in [*files, "classes.txt"]}})
+        if out.exists():
+            doomed = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+            os.rename(out, doomed)
+            os.rename(tmp, out)
+            shutil.rmtree(doomed, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(out, format, sorted(p.name for p in out.iterdir()), size, names,
+                        about["scores"])
+
+
+def read_export_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """``tlearn-export.json`` of an exported folder."""
+    return json.loads((Path(folder) / "tlearn-export.json").read_text())

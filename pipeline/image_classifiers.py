@@ -1,0 +1,173 @@
+"""A saved model of either stage behind one interface: classify images from their pixels.
+
+A stage 2 joblib classifier (its backbone rebuilt from the feature specification)
+and a stage 3 ``.keras`` model are both loaded, after their digest is checked, into
+an :class:`ImageClassifier`. ``tlearn predict``, ``tlearn serve`` and the demo
+classify images through it, so both kinds behave the same everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from features.errors import UserInputError
+from features.prediction import iter_image_predictions
+
+
+@dataclass
+class ImageClassifier:
+    """A loaded classifier of either kind.
+
+    Attributes
+    ----------
+    name : str
+        The model file's stem.
+    input_size : int
+        Side of the square images it takes.
+    label_names : list of str
+        Name of each score column.
+    scores_are_probabilities : bool
+        False where scores are decision values (``linear_svm``).
+    info : dict
+        What the model's sidecar says about it (public fields only).
+    """
+
+    name: str
+    input_size: int
+    label_names: list[str]
+    scores_are_probabilities: bool
+    info: dict[str, Any]
+    _scores: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+
+    def class_scores(self, images: np.ndarray) -> np.ndarray:
+        """Scores (n, classes) of RGB uint8 images of shape (n, size, size, 3)."""
+        return np.asarray(self._scores(images))
+
+    def warm_up(self, max_batch: int) -> None:
+        """Compile the network for every batch size it will see (powers of two)."""
+        size = 1
+        while True:
+            self.class_scores(np.zeros((size, self.input_size, self.input_size, 3), np.uint8))
+            if size >= max_batch:
+                break
+            size = min(max_batch, size * 2)
+
+    def iter_predictions(self, paths: Sequence[str | os.PathLike], *, top: int = 1,
+                         batch_size: int = 32, workers: int = 2) -> Iterator[dict]:
+        """Results for image files, one per path in order, a batch at a time (bounded memory)."""
+        return iter_image_predictions(paths, self.input_size, self.class_scores,
+                                      self.label_names, top, batch_size=batch_size,
+                                      workers=workers)
+
+
+def load_model_file(model_path: str | os.PathLike):
+    """The raw model of a file: a ``FeatureClassifier`` (``.joblib``) or a stage 3 model
+    (``.keras``), each checked against its sidecar before loading."""
+    path = Path(model_path)
+    if path.suffix == ".keras":
+        from pipeline.stage3 import load_keras_classifier
+
+        return load_keras_classifier(path)
+    if path.suffix != ".joblib":
+        raise UserInputError(f"{path} is neither a .joblib classifier nor a .keras model")
+    from classifiers.persistence import load_classifier
+
+    return load_classifier(path)
+
+
+def load_image_classifier(model_path: str | os.PathLike, *, runtime: str | None = None
+                          ) -> ImageClassifier:
+    """Load a saved model of either stage, ready to classify images (backbone built now).
+
+    Parameters
+    ----------
+    model_path : path-like
+        A ``.joblib`` classifier or a stage 3 ``.keras`` model, with its sidecar.
+    runtime : {"tensorflow", "openvino"}, optional
+        What runs the network (:func:`features.runtimes.resolve_runtime` for the
+        model's precision by default). A classifier trained on int8 features runs its
+        backbone in OpenVINO int8, with the very network its features came from.
+
+    Raises
+    ------
+    UserInputError
+        As the loaders, or a runtime that cannot compute the model's features.
+    """
+    from classifiers.persistence import read_sidecar
+    from features.backbones import FeatureSpec
+    from features.runtimes import (
+        TENSORFLOW,
+        compile_keras_model,
+        extractor_from_spec,
+        resolve_runtime,
+    )
+    from pipeline.stage3 import KerasImageClassifier
+
+    path = Path(model_path)
+    model = load_model_file(path)
+    if isinstance(model, KerasImageClassifier):
+        size = int(model.info["input_size"])
+        chosen = resolve_runtime(runtime, "float32")
+        if chosen != TENSORFLOW:
+            network = compile_keras_model(model.model, size, runtime=chosen,
+                                          identity={"sha256": model.info.get("sha256")})
+            model = KerasImageClassifier(network, model.info)
+        info = public_info(model.info, path) | {"runtime": chosen, "precision": "float32"}
+        return ImageClassifier(path.stem, size, list(model.label_names_), True, info,
+                               model.class_scores_of_images)
+    if not model.feature_spec_:
+        model.feature_extractor()  # raises the error that says how to fit it with a spec
+    sidecar = read_sidecar(path)
+    spec = FeatureSpec.from_dict(FeatureSpec.fill_defaults(model.feature_spec_))
+    extractor = extractor_from_spec(
+        spec, runtime, calibration_paths=_calibration_paths(sidecar, spec))
+    names = [model.label_names_[i] for i in range(len(model.classes_))]
+
+    def scores(images):
+        return model.class_scores(extractor(images))
+
+    info = public_info(sidecar, path) | {"runtime": extractor.spec.runtime,
+                                         "precision": extractor.spec.precision}
+    return ImageClassifier(path.stem, extractor.spec.input_size, names,
+                           hasattr(model, "predict_proba"), info, scores)
+
+
+def _calibration_paths(sidecar: dict, spec) -> list[str] | None:
+    """The int8 calibration images recorded in the store the model was trained on, if any.
+
+    Needed only when the quantized network is no longer in the cache; None when the
+    store is gone (the runtime then says what to do).
+    """
+    import json
+
+    from features.store import read_store_attrs
+
+    if spec.precision != "int8" or not sidecar.get("store"):
+        return None
+    try:
+        attrs = read_store_attrs(sidecar["store"])
+    except (OSError, UserInputError):
+        return None
+    if not attrs or "calibration_paths" not in attrs:
+        return None
+    return list(json.loads(attrs["calibration_paths"]))
+
+
+def public_info(info: dict, path: Path) -> dict:
+    """The sidecar fields worth showing a user (``/model``, reports)."""
+    keep = ("kind", "stage", "backbone", "classifier", "feature_spec", "label_names",
+            "best_params", "metrics", "input_size", "created", "library_versions")
+    out = {k: info[k] for k in keep if k in info}
+    if isinstance(out.get("metrics"), dict):
+        out["metrics"] = {k: v for k, v in out["metrics"].items()
+                          if k in ("accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci",
+                                   "rank1", "rank5", "rank5_ci", "n_samples", "scores",
+                                   "log_loss", "ece")}
+    out["model"] = path.name
+    return out

@@ -1,0 +1,270 @@
+"""The two commands of stage 3: ``tlearn finetune`` and ``tlearn scratch``.
+
+Both train on the split of :mod:`pipeline.stage3.data`, through the resumable
+loop of :mod:`pipeline.stage3.training`, then write the model (``.keras``), a
+test report in the stage 2 format, the training history and, last, the model's
+sidecar: a sidecar that matches its model and settings is what makes a later run
+with the same settings report "up to date".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from features.errors import UserInputError
+from features.integrity import atomic_write, atomic_write_json, settings_key
+from pipeline.augmentation import AugmentationConfig
+from pipeline.stage3.data import SplitImages, image_batches_class, load_split_images
+from pipeline.stage3.history import write_history
+from pipeline.stage3.inference import keras_versions
+from pipeline.stage3.models import (
+    HeadConfig,
+    build_finetune_model,
+    build_minivggnet,
+    find_unfreeze_index,
+    freeze_base,
+    scale_to_unit,
+    unfreeze_base_from,
+    without_augmentation,
+)
+from pipeline.stage3.training import Log, Phase, checkpointed_settings_key, train_phases
+
+
+@dataclass
+class StageThreeResult:
+    """What a stage 3 command produced (or found up to date)."""
+
+    name: str
+    model_path: Path
+    report_dir: Path
+    report: dict
+    history: list[dict]
+
+
+def run_key(settings: dict[str, Any], images: SplitImages) -> str:
+    """The key deciding whether a model is up to date and a checkpoint may be resumed.
+
+    It covers the training settings, the data the split came from (the store's own
+    key and fingerprint) and the exact split: every train, validation and test
+    image with its label, so a store extracted again with another split seed
+    neither counts as up to date nor resumes a run trained on the old split.
+    """
+    return settings_key({"settings": settings, "data": images.fingerprint,
+                         "split": images.assignment(), "label_names": images.label_names,
+                         "source": images.source})
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Callable[[], Any],
+                      phases: list[Phase], preprocess: Callable[[np.ndarray], np.ndarray],
+                      input_size: int, batch_size: int, seed: int, patience: int,
+                      overwrite: bool, settings: dict, info: dict, log: Log | None, on_batch,
+                      verbose: int, workers: int) -> StageThreeResult:
+    import keras
+
+    from classifiers.evaluation import evaluate_predictions
+    from classifiers.persistence import sha256_file, sidecar_path
+    from pipeline.config import artifacts_dir, classifiers_dir, reports_dir
+    from pipeline.reports import read_report, write_report
+
+    say = log or (lambda line: None)
+    model_path = classifiers_dir() / f"{name}.keras"
+    report_dir = reports_dir() / name
+    workdir = artifacts_dir() / "training" / name
+    key = run_key(settings, images)
+    if overwrite and workdir.exists():
+        shutil.rmtree(workdir)
+    if model_path.exists() and not overwrite:
+        previous = _read_json(sidecar_path(model_path))
+        report = read_report(report_dir)
+        if (previous.get("settings_key") == key and report
+                and previous.get("sha256") == sha256_file(model_path)):
+            say(f"{model_path} is up to date; nothing to do (--overwrite to train again)")
+            return StageThreeResult(name, model_path, report_dir, report,
+                                    previous.get("history", []))
+        if checkpointed_settings_key(workdir) != key:
+            raise UserInputError(f"{model_path} exists and was trained with other settings or "
+                                 "data; pass --overwrite to replace it")
+        # otherwise this very run was interrupted while writing its outputs: finish them
+    keras.utils.set_random_seed(seed)
+    batches = image_batches_class()
+    train = batches(*images.train, batch_size=batch_size, size=input_size,
+                    preprocess=preprocess, shuffle=True, seed=seed, workers=workers)
+    val = batches(*images.val, batch_size=batch_size, size=input_size, preprocess=preprocess,
+                  shuffle=False, seed=seed, workers=workers)
+    test = batches(*images.test, batch_size=batch_size, size=input_size,
+                   preprocess=preprocess, shuffle=False, seed=seed, workers=workers)
+    counts = images.counts()
+    say(f"{name}: {counts['train']} train, {counts['val']} validation, {counts['test']} test "
+        f"images, {len(images.label_names)} classes")
+    t0 = time.perf_counter()
+    model, state = train_phases(build, phases, train, val, workdir=workdir, settings_key=key,
+                                patience=patience, log=say, on_batch=on_batch, verbose=verbose)
+    fit_seconds = sum(r["seconds"] for r in state.history)
+    t1 = time.perf_counter()
+    scores = np.asarray(model.predict(test, verbose=0))
+    rate = counts["test"] / max(time.perf_counter() - t1, 1e-9)
+    evaluation = evaluate_predictions(images.test[1], scores, np.arange(len(images.label_names)),
+                                      images.label_names, rate)
+    atomic_write(model_path, without_augmentation(model).save, suffix=".keras")
+    write_history(state.history, report_dir)
+    write_report(report_dir, evaluation, {
+        "model": name, "stage": kind, "store_name": images.store_name, "store": images.source,
+        "backbone": info.get("backbone", ""), "classifier": info.get("classifier", kind),
+        "chosen": {"epochs": len(state.history)}, "fit_seconds": fit_seconds,
+        "wall_seconds": time.perf_counter() - t0, "size_bytes": model_path.stat().st_size,
+        "model_path": str(model_path), "n_train": counts["train"],
+    })
+    # the sidecar comes last: it is what marks the model and its report as complete
+    atomic_write_json(sidecar_path(model_path), {
+        **info, "model": model_path.name, "sha256": sha256_file(model_path),
+        "label_names": images.label_names, "input_size": input_size, "settings_key": key,
+        "settings": settings, "history": state.history,
+        "size_bytes": model_path.stat().st_size, "library_versions": keras_versions()})
+    say(f"{name}: test accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f} "
+        f"after {len(state.history)} epochs ({fit_seconds:.0f}s of training)")
+    return StageThreeResult(name, model_path, report_dir, read_report(report_dir),
+                            state.history)
+
+
+def finetune(source: str | os.PathLike, *, backbone: str | None = None,
+             weights: str = "imagenet", input_size: int | None = None,
+             head: HeadConfig | None = None, unfreeze: str | None = None,
+             warmup_epochs: int = 5, finetune_epochs: int = 10, warmup_lr: float = 1e-3,
+             finetune_lr: float = 1e-4, optimizer: str = "sgd", batch_size: int = 32,
+             patience: int = 3, val_share: float = 0.1, test_size: float = 0.25,
+             seed: int = 42, augmentation: AugmentationConfig | None = None,
+             overwrite: bool = False, workers: int = 2, log: Log | None = None,
+             on_batch: Callable[[int, int], None] | None = None,
+             verbose: int = 0) -> StageThreeResult:
+    """Fine-tune a pretrained backbone under a new head, in two phases, on a store's split.
+
+    Phase 1 (warm-up) trains only the head with RMSprop (``warmup_lr``) on a frozen
+    base; phase 2 unfreezes the base from ``unfreeze`` (a layer name, a block prefix
+    or ``"all"``; the backbone's last block by default) and trains with a small
+    learning rate (SGD with momentum 0.9, or Adam). BatchNorm layers stay in
+    inference mode throughout.
+
+    Parameters
+    ----------
+    source : path-like
+        A stage 1 store (its images, labels and split are reused) or a dataset folder.
+    backbone : str, optional
+        Defaults to the store's backbone (``efficientnet_lite0`` for a folder).
+
+    Returns
+    -------
+    StageThreeResult
+    """
+    import keras
+
+    from features.backbones import build_base_model, get_backbone
+    from features.store import FeatureStore
+
+    if optimizer not in ("sgd", "adam"):
+        raise UserInputError(f"unknown optimizer {optimizer!r}; choose sgd or adam")
+    if warmup_epochs < 0 or finetune_epochs < 0 or warmup_epochs + finetune_epochs == 0:
+        raise UserInputError("epochs must be >= 0 and at least one phase must have epochs")
+    store_attrs: dict = {}
+    if Path(source).suffix == ".h5":
+        with FeatureStore(source) as store:
+            store_attrs = store.attrs
+    backbone = backbone or store_attrs.get("backbone") or "efficientnet_lite0"
+    config = get_backbone(backbone)
+    if weights == "imagenet" and store_attrs.get("weights") == "random":
+        weights = "none"  # a store of random-weight features: keep the experiment consistent
+    input_size = int(input_size or store_attrs.get("input_size") or config.input_size)
+    head = head or HeadConfig()
+    augmentation = augmentation or AugmentationConfig()
+    unfreeze = unfreeze or config.default_unfreeze
+    images = load_split_images(source, test_size=test_size, val_share=val_share, seed=seed)
+
+    def build():
+        model, _ = build_finetune_model(backbone, len(images.label_names), weights=weights,
+                                        input_size=input_size, head=head,
+                                        augmentation=augmentation, seed=seed)
+        return model
+
+    # --unfreeze is checked before any training (cheap: no weights are loaded)
+    find_unfreeze_index(build_base_model(backbone, weights="none", input_size=input_size),
+                        unfreeze)
+
+    def second_optimizer(lr):
+        if optimizer == "adam":
+            return keras.optimizers.Adam(lr)
+        return keras.optimizers.SGD(lr, momentum=0.9)
+
+    phases = [p for p in (
+        Phase("warmup", warmup_epochs, warmup_lr, keras.optimizers.RMSprop, freeze_base),
+        Phase("finetune", finetune_epochs, finetune_lr, second_optimizer,
+              lambda model: unfreeze_base_from(model, unfreeze)),
+    ) if p.epochs > 0]
+    settings = {"backbone": backbone, "weights": weights, "input_size": input_size,
+                "head": asdict(head), "unfreeze": unfreeze, "warmup_epochs": warmup_epochs,
+                "finetune_epochs": finetune_epochs, "warmup_lr": warmup_lr,
+                "finetune_lr": finetune_lr, "optimizer": optimizer, "batch_size": batch_size,
+                "patience": patience, "seed": seed, "augmentation": augmentation.to_dict()}
+    name = f"{images.store_name}__finetune_{backbone}"
+    info = {"stage": "finetune", "backbone": backbone, "classifier": "finetune",
+            "preprocessing": config.preprocessing, "weights": weights}
+    return _train_and_report(
+        kind="finetune", name=name, images=images, build=build, phases=phases,
+        preprocess=config.preprocess_input, input_size=input_size, batch_size=batch_size,
+        seed=seed, patience=patience, overwrite=overwrite, settings=settings, info=info,
+        log=log, on_batch=on_batch, verbose=verbose, workers=workers)
+
+
+def train_from_scratch(source: str | os.PathLike, *, input_size: int = 64, epochs: int = 20,
+                       learning_rate: float = 0.01, batch_size: int = 32, patience: int = 5,
+                       val_share: float = 0.1, test_size: float = 0.25, seed: int = 42,
+                       augmentation: AugmentationConfig | None = None, overwrite: bool = False,
+                       workers: int = 2, log: Log | None = None,
+                       on_batch: Callable[[int, int], None] | None = None,
+                       verbose: int = 0) -> StageThreeResult:
+    """Train MiniVGGNet from random weights on the same split (the no-transfer baseline).
+
+    SGD with Nesterov momentum 0.9 from ``learning_rate``, halved on plateaus; same
+    augmentation, early stopping, checkpoints and report format as :func:`finetune`.
+    """
+    import keras
+
+    if epochs < 1:
+        raise UserInputError(f"--epochs must be at least 1, got {epochs}")
+    if input_size < 8:
+        raise UserInputError(f"--input-size must be at least 8 for MiniVGGNet, got {input_size}")
+    augmentation = augmentation or AugmentationConfig()
+    images = load_split_images(source, test_size=test_size, val_share=val_share, seed=seed)
+
+    def build():
+        return build_minivggnet(len(images.label_names), input_size=input_size,
+                                augmentation=augmentation, seed=seed)
+
+    phases = [Phase("scratch", epochs, learning_rate,
+                    lambda lr: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
+                    lambda model: None)]
+    settings = {"input_size": input_size, "epochs": epochs, "learning_rate": learning_rate,
+                "batch_size": batch_size, "patience": patience, "seed": seed,
+                "augmentation": augmentation.to_dict()}
+    name = f"{images.store_name}__scratch_minivggnet"
+    info = {"stage": "scratch", "backbone": "minivggnet", "classifier": "scratch",
+            "preprocessing": "scale_to_unit"}
+    return _train_and_report(
+        kind="scratch", name=name, images=images, build=build, phases=phases,
+        preprocess=scale_to_unit, input_size=input_size, batch_size=batch_size, seed=seed,
+        patience=patience, overwrite=overwrite, settings=settings, info=info, log=log,
+        on_batch=on_batch, verbose=verbose, workers=workers)

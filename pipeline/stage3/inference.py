@@ -1,0 +1,100 @@
+"""Classify image files with a saved stage 3 model (``.keras`` plus its JSON sidecar)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from features.errors import UserInputError
+from features.integrity import atomic_write_bytes
+from pipeline.stage3.models import scale_to_unit
+
+
+def keras_versions() -> dict[str, str]:
+    """Versions of the libraries a saved ``.keras`` model depends on."""
+    import keras
+    import tensorflow as tf
+
+    return {"keras": keras.__version__, "tensorflow": tf.__version__,
+            "numpy": np.__version__}
+
+
+class KerasImageClassifier:
+    """A saved ``.keras`` model with what it needs to classify image files.
+
+    Loaded by :func:`load_keras_classifier`; offers ``predict_images`` like the
+    joblib classifiers, so ``tlearn predict`` treats both the same way.
+    """
+
+    def __init__(self, model: Any, info: dict) -> None:
+        self.model = model
+        self.info = info
+        self.label_names_ = list(info["label_names"])
+        self.classes_ = np.arange(len(self.label_names_))
+
+    def _preprocess(self, images: np.ndarray) -> np.ndarray:
+        if self.info["preprocessing"] == "scale_to_unit":
+            return scale_to_unit(images)
+        from features.backbones import get_backbone
+
+        return get_backbone(self.info["backbone"]).preprocess_input(images)
+
+    def class_scores_of_images(self, images: np.ndarray) -> np.ndarray:
+        from features.backbones import predict_in_buckets
+
+        parts = predict_in_buckets(self.model.predict_on_batch, self._preprocess(images))
+        return np.concatenate(parts) if parts else np.empty((0, len(self.label_names_)))
+
+    def predict_images(self, paths: Sequence[str | os.PathLike], top: int = 1) -> list[dict]:
+        from features.prediction import classify_files
+
+        return classify_files(paths, int(self.info["input_size"]), self.class_scores_of_images,
+                              self.label_names_, top)
+
+
+def _load_keras_bytes(data: bytes) -> Any:
+    """A Keras model from the bytes of a ``.keras`` file.
+
+    ``keras.models.load_model`` takes only a path, so the bytes go to a file in a
+    fresh folder that only this user can enter: nobody else can swap it between
+    writing and loading.
+    """
+    import keras
+
+    with tempfile.TemporaryDirectory(prefix="tlearn-model-") as private:
+        path = atomic_write_bytes(Path(private) / "model.keras", data)
+        return keras.models.load_model(path)
+
+
+def load_keras_classifier(path: str | os.PathLike) -> KerasImageClassifier:
+    """Load a ``.keras`` model of stage 3, checked against the SHA-256 in its sidecar.
+
+    The file is read once (:func:`classifiers.persistence.read_verified`) and the
+    checked bytes are what Keras loads.
+
+    Raises
+    ------
+    UserInputError
+        Missing model or sidecar, digest mismatch (tampered or corrupted), unreadable model.
+
+    Warns
+    -----
+    UserWarning
+        When it was saved with other Keras, TensorFlow or numpy versions.
+    """
+    from classifiers.persistence import read_verified
+
+    path = Path(path)
+    data, info = read_verified(path, current_versions=keras_versions(),
+                               train_command="tlearn finetune",
+                               unchecked_way="keras.models.load_model(path)")
+    try:
+        model = _load_keras_bytes(data)
+    except Exception as exc:
+        raise UserInputError(f"{path} could not be loaded ({exc.__class__.__name__})") from exc
+    return KerasImageClassifier(model, info)
