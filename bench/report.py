@@ -18,17 +18,28 @@ def _load(name: str) -> dict | None:
 
 
 def extract_table(data: dict) -> str:
-    lines = ["| backbone | precision | forward img/s | end-to-end img/s | end-to-end / forward "
-             "| vs float32 |", "|---|---|---|---|---|---|"]
+    lines = ["| backbone | runtime | precision | forward img/s | end-to-end img/s "
+             "| end-to-end / forward | vs TF float32 | convert s |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in data["throughput"]:
-        lines.append(f"| {r['backbone']} | {r['precision']} | {r['forward_img_s']:.1f} | "
-                     f"{r['end_to_end_img_s']:.1f} | {r['end_to_end_over_forward']:.2f} | "
-                     f"{r['bf16_speedup_end_to_end']:.2f}x |")
-    peak = data["peak_rss_mb"]
-    lines.append("")
-    lines.append(f"Peak memory of `tlearn extract` (`efficientnet_lite0`): {peak['300']:.0f} MB "
-                 f"for 300 images, {peak['3000']:.0f} MB for 3,000 "
-                 f"(+{data['rss_growth_mb']:.0f} MB).")
+        lines.append(f"| {r['backbone']} | {r.get('runtime', 'tensorflow')} | {r['precision']} "
+                     f"| {r['forward_img_s']:.1f} | {r['end_to_end_img_s']:.1f} "
+                     f"| {r['end_to_end_over_forward']:.2f} "
+                     f"| {r.get('vs_tensorflow_float32', r.get('bf16_speedup_end_to_end')):.2f}x "
+                     f"| {r.get('prepare_seconds', 0.0):.1f} |")
+    if data.get("accuracy"):
+        lines += ["", "| dataset | runtime | precision | images | extract img/s | test accuracy |",
+                  "|---|---|---|---|---|---|"]
+        for a in data["accuracy"]:
+            lines.append(f"| {a['dataset']} | {a['runtime']} | {a['precision']} | "
+                         f"{a['images']:,} | {a['extract_img_s']:.1f} | "
+                         f"{100 * a['test_accuracy']:.2f}% |")
+    peak = data.get("peak_rss_mb") or {}
+    if peak:
+        lines.append("")
+        lines.append(f"Peak memory of `tlearn extract` (`efficientnet_lite0`): "
+                     f"{peak['300']:.0f} MB for 300 images, {peak['3000']:.0f} MB for 3,000 "
+                     f"(+{data['rss_growth_mb']:.0f} MB).")
     return "\n".join(lines)
 
 

@@ -3,15 +3,17 @@
 ``tlearn export MODEL --format openvino|onnx --out DIR`` writes, in one folder,
 a network that holds everything between decoded pixels and scores: the
 backbone's preprocessing, the backbone, and for a stage 2 classifier its
-linear head (softmax or normalised sigmoids where the classifier gives
-probabilities, decision values for ``linear_svm``). It runs with only the
+linear head with the classifier's own scores (softmax, Platt-scaled margins or
+normalised one-vs-rest sigmoids where it gives probabilities, decision values
+where it gives none). It runs with only the
 OpenVINO or ONNX Runtime package: beside it lie ``classes.txt``, a README that
 says how images must be decoded, and ``predict.py``, a standalone example.
 
 The head is read off the classifier as the affine map it is (its decision
-function on the origin and on each unit vector), so any linear family exports
-the same way; before anything is written the whole network is checked against
-tlearn's own scores on random images.
+function on the origin and on each unit vector), and the step from margins to
+scores is found by trying each candidate on probe features, so any linear family
+exports the same way; before anything is written the whole network is checked
+against tlearn's own scores on random images.
 """
 
 from __future__ import annotations
@@ -101,22 +103,66 @@ def linear_head(model: Any, feature_dim: int, chunk: int = 1024
     return np.concatenate(rows).T, b
 
 
+def _score_function(model: Any, W: np.ndarray, b: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, str]:
+    """How ``model.class_scores`` follows from the margins: ``(W2, b2, activation)``.
+
+    ``class_scores(X) == activation(X @ W2.T + b2)`` with ``activation`` one of
+    ``softmax`` (multinomial logistic regression, Platt-scaled margins; the scale is
+    folded into ``W2``), ``normalized_sigmoid`` (one-vs-rest logistic models) or
+    ``linear`` (plain decision values). Found by trying each on probe features, so
+    the head follows whatever the classifier family computes; nothing is guessed.
+    """
+    from scipy.special import expit, softmax
+
+    # Probes around a point where every margin is zero, spread so margins are of order
+    # one: there no activation saturates, and the candidates differ.
+    rng = np.random.default_rng(0)
+    centre = np.linalg.lstsq(W, -b, rcond=None)[0]
+    noise = rng.normal(size=(64, W.shape[1]))
+    spread = float(np.std(noise @ W.T)) or 1.0
+    X = (centre + noise / spread).astype(np.float32)
+    scores = np.asarray(model.class_scores(X), np.float64)
+    binary = W.shape[0] == 1
+    columns_w = np.concatenate([np.zeros_like(W), W]) if binary else W
+    columns_b = np.concatenate([np.zeros_like(b), b]) if binary else b
+    # The model's own margins, not the map's: the activation is identified apart from
+    # the rounding of an ill-conditioned map (a scaler over near-constant features).
+    d = np.asarray(model.decision_function(X), np.float64)
+    D = np.column_stack([np.zeros_like(d), d]) if d.ndim == 1 else d
+    candidates = []
+    if not np.allclose(scores.sum(axis=1), 1.0, atol=1e-4):
+        sign_w = np.concatenate([-W, W]) if binary else W
+        sign_b = np.concatenate([-b, b]) if binary else b
+        candidates.append((sign_w, sign_b, "linear", np.column_stack([-d, d]) if binary else d))
+    else:
+        rel = D - D[:, :1]
+        logp = np.log(np.clip(scores, 1e-300, None))
+        logp = logp - logp[:, :1]
+        usable = (scores > 1e-6) & (scores[:, :1] > 1e-6) & (np.abs(rel) > 1e-9)
+        scale = float(np.sum(logp[usable] * rel[usable]) / np.sum(rel[usable] ** 2)) \
+            if usable.any() else 1.0
+        candidates.append((scale * columns_w, scale * columns_b, "softmax",
+                           softmax(scale * D, axis=1)))
+        if not binary:
+            sig = expit(D)
+            candidates.append((columns_w, columns_b, "normalized_sigmoid",
+                               sig / sig.sum(axis=1, keepdims=True)))
+    for W2, b2, activation, predicted in candidates:
+        if np.max(np.abs(predicted - scores)) < 1e-4 * max(1.0, float(np.max(np.abs(scores)))):
+            return W2, b2, activation
+    raise UserInputError(
+        f"the scores of this {getattr(model, 'kind', 'classifier')} model are not a "
+        "softmax, normalised sigmoids or the margins of its linear map, so it cannot be "
+        "exported")
+
+
 def _head_layers(model: Any, feature_dim: int):
     """A function adding the classifier's head to a feature tensor, and the score kind."""
     import keras
 
     W, b = linear_head(model, feature_dim)
-    probabilities = bool(getattr(model, "has_predict_proba", hasattr(model, "predict_proba")))
-    if W.shape[0] == 1:  # two classes: one decision value d, scores in classes_ order
-        W = np.concatenate([np.zeros_like(W) if probabilities else -W, W])
-        b = np.concatenate([np.zeros_like(b) if probabilities else -b, b])
-        activation = "softmax" if probabilities else "linear"  # softmax([0, d]) = [1-s, s]
-    elif not probabilities:
-        activation = "linear"
-    elif model.kind == "logreg":
-        activation = "softmax"
-    else:  # one-vs-rest sigmoids, normalised to sum to one (as scikit-learn does)
-        activation = "normalized_sigmoid"
+    W, b, activation = _score_function(model, W, b)
     dense = keras.layers.Dense(W.shape[0], name="head")
 
     def apply(features):
@@ -129,7 +175,7 @@ def _head_layers(model: Any, feature_dim: int):
             return s / keras.ops.sum(s, axis=-1, keepdims=True)
         return z
 
-    return apply, "probability" if probabilities else "decision"
+    return apply, "decision" if activation == "linear" else "probability"
 
 
 def build_export_network(model_path: str | os.PathLike):
@@ -346,7 +392,7 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, *,
         (_save_openvino if format == "openvino" else _save_onnx)(composed, tmp, size)
         atomic_write_text(tmp / "classes.txt", "".join(f"{n}\n" for n in names))
         scores_text = ("class probabilities (rows sum to 1)" if about["scores"] == "probability"
-                       else "decision values of a linear SVM (highest wins)")
+                       else "decision values (highest wins)")
         files = list(_MODEL_FILES[format])
         atomic_write_text(tmp / "README.md", _README.format(
             source=about["source"], fmt=format,

@@ -28,7 +28,7 @@ assert not loaded & {"tensorflow", "keras", "features", "classifiers", "pipeline
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A three-class store, its logreg and linear_svm models, and some image files."""
+    """A three-class store, its logreg, linear_svm and sgd models, and some image files."""
     from pipeline.workflows import extract_dataset, train_store
 
     tmp = tmp_path_factory.mktemp("export")
@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
         data = make_image_folder(tmp / "data", classes=("red", "green", "blue"), per_class=8)
         store = extract_dataset(data, runtime="tensorflow", **TINY_EXTRACT).result.path
         models = {kind: train_store(store, classifier=kind)[0].model_path
-                  for kind in ("logreg", "linear_svm")}
+                  for kind in ("logreg", "linear_svm", "sgd")}
     images = sorted(str(p) for p in data.rglob("*") if p.is_file())[::3]
     return {"store": store, "models": models, "images": images, "tmp": tmp}
 
@@ -52,6 +52,7 @@ def run_standalone(folder: Path, images: list[str]) -> list[dict]:
 @pytest.mark.parametrize(("kind", "fmt", "package"), [
     ("logreg", "openvino", "openvino"),
     ("linear_svm", "onnx", "onnxruntime"),
+    ("sgd", "openvino", "openvino"),  # one-vs-rest sigmoids, normalised
 ])
 def test_the_exported_network_reproduces_tlearn_predict(trained, kind, fmt, package):
     pytest.importorskip(package, reason=f"{package} is not installed "
@@ -76,10 +77,9 @@ def test_the_exported_network_reproduces_tlearn_predict(trained, kind, fmt, pack
         assert have["label"] == want["label"]
         for label, score in want["top"]:
             assert abs(have["scores"][classes.index(label)] - score) < 1e-4
-    if kind == "logreg":  # probabilities, not decision values
+    if result.scores == "probability":
         assert np.allclose([sum(g["scores"]) for g in got], 1.0, atol=1e-5)
-    else:
-        assert result.scores == "decision"
+    assert kind != "logreg" or result.scores == "probability"
 
 
 def test_the_head_is_the_classifiers_affine_map(trained):
