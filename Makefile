@@ -60,11 +60,13 @@ test-all: install ## Run every test, slow ones included
 lint: install ## Check the code with ruff
 	$(BIN)/ruff check .
 
-bench: install ## Run the benchmarks (under an hour; needs ../shared; writes bench/results/)
+bench: install ## Run the benchmarks (about two hours; needs ../shared; writes bench/results/)
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/train.py
-	$(BIN)/python bench/compare_stages.py
+	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/backbones.py
+	$(BIN)/python bench/compare_stages.py
 
 clean: ## Remove generated outputs (artifacts/) and caches, keep .venv
 	find artifacts -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

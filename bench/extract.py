@@ -30,7 +30,6 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import numpy as np  # noqa: E402
-from machine import cpu_info, describe  # noqa: E402
+from machine import cpu_info, describe, tlearn_peak_rss_mb  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -111,40 +110,16 @@ def end_to_end_rate(extractor, images: LabeledImages, batch_size: int, tmp: Path
     return result.images_processed / result.seconds
 
 
-_CHILD = """
-import sys
-from pipeline.cli import main
-sys.argv = ["tlearn", *sys.argv[1:]]
-try:
-    main()
-except SystemExit as exc:
-    if exc.code:
-        raise
-for line in open("/proc/self/status"):
-    if line.startswith("VmHWM:"):
-        print("PEAK_KB", line.split()[1])
-"""
-
-
 def peak_rss_mb(n: int, tmp: Path) -> float:
-    """Peak RSS of one ``tlearn extract`` process over n images (efficientnet_lite0).
-
-    Read from the child's own ``VmHWM``: ``ru_maxrss`` would be wrong here, since
-    Linux carries it across exec from the (large) benchmark process that forked.
-    """
+    """Peak RSS of one ``tlearn extract`` process over n images (efficientnet_lite0)."""
     images = subset(n)
     listing = tmp / f"list_{n}.csv"
     with listing.open("w", newline="") as f:
         writer = csv.writer(f)
         for path, label in zip(images.paths, images.labels, strict=True):
             writer.writerow([path, images.label_names[label]])
-    cmd = [sys.executable, "-c", _CHILD, "extract", str(listing),
-           "--backbone", "efficientnet_lite0", "--out", str(tmp / f"mem_{n}.h5"), "--overwrite"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    peak = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("PEAK_KB")]
-    if proc.returncode != 0 or not peak:
-        raise RuntimeError(f"extract failed: {proc.stderr[-2000:]}")
-    return int(peak[0]) / 1024
+    return tlearn_peak_rss_mb(["extract", str(listing), "--backbone", "efficientnet_lite0",
+                               "--out", str(tmp / f"mem_{n}.h5"), "--overwrite"], REPO)
 
 
 def accuracy(dataset: str, runtime: str, precision: str, tmp: Path) -> dict:

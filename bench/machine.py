@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
+from pathlib import Path
 
 FLAGS_THAT_MATTER = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
                      "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
@@ -40,3 +43,31 @@ def describe(info: dict | None = None) -> str:
     info = info or cpu_info()
     present = [f for f, on in info["flags"].items() if on]
     return f"{info['model']}, {info['cpus']} CPUs, {' '.join(present) or 'no AVX2'}"
+
+
+# Run a tlearn command in a child process and print the child's own peak RSS (VmHWM):
+# ru_maxrss would be wrong here, since Linux carries it across exec from the (large)
+# benchmark process that forked.
+_PEAK_CHILD = """
+import sys
+from pipeline.cli import main
+sys.argv = ["tlearn", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    if exc.code:
+        raise
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+        print("PEAK_KB", line.split()[1])
+"""
+
+
+def tlearn_peak_rss_mb(args: list[str], cwd: Path) -> float:
+    """Peak resident memory, in MB, of one ``tlearn ARGS...`` process."""
+    proc = subprocess.run([sys.executable, "-c", _PEAK_CHILD, *args], cwd=cwd,
+                          capture_output=True, text=True)
+    peak = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("PEAK_KB")]
+    if proc.returncode != 0 or not peak:
+        raise RuntimeError(f"tlearn {args[0]} failed: {proc.stderr[-2000:]}")
+    return int(peak[0]) / 1024

@@ -17,7 +17,6 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,24 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from machine import cpu_info, describe  # noqa: E402
+from machine import cpu_info, describe, tlearn_peak_rss_mb  # noqa: E402
 
 DATA = REPO.parent / "shared" / "datasets" / "animals"
-
-_CHILD = """
-import sys
-from pipeline.cli import main
-sys.argv = ["tlearn", *sys.argv[1:]]
-try:
-    main()
-except SystemExit as exc:
-    if exc.code:
-        raise
-for line in open("/proc/self/status"):
-    if line.startswith("VmHWM:"):
-        print("PEAK_KB", line.split()[1])
-"""
-
 
 def first_images(n: int) -> list[str]:
     """The first n/3 images of each class, in a fixed order."""
@@ -62,13 +46,8 @@ def peak_rss_mb(model: Path, paths: list[str], tmp: Path) -> float:
     listing = tmp / f"list_{len(paths)}.csv"
     with listing.open("w", newline="") as f:
         csv.writer(f).writerows([[p] for p in paths])
-    cmd = [sys.executable, "-c", _CHILD, "predict", str(model), str(listing),
-           "--out", str(tmp / f"pred_{len(paths)}.csv"), "--overwrite"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    peak = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("PEAK_KB")]
-    if proc.returncode != 0 or not peak:
-        raise RuntimeError(f"predict failed: {proc.stderr[-2000:]}")
-    return int(peak[0]) / 1024
+    return tlearn_peak_rss_mb(["predict", str(model), str(listing), "--out",
+                               str(tmp / f"pred_{len(paths)}.csv"), "--overwrite"], REPO)
 
 
 def main() -> None:

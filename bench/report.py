@@ -57,32 +57,68 @@ def train_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _machine_line(data: dict) -> str:
+    machine = data.get("machine")
+    if not machine:
+        return ""
+    flags = " ".join(f for f, on in machine["flags"].items() if on)
+    return f"\n\nMeasured on {machine['model']}, {machine['cpus']} CPUs ({flags})."
+
+
 def stages_table(data: dict) -> str:
-    lines = ["| dataset | method | test images | test accuracy | wall time |",
-             "|---|---|---|---|---|"]
-    for r in data["rows"]:
-        lines.append(f"| {r['dataset']} | {r['method']} | {r['test_images']} | "
-                     f"{100 * r['test_accuracy']:.2f}% | {r['wall_seconds']:.0f} s |")
-    per_epoch = [r for r in data["rows"] if "seconds_per_epoch" in r]
-    for r in per_epoch:
-        s = r["seconds_per_epoch"]
-        lines.append("")
-        lines.append(f"Fine-tuning {r['dataset']}: {s['warmup']:.0f} s per warm-up epoch, "
-                     f"{s['finetune']:.0f} s per fine-tuning epoch ({r['epochs']} epochs).")
-    return "\n".join(lines)
+    lines = ["| dataset | method | test images per split | accuracy per seed | mean | "
+             "pooled 95 % interval | wall time |", "|---|---|---|---|---|---|---|"]
+    verdicts = []
+    for r in data["summary"]:
+        if "per_seed" in r:
+            verdicts += [f"- {r['dataset']}, seed {v['seed']}: {v['verdict']}"
+                         for v in r["per_seed"]]
+            continue
+        lines.append(f"| {r['dataset']} | {r['method']} | {r['test_images_per_seed']} | "
+                     + ", ".join(f"{100 * a:.1f}%" for a in r["accuracy_per_seed"])
+                     + f" | {100 * r['accuracy_mean']:.2f}% | [{100 * r['pooled_95ci'][0]:.1f}, "
+                     f"{100 * r['pooled_95ci'][1]:.1f}] | {r['wall_seconds']:.0f} s |")
+    if verdicts:
+        lines += ["", "McNemar's exact test, fine-tuning against features + logreg, on the "
+                  "same test images:", "", *verdicts]
+    return "\n".join(lines) + _machine_line(data)
 
 
 def serve_table(data: dict) -> str:
-    lines = ["| clients | requests | requests/s | p50 ms | p99 ms |", "|---|---|---|---|---|"]
-    for r in data["rows"]:
-        lines.append(f"| {r['concurrency']} | {r['requests']} | "
-                     f"{r['requests_per_second']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |")
-    return "\n".join(lines)
+    lines = ["| runtime | batching | images/request | clients | answered | 503 | requests/s "
+             "| images/s | p50 ms | p99 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    memory = []
+    for v in data["variants"]:
+        for r in v["rows"]:
+            lines.append(
+                f"| {v.get('runtime', 'tensorflow')} | {'on' if v['batching'] else 'off'} | "
+                f"{r['images_per_request']} | {r['clients']} | {r['answered']} | "
+                f"{r['refused_503']} | {r['requests_per_second']:.1f} | "
+                f"{r['images_per_second']:.1f} | "
+                + (f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} |" if r["p50_ms"] else "- | - |"))
+        memory.append(f"{v.get('runtime', 'tensorflow')} with batching "
+                      f"{'on' if v['batching'] else 'off'}: {v['rss_mb_before']:.0f} MB before "
+                      f"the load, {v['rss_mb_after']:.0f} MB after")
+    lines += ["", "Server memory (RSS): " + "; ".join(memory) + "."]
+    return "\n".join(lines) + _machine_line(data)
+
+
+def predict_table(data: dict) -> str:
+    peak = data["peak_rss_mb"]
+    lines = [f"`tlearn predict` ({data['backbone']} + {data['classifier']}) classified "
+             f"{data['images']:,} images at {data['predict_images_per_second']:.1f} img/s, "
+             f"against {data['extract_images_per_second']:.1f} img/s for `tlearn extract` "
+             f"with the same backbone on the same images "
+             f"({data['predict_over_extract']:.2f}x). Peak memory of one `tlearn predict` "
+             f"process: {peak['300']:.0f} MB for 300 images, {peak['3000']:.0f} MB for 3,000 "
+             f"({data['peak_growth_mb']:+.0f} MB)."]
+    return "\n".join(lines) + _machine_line(data)
 
 
 def main() -> None:
     for name, render in (("extract", extract_table), ("train", train_table),
-                         ("compare_stages", stages_table), ("serve", serve_table)):
+                         ("compare_stages", stages_table), ("serve", serve_table),
+                         ("predict", predict_table)):
         data = _load(name)
         print(f"## {name}\n")
         print(render(data) if data else f"(no results: run bench/{name}.py)")

@@ -153,12 +153,18 @@ def extract(
         f"in {result.seconds:.1f}s ({result.images_per_second:.1f} img/s)"
     )
     for what, items in (("skipped", result.skipped), ("ignored", report.ignored)):
-        if items:
-            console.print(f"[yellow]{what} {len(items)} file(s):[/]")
-            for path, reason in items[:20]:
-                console.print(f"  {path}: {reason}", highlight=False)
-            if len(items) > 20:
-                console.print(f"  ... and {len(items) - 20} more (see 'tlearn inspect')")
+        _print_files(console, what, items, "see 'tlearn inspect'")
+
+
+def _print_files(out: Console, what: str, items: list[tuple[str, str]], more: str) -> None:
+    """``what N file(s):`` then the first 20 ``path: reason`` lines."""
+    if not items:
+        return
+    out.print(f"[yellow]{what} {len(items)} file(s):[/]")
+    for path, reason in items[:20]:
+        out.print(f"  {path}: {reason}", highlight=False, markup=False)
+    if len(items) > 20:
+        out.print(f"  ... and {len(items) - 20} more ({more})", highlight=False)
 
 
 @app.command()
@@ -390,12 +396,7 @@ def predict(
         console.print(f"wrote {report.out}: {report.rows} image(s) in {report.seconds:.1f}s "
                       f"({report.images_per_second:.1f} img/s)", highlight=False)
         for what, items in (("unreadable", report.errors), ("ignored", report.ignored)):
-            if items:
-                err_console.print(f"[yellow]{len(items)} {what} file(s):[/]")
-                for path, reason in items[:20]:
-                    err_console.print(f"  {path}: {reason}", highlight=False)
-                if len(items) > 20:
-                    err_console.print(f"  ... and {len(items) - 20} more (see {report.out})")
+            _print_files(err_console, what, items, f"see {report.out}")
         return
     results = predict_files(model, images, top=top, batch_size=batch_size, workers=workers,
                             runtime=runtime)
