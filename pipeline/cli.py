@@ -403,10 +403,11 @@ def predict(
     if as_json:
         console.print_json(json.dumps(results))
         return
+    kind = next((r["score_kind"] for r in results if "score_kind" in r), "score")
     table = Table(title=f"predictions of {model.name}")
     table.add_column("image", no_wrap=True)
     table.add_column("label")
-    table.add_column("score", justify="right")
+    table.add_column(kind, justify="right")
     if top > 1:
         table.add_column(f"top {top}")
     for r in results:

@@ -204,6 +204,9 @@ def build_export_network(model_path: str | os.PathLike):
         if mode != "scale_to_unit":
             mode = get_backbone(loaded.info["backbone"]).preprocess.mode
         network, head, scores = loaded.model, None, "probability"
+        temperature = float(loaded.info.get("temperature", 1.0))
+        if temperature != 1.0:
+            head = _temperature_layer(temperature)
         names = list(loaded.label_names_)
     else:
         if not loaded.feature_spec_:
@@ -226,6 +229,17 @@ def build_export_network(model_path: str | os.PathLike):
     composed = keras.Model(pixels, x, name="tlearn_export")
     return composed, {"input_size": size, "label_names": names, "scores": scores,
                       "source": Path(model_path).name}
+
+
+def _temperature_layer(temperature: float):
+    """Softmax probabilities rescaled at ``temperature`` (the stage 3 calibration)."""
+    import keras
+
+    def rescale(p):
+        logp = keras.ops.log(keras.ops.maximum(p, 1e-30)) / temperature
+        return keras.ops.softmax(logp, axis=-1)
+
+    return keras.layers.Lambda(rescale, name="temperature")
 
 
 def _check_against_tlearn(composed, model_path, size: int, scores_kind: str) -> None:

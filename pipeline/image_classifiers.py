@@ -61,9 +61,16 @@ class ImageClassifier:
     def iter_predictions(self, paths: Sequence[str | os.PathLike], *, top: int = 1,
                          batch_size: int = 32, workers: int = 2) -> Iterator[dict]:
         """Results for image files, one per path in order, a batch at a time (bounded memory)."""
-        return iter_image_predictions(paths, self.input_size, self.class_scores,
-                                      self.label_names, top, batch_size=batch_size,
-                                      workers=workers)
+        kind = self.score_kind
+        for result in iter_image_predictions(paths, self.input_size, self.class_scores,
+                                             self.label_names, top, batch_size=batch_size,
+                                             workers=workers):
+            yield result if "error" in result else {**result, "score_kind": kind}
+
+    @property
+    def score_kind(self) -> str:
+        """``"probability"``, or ``"margin"`` for a model without probabilities."""
+        return "probability" if self.scores_are_probabilities else "margin"
 
 
 def load_model_file(model_path: str | os.PathLike):

@@ -215,6 +215,9 @@ def write_report(directory: str | os.PathLike, evaluation: Evaluation, info: dic
         r = evaluation.per_class[name]
         lines.append(f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | "
                      f"{r['f1-score']:.3f} | {int(r['support'])} |")
+    calibration = info.get("calibration")
+    if calibration:
+        lines += ["", f"Calibration: {calibration['note']}."]
     rep = info.get("repeats")
     if rep:
         lines += ["", f"Over {rep['n']} seeded re-splits of the train and test rows (same "

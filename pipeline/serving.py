@@ -426,11 +426,15 @@ async function send(files) {
     (data.errors || []).forEach(
       e => out.appendChild(el("p", "error", e.filename + ": " + e.error)));
     return; }
-  statusLine.textContent = `Done in ${data.ms.toFixed(0)} ms.`;
+  statusLine.textContent = `Done in ${data.ms.toFixed(0)} ms. ` + (data.scores === "probability"
+    ? "Scores are probabilities (they sum to 1 over the classes)."
+    : "Scores are margins (SVM decision values), not probabilities: larger means more likely.");
   data.results.forEach((r, i) => {
     const card = el("div", "card"); const img = el("img");
     img.src = URL.createObjectURL(files[i]); img.alt = r.filename; card.appendChild(img);
-    const right = el("div"); right.appendChild(el("div", "label", r.label));
+    const right = el("div"); right.appendChild(el("div", "label", r.label + (
+      data.scores === "probability" ? ` (${(100 * r.score).toFixed(1)} % probability)`
+                                    : ` (margin ${r.score.toFixed(3)})`)));
     right.lastChild.setAttribute("data-testid", "label");
     const scores = r.top.map(t => t.score), lo = Math.min(...scores), hi = Math.max(...scores);
     r.top.forEach(t => {

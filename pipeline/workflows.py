@@ -461,7 +461,7 @@ class PredictionReport:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
-PREDICTION_COLUMNS = ("path", "label", "score", "top", "error")
+PREDICTION_COLUMNS = ("path", "label", "score", "score_kind", "top", "error")
 
 
 def write_predictions(model_path: str | Path, images: list[str | Path], out: str | Path, *,
@@ -470,9 +470,10 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
                       runtime: str | None = None) -> PredictionReport:
     """Classify a folder, a CSV of paths or files, writing one CSV row per image as it goes.
 
-    Rows (``path, label, score, top, error``; ``top`` as ``label:score`` pairs joined
-    by ``;``) are written in input order to ``<out>.partial``, which is renamed to
-    ``out`` only when every image is done: a file at ``out`` is always complete.
+    Rows (``path, label, score, score_kind, top, error``; ``score_kind`` is
+    ``probability`` or ``margin``; ``top`` as ``label:score`` pairs joined by ``;``)
+    are written in input order to ``<out>.partial``, which is renamed to ``out`` only
+    when every image is done: a file at ``out`` is always complete.
     Memory stays bounded by a few batches, whatever the number of images. ``runtime``
     runs the network, as in :func:`predict_files`.
 
@@ -504,9 +505,10 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
                                                           workers=workers), start=1):
                 if "error" in r:
                     errors.append((r["path"], r["error"]))
-                    writer.writerow([r["path"], "", "", "", r["error"]])
+                    writer.writerow([r["path"], "", "", "", "", r["error"]])
                 else:
                     writer.writerow([r["path"], r["label"], f"{r['score']:.6g}",
+                                     r["score_kind"],
                                      ";".join(f"{lbl}:{s:.6g}" for lbl, s in r["top"]), ""])
                 if progress and (n % batch_size == 0 or n == len(paths)):
                     f.flush()

@@ -116,3 +116,30 @@ def test_string_and_sparse_labels_are_reported_under_their_names():
     assert ev.per_image["predicted"] == ["cat", "dog", "cat", "dog"]
     sparse = evaluate_predictions(np.array([10, 30]), np.eye(2), np.array([10, 30]), ["a", "b"])
     assert sparse.accuracy == 1.0 and sparse.per_class["b"]["support"] == 1
+
+
+def test_temperature_scaling_softens_overconfident_probabilities():
+    from classifiers.calibration import (
+        apply_temperature,
+        expected_calibration_error,
+        fit_temperature,
+    )
+
+    def softmax(z):
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    rng = np.random.default_rng(3)
+    n, k = 4000, 4
+    logits = rng.normal(0, 1.5, (n, k))
+    calibrated = softmax(logits)
+    # labels drawn from the calibrated probabilities, so softmax(logits) is the truth
+    y = (rng.random(n)[:, None] > calibrated.cumsum(axis=1)).sum(axis=1)
+    overconfident = softmax(logits * 4)  # the same ranking, far too sure of itself
+    t = fit_temperature(overconfident, y)
+    assert 3 < t < 5  # recovers the factor it was sharpened by
+    fixed = apply_temperature(overconfident, t)
+    np.testing.assert_allclose(fixed, softmax(logits * 4 / t), atol=1e-9)
+    assert (fixed.argmax(axis=1) == overconfident.argmax(axis=1)).all()
+    assert expected_calibration_error(fixed, y) < expected_calibration_error(overconfident, y) / 2
+    np.testing.assert_array_equal(apply_temperature(overconfident, 1.0), overconfident)

@@ -117,7 +117,8 @@ def test_unknown_format_is_a_user_error(trained):
         export_model(trained["models"]["logreg"], trained["tmp"] / "x", format="tflite")
 
 
-def test_a_stage3_model_exports_with_its_preprocessing(tmp_path):
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_a_stage3_model_exports_with_its_preprocessing(tmp_path, temperature):
     pytest.importorskip("openvino", reason="OpenVINO is not installed")
     import keras
     from PIL import Image
@@ -135,7 +136,7 @@ def test_a_stage3_model_exports_with_its_preprocessing(tmp_path):
     sidecar_path(path).write_text(json.dumps({
         "model": path.name, "sha256": sha256_file(path), "label_names": ["a", "b"],
         "input_size": 16, "preprocessing": "scale_to_unit", "backbone": "minivggnet",
-        "library_versions": keras_versions()}))
+        "temperature": temperature, "library_versions": keras_versions()}))
     pixels = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     images = []
     for i, image in enumerate(pixels):

@@ -68,7 +68,9 @@ def test_upload_shows_the_predicted_label(server, tmp_path):
         driver.find_element(By.ID, "files").send_keys(str(image))
         label = WebDriverWait(driver, 60).until(
             ec.visibility_of_element_located((By.CSS_SELECTOR, "[data-testid=label]")))
-        assert label.text == "dog"
+        assert label.text.startswith("dog (") and "% probability" in label.text
+        status = driver.find_element(By.ID, "status").text
+        assert "Scores are probabilities" in status
         bars = driver.find_elements(By.CSS_SELECTOR, ".bar")
         assert len(bars) == 2  # one probability bar per class
         shots = REPO_ROOT / "artifacts" / "screenshots"

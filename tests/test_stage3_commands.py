@@ -29,6 +29,14 @@ def test_finetune_two_phases_on_the_store_split(store, artifacts):
         assert (result.report_dir / name).exists(), name
     side = json.loads(result.model_path.with_suffix(".json").read_text())
     assert side["backbone"] == "vgg16" and side["label_names"] == ["blue", "green", "red"]
+    # calibration measured like stage 2's, temperature fitted on validation images only
+    calibration = result.report["calibration"]
+    assert calibration["validation_images"] == len(images_from_store(
+        store_path, val_share=0.2).val[0])
+    assert side["temperature"] == calibration["temperature"]
+    assert calibration["validation_log_loss_after"] <= calibration["validation_log_loss_before"]
+    assert result.report["test"]["ece"] is not None
+    assert "Calibration:" in (result.report_dir / "summary.md").read_text()
     # predict accepts the .keras model like a joblib one
     out = predict_files(result.model_path, [data / "red" / "red_000.jpg"], top=3)
     assert out[0]["label"] in {"red", "green", "blue"} and len(out[0]["top"]) == 3

@@ -71,3 +71,15 @@ def test_other_keras_and_tensorflow_versions_warn(saved):
     sidecar_path(saved).write_text(json.dumps(side))
     with pytest.warns(UserWarning, match=r"keras 2\.0\.0 \(now .*\), tensorflow 1\.15\.0"):
         load_keras_classifier(saved)
+
+
+def test_the_temperature_fitted_at_training_is_applied_to_every_score(saved):
+    from classifiers.calibration import apply_temperature
+
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    raw = load_keras_classifier(saved).class_scores_of_images(images)
+    info = json.loads(sidecar_path(saved).read_text())
+    sidecar_path(saved).write_text(json.dumps({**info, "temperature": 3.0}))
+    softened = load_keras_classifier(saved).class_scores_of_images(images)
+    np.testing.assert_allclose(softened, apply_temperature(raw, 3.0), atol=1e-6)
+    assert np.all(softened.max(axis=1) <= raw.max(axis=1) + 1e-9)

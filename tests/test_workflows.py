@@ -152,6 +152,7 @@ def test_predict_a_folder_to_csv_streamed_in_batches(tmp_path, store, monkeypatc
     good = [r for r in rows if not r["error"]]
     assert all(r["label"] in {"red", "green", "blue"} and len(r["top"].split(";")) == 2
                for r in good)
+    assert {r["score_kind"] for r in good} == {"probability"}
     for r in good:  # the label matches the class folder the image was copied from
         assert r["label"] == Path(r["path"]).name.split("_")[0]
     assert report.errors == [(broken[0]["path"], broken[0]["error"])]

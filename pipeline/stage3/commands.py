@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from classifiers.calibration import apply_temperature
 from features.errors import UserInputError
 from features.integrity import atomic_write, atomic_write_json, settings_key
 from pipeline.augmentation import AugmentationConfig
@@ -116,11 +117,15 @@ def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Calla
     model, state = train_phases(build, phases, train, val, workdir=workdir, settings_key=key,
                                 patience=patience, log=say, on_batch=on_batch, verbose=verbose)
     fit_seconds = sum(r["seconds"] for r in state.history)
+    calibration = fit_validation_temperature(model, val, images.val[1])
+    say(f"{name}: {calibration['note']}")
     t1 = time.perf_counter()
-    scores = np.asarray(model.predict(test, verbose=0))
+    scores = apply_temperature(np.asarray(model.predict(test, verbose=0)),
+                               calibration["temperature"])
     rate = counts["test"] / max(time.perf_counter() - t1, 1e-9)
     evaluation = evaluate_predictions(images.test[1], scores, np.arange(len(images.label_names)),
-                                      images.label_names, rate)
+                                      images.label_names, rate, probabilities=True,
+                                      sample_ids=list(images.test[0]))
     atomic_write(model_path, without_augmentation(model).save, suffix=".keras")
     write_history(state.history, report_dir)
     write_report(report_dir, evaluation, {
@@ -129,17 +134,51 @@ def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Calla
         "chosen": {"epochs": len(state.history)}, "fit_seconds": fit_seconds,
         "wall_seconds": time.perf_counter() - t0, "size_bytes": model_path.stat().st_size,
         "model_path": str(model_path), "n_train": counts["train"],
+        "calibration": calibration,
     })
     # the sidecar comes last: it is what marks the model and its report as complete
     atomic_write_json(sidecar_path(model_path), {
         **info, "model": model_path.name, "sha256": sha256_file(model_path),
         "label_names": images.label_names, "input_size": input_size, "settings_key": key,
+        "temperature": calibration["temperature"],
         "settings": settings, "history": state.history,
         "size_bytes": model_path.stat().st_size, "library_versions": keras_versions()})
     say(f"{name}: test accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f} "
         f"after {len(state.history)} epochs ({fit_seconds:.0f}s of training)")
     return StageThreeResult(name, model_path, report_dir, read_report(report_dir),
                             state.history)
+
+
+def fit_validation_temperature(model: Any, val_data: Any, val_labels: np.ndarray) -> dict:
+    """Temperature scaling fitted on the validation images, kept only where it helps.
+
+    The network's softmax is often over-confident after fine-tuning; one temperature
+    fitted on validation (never test) images softens it without changing any ranking.
+    It is kept when it lowers the validation log-loss, otherwise the temperature is 1.
+    """
+    from classifiers.calibration import expected_calibration_error, fit_temperature
+
+    probs = np.asarray(model.predict(val_data, verbose=0), dtype=np.float64)
+    y = np.asarray(val_labels)
+
+    def log_loss(p: np.ndarray) -> float:
+        return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))))
+
+    t = fit_temperature(probs, y)
+    before, after = log_loss(probs), log_loss(apply_temperature(probs, t))
+    kept = after < before - 1e-4
+    out = {"temperature": t if kept else 1.0, "fitted_temperature": t,
+           "validation_images": len(y), "validation_log_loss_before": before,
+           "validation_log_loss_after": after if kept else before,
+           "validation_ece_before": expected_calibration_error(probs, y),
+           "validation_ece_after": expected_calibration_error(
+               apply_temperature(probs, t if kept else 1.0), y)}
+    out["note"] = (f"temperature scaling T={t:.2f} fitted on {len(y)} validation images: "
+                   f"validation log-loss {before:.4f} -> {after:.4f}, ECE "
+                   f"{out['validation_ece_before']:.4f} -> {out['validation_ece_after']:.4f}"
+                   if kept else f"temperature scaling (T={t:.2f}) did not lower the validation "
+                   "log-loss; scores left as the network gives them")
+    return out
 
 
 def finetune(source: str | os.PathLike, *, backbone: str | None = None,

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from classifiers.calibration import apply_temperature
 from features.errors import UserInputError
 from features.integrity import atomic_write_bytes
 from pipeline.stage3.models import scale_to_unit
@@ -48,7 +49,10 @@ class KerasImageClassifier:
         from features.backbones import predict_in_buckets
 
         parts = predict_in_buckets(self.model.predict_on_batch, self._preprocess(images))
-        return np.concatenate(parts) if parts else np.empty((0, len(self.label_names_)))
+        if not parts:
+            return np.empty((0, len(self.label_names_)))
+        # the temperature fitted on validation images at training time (1: none)
+        return apply_temperature(np.concatenate(parts), float(self.info.get("temperature", 1.0)))
 
     def predict_images(self, paths: Sequence[str | os.PathLike], top: int = 1) -> list[dict]:
         from features.prediction import classify_files
