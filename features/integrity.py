@@ -68,12 +68,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *,
         os.close(fd)
     try:
         write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        publish_file(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def publish_file(finished: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Move a fully written file into place: flushed to disk, renamed, rename made durable.
+
+    The last step of every atomic write, also used by writers that fill their own
+    ``.partial`` file over a long run (the feature store, downloads).
+    """
+    path = Path(path)
+    with open(finished, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(finished, path)
     fsync_directory(path.parent)
     return path
 

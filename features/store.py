@@ -34,6 +34,7 @@ import numpy as np
 
 from features.backbones import FeatureSpec
 from features.errors import UserInputError
+from features.integrity import publish_file
 
 H5PY_VERSION = h5py.__version__
 STORE_FORMAT = "tlearn-features"
@@ -235,9 +236,7 @@ class FeatureStoreWriter:
         self._file.attrs["complete"] = True
         self._file.flush()
         self._file.close()
-        with open(self.partial, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.partial, self.path)
+        publish_file(self.partial, self.path)
         return self.path
 
     def close(self) -> None:

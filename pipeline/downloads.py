@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from features.errors import UserInputError
-from features.integrity import file_digest
+from features.integrity import file_digest, publish_file
 
 ProgressCallback = Callable[[int, int], None]
 _BLOCK = 1 << 16
@@ -100,7 +100,7 @@ def download_file(url: str, dest: str | os.PathLike, *, checksum: str, algorithm
             f"{url} has {algorithm} {actual}, expected {checksum}: the download is corrupt "
             "or the file changed upstream; it was removed, rerun to download again"
         )
-    os.replace(part, dest)
+    publish_file(part, dest)
     return dest
 
 
