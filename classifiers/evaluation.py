@@ -62,7 +62,6 @@ class Evaluation:
     log_loss: float | None = None
     ece: float | None = None
     reliability: dict | None = None
-    extra: dict = field(default_factory=dict)
     per_image: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
