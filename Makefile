@@ -63,6 +63,7 @@ lint: install ## Check the code with ruff
 bench: install ## Run the benchmarks (about two hours; needs ../shared; writes bench/results/)
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/calibration.py
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/backbones.py

@@ -9,14 +9,20 @@ Feature sets (extracted once into ``artifacts/bench/``, reused afterwards):
 For each set, in one run and each in a fresh process:
 
 * ``classic``: ``GridSearchCV(LogisticRegression(), {"C": [0.1, 1, 10, 100, 1000, 10000]},
-  cv=3)`` on float64 features, then its test accuracy;
+  cv=3)`` on float64 features, then its test accuracy, with the linear algebra library's
+  default threads (both cores);
+* ``classic-1-thread``: the same with one thread for the linear algebra, which is
+  faster for its thin products when other processes share the cores (pooled sets only:
+  on the 25,088-wide set it would take many minutes more);
 * ``tlearn``: ``FeatureClassifier("logreg")`` over the same grid and folds count
-  (float32, row-space shortcut when rows < columns, warm starts);
+  (float32, centred principal axes, warm starts, folds in two threads);
 * ``tlearn-default``: the same with tlearn's default grid, as ``tlearn train`` runs it.
 
 Wall time of search + final fit (loading excluded), peak memory above the process'
-memory before loading the features (VmHWM), and test accuracy. Prints a table and
-writes ``bench/results/train.json``. Run: ``.venv/bin/python bench/train.py``.
+memory before loading the features (VmHWM), test accuracy, log-loss and expected
+calibration error (15 bins). Prints a table and writes ``bench/results/train.json``
+with the CPU it ran on. Other processes may share the CPU: compare only ratios within
+one run. Run: ``.venv/bin/python bench/train.py``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import cpu_info, describe  # noqa: E402
+
 SHARED = REPO.parent / "shared" / "datasets"
 CACHE = REPO / "artifacts" / "bench"
 CLASSIC_GRID = [0.1, 1, 10, 100, 1000, 10000]
@@ -41,7 +49,8 @@ SETS = {
     "flowers5-lite0": ("flowers5", "efficientnet_lite0", {"weights": "imagenet"}),
     "animals-vgg16-random": ("animals", "vgg16", {"weights": "none", "precision": "bfloat16"}),
 }
-RECIPES = ("classic", "tlearn", "tlearn-default")
+RECIPES = ("classic", "classic-1-thread", "tlearn", "tlearn-default")
+SLOW_CLASSIC = {"animals-vgg16-random"}  # classic-1-thread is skipped there
 
 
 def _status_kb(field: str) -> int:
@@ -54,10 +63,14 @@ def _status_kb(field: str) -> int:
 
 def worker(recipe: str, store_path: str) -> None:
     """Run one recipe on one store and print a JSON line (in a fresh process)."""
+    from contextlib import nullcontext
+
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV
+    from threadpoolctl import threadpool_limits
 
+    from classifiers.calibration import expected_calibration_error
     from classifiers.estimators import FeatureClassifier
     from features.store import FeatureStore
 
@@ -67,10 +80,12 @@ def worker(recipe: str, store_path: str) -> None:
         X_test, y_test = store.load("test")
         matrix_bytes = store.nbytes
     t0 = time.perf_counter()
-    if recipe == "classic":
-        X_train, X_test = X_train.astype(np.float64), X_test.astype(np.float64)
-        search = GridSearchCV(LogisticRegression(), {"C": CLASSIC_GRID}, cv=3).fit(X_train,
-                                                                                     y_train)
+    if recipe.startswith("classic"):
+        limits = threadpool_limits(1, "blas") if recipe == "classic-1-thread" else nullcontext()
+        with limits:
+            X_train, X_test = X_train.astype(np.float64), X_test.astype(np.float64)
+            search = GridSearchCV(LogisticRegression(), {"C": CLASSIC_GRID}, cv=3).fit(
+                X_train, y_train)
         chosen = search.best_params_["C"]
         model = search.best_estimator_
     else:
@@ -78,10 +93,15 @@ def worker(recipe: str, store_path: str) -> None:
         model = FeatureClassifier(kind="logreg", grid=grid, cv=3).fit(X_train, y_train)
         chosen = model.best_params_["C"]
     seconds = time.perf_counter() - t0
-    accuracy = float(np.mean(model.predict(X_test) == y_test))
     peak_kb = _status_kb("VmHWM")
+    proba = model.predict_proba(X_test)
+    y_index = np.searchsorted(model.classes_, y_test)
+    true = np.clip(proba[np.arange(len(y_test)), y_index], 1e-15, 1)
     print("RESULT " + json.dumps({
-        "recipe": recipe, "seconds": seconds, "test_accuracy": accuracy, "chosen_C": chosen,
+        "recipe": recipe, "seconds": seconds,
+        "test_accuracy": float(np.mean(proba.argmax(axis=1) == y_index)),
+        "test_log_loss": float(-np.mean(np.log(true))),
+        "test_ece": expected_calibration_error(proba, y_index), "chosen_C": chosen,
         "peak_extra_mb": (peak_kb - baseline_kb) / 1024, "matrix_mb": matrix_bytes / 2**20,
         "rows": int(len(y_train) + len(y_test)), "features": int(X_train.shape[1]),
     }))
@@ -123,39 +143,49 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=200)
+    machine = cpu_info()
+    console.print(f"CPU: {describe(machine)}")
     results = {}
     for name in args.sets:
         store = ensure_store(name)
         rows = {}
         for recipe in RECIPES:
+            if recipe == "classic-1-thread" and name in SLOW_CLASSIC:
+                continue
             rows[recipe] = run_recipe(recipe, store)
             r = rows[recipe]
             console.print(f"{name} {recipe}: {r['seconds']:.1f}s, acc {r['test_accuracy']:.4f}, "
                           f"peak +{r['peak_extra_mb']:.0f} MB (matrix {r['matrix_mb']:.0f} MB)")
         classic = rows["classic"]
+        fastest_classic = min(r["seconds"] for k, r in rows.items() if k.startswith("classic"))
         for r in rows.values():
             r["speedup_vs_classic"] = classic["seconds"] / r["seconds"]
+            r["speedup_vs_fastest_classic"] = fastest_classic / r["seconds"]
             r["accuracy_points_vs_classic"] = 100 * (r["test_accuracy"]
                                                      - classic["test_accuracy"])
             r["peak_over_matrix"] = r["peak_extra_mb"] / r["matrix_mb"]
         results[name] = rows
 
-    table = Table(title="stage 2: logreg search (3-fold CV) + final fit, 2 CPUs")
-    for col in ("features", "recipe", "rows x cols", "seconds", "speed-up", "peak extra MB",
-                "peak / matrix", "test acc", "Δ acc (pts)", "C"):
+    table = Table(title=f"stage 2: logreg search (3-fold CV) + final fit; {describe(machine)}")
+    for col in ("features", "recipe", "rows x cols", "seconds", "speed-up", "vs fastest classic",
+                "peak extra MB", "peak / matrix", "test acc", "Δ acc (pts)", "log-loss", "ECE",
+                "C"):
         table.add_column(col, justify="left" if col in ("features", "recipe") else "right")
     for name, rows in results.items():
         for recipe, r in rows.items():
             table.add_row(name, recipe, f"{r['rows']:,} x {r['features']:,}",
                           f"{r['seconds']:.1f}", f"{r['speedup_vs_classic']:.1f}x",
+                          f"{r['speedup_vs_fastest_classic']:.1f}x",
                           f"{r['peak_extra_mb']:.0f}", f"{r['peak_over_matrix']:.2f}",
                           f"{100 * r['test_accuracy']:.2f}%",
-                          f"{r['accuracy_points_vs_classic']:+.2f}", f"{r['chosen_C']:g}")
+                          f"{r['accuracy_points_vs_classic']:+.2f}",
+                          f"{r['test_log_loss']:.4f}", f"{r['test_ece']:.4f}",
+                          f"{r['chosen_C']:g}")
     console.print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"cpus": os.cpu_count(), "grid": CLASSIC_GRID,
-                                    "results": results}, indent=2))
+    args.out.write_text(json.dumps({"cpu": machine, "cpus": os.cpu_count(),
+                                    "grid": CLASSIC_GRID, "results": results}, indent=2))
     console.print(f"wrote {args.out}")
 
 

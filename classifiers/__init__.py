@@ -3,6 +3,7 @@
 from classifiers.estimators import FeatureClassifier
 from classifiers.evaluation import Evaluation, evaluate_classifier
 from classifiers.persistence import load_classifier, save_classifier
+from classifiers.platt import PlattScaledClassifier
 from classifiers.registry import (
     CLASSIFIERS,
     ClassifierConfig,
@@ -19,6 +20,7 @@ __all__ = [
     "ClassifierConfig",
     "Evaluation",
     "FeatureClassifier",
+    "PlattScaledClassifier",
     "PreconditionedLogisticRegression",
     "RowSpaceBasis",
     "StreamingSGDClassifier",

@@ -2,8 +2,10 @@
 
 :class:`FeatureClassifier` is a scikit-learn estimator that tunes the
 regularisation of one family of :data:`classifiers.registry.CLASSIFIERS` by
-cross-validation, fits the final model (in the row space of the data when that
-is exact and cheaper, see :mod:`classifiers.rowspace`), and carries the feature
+cross-validated log-loss (:mod:`classifiers.search`), fits the final model (in
+the principal axes of the training rows when that is exact, see
+:mod:`classifiers.rowspace`), gives probabilities for every family (Platt
+scaling for the linear SVM, :mod:`classifiers.platt`), and carries the feature
 specification of its store, so that :meth:`FeatureClassifier.predict_images`
 can rebuild the backbone and classify raw image files.
 """
@@ -12,20 +14,20 @@ from __future__ import annotations
 
 import numbers
 import time
-import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import assert_all_finite, check_random_state
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classifiers.registry import CLASSIFIERS, ClassifierConfig, get_classifier_config
+from classifiers.platt import PlattScaledClassifier
+from classifiers.registry import ClassifierConfig, get_classifier_config
 from classifiers.rowspace import RowSpaceBasis, lift_estimator
-from classifiers.search import check_folds, grid_search
+from classifiers.search import check_folds, search_and_fit
 from classifiers.streaming_sgd import ChunkSource, array_chunks, search_sgd
 from features.errors import UserInputError
 
@@ -35,9 +37,10 @@ Progress = Callable[[int, int], None]
 
 
 def _has_predict_proba(model: FeatureClassifier) -> bool:
-    # An unknown kind fails in fit with a clear message; here it must not raise.
-    config = CLASSIFIERS.get(model.kind)
-    return config is None or config.probabilities
+    # Every family has probabilities; only models pickled before Platt scaling (a bare
+    # LinearSVC) have margins alone.
+    estimator = getattr(model, "estimator_", None)
+    return estimator is None or hasattr(estimator, "predict_proba")
 
 
 def _int_seed(random_state: int | np.random.RandomState | None) -> int:
@@ -75,23 +78,26 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     kind : {"logreg", "linear_svm", "ovr", "sgd"}, default="logreg"
         Classifier family, see :data:`classifiers.registry.CLASSIFIERS`.
     grid : sequence of float, optional
-        Values of C (alpha for ``sgd``) to search; the family's default if None.
+        Values of C (alpha for ``sgd``) to search; the family's default if None. The
+        value of the least held-out log-loss is chosen (:mod:`classifiers.search`).
     cv : int, default=3
         Stratified folds of the search (on the training data only).
     random_state : int, RandomState instance or None, default=0
         Seed of the folds and of stochastic solvers.
-    n_jobs : int, default=1
-        Threads for the search.
+    n_jobs : int or None, default=None
+        Folds fitted at once, in threads; None: one per CPU (each holds a copy of its
+        fold's training rows).
     max_iter : int, default=1000
         Iteration limit of the solvers.
     epochs : int, default=5
         Passes over the data for ``sgd``.
     solver_space : {"auto", "rowspace", "features"}, default="auto"
-        Where the model is fitted. ``"rowspace"``: on coordinates in the row space
-        of the training rows, then mapped back to features (the same model, see
-        :mod:`classifiers.rowspace`; ``logreg``, ``linear_svm`` and ``ovr`` only).
-        ``"features"``: on the features directly. ``"auto"``: the row space when
-        the family allows it and there are fewer rows than features.
+        Where the model is fitted. ``"rowspace"``: on the coordinates of the training
+        rows in their principal axes (centred for the logistic models), then mapped
+        back to features (the same model, see :mod:`classifiers.rowspace`; ``logreg``,
+        ``linear_svm`` and ``ovr`` only). ``"features"``: on the features directly.
+        ``"auto"``: the principal axes for ``logreg`` and ``ovr`` always, for
+        ``linear_svm`` when there are fewer rows than features.
     feature_spec : dict, optional
         Specification of the features, needed by :meth:`predict_images`.
         :meth:`fit_store` takes it from the store instead.
@@ -99,11 +105,18 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         Names of integer labels: label ``i`` is called ``label_names[i]``. Without
         it, classes are named by their labels (which may be strings).
         :meth:`fit_store` takes them from the store instead.
+    n_repeats : int, default=1
+        Times the k-fold split is repeated, shuffled differently: every value is then
+        judged on ``cv * n_repeats`` held-out folds (and the search takes as much longer).
+        On the Lite0 benchmark sets more repeats did not change the choice.
 
     Attributes
     ----------
     estimator_ : scikit-learn estimator
-        The final model, fitted on all training rows, predicting from features.
+        The final model, fitted on all training rows, predicting from features: a
+        :class:`classifiers.solvers.PreconditionedLogisticRegression` (``logreg``,
+        ``ovr``), a :class:`classifiers.platt.PlattScaledClassifier` around a
+        ``LinearSVC`` (``linear_svm``), a :class:`classifiers.streaming_sgd.StreamingSGDClassifier`.
     classes_ : numpy.ndarray
         The labels, sorted; columns of :meth:`predict_proba` and :meth:`class_scores`.
     label_names_ : list of str
@@ -112,22 +125,24 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     best_params_ : dict
         The chosen hyperparameter.
     search_ : SearchResult
+        Held-out log-loss and accuracy of every grid value on every fold.
     used_rowspace_ : bool
+        Whether the model was fitted in the principal axes of the training rows.
     converged_ : bool
         False when the final fit stopped at ``max_iter``.
     n_iter_ : int
-        Iterations of the final fit (the most of its binary models for ``ovr``;
+        Iterations of the final fit (of the last step of its warm-started path;
         epochs for ``sgd``).
     fit_seconds_ : float
     n_features_in_ : int
     """
 
     def __init__(self, kind: str = "logreg", grid: Sequence[float] | None = None, cv: int = 3,
-                 random_state: int | np.random.RandomState | None = 0, n_jobs: int = 1,
-                 max_iter: int = 1000,
+                 random_state: int | np.random.RandomState | None = 0,
+                 n_jobs: int | None = None, max_iter: int = 1000,
                  epochs: int = 5, solver_space: str = "auto",
                  feature_spec: dict | None = None,
-                 label_names: Sequence[str] | None = None) -> None:
+                 label_names: Sequence[str] | None = None, n_repeats: int = 1) -> None:
         self.kind = kind
         self.grid = grid
         self.cv = cv
@@ -138,15 +153,20 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.solver_space = solver_space
         self.feature_spec = feature_spec
         self.label_names = label_names
+        self.n_repeats = n_repeats
 
     # fitting --------------------------------------------------------------------------------
     def _validate_params(self) -> tuple[ClassifierConfig, list[float]]:
         config = get_classifier_config(self.kind)
-        for name in ("cv", "max_iter", "epochs"):
+        for name in ("cv", "n_repeats", "max_iter", "epochs"):
             value = getattr(self, name)
             least = 2 if name == "cv" else 1
             if not isinstance(value, numbers.Integral) or value < least:
                 raise UserInputError(f"{name} must be an integer >= {least}, got {value!r}")
+        if self.n_jobs is not None and (not isinstance(self.n_jobs, numbers.Integral)
+                                        or self.n_jobs == 0):
+            raise UserInputError(f"n_jobs must be None or a non-zero integer (-1: every CPU), "
+                                 f"got {self.n_jobs!r}")
         if self.solver_space not in SOLVER_SPACES:
             raise UserInputError(f"solver_space must be one of {', '.join(SOLVER_SPACES)}; "
                                  f"got {self.solver_space!r}")
@@ -221,22 +241,26 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
 
     def _fit_in_memory(self, config: ClassifierConfig, X: np.ndarray, y: np.ndarray,
                        grid: list[float], seed: int, progress: Progress | None) -> None:
-        self.used_rowspace_ = config.rowspace and (
-            self.solver_space == "rowspace"
-            or (self.solver_space == "auto" and X.shape[0] < X.shape[1]))
-        basis = RowSpaceBasis().fit(X) if self.used_rowspace_ else None
-        if basis is not None and basis.n_components_ == 0:
-            basis, self.used_rowspace_ = None, False  # all-zero features: nothing to project
+        if config.penalised_intercept:  # the basis may not be centred, and only shrinking helps
+            self.used_rowspace_ = config.rowspace and (
+                self.solver_space == "rowspace"
+                or (self.solver_space == "auto" and X.shape[0] < X.shape[1]))
+        else:
+            self.used_rowspace_ = config.rowspace and self.solver_space != "features"
+        basis = None
+        if self.used_rowspace_:
+            basis = RowSpaceBasis(center=not config.penalised_intercept,
+                                  dtype=config.fit_dtype or X.dtype).fit(X)
+            if basis.n_components_ == 0:
+                basis, self.used_rowspace_ = None, False  # constant features: nothing to project
         data = basis.train_coordinates_ if basis is not None else X
-        template = config.make_estimator(seed, self.max_iter, rowspace=self.used_rowspace_)
+        template = config.make_estimator(seed, self.max_iter)
         key = config.param_key(template)
-        self.search_ = grid_search(template, key, grid, data, y, cv=self.cv, seed=seed,
-                                   n_jobs=self.n_jobs, name=config.param_name,
-                                   progress=progress)
-        final = clone(template).set_params(**{key: self.search_.best_value})
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            final.fit(data, y)
+        # The final model comes along the folds' path (classifiers.search.walk_path).
+        self.search_, final, caught = search_and_fit(
+            template, key, grid, data, y, cv=self.cv, repeats=self.n_repeats, seed=seed,
+            n_jobs=self.n_jobs, name=config.param_name, fold_dtype=config.fit_dtype,
+            progress=progress)
         parts = getattr(final, "estimators_", [final])
         self.converged_ = not any(issubclass(w.category, ConvergenceWarning) for w in caught) \
             and all(getattr(part, "converged_", True) for part in parts)
@@ -244,6 +268,9 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         if basis is not None:
             final = lift_estimator(final, basis)
             basis.release()
+        if config.platt:
+            final = PlattScaledClassifier.from_fitted(
+                final, self.search_.margin_scale[self.search_.best_index])
         self.estimator_ = final
 
     def _fit_out_of_core(self, config: ClassifierConfig, chunks: ChunkSource, y: np.ndarray,
@@ -252,7 +279,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.converged_ = True  # SGD runs a fixed number of epochs
         self.n_iter_ = self.epochs
         self.search_ = search_sgd(chunks, y, grid, cv=self.cv, random_state=seed,
-                                  epochs=self.epochs)
+                                  epochs=self.epochs, repeats=self.n_repeats)
         final = config.make_estimator(seed, self.max_iter).set_params(
             **{config.param_name: self.search_.best_value, "epochs": self.epochs})
         self.estimator_ = final.fit_chunks(chunks, classes=np.unique(y))
@@ -279,7 +306,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         store : features.FeatureStore
         split : str, default="train"
         progress : callable, optional
-            ``progress(done, cv)``, called as cross-validation folds finish
+            ``progress(done, cv * n_repeats)``, called as cross-validation folds finish
             (families fitted in memory).
         loaded : (X, y), optional
             The split already read with ``store.load(split)`` (several families trained
@@ -349,16 +376,21 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
 
     @available_if(_has_predict_proba)
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities, columns in ``classes_`` order (not for ``linear_svm``)."""
+        """Class probabilities, columns in ``classes_`` order.
+
+        ``linear_svm``: Platt scaling of the margins, fitted on the search's held-out
+        folds (``softmax(scale * margins)``, see :mod:`classifiers.platt`); the class
+        of the highest probability is the predicted class for every family.
+        """
         X = self._validate_features(X)
         return self.estimator_.predict_proba(X)
 
     def class_scores(self, X: np.ndarray) -> np.ndarray:
         """A score per class, shape (n_samples, n_classes), columns in ``classes_`` order.
 
-        Probabilities where the model has them, otherwise decision values (for two
-        classes ``[-d, d]``, so that the higher column is the predicted class). For
-        reports, rank-k metrics and serving.
+        Probabilities (every family); decision values only for models saved before
+        the linear SVM had probabilities (for two classes ``[-d, d]``, so that the higher
+        column is the predicted class). For reports, rank-k metrics and serving.
         """
         if _has_predict_proba(self):
             return self.predict_proba(X)
@@ -390,7 +422,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         list of dict
             One per path, in order: ``{"path", "label", "score", "top": [(label, score)...]}``
             with labels from ``label_names_``, or ``{"path", "error"}`` for a file that
-            could not be read. Scores are probabilities except for ``linear_svm``.
+            could not be read. Scores are probabilities.
         """
         from features.prediction import classify_files
 
@@ -411,4 +443,5 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         if "rowspace" in state:
             old = state.pop("rowspace")
             state["solver_space"] = {True: "rowspace", False: "features"}.get(old, "auto")
+        state.setdefault("n_repeats", 1)  # the search had a single k-fold split then
         super().__setstate__(state)

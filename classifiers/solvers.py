@@ -12,8 +12,10 @@ instead: they share no variable, so the joint optimum is each binary optimum, an
 one L-BFGS run with a single product by ``X`` per step serves all classes.
 
 The difference with scikit-learn is how it gets there. Each coefficient is
-rescaled by the inverse square root of its diagonal Hessian estimate
-(``0.25 * ||column||^2 / n + 1 / (C n)``) before L-BFGS runs. CNN features are
+rescaled by the inverse square root of its diagonal Hessian estimate before
+L-BFGS runs: ``0.25 * ||column||^2 / n + 1 / (C n)`` from a cold start (the
+logistic loss curves by 1/4 at most), the curvature of each row at the previous
+solution when warm-started along a grid of C. CNN features are
 badly conditioned for plain L-BFGS; on coordinates whose columns are orthogonal
 (:mod:`classifiers.rowspace`) this Jacobi scaling makes the problem close to
 isotropic, and L-BFGS needs a few dozen iterations instead of hundreds.
@@ -33,6 +35,22 @@ from sklearn.utils.validation import check_is_fitted
 
 # Curvature of the logistic loss is at most 1/4: a safe scale for the diagonal estimate.
 _CURVATURE = 0.25
+# Least curvature a row is credited with when the diagonal is estimated at a warm start:
+# a row fitted almost perfectly at one C may not be at the next (weaker) one. 1e-2
+# took the fewest L-BFGS steps over the grid on the Lite0 feature sets (1e-3 to 6e-2 tried).
+_CURVATURE_FLOOR = 1e-2
+# Rows per block when the curvature-weighted column norms are accumulated (the squares
+# of a block are a temporary copy: keep it small).
+_ROWS_PER_BLOCK = 256
+
+
+def _weighted_column_squares(X: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``(X * X).T @ weights`` (d x k) in float64, accumulated over blocks of rows."""
+    out = np.zeros((X.shape[1], weights.shape[1]))
+    for start in range(0, X.shape[0], _ROWS_PER_BLOCK):
+        block = X[start:start + _ROWS_PER_BLOCK]
+        out += (block * block).T @ weights[start:start + _ROWS_PER_BLOCK].astype(X.dtype)
+    return out
 
 
 def _binary_objective(X, sign, reg, p, q, d, k):
@@ -43,14 +61,14 @@ def _binary_objective(X, sign, reg, p, q, d, k):
     n = X.shape[0]
 
     def objective(theta):
-        W = p[:, None] * theta[: d * k].reshape(d, k)
+        W = p * theta[: d * k].reshape(d, k)
         b = q * theta[d * k:]
         z = (X @ W.astype(X.dtype, copy=False)).astype(np.float64) + b
         margin = sign * z
         loss = -np.sum(log_expit(margin)) / n + 0.5 * reg * np.sum(W * W)
         G = -sign * expit(-margin) / n
         dW = (X.T @ G.astype(X.dtype, copy=False)).astype(np.float64) + reg * W
-        return loss, np.concatenate([(p[:, None] * dW).ravel(), q * G.sum(axis=0)])
+        return loss, np.concatenate([(p * dW).ravel(), q * G.sum(axis=0)])
 
     return objective
 
@@ -62,20 +80,20 @@ def _multinomial_objective(X, y_index, reg, p, q, d, k):
     onehot[np.arange(n), y_index] = 1.0
 
     def objective(theta):
-        W = p[:, None] * theta[: d * k].reshape(d, k)
+        W = p * theta[: d * k].reshape(d, k)
         b = q * theta[d * k:]
         logits = (X @ W.astype(X.dtype, copy=False)).astype(np.float64) + b
         lse = logsumexp(logits, axis=1)
         loss = np.mean(lse - logits[np.arange(n), y_index]) + 0.5 * reg * np.sum(W * W)
         G = (np.exp(logits - lse[:, None]) - onehot) / n
         dW = (X.T @ G.astype(X.dtype, copy=False)).astype(np.float64) + reg * W
-        return loss, np.concatenate([(p[:, None] * dW).ravel(), q * G.sum(axis=0)])
+        return loss, np.concatenate([(p * dW).ravel(), q * G.sum(axis=0)])
 
     return objective
 
 
 class PreconditionedLogisticRegression(ClassifierMixin, BaseEstimator):
-    """L2-regularised logistic regression (binary, multinomial or one-vs-rest), Jacobi-preconditioned.
+    """L2-regularised logistic regression (binary, multinomial or one-vs-rest), preconditioned.
 
     Parameters
     ----------
@@ -122,14 +140,24 @@ class PreconditionedLogisticRegression(ClassifierMixin, BaseEstimator):
             raise ValueError("PreconditionedLogisticRegression needs at least two classes")
         n, d = X.shape
         k = 1 if len(classes) == 2 else len(classes)
-        col_sq = np.einsum("ij,ij->j", X, X, dtype=np.float64)
         reg = 1.0 / (self.C * n)
-        p = 1.0 / np.sqrt(_CURVATURE * col_sq / n + reg)
-        q = 1.0 / np.sqrt(_CURVATURE)
+        warm = self.warm_start and getattr(self, "coef_", None) is not None and \
+            self.coef_.shape == (k, d)
+        if warm:
+            # Curvature of each row's loss at the previous solution: along a path of C,
+            # well-fitted rows contribute almost nothing to the Hessian, and a diagonal
+            # that knows it takes L-BFGS to the next optimum in about 40 % fewer steps.
+            z = (X @ self.coef_.T.astype(X.dtype)).astype(np.float64) + self.intercept_
+            fitted = expit(z) if k == 1 or self.one_vs_rest else softmax(z, axis=1)
+            curvature = np.maximum(fitted * (1 - fitted), _CURVATURE_FLOOR)
+        else:
+            curvature = np.full((n, k), _CURVATURE)
+        p = 1.0 / np.sqrt(_weighted_column_squares(X, curvature) / n + reg)  # (d, k)
+        q = 1.0 / np.sqrt(curvature.mean(axis=0))
+        scale = np.concatenate([p.ravel(), q])
         x0 = np.zeros(d * k + k)
-        if self.warm_start and getattr(self, "coef_", None) is not None and \
-                self.coef_.shape == (k, d):
-            x0[: d * k] = (self.coef_.T / p[:, None]).ravel()
+        if warm:
+            x0[: d * k] = (self.coef_.T / p).ravel()
             x0[d * k:] = self.intercept_ / q
         if k == 1:
             sign = np.where(y_index == 1, 1.0, -1.0)[:, None]
@@ -140,7 +168,6 @@ class PreconditionedLogisticRegression(ClassifierMixin, BaseEstimator):
         else:
             objective = _multinomial_objective(X, y_index, reg, p, q, d, k)
 
-        scale = np.concatenate([np.repeat(p, k), np.full(k, q)])
         last = {}
 
         def tracked(theta):
@@ -158,7 +185,7 @@ class PreconditionedLogisticRegression(ClassifierMixin, BaseEstimator):
                           options={"maxiter": self.max_iter, "gtol": 1e-12,
                                    "ftol": 64 * np.finfo(float).eps, "maxls": 50})
         theta = result.x
-        self.coef_ = (p[:, None] * theta[: d * k].reshape(d, k)).T.copy()
+        self.coef_ = (p * theta[: d * k].reshape(d, k)).T.copy()
         self.intercept_ = q * theta[d * k:]
         self.classes_ = classes
         self.n_iter_ = np.array([result.nit])

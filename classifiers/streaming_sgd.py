@@ -15,7 +15,13 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
-from classifiers.search import SearchResult, check_folds, pick_best, stratified_folds
+from classifiers.search import (
+    EPS,
+    SearchResult,
+    check_folds,
+    choose,
+    stratified_folds,
+)
 
 ChunkSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 
@@ -95,12 +101,15 @@ def fit_scaler(chunks: ChunkSource) -> StandardScaler:
 
 
 def search_sgd(chunks: ChunkSource, y: np.ndarray, grid: Sequence[float], *, cv: int,
-               random_state: int, epochs: int) -> SearchResult:
+               random_state: int, epochs: int, repeats: int = 1, rule: str = "log_loss"
+               ) -> SearchResult:
     """Cross-validate ``alpha`` for :class:`StreamingSGDClassifier` in a few passes over the data.
 
     Every (alpha, fold) model is updated from the same chunk as it streams by, so
-    the data are read ``epochs + 2`` times whatever the grid and fold count. The
-    scaler is fitted on the whole train split (means and variances only).
+    the data are read ``epochs + 2`` times whatever the grid, fold and repeat count.
+    The scaler is fitted on the whole train split (means and variances only). Each
+    value is scored on the held-out rows by log-loss and accuracy, and chosen as
+    :func:`classifiers.search.grid_search` does.
 
     Parameters
     ----------
@@ -110,8 +119,10 @@ def search_sgd(chunks: ChunkSource, y: np.ndarray, grid: Sequence[float], *, cv:
         All training labels (to make the folds before streaming).
     grid : sequence of float
         Values of ``alpha``.
-    cv, random_state, epochs : int
-        Folds, seed of the folds and of SGD, passes over the data.
+    cv, random_state, epochs, repeats : int
+        Folds, seed of the folds and of SGD, passes over the data, repetitions of the
+        k-fold split.
+    rule : {"log_loss", "log_loss_1se", "accuracy"}
 
     Returns
     -------
@@ -120,33 +131,43 @@ def search_sgd(chunks: ChunkSource, y: np.ndarray, grid: Sequence[float], *, cv:
     check_folds(y, cv)
     grid = sorted(float(v) for v in grid)
     classes = np.unique(y)
-    fold_of = np.empty(len(y), dtype=np.int64)
-    for f, (_, held_out) in enumerate(stratified_folds(y, cv, random_state)):
-        fold_of[held_out] = f
+    splits = stratified_folds(y, cv, random_state, repeats)
+    # fold_of[r, i]: the fold of repeat r that holds row i out
+    fold_of = np.empty((repeats, len(y)), dtype=np.int64)
+    for s, (_, held_out) in enumerate(splits):
+        fold_of[s // cv, held_out] = s % cv
     scaler = fit_scaler(chunks)
     template = StreamingSGDClassifier(random_state=random_state)
-    models = {(a, f): template._new_sgd(grid[a]) for a in range(len(grid)) for f in range(cv)}
+    models = {(a, s): template._new_sgd(grid[a])
+              for a in range(len(grid)) for s in range(len(splits))}
     rng = np.random.default_rng(random_state)
     for _ in range(epochs):
         pos = 0
         for X, yc in chunks():
-            Xs, folds = scaler.transform(X), fold_of[pos:pos + len(yc)]
+            Xs, folds = scaler.transform(X), fold_of[:, pos:pos + len(yc)]
             pos += len(yc)
             order = rng.permutation(len(yc))
-            Xs, yc, folds = Xs[order], yc[order], folds[order]
-            for (_, f), model in models.items():
-                keep = folds != f
+            Xs, yc, folds = Xs[order], yc[order], folds[:, order]
+            for (_, s), model in models.items():
+                keep = folds[s // cv] != s % cv
                 if keep.any():
                     model.partial_fit(Xs[keep], yc[keep], classes=classes)
-    correct = np.zeros((len(grid), cv))
-    total = np.bincount(fold_of, minlength=cv).astype(float)
+    correct = np.zeros((len(grid), len(splits)))
+    neg_log = np.zeros((len(grid), len(splits)))
     pos = 0
     for X, yc in chunks():
-        Xs, folds = scaler.transform(X), fold_of[pos:pos + len(yc)]
+        Xs, folds = scaler.transform(X), fold_of[:, pos:pos + len(yc)]
         pos += len(yc)
-        for (a, f), model in models.items():
-            held = folds == f
+        y_index = np.searchsorted(classes, yc)
+        for (a, s), model in models.items():
+            held = folds[s // cv] == s % cv
             if held.any():
-                correct[a, f] += np.sum(model.predict(Xs[held]) == yc[held])
-    scores = correct / total
-    return SearchResult("alpha", grid, scores, pick_best(scores, regularisation_decreases=False))
+                proba = model.predict_proba(Xs[held])
+                truth = y_index[held]
+                correct[a, s] += np.sum(proba.argmax(axis=1) == truth)
+                neg_log[a, s] += -np.sum(np.log(np.clip(
+                    proba[np.arange(len(truth)), truth], EPS, 1.0)))
+    total = np.array([len(te) for _, te in splits], dtype=float)
+    accuracy, log_loss = correct / total, neg_log / total
+    best = choose(rule, log_loss, accuracy, regularisation_decreases=False)
+    return SearchResult("alpha", grid, log_loss, accuracy, best, rule, cv, repeats)

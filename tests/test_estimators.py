@@ -41,7 +41,8 @@ def test_rowspace_shortcut_gives_the_plain_model(kind):
     assert fast.used_rowspace_ and not slow.used_rowspace_
     # The same held-out predictions, up to near-tied rows whose label the solvers'
     # tolerance (or the CPU's rounding) decides: at most one of the 20 per fold.
-    assert np.abs(fast.search_.scores - slow.search_.scores).max() <= 1 / 20 + 1e-9
+    assert np.abs(fast.search_.accuracy - slow.search_.accuracy).max() <= 1 / 20 + 1e-9
+    np.testing.assert_allclose(fast.search_.log_loss, slow.search_.log_loss, rtol=0.02)
     # The final model at a fixed C (the weakest of the grid, where the row-space
     # coordinates matter most) is the plain float64 model, to the solvers' tolerance.
     C = grid[-1]
@@ -53,22 +54,58 @@ def test_rowspace_shortcut_gives_the_plain_model(kind):
         np.testing.assert_allclose(ours.predict_proba(Xt), plain.predict_proba(Xt), atol=1e-3)
 
 
+def pooled_like(n=300, d=48, k=3, seed=0, deficient=False):
+    """More rows than columns, non-negative, unequal scales: average-pooled CNN features."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    latent = rng.normal(size=(n, 10)) + 1.0 * np.eye(k, 10)[y]
+    X = np.maximum(latent @ rng.normal(size=(10, d)) * rng.lognormal(0, 1, d) - 1, 0)
+    X = X + rng.normal(0, 0.5, X.shape)
+    if deficient:  # repeated columns and a constant one
+        X = np.hstack([X, X[:, :8], np.full((n, 1), 1.5)])
+    X = X.astype(np.float32)
+    return X[: 2 * n // 3], y[: 2 * n // 3], X[2 * n // 3:]
+
+
+@pytest.mark.parametrize("deficient", [False, True])
+@pytest.mark.parametrize("kind", ["logreg", "ovr"])
+def test_pooled_features_give_the_plain_model_at_the_chosen_C(kind, deficient):
+    # More rows than columns: the search and the final fit run on the rotated, centred
+    # coordinates in float32; the model is scikit-learn's float64 one at the same C.
+    X, y, Xt = pooled_like(deficient=deficient)
+    ours = FeatureClassifier(kind=kind, grid=[1e-3, 1e-2, 1e-1, 1.0]).fit(X, y)
+    assert ours.used_rowspace_ and ours.converged_
+    plain = PLAIN[kind](ours.best_params_["C"]).fit(X.astype(np.float64), y)
+    assert_same_decisions(ours, plain, Xt, rtol=5e-3)
+    np.testing.assert_allclose(ours.predict_proba(Xt), plain.predict_proba(Xt), atol=2e-3)
+
+
 def test_solver_space_choices():
     X, y = tall_data()
-    assert not FeatureClassifier().fit(X, y).used_rowspace_  # more rows than features
-    assert FeatureClassifier(solver_space="rowspace").fit(X, y).used_rowspace_
+    # logistic models: the centred principal axes whatever the shape (exact, and well
+    # conditioned); the linear SVM only shrinks to its row space when it is smaller
+    assert FeatureClassifier().fit(X, y).used_rowspace_
+    assert not FeatureClassifier(kind="linear_svm").fit(X, y).used_rowspace_
+    assert FeatureClassifier(kind="linear_svm", solver_space="rowspace").fit(X, y).used_rowspace_
+    assert not FeatureClassifier(solver_space="features").fit(X, y).used_rowspace_
     wide, y_wide, _ = wide_data(n=30, d=100)
     assert FeatureClassifier().fit(wide, y_wide).used_rowspace_
+    assert FeatureClassifier(kind="linear_svm").fit(wide, y_wide).used_rowspace_
     assert not FeatureClassifier(solver_space="features").fit(wide, y_wide).used_rowspace_
     assert not FeatureClassifier(kind="sgd").fit(wide, y_wide).used_rowspace_
 
 
+@pytest.mark.parametrize("value", [0.0, 2.0])
+@pytest.mark.parametrize("d", [5, 100])
 @pytest.mark.parametrize("kind", ["logreg", "linear_svm"])
-def test_all_zero_wide_features_fall_back_to_the_feature_space(kind):
+def test_constant_features_fall_back_to_the_feature_space(kind, d, value):
     y = np.arange(30) % 3
-    model = FeatureClassifier(kind=kind, grid=[1.0]).fit(np.zeros((30, 100), np.float32), y)
-    assert not model.used_rowspace_  # an empty row space has no coordinates to fit on
-    assert model.predict(np.zeros((2, 100), dtype=np.float32)).shape == (2,)
+    X = np.full((30, d), value, np.float32)
+    model = FeatureClassifier(kind=kind, grid=[1.0], solver_space="rowspace").fit(X, y)
+    # an empty (centred) row space has no coordinates to fit on
+    assert not model.used_rowspace_ or (kind == "linear_svm" and value != 0)
+    assert model.predict(X[:2]).shape == (2,)
+    np.testing.assert_allclose(model.predict_proba(X[:2]).sum(axis=1), 1)
 
 
 @pytest.mark.parametrize("params,message", [
@@ -77,6 +114,8 @@ def test_all_zero_wide_features_fall_back_to_the_feature_space(kind):
     ({"kind": "knn"}, "unknown classifier 'knn'; choose one of"),
     ({"grid": []}, r"grid must hold positive values of C, got \[\]"),
     ({"cv": 1}, "cv must be an integer >= 2, got 1"),
+    ({"n_repeats": 0}, "n_repeats must be an integer >= 1, got 0"),
+    ({"n_jobs": 0}, "n_jobs must be None or a non-zero integer"),
     ({"max_iter": 0}, "max_iter must be an integer >= 1, got 0"),
 ])
 def test_bad_parameters_are_named_in_fit(params, message):
@@ -96,9 +135,10 @@ def test_every_family_learns_and_follows_sklearn_api(kind):
     assert model.label_names_ == ["a", "b", "c"]
     assert model.decision_function(X).shape == (len(y), 3)
     assert model.class_scores(X).shape == (len(y), 3)
-    assert hasattr(model, "predict_proba") == (kind != "linear_svm")
-    if kind != "linear_svm":
-        np.testing.assert_allclose(model.predict_proba(X).sum(axis=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(model.predict_proba(X).sum(axis=1), 1, rtol=1e-6)
+    np.testing.assert_array_equal(model.classes_[model.predict_proba(X).argmax(axis=1)],
+                                  model.predict(X))
+    np.testing.assert_array_equal(model.class_scores(X), model.predict_proba(X))
     assert model.n_features_in_ == X.shape[1] and model.n_iter_ >= 1
     assert set(model.best_params_) == {"alpha" if kind == "sgd" else "C"}
 
@@ -115,6 +155,21 @@ def test_binary_decision_function_is_one_column_as_in_sklearn(kind):
     columns = model.class_scores(X)
     assert columns.shape == (len(y), 2)
     np.testing.assert_array_equal(model.classes_[columns.argmax(axis=1)], model.predict(X))
+
+
+def test_platt_scaled_svm_probabilities_are_monotone_in_the_margin():
+    X, y = tall_data(n=200, k=2)
+    rng = np.random.default_rng(1)
+    X = X + rng.normal(0, 2, X.shape).astype(np.float32)  # overlapping classes
+    model = FeatureClassifier(kind="linear_svm").fit(X, y)
+    proba, margins = model.predict_proba(X), model.decision_function(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-12)
+    order = np.argsort(margins)
+    clear = np.diff(margins[order]) > 1e-9  # leave exact ties of the margin alone
+    assert np.all(np.diff(proba[order, 1])[clear] > 0)
+    np.testing.assert_array_equal(proba[:, 1] > 0.5, margins > 0)
+    scale = model.search_.margin_scale[model.search_.best_index]
+    assert model.estimator_.scale_ == scale > 0
 
 
 class ArrayStore:
@@ -154,7 +209,8 @@ def test_fitting_leaves_the_parameters_alone(kind):
     assert model.label_names_ == ["a", "b", "c"]
     assert model.feature_spec_["layer"] == "fc1"
     assert not any(value is progress for value in vars(model).values())
-    assert done == ([] if kind == "sgd" else [1, 2, 3])
+    splits = model.cv * model.n_repeats
+    assert done == ([] if kind == "sgd" else list(range(1, splits + 1)))
     model.fit(X, y)
     assert model.get_params() == before
     assert model.label_names_ == ["0", "1", "2"] and model.feature_spec_ is None

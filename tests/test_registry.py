@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 from sklearn.base import clone, is_classifier
 
@@ -20,12 +21,10 @@ def test_names_and_lookup():
         get_classifier_config("knn")
 
 
-@pytest.mark.parametrize("name,rowspace", [
-    (name, rowspace) for name, config in CLASSIFIERS.items()
-    for rowspace in ([False, True] if config.rowspace else [False])])
-def test_every_entry_builds_an_estimator_with_its_tuned_parameter(name, rowspace):
+@pytest.mark.parametrize("name", list(CLASSIFIERS))
+def test_every_entry_builds_an_estimator_with_its_tuned_parameter(name):
     config = CLASSIFIERS[name]
-    estimator = config.make_estimator(random_state=3, max_iter=77, rowspace=rowspace)
+    estimator = config.make_estimator(random_state=3, max_iter=77)
     assert is_classifier(estimator)
     key = config.param_key(estimator)
     assert key.split("__")[-1] == config.param_name
@@ -37,12 +36,15 @@ def test_every_entry_builds_an_estimator_with_its_tuned_parameter(name, rowspace
         assert 77 in tuned.get_params().values()  # max_iter is passed on
 
 
-def test_wrapped_and_rowspace_estimators():
-    assert CLASSIFIERS["ovr"].param_key(CLASSIFIERS["ovr"].make_estimator(0, 10)) == \
-        "estimator__C"
-    assert isinstance(CLASSIFIERS["logreg"].make_estimator(0, 10, rowspace=True),
-                      PreconditionedLogisticRegression)
-    assert not CLASSIFIERS["linear_svm"].probabilities
+def test_logistic_families_share_the_warm_startable_solver():
+    # ovr is one solver, not a OneVsRestClassifier whose clones lose their warm starts
+    for name, one_vs_rest in (("logreg", False), ("ovr", True)):
+        estimator = CLASSIFIERS[name].make_estimator(0, 10)
+        assert isinstance(estimator, PreconditionedLogisticRegression)
+        assert estimator.one_vs_rest is one_vs_rest
+        assert CLASSIFIERS[name].param_key(estimator) == "C"
+    svm = CLASSIFIERS["linear_svm"]
+    assert svm.platt and svm.penalised_intercept and svm.fit_dtype is np.float64
     assert CLASSIFIERS["sgd"].out_of_core and not CLASSIFIERS["sgd"].rowspace
 
 

@@ -50,6 +50,24 @@ def datasets():
 
 DATASETS = datasets()
 
+
+def tall_datasets():
+    """More rows than columns (pooled features): ``name -> (X, y, X_test, rank of X - mean)``."""
+    rng = np.random.default_rng(3)
+    y = np.arange(240) % 3
+    latent = rng.normal(size=(240, 12)) + 1.2 * np.eye(3, 12)[y]
+    X = np.maximum(latent @ rng.normal(size=(12, 40)) * rng.lognormal(0, 1, 40) - 1, 0)
+    X = (X + rng.normal(0, 0.3, X.shape)).astype(np.float32)
+    # repeated and rescaled columns and a constant one: a rank-deficient covariance
+    Xd = np.hstack([X, X[:, :6], 3 * X[:, 6:9], np.full((240, 1), 2.0, np.float32)])
+    return {
+        "tall_full_rank": (X[:180], y[:180], X[180:], 40),
+        "tall_rank_deficient": (Xd[:180], y[:180], Xd[180:], 40),
+    }
+
+
+TALL = tall_datasets()
+
 PLAIN = {
     "logreg": lambda: LogisticRegression(C=0.01, max_iter=20_000, tol=1e-10),
     "linear_svm": lambda: LinearSVC(C=0.001, max_iter=100_000, tol=1e-10),
@@ -122,3 +140,44 @@ def test_fit_in_row_space_equals_plain_fit(name, family):
     assert short.n_features_in_ == X.shape[1]
     assert_same_decisions(short, plain, Xt, rtol=1e-4)
     assert_same_decisions(short, plain, X, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(DATASETS) + list(TALL))
+def test_centred_basis_spans_the_centred_rows_with_orthogonal_zero_mean_columns(name):
+    X, _, Xt, rank = {**DATASETS, **TALL}[name]
+    basis = RowSpaceBasis(center=True).fit(X)
+    assert basis.via_gram_ == (X.shape[0] < X.shape[1])
+    # centring takes one dimension off the row space when the rows span the mean
+    assert basis.n_components_ in (rank, rank - 1)
+    Z = basis.train_coordinates_
+    Xc = X.astype(np.float64) - X.astype(np.float64).mean(axis=0)
+    scale = np.abs(Xc).max()
+    np.testing.assert_allclose(Z.mean(axis=0), 0, atol=1e-9 * scale)
+    gram = Z.T @ Z  # orthogonal columns, norms the singular values
+    np.testing.assert_allclose(gram, np.diag(basis.singular_values_ ** 2), rtol=0,
+                               atol=1e-9 * gram.max())
+    np.testing.assert_allclose(basis.lift(Z), Xc, rtol=0, atol=1e-8 * scale)
+    np.testing.assert_allclose(basis.transform(X), Z, rtol=0, atol=1e-8 * np.abs(Z).max())
+    np.testing.assert_allclose(basis.transform(Xt) @ Z.T,
+                               (Xt - X.astype(np.float64).mean(axis=0)) @ Xc.T, rtol=0,
+                               atol=1e-9 * scale ** 2 * X.shape[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("family", ["logreg", "ovr"])
+@pytest.mark.parametrize("name", ["duplicates", "cnn_like", *TALL])
+def test_fit_in_the_centred_basis_equals_plain_fit(name, family, dtype):
+    # The intercept is not penalised: fitting on centred coordinates and moving the
+    # mean into the intercept gives the same model, on wide and tall data, of full
+    # rank or not, and with float32 coordinates.
+    X, y, Xt, _ = {**DATASETS, **TALL}[name]
+    plain = PLAIN[family]().fit(X.astype(np.float64), y)
+    basis = RowSpaceBasis(center=True, dtype=dtype).fit(X)
+    assert basis.train_coordinates_.dtype == dtype
+    # in float64 for scikit-learn's solver: what is tested is the rounding of the coordinates
+    Z = basis.train_coordinates_.astype(np.float64)
+    short = lift_estimator(PLAIN[family]().fit(Z, y), basis)
+    assert short.n_features_in_ == X.shape[1]
+    rtol = 1e-4 if dtype == np.float64 else 1e-3
+    assert_same_decisions(short, plain, Xt, rtol=rtol)
+    assert_same_decisions(short, plain, X, rtol=rtol)

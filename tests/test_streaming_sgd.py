@@ -1,6 +1,6 @@
 import numpy as np
 
-from classifiers.streaming_sgd import StreamingSGDClassifier
+from classifiers.streaming_sgd import StreamingSGDClassifier, array_chunks, search_sgd
 
 
 def tall_data(n=300, d=6, k=3, seed=0):
@@ -18,3 +18,14 @@ def test_fit_chunks_matches_fit():
         classes=np.unique(y))
     np.testing.assert_allclose(a.decision_function(X), b.decision_function(X))
 
+
+
+def test_search_scores_log_loss_and_accuracy_on_every_fold_of_every_repeat():
+    X, y = tall_data(n=240)
+    grid = [1e-4, 1e-2, 1.0]
+    result = search_sgd(lambda: array_chunks(X, y, rows=50), y, grid, cv=3, random_state=0,
+                        epochs=2, repeats=2)
+    assert result.log_loss.shape == result.accuracy.shape == (3, 6)
+    assert np.isfinite(result.log_loss).all() and (result.log_loss > 0).all()
+    assert result.best_value == grid[int(np.argmin(result.mean_log_loss))]
+    assert result.to_dict()["repeats"] == 2
