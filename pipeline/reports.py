@@ -298,6 +298,7 @@ def comparison_row(report: dict[str, Any]) -> dict[str, Any]:
         "test_images": test.get("n_samples"),
         "test_accuracy": test.get("accuracy"),
         "accuracy_95ci": _ci(test.get("accuracy_ci")),
+        "accuracy_ci": test.get("accuracy_ci"),
         "resplit_accuracy": (f"{report['repeats']['accuracy_mean']:.4f} ± "
                              f"{report['repeats']['accuracy_std']:.4f} "
                              f"(n={report['repeats']['n']})") if report.get("repeats") else "",
