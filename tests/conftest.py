@@ -109,3 +109,26 @@ def artifacts(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "artifacts"
     monkeypatch.setenv("TLEARN_ARTIFACTS", str(path))
     return path
+
+
+def save_stage3_model(path: Path, label_names: list[str], *, size: int = 16,
+                      temperature: float = 1.0) -> Path:
+    """A small convolutional stage 3 ``.keras`` model (seeded) with the sidecar stage 3 writes."""
+    import json
+
+    import keras
+
+    from classifiers.persistence import sha256_file, sidecar_path
+    from pipeline.stage3 import keras_versions
+
+    keras.utils.set_random_seed(0)
+    network = keras.Sequential([
+        keras.Input((size, size, 3), name="image"), keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(len(label_names), activation="softmax")])
+    network.save(path)
+    sidecar_path(path).write_text(json.dumps({
+        "model": path.name, "sha256": sha256_file(path), "label_names": list(label_names),
+        "input_size": size, "preprocessing": "scale_to_unit", "backbone": "minivggnet",
+        "temperature": temperature, "library_versions": keras_versions()}))
+    return path

@@ -120,23 +120,12 @@ def test_unknown_format_is_a_user_error(trained):
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 def test_a_stage3_model_exports_with_its_preprocessing(tmp_path, temperature):
     pytest.importorskip("openvino", reason="OpenVINO is not installed")
-    import keras
     from PIL import Image
 
-    from classifiers.persistence import sha256_file, sidecar_path
     from pipeline.image_classifiers import load_image_classifier
-    from pipeline.stage3 import keras_versions
+    from tests.conftest import save_stage3_model
 
-    keras.utils.set_random_seed(0)
-    network = keras.Sequential([
-        keras.Input((16, 16, 3), name="image"), keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
-    path = tmp_path / "scratch.keras"
-    network.save(path)
-    sidecar_path(path).write_text(json.dumps({
-        "model": path.name, "sha256": sha256_file(path), "label_names": ["a", "b"],
-        "input_size": 16, "preprocessing": "scale_to_unit", "backbone": "minivggnet",
-        "temperature": temperature, "library_versions": keras_versions()}))
+    path = save_stage3_model(tmp_path / "scratch.keras", ["a", "b"], temperature=temperature)
     pixels = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     images = []
     for i, image in enumerate(pixels):

@@ -93,15 +93,20 @@ def test_finished_store_is_never_overwritten_silently(tmp_path, images):
         assert store.spec.pooling == "max"
 
 
-def test_partial_with_other_settings_reported(tmp_path, images):
-    out = tmp_path / "f.h5"
-
+def _interrupt_after(items: int, images, out) -> None:
+    """Start an extraction and stop it (as Ctrl-C would) once ``items`` images are done."""
     def stop(done, total):
-        if done >= 4:
+        if done >= items:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         extract_features(images, out, progress=stop, **SETTINGS)
+
+
+def test_partial_with_other_settings_reported(tmp_path, images):
+    out = tmp_path / "f.h5"
+
+    _interrupt_after(4, images, out)
     with pytest.raises(UserInputError, match="other settings"):
         extract_features(images, out, **{**SETTINGS, "pooling": "max"})
     assert extract_features(images, out, overwrite=True, **{**SETTINGS, "pooling": "max"}).rows
@@ -128,12 +133,7 @@ def test_bad_settings_write_nothing(tmp_path, images):
 def test_edited_image_of_the_same_size_changes_the_fingerprint(tmp_path, images):
     out = tmp_path / "f.h5"
 
-    def stop(done, total):
-        if done >= 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        extract_features(images, out, progress=stop, **SETTINGS)
+    _interrupt_after(4, images, out)
     before = images.fingerprint()
     edited = Path(images.paths[0])
     stat = edited.stat()

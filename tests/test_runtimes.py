@@ -320,22 +320,9 @@ def test_int8_is_refused_with_tensorflow(image_folder, artifacts):
 @pytest.fixture
 def keras_model(tmp_path):
     """A small convolutional stage 3 ``.keras`` model with its sidecar."""
-    import keras
+    from tests.conftest import save_stage3_model
 
-    from classifiers.persistence import sha256_file, sidecar_path
-    from pipeline.stage3 import keras_versions
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((16, 16, 3), name="image"), keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")])
-    path = tmp_path / "scratch.keras"
-    model.save(path)
-    sidecar_path(path).write_text(json.dumps({
-        "model": path.name, "sha256": sha256_file(path), "label_names": ["a", "b", "c"],
-        "input_size": 16, "preprocessing": "scale_to_unit", "backbone": "minivggnet",
-        "library_versions": keras_versions()}))
-    return path
+    return save_stage3_model(tmp_path / "scratch.keras", ["a", "b", "c"])
 
 
 def test_a_stage3_model_runs_in_openvino(keras_model, fresh_cache):
