@@ -45,7 +45,7 @@ from machine import cpu_info, describe, tlearn_peak_rss_mb  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from features.backbones import build_feature_extractor  # noqa: E402
+from features.backbones import BACKBONES, build_feature_extractor  # noqa: E402
 from features.extraction import LabeledImages, extract_features  # noqa: E402
 from features.runtimes import RUNTIMES, calibration_sample, compile_extractor  # noqa: E402
 from features.store import SPLIT_NAMES  # noqa: E402
@@ -154,11 +154,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--backbones", default=",".join(b for b, _ in CASES),
+                        help="comma-separated, or 'all' (every registered backbone; Keras ones "
+                             "with random weights, the same compute as ImageNet ones)")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated runtime/precision pairs, e.g. "
+                             "tensorflow/float32,openvino/float32 (default: all available)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "extract.json")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"{DATA} is absent: this benchmark needs ../shared/datasets/animals")
-    variants = [v for v in VARIANTS if RUNTIMES[v[0]].is_available()]
+    wanted = (VARIANTS if args.variants is None
+              else [tuple(v.split("/")) for v in args.variants.split(",")])
+    variants = [v for v in wanted if RUNTIMES[v[0]].is_available()]
+    names = list(BACKBONES) if args.backbones == "all" else args.backbones.split(",")
+    cases = [(name, "imagenet" if name.startswith("efficientnet_lite") else "none")
+             for name in names]
     machine = cpu_info()
     load_before = os.getloadavg()
 
@@ -167,7 +178,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         os.environ["TLEARN_CACHE"] = str(tmp / "cache")  # conversion timed from scratch
-        for backbone, weights in CASES:
+        for backbone, weights in cases:
             for runtime, precision in variants:
                 ext, prepare = build(backbone, weights, runtime, precision, images)
                 fwd = forward_rate(ext, len(images), args.batch_size)

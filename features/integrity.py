@@ -49,6 +49,24 @@ def fsync_directory(directory: str | os.PathLike) -> None:
             os.close(fd)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import (in the main thread): os.umask can only be read by setting it.
+_UMASK = _read_umask()
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode a plain ``open(path, "w")`` would give: the replaced file's, else umask's."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *,
                  suffix: str = ".tmp", partial: bool = False) -> Path:
     """Create or replace ``path`` atomically: ``write(tmp)`` fills a temporary file beside it.
@@ -58,6 +76,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *,
     removed if ``write`` fails. ``suffix`` keeps an extension some writers insist
     on (Keras wants ``.keras`` or ``.weights.h5``). With ``partial=True`` the
     temporary file is the visible ``<path>.partial`` (long writes a user may watch).
+    The file gets the mode a plain ``open`` would give it (the umask's, or the
+    replaced file's), not the owner-only mode of a private temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +85,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *,
         tmp = str(path.with_name(path.name + ".partial"))
     else:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-        os.close(fd)
+        try:
+            os.fchmod(fd, _new_file_mode(path))
+        finally:
+            os.close(fd)
     try:
         write(tmp)
         publish_file(tmp, path)

@@ -51,3 +51,23 @@ def test_file_digest(tmp_path):
     atomic_write_json(path, {"x": 1})
     assert file_digest(path) == file_digest(path, "sha256")
     assert len(file_digest(path, "md5")) == 32
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_new_files_get_the_umask_mode_not_a_private_temporary_mode(tmp_path):
+    # A report or model others on the machine (or a web server) should read, as with open().
+    target = atomic_write_text(tmp_path / "index.html", "<html></html>")
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.write_text("{}")
+    target.chmod(0o640)
+    atomic_write_json(target, {"accuracy": 1.0})
+    assert target.stat().st_mode & 0o777 == 0o640
