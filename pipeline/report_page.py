@@ -411,8 +411,8 @@ def _confusion(report: dict[str, Any]) -> str:
         uri = _png_uri(Path(report.get("report_dir", "")) / "confusion.png")
         return (f'<img class="plot" src="{uri}" alt="confusion matrix">' if uri
                 else '<p class="note">no confusion matrix image</p>')
-    out = ['<div class="confusion-box"><p class="caption">Confusion matrix: a row per '
-           "true class, a column per prediction, shaded by the row's share</p>"
+    out = ['<div class="confusion-box"><p class="caption">Confusion: rows true, columns '
+           "said; shade = share of the row</p>"
            '<table class="confusion"><thead><tr><th class="corner">true \\ said</th>'
            + "".join(f'<th class="pred" title="{_e(n)}">{_e(n)}</th>' for n in names)
            + "</tr></thead><tbody>"]
@@ -573,7 +573,7 @@ table.confusion td.diag {{ outline: 2px solid rgba(0,0,0,.25); outline-offset: -
 .plots img, img.plot {{ max-width: 100%; height: auto; border: 1px solid var(--line); }}
 .plots figure.curves img {{ max-width: 620px; }}
 .plots figure.reliability img {{ max-width: 300px; }}
-.confusion-box {{ max-width: 100%; overflow-x: auto; }}
+.confusion-box {{ max-width: 100%; overflow-x: auto; flex: 0 1 auto; }}
 .caption {{ color: var(--muted); font-size: 12.5px; margin: 0 0 4px; }}
 .plots figcaption {{ color: var(--muted); font-size: 12.5px; }}
 footer {{ color: var(--muted); font-size: 12.5px; text-align: center; }}
