@@ -180,11 +180,11 @@ def render_page(dataset: str, reports: list[dict[str, Any]]) -> str:
 
 
 def _header(dataset: str, reports: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
-    best = reports[0]["test"]
+    best = reports[0].get("test", {})
     names = best.get("label_names") or []
     shown = ", ".join(_e(n) for n in names[:30]) + (f", … ({len(names) - 30} more)"
                                                      if len(names) > 30 else "")
-    sizes = sorted({r["test"].get("n_samples") for r in reports if r["test"].get("n_samples")})
+    sizes = sorted({n for r in reports if (n := r.get("test", {}).get("n_samples"))})
     paired = sum(1 for row in rows[1:] if row.get("vs_best_p") is not None)
     stages = sorted({str(r.get("stage", "")) for r in reports})
     backbones = sorted({str(r.get("backbone") or "") for r in reports} - {""})
@@ -384,6 +384,10 @@ def _gallery(best: dict[str, Any]) -> str:
     kind = "probability" if test.get("scores") == "probability" else "margin"
     if not wrong:
         return head + "got every test image right.</p></section>"
+    if not shown:
+        return head + _e(f"got {wrong} of {test.get('n_samples', '?')} test images wrong, "
+                         "but none of their files can be read any more (moved or deleted?)."
+                         ) + "</p></section>"
     which = f"the {len(shown)} it was surest of are" if len(shown) < wrong else "all are"
     text = (f"got {wrong} of {test.get('n_samples', '?')} test images wrong; {which} "
             f"shown, most confident first (score: its {kind} for the predicted class)."

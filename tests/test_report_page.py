@@ -227,3 +227,19 @@ def test_report_command(reports, monkeypatch, tmp_path):
                                      str(reports / "pets" / "index.html")]
     result = runner.invoke(app, ["report", "fish"])
     assert result.exit_code == 2 and "no model reports of dataset 'fish'" in result.output
+
+
+def test_many_classes_show_the_confusion_image_not_a_table(tmp_path):
+    names = [f"class{i:02d}" for i in range(21)]
+    y = np.arange(21).repeat(2)
+    scores = np.eye(21)[np.roll(y, 1)]  # some right, most wrong: no matter here
+    write_report(tmp_path / "many__vgg16__logreg",
+                 evaluate_predictions(y, scores, np.arange(21), names),
+                 {"model": "many__vgg16__logreg", "stage": "features", "dataset": "many"})
+    page = write_dataset_report("many", tmp_path).read_text()
+    section = page.split('<details class="model"')[1]
+    assert '<table class="confusion">' not in section
+    assert '<img class="plot" src="data:image/png;base64,' in section
+    # without sample ids a report keeps row numbers, which are no image files
+    assert "none of their files can be read any more" in page
+    assert 'class="mistake"' not in page
