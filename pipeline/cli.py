@@ -366,6 +366,26 @@ def compare(
 
 @app.command()
 @user_errors
+def report(
+    datasets: Annotated[list[str] | None, typer.Argument(
+        help="Dataset names (as their models record them) [default: every dataset].")]
+    = None,
+) -> None:
+    """Write the visual report of each dataset: one self-contained HTML page.
+
+    artifacts/reports/<dataset>/index.html: models side by side with 95 % intervals,
+    the best model's most confident mistakes, confusion matrices, per-class figures,
+    calibration and stage 3 training curves. train, finetune, scratch and compare
+    keep it up to date.
+    """
+    from pipeline.workflows import write_report_pages
+
+    for path in write_report_pages(datasets or []):
+        console.print(str(path), highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
 @uses_tensorflow
 def predict(
     model: Annotated[Path, typer.Argument(help="A saved model (.joblib or .keras).")],

@@ -445,3 +445,13 @@ def dataset_name(data: str | os.PathLike) -> str:
     """A short name for output files: the folder name, or the CSV's stem."""
     path = Path(data).expanduser().resolve()
     return path.stem if path.is_file() else path.name
+
+
+def source_dataset_name(source: str | None, store_name: str) -> str:
+    """The dataset of a store or split: the name of the folder or CSV it was made from.
+
+    ``source`` is what a store records (the resolved folder or CSV); without one, the
+    first ``__``-separated piece of ``store_name``, the dataset of a store written at
+    its default path (``<dataset>__<backbone>...``).
+    """
+    return dataset_name(source) if source else store_name.split("__")[0]

@@ -105,7 +105,9 @@ def plot_reliability(reliability: dict, ece: float | None, path: Path, title: st
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"{title}: ECE {ece:.3f} (15 bins)" if ece is not None else title)
+    # small: a long model name would otherwise run past the figure's edge
+    ax.set_title(f"{title}: ECE {ece:.3f} (15 bins)" if ece is not None else title,
+                 fontsize=8)
     hist.bar(centres, reliability["counts"], width=edges[1] - edges[0], edgecolor="black")
     hist.set_xlabel("top probability")
     hist.set_ylabel("images")
@@ -257,14 +259,39 @@ def read_report(directory: str | os.PathLike) -> dict[str, Any] | None:
     return report
 
 
-def read_predictions(report: dict[str, Any]) -> dict[str, bool] | None:
-    """Per test image id: whether the model was right, from the report's ``predictions.csv``."""
+def read_prediction_rows(report: dict[str, Any]) -> list[dict[str, str]] | None:
+    """The rows (``id, true, predicted, score``) of the report's ``predictions.csv``, or None."""
     path = Path(report.get("report_dir", "")) / PREDICTIONS_FILE
     try:
         with path.open(newline="") as f:
-            return {row["id"]: row["true"] == row["predicted"] for row in csv.DictReader(f)}
-    except (OSError, KeyError, csv.Error):
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error):
         return None
+    if rows and not {"id", "true", "predicted", "score"} <= set(rows[0]):
+        return None
+    return rows
+
+
+def read_predictions(report: dict[str, Any]) -> dict[str, bool] | None:
+    """Per test image id: whether the model was right, from the report's ``predictions.csv``."""
+    rows = read_prediction_rows(report)
+    if rows is None:
+        return None
+    return {row["id"]: row["true"] == row["predicted"] for row in rows}
+
+
+def report_dataset(report: dict[str, Any]) -> str:
+    """The dataset a model was trained on: the name its store or folder recorded.
+
+    Models record ``dataset`` (the name of the image folder or CSV their store or
+    split was made from). Reports written before it was recorded fall back on their
+    store name, as :func:`pipeline.datasets.source_dataset_name` does without a source.
+    """
+    from pipeline.datasets import source_dataset_name
+
+    if report.get("dataset"):
+        return str(report["dataset"])
+    return source_dataset_name(None, str(report.get("store_name") or report.get("model") or ""))
 
 
 def paired_comparison(best: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,13 @@ from pipeline.config import (
     default_store_path,
     reports_dir,
 )
-from pipeline.datasets import Grouping, dataset_name, images_to_predict, load_dataset
+from pipeline.datasets import (
+    Grouping,
+    dataset_name,
+    images_to_predict,
+    load_dataset,
+    source_dataset_name,
+)
 from pipeline.image_classifiers import load_image_classifier
 
 
@@ -192,7 +198,8 @@ def train_store(
     from classifiers.registry import resolve_classifier_names
     from classifiers.search import check_folds
     from features.store import FeatureStore
-    from pipeline.reports import read_report, write_report
+    from pipeline.report_page import update_dataset_reports
+    from pipeline.reports import read_report, report_dataset, write_report
 
     say = log or (lambda line: None)
     if repeats < 0:
@@ -233,7 +240,9 @@ def train_store(
             evaluation = _evaluate_on_store(model, store, "test")
             info = {
                 "model": name, "stage": "features", "store": str(Path(store_path).resolve()),
-                "store_name": store_name, "backbone": attrs.get("backbone"),
+                "store_name": store_name,
+                "dataset": source_dataset_name(attrs.get("source"), store_name),
+                "backbone": attrs.get("backbone"),
                 "layer": attrs.get("layer"), "pooling": attrs.get("pooling"),
                 "classifier": kind, "chosen": model.best_params_,
                 "cv": model.search_.to_dict(), "fit_seconds": model.fit_seconds_,
@@ -260,6 +269,7 @@ def train_store(
             say(f"{name}: test accuracy {evaluation.accuracy:.4f}, macro-F1 "
                 f"{evaluation.macro_f1:.4f}, {info['chosen']}, fit {model.fit_seconds_:.1f}s")
             outcomes.append(TrainOutcome(name, model_path, report_dir, read_report(report_dir)))
+    update_dataset_reports([report_dataset(o.report) for o in outcomes], reports_dir(), log=say)
     return outcomes
 
 
@@ -399,10 +409,12 @@ def compare_models(paths: list[str | Path] | None = None) -> tuple[list[dict], P
     ``paths`` may name stores (``.h5``: their models) or model files (``.joblib``,
     ``.keras``); with none, every report under ``artifacts/reports`` is compared.
     """
+    from pipeline.report_page import update_dataset_reports
     from pipeline.reports import (
         collect_reports,
         compare_reports,
         filter_reports,
+        report_dataset,
         write_comparison,
     )
 
@@ -427,7 +439,29 @@ def compare_models(paths: list[str | Path] | None = None) -> tuple[list[dict], P
         raise UserInputError("no reports found; train a classifier first ('tlearn train STORE')")
     rows = compare_reports(reports)
     md, csv_path = write_comparison(rows, reports_dir())
+    update_dataset_reports([report_dataset(r) for r in reports], reports_dir())
     return rows, md, csv_path
+
+
+def write_report_pages(datasets: list[str] | None = None) -> list[Path]:
+    """Write the visual report page of each dataset (every dataset with reports if none).
+
+    Returns the ``artifacts/reports/<dataset>/index.html`` paths written.
+
+    Raises
+    ------
+    UserInputError
+        No reports at all, or a dataset without any (the known ones are named).
+    """
+    from pipeline.report_page import dataset_names, write_dataset_report
+    from pipeline.reports import collect_reports
+
+    reports = collect_reports(reports_dir())
+    if not reports:
+        raise UserInputError(f"no model reports under {reports_dir()}; train a classifier "
+                             "first ('tlearn train STORE')")
+    return [write_dataset_report(d, reports_dir(), reports=reports)
+            for d in dict.fromkeys(datasets or dataset_names(reports))]
 
 
 def predict_files(model_path: str | Path, images: list[str | Path], *, top: int = 1,

@@ -81,7 +81,9 @@ def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Calla
     from classifiers.evaluation import evaluate_predictions
     from classifiers.persistence import sha256_file, sidecar_path
     from pipeline.config import artifacts_dir, classifiers_dir, reports_dir
-    from pipeline.reports import read_report, write_report
+    from pipeline.datasets import source_dataset_name
+    from pipeline.report_page import update_dataset_reports
+    from pipeline.reports import read_report, report_dataset, write_report
 
     say = log or (lambda line: None)
     model_path = classifiers_dir() / f"{name}.keras"
@@ -130,6 +132,7 @@ def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Calla
     write_history(state.history, report_dir)
     write_report(report_dir, evaluation, {
         "model": name, "stage": kind, "store_name": images.store_name, "store": images.source,
+        "dataset": source_dataset_name(images.source, images.store_name),
         "backbone": info.get("backbone", ""), "classifier": info.get("classifier", kind),
         "chosen": {"epochs": len(state.history)}, "fit_seconds": fit_seconds,
         "wall_seconds": time.perf_counter() - t0, "size_bytes": model_path.stat().st_size,
@@ -145,8 +148,9 @@ def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Calla
         "size_bytes": model_path.stat().st_size, "library_versions": keras_versions()})
     say(f"{name}: test accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f} "
         f"after {len(state.history)} epochs ({fit_seconds:.0f}s of training)")
-    return StageThreeResult(name, model_path, report_dir, read_report(report_dir),
-                            state.history)
+    report = read_report(report_dir)
+    update_dataset_reports([report_dataset(report)], reports_dir(), log=say)
+    return StageThreeResult(name, model_path, report_dir, report, state.history)
 
 
 def fit_validation_temperature(model: Any, val_data: Any, val_labels: np.ndarray) -> dict:

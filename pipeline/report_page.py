@@ -1,0 +1,588 @@
+"""The visual report of a dataset: one self-contained HTML page of every model trained on it.
+
+``artifacts/reports/<dataset>/index.html`` shows the models side by side (a chart of
+test accuracy with 95 % intervals and the table of ``tlearn compare``), then the best
+model's most confident mistakes as thumbnails, then each model's confusion matrix,
+per-class figures, reliability diagram and (stage 3) training curves.
+
+Everything is inside the one file (images as ``data:`` URIs, the chart as inline SVG,
+no script): it opens from a disk, an e-mail or a CI artefact without a network, and
+its Content-Security-Policy forbids the browser to fetch anything at all.
+
+Why ``<dataset>/`` cannot be a model's folder: model reports are named
+``<store-name>__<kind>`` (stage 2) or ``<store-name>__finetune_<backbone>`` /
+``__scratch_minivggnet`` (stage 3), and a store name already starts with its dataset,
+so a model's folder is always the dataset's name plus at least one ``__<suffix>``.
+:func:`write_dataset_report` still refuses a folder that holds a model report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from features.errors import UserInputError
+from features.integrity import atomic_write_text
+from pipeline.reports import (
+    REPORT_FILE,
+    collect_reports,
+    compare_reports,
+    read_prediction_rows,
+    report_dataset,
+)
+
+PAGE_FILE = "index.html"
+# Written into every page: a page that lacks it was not written by tlearn and is never replaced.
+GENERATOR = "tlearn report page"
+MISTAKES_SHOWN = 24
+THUMBNAIL_SIDE = 128
+# Above this many classes an HTML confusion table is unreadable: the report's PNG is shown.
+TABLE_CLASSES = 20
+# Folders under artifacts/reports/ that are not model reports (see pipeline.workflows).
+_RESERVED = {"evaluations"}
+
+
+def dataset_names(reports: list[dict[str, Any]]) -> list[str]:
+    """The datasets of ``reports``, sorted (see :func:`pipeline.reports.report_dataset`)."""
+    return sorted({report_dataset(r) for r in reports if report_dataset(r)})
+
+
+def page_path(dataset: str, reports_root: str | os.PathLike) -> Path:
+    """``<reports_root>/<dataset>/index.html``."""
+    return Path(reports_root) / dataset / PAGE_FILE
+
+
+def write_dataset_report(dataset: str, reports_root: str | os.PathLike, *,
+                         reports: list[dict[str, Any]] | None = None) -> Path:
+    """Render the page of ``dataset`` from the model reports under ``reports_root``.
+
+    Parameters
+    ----------
+    dataset : str
+        A dataset name, as recorded by its models (``tlearn report`` lists them).
+    reports_root : path-like
+        Usually ``artifacts/reports``.
+    reports : list of dict, optional
+        Reports already read by :func:`pipeline.reports.collect_reports` (read if None).
+
+    Returns
+    -------
+    Path
+        ``<reports_root>/<dataset>/index.html``, written atomically.
+
+    Raises
+    ------
+    UserInputError
+        No report of ``dataset``, a name that is not a plain folder name, a folder that
+        is a model's report, or an ``index.html`` there that tlearn did not write.
+    """
+    root = Path(reports_root)
+    if reports is None:
+        reports = collect_reports(root)
+    mine = [r for r in reports if report_dataset(r) == dataset]
+    if not mine:
+        known = ", ".join(dataset_names(reports)) or "none"
+        raise UserInputError(f"no model reports of dataset {dataset!r} under {root} "
+                             f"(datasets with reports: {known}); train a model on it first")
+    if (dataset in ("", ".", "..") or dataset in _RESERVED or "/" in dataset
+            or os.sep in dataset):
+        raise UserInputError(f"dataset name {dataset!r} cannot be a folder under {root}; "
+                             "rename the dataset folder and extract it again")
+    path = page_path(dataset, root)
+    if (path.parent / REPORT_FILE).exists():
+        raise UserInputError(f"{path.parent} is the report of a model, not of a dataset; "
+                             "rename the dataset folder and extract it again")
+    if path.exists() and GENERATOR not in path.read_text(encoding="utf-8", errors="replace"):
+        raise UserInputError(f"{path} exists and was not written by tlearn; move it away "
+                             "to let 'tlearn report' write the page")
+    atomic_write_text(path, render_page(dataset, mine))
+    return path
+
+
+def update_dataset_reports(datasets: list[str], reports_root: str | os.PathLike, *,
+                           log: Callable[[str], None] | None = None) -> list[Path]:
+    """Rewrite the pages of ``datasets`` after a model of theirs was trained or compared.
+
+    Cheap: nothing is loaded but JSON, CSV, PNG files and a few thumbnails. A page that
+    cannot be written is reported through ``log`` and skipped: the model it would show
+    is already saved, and ``tlearn report`` says the same error again.
+    """
+    reports = collect_reports(reports_root)
+    written = []
+    for dataset in sorted(set(datasets)):
+        try:
+            written.append(write_dataset_report(dataset, reports_root, reports=reports))
+        except UserInputError as exc:
+            if log:
+                log(f"report page of {dataset} not updated: {exc}")
+    return written
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return _e(value)
+
+
+def _ci(interval: list[float] | None, digits: int = 3) -> str:
+    return f"[{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else ""
+
+
+def _png_uri(path: Path) -> str | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def render_page(dataset: str, reports: list[dict[str, Any]]) -> str:
+    """The HTML of a dataset's page (see the module docstring for what it holds)."""
+    rows = compare_reports(reports)
+    by_model = {r.get("model", ""): r for r in reports}
+    ordered = [by_model[row["model"]] for row in rows]
+    best = ordered[0]
+    parts = [
+        _header(dataset, ordered, rows),
+        '<section id="models"><h2>Models side by side</h2>',
+        '<p class="note">Test accuracy of each model with its 95 % interval (Wilson). '
+        "Colour says how it stands against the best, by McNemar's exact test on the test "
+        "images both saw.</p>",
+        _chart(rows),
+        _comparison_table(rows),
+        "</section>",
+        _gallery(best),
+        '<section id="details"><h2>Each model</h2>',
+        *(_model_section(report, row, open_=i == 0)
+          for i, (report, row) in enumerate(zip(ordered, rows, strict=True))),
+        "</section>",
+    ]
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (_PAGE_HEAD.format(title=_e(f"{dataset}: tlearn report"), generator=GENERATOR)
+            + "\n".join(parts)
+            + f'\n<footer>Written by <code>tlearn report</code> on {generated} from '
+            f"the reports in this folder's parent.</footer>\n</main>\n</body>\n</html>\n")
+
+
+def _header(dataset: str, reports: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+    best = reports[0].get("test", {})
+    names = best.get("label_names") or []
+    shown = ", ".join(_e(n) for n in names[:30]) + (f", … ({len(names) - 30} more)"
+                                                     if len(names) > 30 else "")
+    sizes = sorted({n for r in reports if (n := r.get("test", {}).get("n_samples"))})
+    paired = sum(1 for row in rows[1:] if row.get("vs_best_p") is not None)
+    stages = sorted({str(r.get("stage", "")) for r in reports})
+    backbones = sorted({str(r.get("backbone") or "") for r in reports} - {""})
+    others = len(rows) - 1
+    if others == 0:
+        pairing = "One model so far."
+    elif paired == others:
+        pairing = (f"All {others} other model(s) saw the same test images as the best and are "
+                   "compared with it image by image.")
+    else:
+        pairing = (f"{paired} of the {others} other models saw the same test images as the "
+                   "best and are compared with it image by image; the others were tested on "
+                   "other images (another split or store), so only their intervals compare.")
+    return "\n".join([
+        f"<header><h1>{_e(dataset)}</h1>",
+        '<dl class="facts">',
+        f"<dt>classes</dt><dd>{len(names)}: {shown}</dd>",
+        f"<dt>test images</dt><dd>{' or '.join(str(s) for s in sizes) or '–'} "
+        "(the test split: never used to fit a model or choose its settings)</dd>",
+        f"<dt>models</dt><dd>{len(reports)} ({_e(', '.join(stages))}); backbones: "
+        f"{_e(', '.join(backbones) or '–')}</dd>",
+        f"<dt>best</dt><dd><a href=\"#{_anchor(reports[0])}\">{_e(reports[0].get('model'))}"
+        f"</a>: test accuracy {_num(best.get('accuracy'))} "
+        f"{_ci(best.get('accuracy_ci'))}</dd>",
+        f"<dt>pairing</dt><dd>{_e(pairing)}</dd>",
+        "</dl></header>",
+    ])
+
+
+def _anchor(report: dict[str, Any]) -> str:
+    # ids keep to letters, digits, '-' and '_' so the '#' links need no escaping rules
+    return "m-" + "".join(c if c.isalnum() or c in "-_" else "-"
+                          for c in str(report.get("model", "")))
+
+
+def _standing(row: dict[str, Any]) -> str:
+    """``best``, ``worse`` (really different, p < 0.05), ``tie`` or ``unpaired``."""
+    if row.get("vs_best") == "best":
+        return "best"
+    p = row.get("vs_best_p")
+    if p is None:
+        return "unpaired"
+    return "worse" if p < 0.05 else "tie"
+
+
+_STANDING_TEXT = {"best": "best", "worse": "really worse than the best (p < 0.05)",
+                  "tie": "no real difference from the best", "unpaired": "not paired with "
+                  "the best (other test images or no per-image predictions)"}
+
+
+def _chart(rows: list[dict[str, Any]]) -> str:
+    """An inline SVG: one line per model from the interval's low to high end, a dot at
+    the accuracy, the figures written at the right."""
+    label_w, plot_w, value_w, row_h, top, bottom = 330, 500, 190, 26, 26, 34
+    width = label_w + plot_w + value_w
+    height = top + row_h * len(rows) + bottom
+    lows = [(row.get("accuracy_ci") or [row.get("test_accuracy") or 0.0])[0] for row in rows]
+    lo = max(0.0, math.floor(min(lows) * 10 - 0.5) / 10) if lows else 0.0
+    lo = min(lo, 0.9)
+    step = 0.05 if 1.0 - lo <= 0.3 else 0.1
+
+    def x(value: float) -> float:
+        return label_w + (value - lo) / (1.0 - lo) * plot_w
+
+    out = [f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="{width}" '
+           f'height="{height}" aria-label="test accuracy with 95 % intervals">']
+    ticks = [lo + i * step for i in range(round((1.0 - lo) / step) + 1)]
+    for t in ticks:
+        out.append(f'<line class="grid" x1="{x(t):.1f}" y1="{top - 6}" x2="{x(t):.1f}" '
+                   f'y2="{height - bottom + 4}"/>')
+        out.append(f'<text class="tick" x="{x(t):.1f}" y="{height - bottom + 20}" '
+                   f'text-anchor="middle">{t:.2f}</text>')
+    out.append(f'<text class="tick" x="{label_w + plot_w / 2:.0f}" y="{top - 10}" '
+               'text-anchor="middle">test accuracy</text>')
+    for i, row in enumerate(rows):
+        y = top + row_h * i + row_h / 2
+        acc = row.get("test_accuracy") or 0.0
+        ci = row.get("accuracy_ci") or [acc, acc]
+        standing = _standing(row)
+        name = str(row.get("model", ""))
+        short = name if len(name) <= 46 else name[:21] + "…" + name[-24:]
+        out.append(f'<g class="row {standing}" data-model="{_e(name)}">'
+                   f"<title>{_e(name)}: {_e(_STANDING_TEXT[standing])}</title>")
+        out.append(f'<text class="name" x="{label_w - 10}" y="{y + 4:.1f}" '
+                   f'text-anchor="end">{_e(short)}</text>')
+        out.append(f'<line class="interval" x1="{x(ci[0]):.1f}" y1="{y:.1f}" '
+                   f'x2="{x(ci[1]):.1f}" y2="{y:.1f}"/>')
+        for end in ci:
+            out.append(f'<line class="cap" x1="{x(end):.1f}" y1="{y - 6:.1f}" '
+                       f'x2="{x(end):.1f}" y2="{y + 6:.1f}"/>')
+        out.append(f'<circle class="dot" cx="{x(acc):.1f}" cy="{y:.1f}" r="5"/>')
+        out.append(f'<text class="value" x="{label_w + plot_w + 12}" y="{y + 4:.1f}">'
+                   f"{acc:.3f} {_ci(ci)}</text></g>")
+    out.append("</svg>")
+    legend = "".join(f'<span class="key {k}"><i></i>{_e(v)}</span>'
+                     for k, v in _STANDING_TEXT.items()
+                     if any(_standing(r) == k for r in rows))
+    return '<figure class="chart-box">' + "".join(out) + f'<figcaption>{legend}</figcaption>' \
+        '</figure>'
+
+
+_TABLE_COLUMNS = (("model", "model"), ("stage", "stage"), ("test_images", "test images"),
+                  ("test_accuracy", "accuracy [95 % CI]"), ("macro_f1", "macro-F1"),
+                  ("rank5", "rank-5"), ("log_loss", "log-loss"), ("ece", "ECE"),
+                  ("vs_best_p", "p vs best"), ("chosen", "chosen"), ("fit_seconds", "fit s"))
+
+
+def _comparison_table(rows: list[dict[str, Any]]) -> str:
+    """The rows of ``tlearn compare`` (:func:`pipeline.reports.compare_reports`)."""
+    columns = [(k, h) for k, h in _TABLE_COLUMNS
+               if k == "model" or any(r.get(k) not in (None, "") for r in rows)]
+    out = ['<table class="compare"><thead><tr>'
+           + "".join(f"<th>{_e(h)}</th>" for _, h in columns) + "</tr></thead><tbody>"]
+    for row in rows:
+        cells = []
+        for key, _ in columns:
+            value = row.get(key)
+            if key == "model":
+                # a line may break after each '__' of a long name, never inside a word
+                cells.append(f'<td class="model"><a href="#{_anchor(row)}">'
+                             + "__<wbr>".join(_e(p) for p in str(value).split("__"))
+                             + "</a></td>")
+            elif key == "test_accuracy":
+                cells.append(f'<td class="num">{_num(value)} '
+                             f'<span class="ci">{_ci(row.get("accuracy_ci"))}</span></td>')
+            elif key == "vs_best_p":
+                star = " *" if value is not None and value < 0.05 else ""
+                cells.append(f'<td class="num">{"–" if value is None else f"{value:.2g}"}'
+                             f"{star}</td>")
+            elif key == "fit_seconds":
+                cells.append(f'<td class="num">{_num(value, 1)}</td>')
+            elif isinstance(value, float):
+                cells.append(f'<td class="num">{_num(value)}</td>')
+            else:
+                cells.append(f"<td>{_num(value) if value not in (None, '') else '–'}</td>")
+        out.append(f'<tr class="{_standing(row)}">' + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    verdicts = [f"<li>{_e(row['vs_best'])}</li>" for row in rows[1:] if row.get("vs_best")]
+    if verdicts:
+        out.append('<p class="note">Against the best (* : p &lt; 0.05):</p>'
+                   f'<ul class="verdicts">{"".join(verdicts)}</ul>')
+    return "\n".join(out)
+
+
+def _thumbnail(path: str) -> str | None:
+    """A small JPEG ``data:`` URI of an image, decoded by the one image reader."""
+    from PIL import Image
+
+    from features.images import ImageDecodeError, load_image
+
+    try:
+        pixels = load_image(path, THUMBNAIL_SIDE)
+    except ImageDecodeError:
+        return None
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=82)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def confident_mistakes(report: dict[str, Any], most: int = MISTAKES_SHOWN
+                       ) -> tuple[list[dict[str, Any]], int, int]:
+    """The ``most`` most confident wrong test predictions whose image can still be read.
+
+    Returns ``(shown, wrong, unreadable)``: each shown entry has ``id``, ``true``,
+    ``predicted``, ``score`` and ``thumbnail`` (a data URI); ``wrong`` counts every
+    mistake, ``unreadable`` the mistakes skipped because their file is gone or broken.
+    """
+    rows = read_prediction_rows(report) or []
+    wrong = [r for r in rows if r["true"] != r["predicted"]]
+
+    def score(r: dict[str, str]) -> float:
+        try:
+            return float(r["score"])
+        except ValueError:
+            return -math.inf
+
+    shown, unreadable = [], 0
+    for r in sorted(wrong, key=lambda r: -score(r)):
+        if len(shown) == most:
+            break
+        uri = _thumbnail(r["id"])
+        if uri is None:
+            unreadable += 1
+            continue
+        shown.append({**r, "score": score(r), "thumbnail": uri})
+    return shown, len(wrong), unreadable
+
+
+def _gallery(best: dict[str, Any]) -> str:
+    test = best.get("test", {})
+    head = ('<section id="mistakes"><h2>Most confident mistakes of the best model</h2>'
+            f'<p class="note">{_e(best.get("model"))} ')
+    if read_prediction_rows(best) is None:
+        return head + ("kept no per-image predictions (trained before they were recorded): "
+                       "train it again to see its mistakes.</p></section>")
+    shown, wrong, unreadable = confident_mistakes(best)
+    kind = "probability" if test.get("scores") == "probability" else "margin"
+    if not wrong:
+        return head + "got every test image right.</p></section>"
+    if not shown:
+        return head + _e(f"got {wrong} of {test.get('n_samples', '?')} test images wrong, "
+                         "but none of their files can be read any more (moved or deleted?)."
+                         ) + "</p></section>"
+    which = f"the {len(shown)} it was surest of are" if len(shown) < wrong else "all are"
+    text = (f"got {wrong} of {test.get('n_samples', '?')} test images wrong; {which} "
+            f"shown, most confident first (score: its {kind} for the predicted class)."
+            + (f" {unreadable} image(s) could no longer be read and are left out."
+               if unreadable else ""))
+    figures = []
+    for m in shown:
+        name = os.path.basename(m["id"])
+        figures.append(
+            f'<figure class="mistake" title="{_e(m["id"])}">'
+            f'<img src="{m["thumbnail"]}" width="{THUMBNAIL_SIDE}" height="{THUMBNAIL_SIDE}" '
+            f'alt="{_e(name)}">'
+            f'<figcaption><span class="true">true: <b>{_e(m["true"])}</b></span>'
+            f'<span class="said">said: <b>{_e(m["predicted"])}</b> '
+            f'({m["score"]:.2f})</span><span class="file">{_e(name)}</span></figcaption>'
+            "</figure>")
+    return head + _e(text) + '</p><div class="gallery">' + "".join(figures) \
+        + "</div></section>"
+
+
+def _confusion(report: dict[str, Any]) -> str:
+    test = report.get("test", {})
+    names, matrix = test.get("label_names") or [], test.get("confusion") or []
+    if len(names) > TABLE_CLASSES:
+        uri = _png_uri(Path(report.get("report_dir", "")) / "confusion.png")
+        return (f'<img class="plot" src="{uri}" alt="confusion matrix">' if uri
+                else '<p class="note">no confusion matrix image</p>')
+    out = ['<div class="confusion-box"><p class="caption">Confusion: rows true, columns '
+           "said; shade = share of the row</p>"
+           '<table class="confusion"><thead><tr><th class="corner">true \\ said</th>'
+           + "".join(f'<th class="pred" title="{_e(n)}">{_e(n)}</th>' for n in names)
+           + "</tr></thead><tbody>"]
+    for name, counts in zip(names, matrix, strict=False):
+        total = max(1, sum(counts))
+        cells = []
+        for j, count in enumerate(counts):
+            share = count / total
+            colour = "#fff" if share > 0.55 else "#111"
+            diagonal = " diag" if names[j] == name else ""
+            cells.append(f'<td class="num{diagonal}" style="background:rgba(31,90,170,'
+                         f'{share:.3f});color:{colour}">{count}</td>')
+        out.append(f'<tr><th title="{_e(name)}">{_e(name)}</th>{"".join(cells)}</tr>')
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def _per_class(report: dict[str, Any]) -> str:
+    test = report.get("test", {})
+    per_class = test.get("per_class") or {}
+    names = [n for n in test.get("label_names") or [] if n in per_class]
+    names.sort(key=lambda n: per_class[n].get("f1-score", 0.0))
+    out = ['<table class="per-class"><caption>Per class, worst F1 first</caption><thead><tr>'
+           "<th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th>"
+           "</tr></thead><tbody>"]
+    for n in names:
+        r = per_class[n]
+        out.append(f"<tr><th>{_e(n)}</th><td class=\"num\">{_num(r.get('precision'))}</td>"
+                   f"<td class=\"num\">{_num(r.get('recall'))}</td>"
+                   f"<td class=\"num\">{_num(r.get('f1-score'))}</td>"
+                   f"<td class=\"num\">{int(r.get('support', 0))}</td></tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _model_section(report: dict[str, Any], row: dict[str, Any], *, open_: bool) -> str:
+    test = report.get("test", {})
+    directory = Path(report.get("report_dir", ""))
+    facts = [f"stage {_e(report.get('stage', ''))}",
+             f"backbone {_e(report.get('backbone') or '–')}",
+             f"classifier {_e(report.get('classifier') or '–')}",
+             f"chosen {_e(row.get('chosen', '–'))}",
+             f"{test.get('n_samples', '?')} test images",
+             f"accuracy {_num(test.get('accuracy'))} {_ci(test.get('accuracy_ci'))}",
+             f"macro-F1 {_num(test.get('macro_f1'))} {_ci(test.get('macro_f1_ci'))}"]
+    if test.get("ece") is not None:
+        facts.append(f"log-loss {_num(test.get('log_loss'))}, ECE {_num(test.get('ece'))}")
+    plots = []
+    for file, alt, caption in (("curves.png", "training curves",
+                                "Training curves (train against validation)"),
+                               ("reliability.png", "reliability diagram",
+                                "Reliability: accuracy against confidence")):
+        uri = _png_uri(directory / file)
+        if uri:
+            plots.append(f'<figure class="plot {file.split(".")[0]}"><img src="{uri}" '
+                         f'alt="{alt}"><figcaption>{caption}</figcaption></figure>')
+    if test.get("scores") != "probability":
+        plots.append('<p class="note">Scores are margins, not probabilities: no '
+                     "reliability diagram.</p>")
+    return "\n".join([
+        f'<details class="model" id="{_anchor(report)}"{" open" if open_ else ""}>',
+        f'<summary><span class="mname">{_e(report.get("model", ""))}</span> '
+        f'<span class="badge {_standing(row)}">{_num(test.get("accuracy"))}</span></summary>',
+        f'<p class="facts-line">{" · ".join(facts)}</p>',
+        f'<div class="tables">{_confusion(report)}{_per_class(report)}</div>',
+        f'<div class="plots">{"".join(plots)}</div>',
+        "</details>",
+    ])
+
+
+_PAGE_HEAD = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="generator" content="{generator}">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; \
+style-src 'unsafe-inline'">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+:root {{ --ink: #1b1f24; --muted: #5b6470; --line: #d8dde3; --best: #1f5aaa;
+        --tie: #4f9bd9; --worse: #c0392b; --unpaired: #8a8f96; }}
+* {{ box-sizing: border-box; }}
+body {{ margin: 0; background: #f5f6f8; color: var(--ink);
+       font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans",
+       sans-serif; }}
+main {{ max-width: 1080px; margin: 0 auto; padding: 18px 20px 40px; }}
+header, section {{ background: #fff; border: 1px solid var(--line); border-radius: 8px;
+                   padding: 14px 18px; margin-bottom: 16px; }}
+h1 {{ margin: 0 0 8px; font-size: 26px; }}
+h2 {{ margin: 0 0 8px; font-size: 19px; }}
+a {{ color: var(--best); }}
+.facts {{ display: grid; grid-template-columns: 110px 1fr; gap: 3px 12px; margin: 0; }}
+.facts dt {{ color: var(--muted); }}
+.facts dd {{ margin: 0; }}
+.note {{ color: var(--muted); margin: 4px 0 10px; }}
+.chart-box {{ margin: 0; overflow-x: auto; }}
+svg.chart {{ display: block; max-width: 100%; height: auto; font-size: 13px; }}
+svg.chart .grid {{ stroke: #e6e9ed; }}
+svg.chart .tick {{ fill: var(--muted); font-size: 12px; }}
+svg.chart .name {{ fill: var(--ink); }}
+svg.chart .value {{ fill: var(--ink); font-variant-numeric: tabular-nums; }}
+svg.chart .interval, svg.chart .cap {{ stroke-width: 3; stroke-linecap: round; }}
+svg.chart .best .interval, svg.chart .best .cap {{ stroke: var(--best); }}
+svg.chart .best .dot {{ fill: var(--best); }}
+svg.chart .best .name {{ font-weight: 600; }}
+svg.chart .tie .interval, svg.chart .tie .cap {{ stroke: var(--tie); }}
+svg.chart .tie .dot {{ fill: var(--tie); }}
+svg.chart .worse .interval, svg.chart .worse .cap {{ stroke: var(--worse); }}
+svg.chart .worse .dot {{ fill: var(--worse); }}
+svg.chart .unpaired .interval, svg.chart .unpaired .cap {{ stroke: var(--unpaired); }}
+svg.chart .unpaired .dot {{ fill: var(--unpaired); }}
+figcaption .key {{ margin-right: 18px; color: var(--muted); font-size: 13px;
+                   white-space: nowrap; }}
+figcaption .key i {{ display: inline-block; width: 11px; height: 11px; border-radius: 50%;
+                     margin-right: 5px; vertical-align: -1px; }}
+.key.best i {{ background: var(--best); }} .key.tie i {{ background: var(--tie); }}
+.key.worse i {{ background: var(--worse); }} .key.unpaired i {{ background: var(--unpaired); }}
+table {{ border-collapse: collapse; font-size: 13px; }}
+th, td {{ padding: 4px 8px; border-bottom: 1px solid var(--line); text-align: left; }}
+td.num {{ text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }}
+table.compare {{ width: 100%; margin-top: 12px; }}
+table.compare th {{ white-space: nowrap; }}
+table.compare tr.best td {{ font-weight: 600; }}
+.ci {{ color: var(--muted); font-weight: 400; }}
+ul.verdicts {{ margin: 0; padding-left: 20px; font-size: 13px; }}
+.gallery {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr));
+            gap: 12px; }}
+figure.mistake {{ margin: 0; padding: 8px; border: 1px solid var(--line); border-radius: 6px;
+                  background: #fafbfc; text-align: center; }}
+figure.mistake img {{ display: block; margin: 0 auto 6px; border-radius: 4px;
+                      image-rendering: auto; }}
+figure.mistake figcaption {{ font-size: 12.5px; line-height: 1.35; text-align: left;
+                             overflow-wrap: anywhere; }}
+figure.mistake figcaption span {{ display: block; }}
+figure.mistake .true b {{ color: #1e7b34; }}
+figure.mistake .said b {{ color: var(--worse); }}
+figure.mistake .file {{ color: var(--muted); font-size: 11.5px; white-space: nowrap;
+                        overflow: hidden; text-overflow: ellipsis; }}
+details.model {{ border-top: 1px solid var(--line); padding: 8px 0; }}
+details.model summary {{ cursor: pointer; font-weight: 600; }}
+.mname {{ overflow-wrap: anywhere; }}
+.badge {{ display: inline-block; padding: 0 8px; border-radius: 10px; color: #fff;
+          font-size: 12.5px; margin-left: 6px; }}
+.badge.best {{ background: var(--best); }} .badge.tie {{ background: var(--tie); }}
+.badge.worse {{ background: var(--worse); }} .badge.unpaired {{ background: var(--unpaired); }}
+.facts-line {{ color: var(--muted); font-size: 13.5px; margin: 6px 0 10px; }}
+.tables {{ display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }}
+.tables caption {{ caption-side: top; text-align: left; color: var(--muted);
+                   padding-bottom: 4px; font-size: 12.5px; }}
+table.confusion th, table.confusion td {{ border: 1px solid #e2e6ea; }}
+table.confusion th {{ max-width: 110px; overflow: hidden; text-overflow: ellipsis;
+                      white-space: nowrap; font-weight: 500; }}
+table.confusion td.diag {{ outline: 2px solid rgba(0,0,0,.25); outline-offset: -2px; }}
+.plots {{ display: flex; flex-wrap: wrap; gap: 18px; margin-top: 12px;
+          align-items: flex-start; }}
+.plots figure {{ margin: 0; }}
+.plots img, img.plot {{ max-width: 100%; height: auto; border: 1px solid var(--line); }}
+.plots figure.curves img {{ max-width: 620px; }}
+.plots figure.reliability img {{ max-width: 300px; }}
+.confusion-box {{ max-width: 100%; overflow-x: auto; flex: 0 1 auto; }}
+.caption {{ color: var(--muted); font-size: 12.5px; margin: 0 0 4px; }}
+.plots figcaption {{ color: var(--muted); font-size: 12.5px; }}
+footer {{ color: var(--muted); font-size: 12.5px; text-align: center; }}
+</style>
+</head>
+<body>
+<main>
+"""

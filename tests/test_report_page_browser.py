@@ -1,0 +1,72 @@
+"""Open a dataset's report page from disk in Debian's headless Chromium, offline."""
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.report_page import write_dataset_report
+from tests.conftest import REPO_ROOT
+from tests.test_report_page import reports  # noqa: F401 - module fixture
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists() or not shutil.which("chromedriver"),
+                       reason="Debian's chromium and chromium-driver are not installed "
+                              "(apt-get install chromium chromium-driver)"),
+]
+
+
+def test_page_renders_offline_with_chart_and_gallery(reports, tmp_path):  # noqa: F811
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    page = write_dataset_report("pets", reports)
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 # no name resolves: a reference to any host would fail, and be logged
+                 "--host-resolver-rules=MAP * ~NOTFOUND",
+                 f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1100,900"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.execute_cdp_cmd("Network.enable", {})
+        driver.execute_cdp_cmd("Network.emulateNetworkConditions", {
+            "offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0})
+        driver.get_log("performance")  # drop what the start page loaded: only ours counts
+        driver.get(page.as_uri())
+        chart = driver.find_element(By.CSS_SELECTOR, "svg.chart")
+        assert chart.is_displayed() and chart.size["width"] > 600
+        assert len(driver.find_elements(By.CSS_SELECTOR, "svg.chart g.row")) == 3
+        mistakes = driver.find_elements(By.CSS_SELECTOR, "#mistakes figure.mistake")
+        assert len(mistakes) == 1 and mistakes[0].is_displayed()
+        assert "said: dog (0.95)" in mistakes[0].text
+        # every embedded image decoded (a blocked or broken one has no natural width)
+        widths = driver.execute_script(
+            "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+        assert widths and all(w > 0 for w in widths), widths
+        # readable at 1100 px: nothing wider than the window
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= 1100
+        requested = [json.loads(entry["message"])["message"]["params"]["request"]["url"]
+                     for entry in driver.get_log("performance")
+                     if '"Network.requestWillBeSent"' in entry["message"]]
+        assert requested and all(url.startswith(("file:", "data:")) for url in requested), \
+            requested
+        metrics = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": metrics["width"], "height": metrics["height"],
+                     "scale": 1}})
+        shots = REPO_ROOT / "artifacts" / "screenshots"
+        shots.mkdir(parents=True, exist_ok=True)
+        (shots / "report_page.png").write_bytes(base64.b64decode(shot["data"]))
+    finally:
+        driver.quit()
