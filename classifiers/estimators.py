@@ -260,7 +260,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.search_, final, caught = search_and_fit(
             template, key, grid, data, y, cv=self.cv, repeats=self.n_repeats, seed=seed,
             n_jobs=self.n_jobs, name=config.param_name, fold_dtype=config.fit_dtype,
-            progress=progress)
+            scale_margins=config.platt, progress=progress)
         parts = getattr(final, "estimators_", [final])
         self.converged_ = not any(issubclass(w.category, ConvergenceWarning) for w in caught) \
             and all(getattr(part, "converged_", True) for part in parts)
@@ -268,10 +268,14 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         if basis is not None:
             final = lift_estimator(final, basis)
             basis.release()
-        if config.platt:
-            final = PlattScaledClassifier.from_fitted(
-                final, self.search_.margin_scale[self.search_.best_index])
-        self.estimator_ = final
+        self.estimator_ = self._scaled(config, final)
+
+    def _scaled(self, config: ClassifierConfig, final):
+        """``final`` with Platt-scaled probabilities, the scale the search fitted at its choice."""
+        if not config.platt:
+            return final
+        return PlattScaledClassifier.from_fitted(
+            final, self.search_.margin_scale[self.search_.best_index])
 
     def _fit_out_of_core(self, config: ClassifierConfig, chunks: ChunkSource, y: np.ndarray,
                          grid: list[float], seed: int) -> None:
@@ -279,10 +283,11 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.converged_ = True  # SGD runs a fixed number of epochs
         self.n_iter_ = self.epochs
         self.search_ = search_sgd(chunks, y, grid, cv=self.cv, random_state=seed,
-                                  epochs=self.epochs, repeats=self.n_repeats)
+                                  epochs=self.epochs, repeats=self.n_repeats,
+                                  scale_margins=config.platt)
         final = config.make_estimator(seed, self.max_iter).set_params(
             **{config.param_name: self.search_.best_value, "epochs": self.epochs})
-        self.estimator_ = final.fit_chunks(chunks, classes=np.unique(y))
+        self.estimator_ = self._scaled(config, final.fit_chunks(chunks, classes=np.unique(y)))
 
     def _finish(self, y: np.ndarray, names: list[str], feature_spec: dict | None,
                 t0: float) -> None:

@@ -15,6 +15,7 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
+from classifiers.platt import StreamingScaleLoss, margin_columns
 from classifiers.search import (
     EPS,
     SearchResult,
@@ -101,15 +102,17 @@ def fit_scaler(chunks: ChunkSource) -> StandardScaler:
 
 
 def search_sgd(chunks: ChunkSource, y: np.ndarray, grid: Sequence[float], *, cv: int,
-               random_state: int, epochs: int, repeats: int = 1, rule: str = "log_loss"
-               ) -> SearchResult:
+               random_state: int, epochs: int, repeats: int = 1, rule: str = "log_loss",
+               scale_margins: bool = False) -> SearchResult:
     """Cross-validate ``alpha`` for :class:`StreamingSGDClassifier` in a few passes over the data.
 
     Every (alpha, fold) model is updated from the same chunk as it streams by, so
     the data are read ``epochs + 2`` times whatever the grid, fold and repeat count.
     The scaler is fitted on the whole train split (means and variances only). Each
     value is scored on the held-out rows by log-loss and accuracy, and chosen as
-    :func:`classifiers.search.grid_search` does.
+    :func:`classifiers.search.grid_search` does. With ``scale_margins`` the log-loss
+    is that of Platt-scaled margins, one scale per value fitted on all held-out rows
+    as they stream by (:class:`classifiers.platt.StreamingScaleLoss`: no margins kept).
 
     Parameters
     ----------
@@ -123,6 +126,9 @@ def search_sgd(chunks: ChunkSource, y: np.ndarray, grid: Sequence[float], *, cv:
         Folds, seed of the folds and of SGD, passes over the data, repetitions of the
         k-fold split.
     rule : {"log_loss", "log_loss_1se", "accuracy"}
+    scale_margins : bool, default=False
+        Score (and give ``margin_scale``) by Platt scaling of the margins instead of
+        SGD's own normalised one-vs-rest probabilities.
 
     Returns
     -------
@@ -154,6 +160,9 @@ def search_sgd(chunks: ChunkSource, y: np.ndarray, grid: Sequence[float], *, cv:
                     model.partial_fit(Xs[keep], yc[keep], classes=classes)
     correct = np.zeros((len(grid), len(splits)))
     neg_log = np.zeros((len(grid), len(splits)))
+    counts = repeats * np.bincount(np.searchsorted(classes, y), minlength=len(classes))
+    scale_losses = [StreamingScaleLoss(counts, len(splits)) for _ in grid] \
+        if scale_margins else None
     pos = 0
     for X, yc in chunks():
         Xs, folds = scaler.transform(X), fold_of[:, pos:pos + len(yc)]
@@ -161,13 +170,24 @@ def search_sgd(chunks: ChunkSource, y: np.ndarray, grid: Sequence[float], *, cv:
         y_index = np.searchsorted(classes, yc)
         for (a, s), model in models.items():
             held = folds[s // cv] == s % cv
-            if held.any():
+            if not held.any():
+                continue
+            truth = y_index[held]
+            if scale_losses is not None:
+                columns = margin_columns(model.decision_function(Xs[held]))
+                correct[a, s] += np.sum(columns.argmax(axis=1) == truth)
+                scale_losses[a].add(columns, truth, s)
+            else:
                 proba = model.predict_proba(Xs[held])
-                truth = y_index[held]
                 correct[a, s] += np.sum(proba.argmax(axis=1) == truth)
                 neg_log[a, s] += -np.sum(np.log(np.clip(
                     proba[np.arange(len(truth)), truth], EPS, 1.0)))
+    scales = None
+    if scale_losses is not None:
+        fitted = [loss.best() for loss in scale_losses]
+        scales = [scale for scale, _ in fitted]
+        neg_log = np.array([split_losses for _, split_losses in fitted])
     total = np.array([len(te) for _, te in splits], dtype=float)
     accuracy, log_loss = correct / total, neg_log / total
     best = choose(rule, log_loss, accuracy, regularisation_decreases=False)
-    return SearchResult("alpha", grid, log_loss, accuracy, best, rule, cv, repeats)
+    return SearchResult("alpha", grid, log_loss, accuracy, best, rule, cv, repeats, scales)
