@@ -5,7 +5,8 @@ regularisation of one family of :data:`classifiers.registry.CLASSIFIERS` by
 cross-validated log-loss (:mod:`classifiers.search`), fits the final model (in
 the principal axes of the training rows when that is exact, see
 :mod:`classifiers.rowspace`), gives probabilities for every family (Platt
-scaling for the linear SVM, :mod:`classifiers.platt`), and carries the feature
+scaling of the margins for the linear SVM and the one-vs-rest families,
+:mod:`classifiers.platt`), and carries the feature
 specification of its store, so that :meth:`FeatureClassifier.predict_images`
 can rebuild the backbone and classify raw image files.
 """
@@ -114,9 +115,10 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     ----------
     estimator_ : scikit-learn estimator
         The final model, fitted on all training rows, predicting from features: a
-        :class:`classifiers.solvers.PreconditionedLogisticRegression` (``logreg``,
-        ``ovr``), a :class:`classifiers.platt.PlattScaledClassifier` around a
-        ``LinearSVC`` (``linear_svm``), a :class:`classifiers.streaming_sgd.StreamingSGDClassifier`.
+        :class:`classifiers.solvers.PreconditionedLogisticRegression` (``logreg``), or
+        a :class:`classifiers.platt.PlattScaledClassifier` around a ``LinearSVC``
+        (``linear_svm``), a one-vs-rest ``PreconditionedLogisticRegression`` (``ovr``)
+        or a :class:`classifiers.streaming_sgd.StreamingSGDClassifier` (``sgd``).
     classes_ : numpy.ndarray
         The labels, sorted; columns of :meth:`predict_proba` and :meth:`class_scores`.
     label_names_ : list of str
@@ -383,9 +385,10 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities, columns in ``classes_`` order.
 
-        ``linear_svm``: Platt scaling of the margins, fitted on the search's held-out
-        folds (``softmax(scale * margins)``, see :mod:`classifiers.platt`); the class
-        of the highest probability is the predicted class for every family.
+        ``linear_svm``, ``ovr`` and ``sgd``: Platt scaling of the margins, one scale
+        fitted on the search's held-out folds (``softmax(scale * margins)``, see
+        :mod:`classifiers.platt`); the class of the highest probability is the
+        predicted class for every family.
         """
         X = self._validate_features(X)
         return self.estimator_.predict_proba(X)

@@ -16,12 +16,14 @@ fitted by log-loss. The targets are Platt's: a row of class ``c`` aims at
 margins give a finite scale.
 
 The same one-parameter scale gives the probabilities of the one-vs-rest logistic
-families (``ovr``, ``sgd``): their own probabilities, binary sigmoids normalised to
-sum to one, were miscalibrated (over- or under-confident by a factor the folds can
-measure), and ``softmax(a D)`` of their margins, ``a`` fitted on the held-out folds,
-fixed it (``bench/calibration.py``). The out-of-core family cannot keep its held-out
-margins: :class:`StreamingScaleLoss` accumulates the loss at a grid of scales as
-they stream by.
+families (``ovr``, ``sgd``). Their own probabilities, one binary sigmoid per class
+normalised to sum to one, are underconfident with several overlapping classes: each
+other class's model keeps some probability, and normalising takes it from the top
+class (on flowers5, mean top probability 0.71 for 75 % accuracy). No scale of the
+sigmoids fixes that (``sigmoid(a D)`` normalised was worse still); ``softmax(a D)``
+of the margins, ``a`` fitted on the held-out folds, did (``bench/calibration.py``).
+The out-of-core family cannot keep its held-out margins: :class:`StreamingScaleLoss`
+accumulates the loss at a grid of scales as they stream by.
 """
 
 from __future__ import annotations
