@@ -5,7 +5,8 @@ regularisation of one family of :data:`classifiers.registry.CLASSIFIERS` by
 cross-validated log-loss (:mod:`classifiers.search`), fits the final model (in
 the principal axes of the training rows when that is exact, see
 :mod:`classifiers.rowspace`), gives probabilities for every family (Platt
-scaling for the linear SVM, :mod:`classifiers.platt`), and carries the feature
+scaling of the margins for the linear SVM and the one-vs-rest families,
+:mod:`classifiers.platt`), and carries the feature
 specification of its store, so that :meth:`FeatureClassifier.predict_images`
 can rebuild the backbone and classify raw image files.
 """
@@ -114,9 +115,10 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     ----------
     estimator_ : scikit-learn estimator
         The final model, fitted on all training rows, predicting from features: a
-        :class:`classifiers.solvers.PreconditionedLogisticRegression` (``logreg``,
-        ``ovr``), a :class:`classifiers.platt.PlattScaledClassifier` around a
-        ``LinearSVC`` (``linear_svm``), a :class:`classifiers.streaming_sgd.StreamingSGDClassifier`.
+        :class:`classifiers.solvers.PreconditionedLogisticRegression` (``logreg``), or
+        a :class:`classifiers.platt.PlattScaledClassifier` around a ``LinearSVC``
+        (``linear_svm``), a one-vs-rest ``PreconditionedLogisticRegression`` (``ovr``)
+        or a :class:`classifiers.streaming_sgd.StreamingSGDClassifier` (``sgd``).
     classes_ : numpy.ndarray
         The labels, sorted; columns of :meth:`predict_proba` and :meth:`class_scores`.
     label_names_ : list of str
@@ -260,7 +262,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.search_, final, caught = search_and_fit(
             template, key, grid, data, y, cv=self.cv, repeats=self.n_repeats, seed=seed,
             n_jobs=self.n_jobs, name=config.param_name, fold_dtype=config.fit_dtype,
-            progress=progress)
+            scale_margins=config.platt, progress=progress)
         parts = getattr(final, "estimators_", [final])
         self.converged_ = not any(issubclass(w.category, ConvergenceWarning) for w in caught) \
             and all(getattr(part, "converged_", True) for part in parts)
@@ -268,10 +270,14 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         if basis is not None:
             final = lift_estimator(final, basis)
             basis.release()
-        if config.platt:
-            final = PlattScaledClassifier.from_fitted(
-                final, self.search_.margin_scale[self.search_.best_index])
-        self.estimator_ = final
+        self.estimator_ = self._scaled(config, final)
+
+    def _scaled(self, config: ClassifierConfig, final):
+        """``final`` with Platt-scaled probabilities, the scale the search fitted at its choice."""
+        if not config.platt:
+            return final
+        return PlattScaledClassifier.from_fitted(
+            final, self.search_.margin_scale[self.search_.best_index])
 
     def _fit_out_of_core(self, config: ClassifierConfig, chunks: ChunkSource, y: np.ndarray,
                          grid: list[float], seed: int) -> None:
@@ -279,10 +285,11 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.converged_ = True  # SGD runs a fixed number of epochs
         self.n_iter_ = self.epochs
         self.search_ = search_sgd(chunks, y, grid, cv=self.cv, random_state=seed,
-                                  epochs=self.epochs, repeats=self.n_repeats)
+                                  epochs=self.epochs, repeats=self.n_repeats,
+                                  scale_margins=config.platt)
         final = config.make_estimator(seed, self.max_iter).set_params(
             **{config.param_name: self.search_.best_value, "epochs": self.epochs})
-        self.estimator_ = final.fit_chunks(chunks, classes=np.unique(y))
+        self.estimator_ = self._scaled(config, final.fit_chunks(chunks, classes=np.unique(y)))
 
     def _finish(self, y: np.ndarray, names: list[str], feature_spec: dict | None,
                 t0: float) -> None:
@@ -378,9 +385,10 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities, columns in ``classes_`` order.
 
-        ``linear_svm``: Platt scaling of the margins, fitted on the search's held-out
-        folds (``softmax(scale * margins)``, see :mod:`classifiers.platt`); the class
-        of the highest probability is the predicted class for every family.
+        ``linear_svm``, ``ovr`` and ``sgd``: Platt scaling of the margins, one scale
+        fitted on the search's held-out folds (``softmax(scale * margins)``, see
+        :mod:`classifiers.platt`); the class of the highest probability is the
+        predicted class for every family.
         """
         X = self._validate_features(X)
         return self.estimator_.predict_proba(X)

@@ -60,8 +60,10 @@ class ClassifierConfig:
     out_of_core : bool
         Trained chunk by chunk (:mod:`classifiers.streaming_sgd`), never holding all rows.
     platt : bool
-        The estimator has margins only; probabilities come from Platt scaling fitted on
-        the search's held-out margins (:mod:`classifiers.platt`).
+        Probabilities come from Platt scaling of the margins, one scale fitted on the
+        search's held-out margins (:mod:`classifiers.platt`), which also chooses C
+        (alpha): for the linear SVM, which has margins only, and for the one-vs-rest
+        logistic families, whose own normalised probabilities were miscalibrated.
     fit_dtype : type or None
         The type the solver computes in, if it converts its input on every fit
         (liblinear: float64): each fold's rows are converted once instead.
@@ -136,10 +138,12 @@ register_classifier(ClassifierConfig(
     _linear_svm, param_grid=SVM_C_GRID, penalised_intercept=True, platt=True,
     fit_dtype=np.float64))
 register_classifier(ClassifierConfig(
-    "ovr", "one-vs-rest logistic regression (L2, L-BFGS)", _one_vs_rest))
+    "ovr", "one-vs-rest logistic regression (L2, L-BFGS; Platt-scaled probabilities)",
+    _one_vs_rest, platt=True))
 register_classifier(ClassifierConfig(
-    "sgd", "logistic loss by SGD over chunks of the store (out of core)", _streaming_sgd,
-    param_name="alpha", param_grid=ALPHA_GRID, rowspace=False, out_of_core=True))
+    "sgd", "logistic loss by SGD over chunks of the store (out of core; Platt-scaled "
+    "probabilities)", _streaming_sgd, param_name="alpha", param_grid=ALPHA_GRID,
+    rowspace=False, out_of_core=True, platt=True))
 
 
 def get_classifier_config(name: str) -> ClassifierConfig:

@@ -11,9 +11,11 @@ with a smaller spread, lower log-loss and lower calibration error than the old
 rule; the one-standard-error rule and repeated k-fold (both available:
 ``rule="log_loss_1se"``, ``repeats``) did not improve on it there.
 
-Models without probabilities (the linear SVM) are scored through Platt scaling of
-their margins (:mod:`classifiers.platt`): one scale per grid value, fitted on the
-held-out margins of all folds, which also gives the final model its probabilities.
+Models without probabilities (the linear SVM), and those whose own probabilities
+are miscalibrated (one-vs-rest logistic models: ``scale_margins``), are scored
+through Platt scaling of their margins (:mod:`classifiers.platt`): one scale per
+grid value, fitted on the held-out margins of all folds, which also gives the
+final model its probabilities.
 
 Folds run in threads (numpy and the solvers release the GIL), so no worker gets
 its own copy of the data, only its fold's rows, copied once per fold; within a
@@ -68,8 +70,8 @@ class SearchResult:
         regularisation: tlearn's rule before, kept for comparison).
     folds, repeats : int
     margin_scale : list of float or None
-        For margin classifiers, the Platt scale fitted at each grid value
-        (:func:`classifiers.platt.fit_margin_scale`); None for probabilistic models.
+        For models scored by their scaled margins, the Platt scale fitted at each grid
+        value (:func:`classifiers.platt.fit_margin_scale`); None for the others.
     """
 
     param: str
@@ -231,14 +233,15 @@ def walk_path(estimator, param: str, walk: Sequence[float], X: np.ndarray, y: np
 
 def _fold_scores(estimator, param: str, walk: Sequence[float], X: np.ndarray, y: np.ndarray,
                  classes: np.ndarray, train: np.ndarray, test: np.ndarray,
-                 dtype: np.dtype | None) -> tuple[list[float], list[float], list[np.ndarray]]:
-    """Accuracy, log-loss (NaN for margin classifiers) and held-out margins along ``walk``."""
+                 dtype: np.dtype | None, scale_margins: bool = False
+                 ) -> tuple[list[float], list[float], list[np.ndarray]]:
+    """Accuracy, log-loss (NaN where margins get scaled) and held-out margins along ``walk``."""
     # One copy of the fold's rows for the whole walk (not one per grid value).
     X_train, X_test = _take_rows(X, train, dtype), _take_rows(X, test, dtype)
     y_index = np.searchsorted(classes, y[test])
     accuracy, log_loss, margins = [], [], []
     for _, fitted, _ in walk_path(estimator, param, walk, X_train, y[train]):
-        if hasattr(fitted, "predict_proba"):
+        if not scale_margins and hasattr(fitted, "predict_proba"):
             proba = fitted.predict_proba(X_test)
             accuracy.append(float(np.mean(proba.argmax(axis=1) == y_index)))
             log_loss.append(held_out_log_loss(proba, y_index))
@@ -282,6 +285,7 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
                    *, cv: int = 3, repeats: int = 1, seed: int = 0, n_jobs: int | None = 1,
                    name: str | None = None, rule: str = "log_loss",
                    fold_dtype: np.dtype | None = None, refit: bool = True,
+                   scale_margins: bool = False,
                    progress: Callable[[int, int], None] | None = None
                    ) -> tuple[SearchResult, object | None, list]:
     """Score every value of ``grid`` for ``param`` of ``estimator`` by repeated stratified k-fold,
@@ -290,8 +294,8 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
     Parameters
     ----------
     estimator : sklearn estimator
-        Template; cloned per fold. Scored by ``predict_proba`` if it has one, otherwise
-        by Platt scaling of its ``decision_function``.
+        Template; cloned per fold. Scored by ``predict_proba`` if it has one (and
+        ``scale_margins`` is False), otherwise by Platt scaling of its ``decision_function``.
     param : str
         Parameter of ``estimator`` to vary (``C``, ``alpha`` or a nested ``estimator__C``).
     grid : sequence of float
@@ -314,6 +318,9 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
     refit : bool, default=True
         Fit the chosen value on all rows, along the folds' path up to it
         (:func:`walk_path`; a single fit for estimators that cannot warm-start).
+    scale_margins : bool, default=False
+        Score by Platt scaling of the margins even where the estimator has
+        probabilities of its own; the scales are in ``SearchResult.margin_scale``.
     progress : callable, optional
         ``progress(done_splits, cv * repeats)``.
 
@@ -331,7 +338,8 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
     walk = walk_order(grid, name)
     classes = np.unique(y)
     splits = stratified_folds(y, cv, seed, repeats)
-    tasks = (delayed(_fold_scores)(estimator, param, walk, X, y, classes, tr, te, fold_dtype)
+    tasks = (delayed(_fold_scores)(estimator, param, walk, X, y, classes, tr, te, fold_dtype,
+                                   scale_margins)
              for tr, te in splits)
     runner = Parallel(n_jobs=concurrent_jobs(n_jobs, len(splits)), prefer="threads",
                       return_as="generator")

@@ -109,9 +109,10 @@ def _score_function(model: Any, W: np.ndarray, b: np.ndarray
 
     ``class_scores(X) == activation(X @ W2.T + b2)`` with ``activation`` one of
     ``softmax`` (multinomial logistic regression, Platt-scaled margins; the scale is
-    folded into ``W2``), ``normalized_sigmoid`` (one-vs-rest logistic models) or
-    ``linear`` (plain decision values). Found by trying each on probe features, so
-    the head follows whatever the classifier family computes; nothing is guessed.
+    folded into ``W2``), ``normalized_sigmoid`` (one-vs-rest logistic models saved
+    before their Platt scaling) or ``linear`` (plain decision values). Found by trying
+    each on probe features, so the head follows whatever the classifier family
+    computes; nothing is guessed.
     """
     from scipy.special import expit, softmax
 

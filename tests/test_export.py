@@ -52,7 +52,7 @@ def run_standalone(folder: Path, images: list[str]) -> list[dict]:
 @pytest.mark.parametrize(("kind", "fmt", "package"), [
     ("logreg", "openvino", "openvino"),
     ("linear_svm", "onnx", "onnxruntime"),
-    ("sgd", "openvino", "openvino"),  # one-vs-rest sigmoids, normalised
+    ("sgd", "openvino", "openvino"),  # Platt-scaled one-vs-rest margins
 ])
 def test_the_exported_network_reproduces_tlearn_predict(trained, kind, fmt, package):
     pytest.importorskip(package, reason=f"{package} is not installed "

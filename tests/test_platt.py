@@ -8,7 +8,9 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from classifiers.calibration import expected_calibration_error
 from classifiers.platt import (
+    STREAM_SCALES,
     PlattScaledClassifier,
+    StreamingScaleLoss,
     fit_margin_scale,
     margin_columns,
     scaled_log_loss,
@@ -93,3 +95,23 @@ def test_from_fitted_wraps_without_refitting():
 @parametrize_with_checks([PlattScaledClassifier(cv=2)])
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_the_streamed_scale_is_the_fitted_one_to_the_grid_step():
+    X, y = noisy_classes(n=900, k=3, seed=2)
+    d = LinearSVC().fit(X, y).decision_function(X) * 0.7
+    folds = np.arange(len(y)) % 3
+    loss = StreamingScaleLoss(np.bincount(y), n_splits=3)
+    for start in range(0, len(y), 100):  # chunks, each with rows of every fold
+        rows = np.arange(start, start + 100)
+        for s in range(3):
+            mine = rows[folds[rows] == s]
+            loss.add(d[mine], y[mine], s)
+    scale, split_losses = loss.best()
+    exact = fit_margin_scale(d, y)
+    step = STREAM_SCALES[1] / STREAM_SCALES[0]
+    assert exact / step <= scale <= exact * step
+    for s in range(3):
+        rows = folds == s
+        assert split_losses[s] / rows.sum() == pytest.approx(
+            scaled_log_loss(d[rows], y[rows], scale), rel=1e-9)

@@ -83,6 +83,28 @@ def test_margin_classifiers_are_scored_after_platt_scaling():
     assert result.to_dict()["margin_scale"] == result.margin_scale
 
 
+def test_probabilistic_models_can_be_scored_by_their_scaled_margins():
+    from classifiers.platt import fit_margin_scale, margin_columns, scaled_log_loss
+
+    X, y = data(5, n=90)
+    kept = grid_search(PreconditionedLogisticRegression(), "C", [0.01, 1.0], X, y, cv=3)
+    scaled = grid_search(PreconditionedLogisticRegression(), "C", [0.01, 1.0], X, y, cv=3,
+                         scale_margins=True)
+    assert kept.margin_scale is None and len(scaled.margin_scale) == 2
+    np.testing.assert_array_equal(kept.accuracy, scaled.accuracy)
+    # the held-out log-loss is that of the scaled margins, the scale fitted on all folds
+    splits = stratified_folds(y, 3, seed=0)
+    folds = [(PreconditionedLogisticRegression(C=0.01).fit(X[tr], y[tr]).decision_function(
+        X[te]), y[te]) for tr, te in splits]
+    pooled = np.concatenate([margin_columns(d) for d, _ in folds])
+    scale = fit_margin_scale(pooled, np.concatenate([t for _, t in folds]))
+    assert scaled.margin_scale[0] == pytest.approx(scale, rel=1e-3)
+    np.testing.assert_allclose(
+        scaled.log_loss[0], [scaled_log_loss(margin_columns(d), t, scale) for d, t in folds],
+        rtol=1e-3)
+    assert not np.allclose(scaled.log_loss, kept.log_loss, rtol=1e-2)
+
+
 def test_ties_prefer_stronger_regularisation():
     scores = np.array([[0.5, 0.5], [0.9, 0.9], [0.9, 0.9]])
     assert pick_best(scores, regularisation_decreases=True) == 1  # smaller C

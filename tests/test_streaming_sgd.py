@@ -29,3 +29,20 @@ def test_search_scores_log_loss_and_accuracy_on_every_fold_of_every_repeat():
     assert np.isfinite(result.log_loss).all() and (result.log_loss > 0).all()
     assert result.best_value == grid[int(np.argmin(result.mean_log_loss))]
     assert result.to_dict()["repeats"] == 2
+
+
+def test_search_fits_a_margin_scale_per_alpha_without_changing_the_choice():
+    X, y = tall_data(n=240)
+    X = X + np.random.default_rng(1).normal(0, 2, X.shape).astype(np.float32)
+    grid = [1e-4, 1e-2, 1.0]
+
+    def search(**scale):
+        return search_sgd(lambda: array_chunks(X, y, rows=50), y, grid, cv=3,
+                          random_state=0, epochs=2, **scale)
+
+    own, scaled = search(), search(scale_margins=True)
+    assert own.margin_scale is None and len(scaled.margin_scale) == 3
+    assert all(s > 0 for s in scaled.margin_scale)
+    # alpha is still chosen by SGD's own held-out probabilities
+    np.testing.assert_array_equal(scaled.log_loss, own.log_loss)
+    assert scaled.best_value == own.best_value
