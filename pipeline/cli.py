@@ -532,7 +532,7 @@ def demo(
                           log=lambda line: console.print(line, highlight=False))
     _print_rows(result.comparison, "classifiers on digits (test split)")
     best = result.best.report.get("classifier", "") if result.best else ""
-    score = "SVM margin" if best == "linear_svm" else "probability"
+    score = next((r["score_kind"] for r in result.predictions if "score_kind" in r), "score")
     table = Table(title=f"a few test images, classified from their files by the best model "
                         f"({best})")
     for col in ("image", "true", "predicted", score):

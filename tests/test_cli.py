@@ -157,6 +157,21 @@ def test_demo_on_a_small_slice(artifacts):
     assert len(list((artifacts / "classifiers").glob("*.joblib"))) == 4
 
 
+def test_demo_heads_the_score_column_with_the_best_models_score_kind(monkeypatch, tmp_path):
+    # linear_svm is Platt-scaled: its scores are probabilities, not margins.
+    from pipeline import workflows
+
+    best = workflows.TrainOutcome("digits__svm", tmp_path / "m.joblib", tmp_path / "r",
+                                  {"classifier": "linear_svm"})
+    result = workflows.DemoResult(
+        tmp_path, tmp_path / "s.h5", [best], [], truths=["3"], best=best,
+        predictions=[{"path": "a.png", "label": "3", "score": 0.9, "score_kind": "probability"}])
+    monkeypatch.setattr(workflows, "run_demo", lambda **kwargs: result)
+    monkeypatch.setenv("COLUMNS", "200")  # headers unwrapped
+    output = runner.invoke(app, ["demo"]).output
+    assert "probability" in output and "margin" not in output
+
+
 def _readme_commands():
     readme = (REPO_ROOT / "README.md").read_text()
     commands = set()
