@@ -63,3 +63,30 @@ def test_address_comes_from_the_option_then_the_environment(monkeypatch):
 
 def test_engine_defaults_to_here():
     assert Engine().name == "local" and Engine().score_batches("m", None) is None
+
+
+def test_cli_hands_engine_and_address_to_every_workflow(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import pipeline.workflows as workflows
+    from pipeline.cli import app
+
+    seen = {}
+
+    def stop(name):
+        def record(*args, **kwargs):
+            seen[name] = (kwargs["engine"], kwargs["address"])
+            raise UserInputError(f"{name} stopped by the test")
+        return record
+
+    for name in ("extract_dataset", "train_store", "write_predictions", "predict_files"):
+        monkeypatch.setattr(workflows, name, stop(name))
+    ray_args = ["--engine", "ray", "--address", "10.0.0.1:6379"]
+    runner = CliRunner()
+    for args in (["extract", str(tmp_path)], ["train", str(tmp_path / "s.h5")],
+                 ["predict", "m.joblib", str(tmp_path), "--out", str(tmp_path / "p.csv")],
+                 ["predict", "m.joblib", str(tmp_path)]):
+        result = runner.invoke(app, [*args, *ray_args])
+        assert result.exit_code == 2, result.output
+    assert seen == {name: ("ray", "10.0.0.1:6379") for name in
+                    ("extract_dataset", "train_store", "write_predictions", "predict_files")}
