@@ -8,6 +8,7 @@ run in other processes, on two nodes, and results travel through the object stor
 import contextlib
 import csv
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +34,9 @@ from tests.conftest import REPO_ROOT, make_image_folder  # noqa: E402
 SETTINGS = {"backbone": "vgg16", "weights": "none", "input_size": 32, "pooling": "avg",
             "batch_size": 4}
 RAY = Path(sys.executable).parent / "ray"
+# Loopback only, started and stopped by the test: without token authentication, so that
+# a token another Ray run left in ~/.ray does not decide whether the drivers may connect.
+CLUSTER_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _free_port() -> int:
@@ -51,10 +55,10 @@ def _wait(condition, what: str, seconds: float = 90) -> None:
 
 
 def _alive_nodes(address: str) -> int:
-    out = subprocess.run(
+    out = subprocess.run(  # in a child: a driver that failed to connect is left unusable
         [sys.executable, "-c", f"import ray; ray.init(address={address!r}, log_to_driver=False)"
          "; print(sum(n['Alive'] for n in ray.nodes()))"],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True, text=True, timeout=60, env={**os.environ, **CLUSTER_ENV})
     return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
 
 
@@ -63,12 +67,15 @@ def cluster():
     """A head and one more node on 127.0.0.1, one CPU each; yields the head's address."""
     port = _free_port()
     temp = tempfile.mkdtemp(prefix="tlray", dir="/tmp")  # Ray's sockets need a short path
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+    env = {**os.environ, **CLUSTER_ENV,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                        os.environ.get("PYTHONPATH")]))}
     common = ["--block", "--num-cpus=1", "--node-ip-address=127.0.0.1",
               "--object-store-memory=100000000"]
     started = []
+    patch = pytest.MonkeyPatch()
+    for key, value in CLUSTER_ENV.items():  # this process's drivers too
+        patch.setenv(key, value)
     log = open(Path(temp) / "cluster.log", "w")  # noqa: SIM115 (closed at teardown)
     try:
         started.append(subprocess.Popen(
@@ -92,7 +99,7 @@ def cluster():
             os.killpg(proc.pid, signal.SIGTERM)
         for proc in started:
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -100,6 +107,8 @@ def cluster():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+        patch.undo()
 
 
 def _descendants(roots: list[int]) -> list[int]:
@@ -196,6 +205,7 @@ def _killing_work(marker: str, spec: dict, batch_size: int) -> BatchWork:
     return BatchWork(work.size, work.preprocess, compute, work.width, work.max_pixels)
 
 
+@pytest.mark.slow  # one more start of two actors (TensorFlow in each): ~30 s here
 def test_a_killed_worker_is_replaced_and_the_store_is_the_local_one(tmp_path, data, cluster):
     images, _ = load_dataset(data, test_size=0.25, seed=1)
     reference = tmp_path / "local.h5"
