@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -294,6 +295,27 @@ class RayFoldRunner:
             yield ray.get(ref)
 
 
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail at once when nothing listens at a ``HOST:PORT`` address.
+
+    Ray itself retries an unreachable head for minutes, printing warnings; a plain
+    TCP connection tells within seconds. Other forms (``auto``, ``ray://...``) are
+    left to Ray.
+    """
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserInputError(f"--address {address!r} is not HOST:PORT (the head's address, "
+                             "as 'ray start --head' prints it)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UserInputError(
+            f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); start one "
+            "with 'ray start --head', or fix --address / RAY_ADDRESS") from None
+
+
 @contextmanager
 def connect(address: str | None) -> Iterator[RayEngine]:
     """Connect to the cluster at ``address``, or start a local Ray when None.
@@ -303,6 +325,7 @@ def connect(address: str | None) -> Iterator[RayEngine]:
     """
     started = False
     if not ray.is_initialized():
+        check_reachable(address)
         options = {"log_to_driver": False, "logging_level": logging.ERROR}
         if address is None:
             options["include_dashboard"] = False

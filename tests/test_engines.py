@@ -90,3 +90,17 @@ def test_cli_hands_engine_and_address_to_every_workflow(tmp_path, monkeypatch):
         assert result.exit_code == 2, result.output
     assert seen == {name: ("ray", "10.0.0.1:6379") for name in
                     ("extract_dataset", "train_store", "write_predictions", "predict_files")}
+
+
+def test_an_unreachable_cluster_is_one_line_at_once():
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'tlearn[ray]')")
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(UserInputError, match=f"cannot reach a Ray cluster at 127.0.0.1:{port}"), \
+            open_engine("ray", f"127.0.0.1:{port}"):
+        pass
+    with pytest.raises(UserInputError, match="is not HOST:PORT"), open_engine("ray", "head"):
+        pass
