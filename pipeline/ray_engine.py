@@ -231,7 +231,7 @@ def ray_batches(paths: Sequence[str], build: Callable[[], BatchWork], *, start: 
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notices would break the bar
     dataset = ray.data.from_pandas(blocks).map_batches(
         BatchActor, fn_constructor_args=(build,), batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(blocks)))),
