@@ -68,6 +68,7 @@ bench: install ## Run the benchmarks (about two hours; needs ../shared; writes b
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/backbones.py
 	$(BIN)/python bench/compare_stages.py
+	$(BIN)/python bench/engines.py
 
 clean: ## Remove generated outputs (artifacts/) and caches, keep .venv
 	find artifacts -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

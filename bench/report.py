@@ -7,7 +7,11 @@ reported as such, never filled in.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -127,10 +131,35 @@ def predict_table(data: dict) -> str:
     return "\n".join(lines) + _machine_line(data)
 
 
+def engines_table(data: dict) -> str:
+    lines = ["| images | local img/s | ray img/s | ray / local | local s | ray s "
+             "| first batch s (local, ray) | load |", "|---|---|---|---|---|---|---|---|"]
+    for run in data["runs"]:
+        a, b = run["local"], run["ray"]
+        lines.append(f"| {a['images']} | {a['img_s']:.1f} | {b['img_s']:.1f} "
+                     f"| {run['ratio']:.2f} | {a['seconds']:.1f} | {b['seconds']:.1f} "
+                     f"| {a['first_batch_s']:.1f}, {b['first_batch_s']:.1f} "
+                     f"| {run['load'][0]:.1f} |")
+    w = data["writer"]
+    if data.get("marginal"):
+        m = data["marginal"]
+        lines += ["", f"Between {m['from']} and {m['to']} images (the fixed costs cancel): "
+                  f"local {m['local_img_s']:.1f} img/s, ray {m['ray_img_s']:.1f} img/s, "
+                  f"ray / local {m['ratio']:.2f}."]
+    lines += ["", f"Ray: {data['ray_actors']} actors; starting a local Ray took "
+              f"{data['ray_start_s']:.1f} s (not in the figures above; a command without "
+              "--address pays it once). Driver-side writer alone: "
+              f"{w['rows_s']:,.0f} rows/s ({w['mb_s']:.0f} MB/s of {w['feature_dim']}-value "
+              f"float32 rows, batches of {w['batch']}).",
+              f"Load average {data['load_before'][0]:.2f} before, "
+              f"{data['load_after'][0]:.2f} after; {describe(data['machine'])}."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     for name, render in (("extract", extract_table), ("train", train_table),
                          ("compare_stages", stages_table), ("serve", serve_table),
-                         ("predict", predict_table)):
+                         ("predict", predict_table), ("engines", engines_table)):
         data = _load(name)
         print(f"## {name}\n")
         print(render(data) if data else f"(no results: run bench/{name}.py)")

@@ -28,7 +28,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from classifiers.platt import PlattScaledClassifier
 from classifiers.registry import ClassifierConfig, get_classifier_config
 from classifiers.rowspace import RowSpaceBasis, lift_estimator
-from classifiers.search import check_folds, search_and_fit
+from classifiers.search import FoldRunner, check_folds, search_and_fit
 from classifiers.streaming_sgd import ChunkSource, array_chunks, search_sgd
 from features.errors import UserInputError
 
@@ -227,7 +227,8 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         return self._fit(X, y, self.feature_spec, self.label_names, progress=None)
 
     def _fit(self, X, y, feature_spec: dict | None, label_names: Sequence[str] | None,
-             progress: Progress | None) -> FeatureClassifier:
+             progress: Progress | None, fold_runner: FoldRunner | None = None
+             ) -> FeatureClassifier:
         t0 = time.perf_counter()
         config, grid = self._validate_params()
         X, y = self._validate_training_data(X, y)
@@ -237,12 +238,13 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         if config.out_of_core:
             self._fit_out_of_core(config, lambda: array_chunks(X, y), y, grid, seed)
         else:
-            self._fit_in_memory(config, X, y, grid, seed, progress)
+            self._fit_in_memory(config, X, y, grid, seed, progress, fold_runner)
         self._finish(y, names, feature_spec, t0)
         return self
 
     def _fit_in_memory(self, config: ClassifierConfig, X: np.ndarray, y: np.ndarray,
-                       grid: list[float], seed: int, progress: Progress | None) -> None:
+                       grid: list[float], seed: int, progress: Progress | None,
+                       fold_runner: FoldRunner | None = None) -> None:
         if config.penalised_intercept:  # the basis may not be centred, and only shrinking helps
             self.used_rowspace_ = config.rowspace and (
                 self.solver_space == "rowspace"
@@ -262,7 +264,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.search_, final, caught = search_and_fit(
             template, key, grid, data, y, cv=self.cv, repeats=self.n_repeats, seed=seed,
             n_jobs=self.n_jobs, name=config.param_name, fold_dtype=config.fit_dtype,
-            scale_margins=config.platt, progress=progress)
+            scale_margins=config.platt, progress=progress, fold_runner=fold_runner)
         parts = getattr(final, "estimators_", [final])
         self.converged_ = not any(issubclass(w.category, ConvergenceWarning) for w in caught) \
             and all(getattr(part, "converged_", True) for part in parts)
@@ -300,7 +302,8 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.fit_seconds_ = time.perf_counter() - t0
 
     def fit_store(self, store, split: str = "train", progress: Progress | None = None, *,
-                  loaded: tuple[np.ndarray, np.ndarray] | None = None) -> FeatureClassifier:
+                  loaded: tuple[np.ndarray, np.ndarray] | None = None,
+                  fold_runner: FoldRunner | None = None) -> FeatureClassifier:
         """Fit on a split of a :class:`features.FeatureStore`, recording its specification.
 
         The feature specification and the class names come from the store (the
@@ -318,6 +321,10 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         loaded : (X, y), optional
             The split already read with ``store.load(split)`` (several families trained
             on one read); ignored by the out-of-core family.
+        fold_runner : callable, optional
+            What runs the cross-validation folds of the families fitted in memory
+            (:data:`classifiers.search.FoldRunner`, e.g. on a Ray cluster); threads here
+            by default. The out-of-core family always runs here.
 
         Returns
         -------
@@ -327,7 +334,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         config, grid = self._validate_params()
         if not config.out_of_core:
             X, y = loaded if loaded is not None else store.load(split)
-            return self._fit(X, y, spec, label_names, progress)
+            return self._fit(X, y, spec, label_names, progress, fold_runner)
         t0 = time.perf_counter()
         y = store.labels[store.split_mask(split)]
         check_folds(y, self.cv)

@@ -31,6 +31,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -46,6 +47,12 @@ from features.errors import UserInputError
 EPS = 1e-15
 
 RULES = ("log_loss", "log_loss_1se", "accuracy")
+
+#: Runs the cross-validation folds: ``runner(fold, X, y, splits, n_jobs)`` returns the
+#: outcome of ``fold(X=X, y=y, train=train, test=test)`` for every ``(train, test)`` of
+#: ``splits``, in order. :func:`thread_folds` runs them here; an engine of ``pipeline``
+#: (Ray) runs them elsewhere.
+FoldRunner = Callable[..., Iterator]
 
 
 @dataclass
@@ -272,6 +279,15 @@ def concurrent_jobs(n_jobs: int | None, n_splits: int) -> int:
     return max(1, min(wanted, n_splits))
 
 
+def thread_folds(fold: Callable, X: np.ndarray, y: np.ndarray,
+                 splits: Sequence[tuple[np.ndarray, np.ndarray]], n_jobs: int | None
+                 ) -> Iterator:
+    """The local fold runner: ``n_jobs`` threads sharing ``X`` (see :data:`FoldRunner`)."""
+    tasks = (delayed(fold)(X=X, y=y, train=tr, test=te) for tr, te in splits)
+    return Parallel(n_jobs=concurrent_jobs(n_jobs, len(splits)), prefer="threads",
+                    return_as="generator")(tasks)
+
+
 def grid_search(estimator, param: str, grid: Sequence[float], X: np.ndarray, y: np.ndarray,
                 **options) -> SearchResult:
     """Score every value of ``grid`` by repeated stratified k-fold, without a final fit.
@@ -286,7 +302,8 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
                    name: str | None = None, rule: str = "log_loss",
                    fold_dtype: np.dtype | None = None, refit: bool = True,
                    scale_margins: bool = False,
-                   progress: Callable[[int, int], None] | None = None
+                   progress: Callable[[int, int], None] | None = None,
+                   fold_runner: FoldRunner | None = None,
                    ) -> tuple[SearchResult, object | None, list]:
     """Score every value of ``grid`` for ``param`` of ``estimator`` by repeated stratified k-fold,
     and fit the chosen model on all rows.
@@ -323,6 +340,9 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
         probabilities of its own; the scales are in ``SearchResult.margin_scale``.
     progress : callable, optional
         ``progress(done_splits, cv * repeats)``.
+    fold_runner : callable, optional
+        What runs the folds (:data:`FoldRunner`); :func:`thread_folds` by default.
+        The final fit always runs here.
 
     Returns
     -------
@@ -338,14 +358,11 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
     walk = walk_order(grid, name)
     classes = np.unique(y)
     splits = stratified_folds(y, cv, seed, repeats)
-    tasks = (delayed(_fold_scores)(estimator, param, walk, X, y, classes, tr, te, fold_dtype,
-                                   scale_margins)
-             for tr, te in splits)
-    runner = Parallel(n_jobs=concurrent_jobs(n_jobs, len(splits)), prefer="threads",
-                      return_as="generator")
+    fold = partial(_fold_scores, estimator, param, walk, classes=classes, dtype=fold_dtype,
+                   scale_margins=scale_margins)
     results = []
     with single_threaded_blas():
-        for outcome in runner(tasks):
+        for outcome in (fold_runner or thread_folds)(fold, X, y, splits, n_jobs):
             results.append(outcome)
             if progress:
                 progress(len(results), len(splits))

@@ -115,3 +115,65 @@ def iter_decoded_batches(paths: Sequence[str], *, size: int, batch_size: int,
             good, x, bad = future.result()
             submit_next()
             yield DecodedBatch(begin, end, good, x, bad)
+
+
+@dataclass
+class ComputedBatch:
+    """Files ``begin:end`` of the list, decoded and computed (features or class scores).
+
+    What an extraction or batch prediction consumes, whichever engine computed it.
+
+    Attributes
+    ----------
+    begin, end : int
+        Positions of the batch in the file list.
+    good : list of int
+        Positions (within the batch) of the files that decoded, in order.
+    values : numpy.ndarray
+        One row of results per entry of ``good``.
+    bad : list of (int, str)
+        Position within the batch and reason of each file that did not decode.
+    """
+
+    begin: int
+    end: int
+    good: list[int]
+    values: np.ndarray
+    bad: list[tuple[int, str]]
+
+    @property
+    def good_positions(self) -> np.ndarray:
+        """Positions of the decoded files in the whole list."""
+        return np.asarray(self.good, dtype=np.int64) + self.begin
+
+
+Compute = Callable[[np.ndarray], np.ndarray]
+
+
+def compute_decoded(batch: DecodedBatch, compute: Compute) -> ComputedBatch:
+    """The per-batch work of every engine: ``compute`` on the decoded rows of ``batch``."""
+    values = np.asarray(compute(batch.x)) if batch.good else np.empty((0, 0), np.float32)
+    return ComputedBatch(batch.begin, batch.end, batch.good, values, batch.bad)
+
+
+def compute_batch(paths: Sequence[str], begin: int, *, size: int, preprocess: Preprocess,
+                  compute: Compute, max_pixels: int = DEFAULT_MAX_PIXELS) -> ComputedBatch:
+    """Decode ``paths`` (files ``begin:begin + len(paths)`` of a list) and compute them.
+
+    What a remote worker runs on one batch; :func:`iter_computed_batches` does the
+    same on one machine, decoding ahead in threads.
+    """
+    good, x, bad = decode_batch(paths, size, max_pixels, preprocess)
+    return compute_decoded(DecodedBatch(begin, begin + len(paths), good, x, bad), compute)
+
+
+def iter_computed_batches(paths: Sequence[str], *, size: int, batch_size: int,
+                          preprocess: Preprocess, compute: Compute, start: int = 0,
+                          workers: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS
+                          ) -> Iterator[ComputedBatch]:
+    """The local engine: every batch of ``paths[start:]`` decoded ahead in threads, then
+    computed here, in order (parameters as :func:`iter_decoded_batches`)."""
+    for batch in iter_decoded_batches(paths, size=size, batch_size=batch_size,
+                                      preprocess=preprocess, start=start, workers=workers,
+                                      max_pixels=max_pixels):
+        yield compute_decoded(batch, compute)

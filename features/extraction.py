@@ -11,15 +11,16 @@ import hashlib
 import json
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from features.backbones import DEFAULT_BACKBONE, FeatureExtractor, build_feature_extractor
-from features.batches import iter_decoded_batches
+from features.batches import Compute, ComputedBatch, iter_computed_batches
 from features.errors import UserInputError
 from features.images import DEFAULT_MAX_PIXELS
 from features.integrity import settings_key
@@ -40,6 +41,29 @@ from features.store import (
 )
 
 ProgressCallback = Callable[[int, int], None]
+
+#: Where the features of the files come from, a batch at a time and in order:
+#: ``source(extractor, paths, start=..., batch_size=..., workers=..., max_pixels=...)``
+#: yields a :class:`features.batches.ComputedBatch` of features for every batch of
+#: ``paths[start:]``. :func:`local_feature_batches` computes them here; an engine of
+#: ``pipeline`` (Ray) computes them elsewhere with the same per-batch work.
+FeatureBatches = Callable[..., Iterator[ComputedBatch]]
+
+
+def feature_compute(extractor: FeatureExtractor, batch_size: int) -> Compute:
+    """The per-batch work of extraction: features of a preprocessed batch, padded to
+    ``batch_size`` rows so every batch runs the same compiled graph."""
+    return partial(extractor.predict_preprocessed, batch_size=batch_size)
+
+
+def local_feature_batches(extractor: FeatureExtractor, paths: Sequence[str], *, start: int,
+                          batch_size: int, workers: int, max_pixels: int
+                          ) -> Iterator[ComputedBatch]:
+    """The local engine: decode ahead in ``workers`` threads, compute in this process."""
+    return iter_computed_batches(paths, size=extractor.spec.input_size, batch_size=batch_size,
+                                 preprocess=extractor.preprocess_input,
+                                 compute=feature_compute(extractor, batch_size), start=start,
+                                 workers=workers, max_pixels=max_pixels)
 
 
 @dataclass(frozen=True)
@@ -160,6 +184,7 @@ def extract_features(
     extra_attrs: dict | None = None,
     extractor: FeatureExtractor | None = None,
     progress: ProgressCallback | None = None,
+    feature_batches: FeatureBatches | None = None,
 ) -> ExtractionResult:
     """Compute features of ``images`` and write them to the HDF5 store ``out``.
 
@@ -203,6 +228,10 @@ def extract_features(
         A prebuilt extractor (its settings win over the backbone arguments).
     progress : callable, optional
         Called as ``progress(done, total)`` after every batch.
+    feature_batches : callable, optional
+        Where the features are computed (:data:`FeatureBatches`); default
+        :func:`local_feature_batches`. Whatever computes them, this process writes
+        the store, in file order, with the same commit and resume semantics.
 
     Returns
     -------
@@ -273,21 +302,19 @@ def extract_features(
     start_item = writer.items_done
     resumed_rows = writer.resumed_rows
     total = len(images)
-    size = extractor.spec.input_size
+    source = feature_batches or local_feature_batches
     paths = list(images.paths)
     groups = images.group_ids
     t0 = time.perf_counter()
     try:
         if progress:
             progress(start_item, total)
-        for batch in iter_decoded_batches(paths, size=size, batch_size=batch_size,
-                                          preprocess=extractor.preprocess_input,
-                                          start=start_item, workers=workers,
-                                          max_pixels=max_pixels):
+        for batch in source(extractor, paths, start=start_item, batch_size=batch_size,
+                            workers=workers, max_pixels=max_pixels):
             if batch.good:
-                feats = extractor.predict_preprocessed(batch.x, batch_size)
                 idx = batch.good_positions
-                writer.append(feats, images.labels[idx], images.split[idx], idx, groups[idx])
+                writer.append(batch.values, images.labels[idx], images.split[idx], idx,
+                              groups[idx])
             writer.skip([batch.begin + i for i, _ in batch.bad], [r for _, r in batch.bad])
             writer.commit(batch.end)
             if progress:

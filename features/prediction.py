@@ -13,9 +13,15 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from features.batches import iter_decoded_batches
+from features.batches import ComputedBatch, iter_computed_batches
 
 ClassScores = Callable[[np.ndarray], np.ndarray]
+
+#: Where the class scores of the files come from, a batch at a time and in order:
+#: ``source(paths, start=..., batch_size=..., workers=...)`` yields a
+#: :class:`features.batches.ComputedBatch` of scores for every batch of ``paths[start:]``
+#: (an engine of ``pipeline``, such as Ray, computing them elsewhere).
+ScoreBatches = Callable[..., Iterator[ComputedBatch]]
 
 
 def rank_scores(scores: np.ndarray, label_names: Sequence[str], top: int
@@ -27,7 +33,8 @@ def rank_scores(scores: np.ndarray, label_names: Sequence[str], top: int
 
 def iter_image_predictions(paths: Sequence[str | os.PathLike], input_size: int,
                            class_scores: ClassScores, label_names: Sequence[str], top: int = 1,
-                           *, batch_size: int = 32, workers: int = 2) -> Iterator[dict]:
+                           *, batch_size: int = 32, workers: int = 2,
+                           score_batches: ScoreBatches | None = None) -> Iterator[dict]:
     """Classify image files one batch at a time, yielding one result per path, in order.
 
     Decoding runs ``workers`` threads ahead of the model (as in extraction), so at most
@@ -48,6 +55,9 @@ def iter_image_predictions(paths: Sequence[str | os.PathLike], input_size: int,
         Images decoded and scored at a time.
     workers : int, default=2
         Decoding threads.
+    score_batches : callable, optional
+        Where the scores are computed (:data:`ScoreBatches`); by default here, with
+        ``class_scores``, decoding ``workers`` threads ahead.
 
     Yields
     ------
@@ -56,13 +66,19 @@ def iter_image_predictions(paths: Sequence[str | os.PathLike], input_size: int,
         ``{"path", "error"}`` for a file that could not be read.
     """
     names = [str(p) for p in paths]
-    for batch in iter_decoded_batches(names, size=input_size, batch_size=max(1, batch_size),
-                                      preprocess=_unchanged, workers=workers):
+    batch_size = max(1, batch_size)
+    if score_batches is None:
+        batches = iter_computed_batches(names, size=input_size, batch_size=batch_size,
+                                        preprocess=_unchanged, compute=class_scores,
+                                        workers=workers)
+    else:
+        batches = score_batches(names, start=0, batch_size=batch_size, workers=workers)
+    for batch in batches:
         entries: list[dict] = [{} for _ in range(batch.end - batch.begin)]
         for i, reason in batch.bad:
             entries[i] = {"path": names[batch.begin + i], "error": reason}
         if batch.good:
-            scores = np.asarray(class_scores(batch.x))
+            scores = np.asarray(batch.values)
             for row, i in enumerate(batch.good):
                 ranked = rank_scores(scores[row], label_names, top)
                 entries[i] = {"path": names[batch.begin + i], "label": ranked[0][0],

@@ -91,6 +91,11 @@ def uses_tensorflow(func):
 RUNTIME_HELP = ("What runs the network: tensorflow or openvino [default: openvino where it "
                 "is installed and measured faster, else tensorflow; see the README].")
 RuntimeOption = Annotated[str | None, typer.Option(help=RUNTIME_HELP)]
+EngineOption = Annotated[str, typer.Option(
+    help="Where the work runs: local, or ray (a Ray cluster; pip install 'tlearn[ray]').")]
+AddressOption = Annotated[str | None, typer.Option(
+    help="--engine ray: the cluster's head, HOST:PORT [default: $RAY_ADDRESS, else a local "
+         "Ray started for the run].")]
 
 
 @app.command()
@@ -126,6 +131,8 @@ def extract(
     seed: Annotated[int, typer.Option(help="Seed of the split.")] = DEFAULT_SEED,
     workers: Annotated[int, typer.Option(min=1, help="Image decoding threads.")] = 2,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    engine: EngineOption = "local",
+    address: AddressOption = None,
 ) -> None:
     """Stage 1: stream images through a headless pretrained CNN into an HDF5 feature store."""
     from pipeline.progress import progress_bar
@@ -137,7 +144,8 @@ def extract(
             layer=layer, pooling=pooling, precision=precision, runtime=runtime,
             calibration_images=calibration_images, batch_size=batch_size,
             compression=compression, test_size=test_size, val_size=val_size, seed=seed,
-            overwrite=overwrite, workers=workers, progress=progress,
+            overwrite=overwrite, workers=workers, progress=progress, engine=engine,
+            address=address,
         )
     result = report.result
     if report.grouping is not None and report.grouping.describe():
@@ -326,6 +334,8 @@ def train(
         min=0, help="Also test on N seeded re-splits of the train+test rows (mean ± std).")]
     = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing models.")] = False,
+    engine: EngineOption = "local",
+    address: AddressOption = None,
 ) -> None:
     """Stage 2: tune, fit, test and save classifiers on a feature store."""
     from pipeline.workflows import train_store
@@ -334,7 +344,8 @@ def train(
         outcomes = train_store(
             store, classifier=classifier, cv=cv, grid=_parse_grid(grid), jobs=jobs, seed=seed,
             repeats=repeats, overwrite=overwrite,
-            log=lambda line: (status.update(line), console.print(line)),
+            log=lambda line: (status.update(line), console.print(line)), engine=engine,
+            address=address,
         )
     from pipeline.reports import comparison_row
 
@@ -403,6 +414,8 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
     = False,
     runtime: RuntimeOption = None,
+    engine: EngineOption = "local",
+    address: AddressOption = None,
 ) -> None:
     """Classify images with a saved model; unreadable files are reported, not fatal."""
     import json
@@ -415,14 +428,14 @@ def predict(
         with progress_bar(f"predict {model.name}") as progress:
             report = write_predictions(model, images, out, top=top, batch_size=batch_size,
                                        workers=workers, overwrite=overwrite, progress=progress,
-                                       runtime=runtime)
+                                       runtime=runtime, engine=engine, address=address)
         console.print(f"wrote {report.out}: {report.rows} image(s) in {report.seconds:.1f}s "
                       f"({report.images_per_second:.1f} img/s)", highlight=False)
         for what, items in (("unreadable", report.errors), ("ignored", report.ignored)):
             _print_files(err_console, what, items, f"see {report.out}")
         return
     results = predict_files(model, images, top=top, batch_size=batch_size, workers=workers,
-                            runtime=runtime)
+                            runtime=runtime, engine=engine, address=address)
     if as_json:
         console.print_json(json.dumps(results))
         return

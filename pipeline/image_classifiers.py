@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from features.errors import UserInputError
-from features.prediction import iter_image_predictions
+from features.prediction import ScoreBatches, iter_image_predictions
 
 
 @dataclass
@@ -59,12 +59,17 @@ class ImageClassifier:
             size = min(max_batch, size * 2)
 
     def iter_predictions(self, paths: Sequence[str | os.PathLike], *, top: int = 1,
-                         batch_size: int = 32, workers: int = 2) -> Iterator[dict]:
-        """Results for image files, one per path in order, a batch at a time (bounded memory)."""
+                         batch_size: int = 32, workers: int = 2,
+                         score_batches: ScoreBatches | None = None) -> Iterator[dict]:
+        """Results for image files, one per path in order, a batch at a time (bounded memory).
+
+        ``score_batches`` computes the scores elsewhere (an engine, see
+        :func:`features.prediction.iter_image_predictions`); here by default.
+        """
         kind = self.score_kind
         for result in iter_image_predictions(paths, self.input_size, self.class_scores,
                                              self.label_names, top, batch_size=batch_size,
-                                             workers=workers):
+                                             workers=workers, score_batches=score_batches):
             yield result if "error" in result else {**result, "score_kind": kind}
 
     @property

@@ -28,6 +28,7 @@ from pipeline.datasets import (
     load_dataset,
     source_dataset_name,
 )
+from pipeline.engines import open_engine
 from pipeline.image_classifiers import load_image_classifier
 
 
@@ -62,6 +63,8 @@ def extract_dataset(
     overwrite: bool = False,
     workers: int = 2,
     progress: ProgressCallback | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> ExtractReport:
     """Stage 1: find the images of ``data``, split them, and write their features to a store.
 
@@ -78,6 +81,9 @@ def extract_dataset(
     runtime, calibration_images
         What runs the network, and for int8 how many training images calibrate it
         (:func:`features.extraction.extract_features`).
+    engine, address : str
+        Where the features are computed: ``local`` (here) or ``ray`` (the cluster at
+        ``address``; see :func:`pipeline.engines.open_engine`). The store is the same.
     Other parameters are those of :func:`features.extract_features`.
 
     Returns
@@ -88,17 +94,19 @@ def extract_dataset(
     images, dataset = load_dataset(data, test_size=test_size, val_size=val_size, seed=seed)
     if out is None:
         out = default_store_path(dataset_name(data), backbone, layer, pooling)
-    result = extract_features(
-        images, out, backbone=backbone, weights=weights, input_size=input_size, layer=layer,
-        pooling=pooling, precision=precision, runtime=runtime,
-        calibration_images=calibration_images, calibration_seed=seed, batch_size=batch_size,
-        compression=compression, overwrite=overwrite, workers=workers, progress=progress,
-        extra_attrs={"test_size": test_size, "val_size": val_size, "seed": seed,
-                     "n_ignored_files": len(dataset.ignored),
-                     "n_groups": len(set(images.group_ids.tolist())),
-                     "n_duplicate_files": dataset.grouping.duplicates,
-                     "n_augmented_copies": dataset.grouping.augmented},
-    )
+    with open_engine(engine, address) as chosen:
+        result = extract_features(
+            images, out, backbone=backbone, weights=weights, input_size=input_size,
+            layer=layer, pooling=pooling, precision=precision, runtime=runtime,
+            calibration_images=calibration_images, calibration_seed=seed,
+            batch_size=batch_size, compression=compression, overwrite=overwrite,
+            workers=workers, progress=progress, feature_batches=chosen.feature_batches,
+            extra_attrs={"test_size": test_size, "val_size": val_size, "seed": seed,
+                         "n_ignored_files": len(dataset.ignored),
+                         "n_groups": len(set(images.group_ids.tolist())),
+                         "n_duplicate_files": dataset.grouping.duplicates,
+                         "n_augmented_copies": dataset.grouping.augmented},
+        )
     return ExtractReport(result=result, class_counts=dataset.class_counts(),
                          ignored=dataset.ignored, grouping=dataset.grouping)
 
@@ -157,6 +165,8 @@ def train_store(
     repeats: int = 0,
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> list[TrainOutcome]:
     """Stage 2: tune, fit, test, save and report classifiers on a feature store.
 
@@ -182,6 +192,10 @@ def train_store(
         Retrain even when a model with these settings exists, replacing it.
     log : callable, optional
         Receives one line per step.
+    engine, address : str
+        Where the cross-validation folds run: ``local`` (threads here) or ``ray`` (one
+        task per fold on the cluster at ``address``, :func:`pipeline.engines.open_engine`).
+        The final fit runs here either way; the model is the same.
 
     Returns
     -------
@@ -206,7 +220,7 @@ def train_store(
         raise UserInputError(f"--repeats must be 0 or more, got {repeats}")
     names = resolve_classifier_names(classifier)
     outcomes = []
-    with FeatureStore(store_path) as store:
+    with open_engine(engine, address) as chosen, FeatureStore(store_path) as store:
         store_name = Path(store_path).stem
         attrs = store.attrs
         # Fail before training anything, so 'all' never stops half-way on a data problem.
@@ -236,7 +250,8 @@ def train_store(
             if kind != "sgd" and loaded is None:
                 loaded = store.load("train")
             model.fit_store(store, "train", progress=lambda done, total, n=name: say(
-                f"{n}: cross-validation fold {done}/{total} done"), loaded=loaded)
+                f"{n}: cross-validation fold {done}/{total} done"), loaded=loaded,
+                fold_runner=chosen.fold_runner)
             evaluation = _evaluate_on_store(model, store, "test")
             info = {
                 "model": name, "stage": "features", "store": str(Path(store_path).resolve()),
@@ -466,18 +481,23 @@ def write_report_pages(datasets: list[str] | None = None) -> list[Path]:
 
 def predict_files(model_path: str | Path, images: list[str | Path], *, top: int = 1,
                   batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 2,
-                  runtime: str | None = None) -> list[dict]:
+                  runtime: str | None = None, engine: str = "local",
+                  address: str | None = None) -> list[dict]:
     """Classify images with a saved model; unreadable files get an ``error`` entry.
 
     ``images`` is a folder, a CSV of paths, or image files (see
     :func:`pipeline.datasets.images_to_predict`). Files are streamed through the
     model a batch at a time; the results come back in input order. ``runtime`` runs
-    the network (see :func:`pipeline.image_classifiers.load_image_classifier`).
+    the network (see :func:`pipeline.image_classifiers.load_image_classifier`);
+    ``engine`` and ``address`` where the images are scored (as :func:`write_predictions`).
     """
     _check_predict_args(top, batch_size)
     paths, _ = images_to_predict(list(images))
     model = load_image_classifier(model_path, runtime=runtime)
-    return list(model.iter_predictions(paths, top=top, batch_size=batch_size, workers=workers))
+    with open_engine(engine, address) as chosen:
+        return list(model.iter_predictions(
+            paths, top=top, batch_size=batch_size, workers=workers,
+            score_batches=chosen.score_batches(model_path, model.info.get("runtime"))))
 
 
 @dataclass
@@ -501,7 +521,8 @@ PREDICTION_COLUMNS = ("path", "label", "score", "score_kind", "top", "error")
 def write_predictions(model_path: str | Path, images: list[str | Path], out: str | Path, *,
                       top: int = 1, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 2,
                       overwrite: bool = False, progress: ProgressCallback | None = None,
-                      runtime: str | None = None) -> PredictionReport:
+                      runtime: str | None = None, engine: str = "local",
+                      address: str | None = None) -> PredictionReport:
     """Classify a folder, a CSV of paths or files, writing one CSV row per image as it goes.
 
     Rows (``path, label, score, score_kind, top, error``; ``score_kind`` is
@@ -509,7 +530,9 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
     are written in input order to ``<out>.partial``, which is renamed to ``out`` only
     when every image is done: a file at ``out`` is always complete.
     Memory stays bounded by a few batches, whatever the number of images. ``runtime``
-    runs the network, as in :func:`predict_files`.
+    runs the network, as in :func:`predict_files`. With ``engine="ray"`` the images are
+    decoded and scored on the cluster at ``address`` (each worker loads the model once;
+    it and the images must be at the same paths there), and this process writes the CSV.
 
     Raises
     ------
@@ -530,13 +553,15 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
     model = load_image_classifier(model_path, runtime=runtime)
     errors: list[tuple[str, str]] = []
     t0 = time.perf_counter()
+    score_batches = None
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(PREDICTION_COLUMNS)
-            for n, r in enumerate(model.iter_predictions(paths, top=top, batch_size=batch_size,
-                                                          workers=workers), start=1):
+            results = model.iter_predictions(paths, top=top, batch_size=batch_size,
+                                             workers=workers, score_batches=score_batches)
+            for n, r in enumerate(results, start=1):
                 if "error" in r:
                     errors.append((r["path"], r["error"]))
                     writer.writerow([r["path"], "", "", "", "", r["error"]])
@@ -548,7 +573,9 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
                     f.flush()
                     progress(n, len(paths))
 
-    atomic_write(out, write, partial=True)
+    with open_engine(engine, address) as chosen:
+        score_batches = chosen.score_batches(model_path, model.info.get("runtime"))
+        atomic_write(out, write, partial=True)
     return PredictionReport(out, len(paths), errors, ignored, time.perf_counter() - t0)
 
 

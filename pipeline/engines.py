@@ -1,0 +1,94 @@
+"""Where the work of a command runs: here (the local engine) or on a Ray cluster.
+
+``--engine local`` (the default) runs everything in this process and imports nothing
+from Ray. ``--engine ray`` computes features, class scores and cross-validation folds
+on a Ray cluster (:mod:`pipeline.ray_engine`) while this process, the driver, still
+plans the work and writes every file, so the outputs are the local ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from features.errors import UserInputError
+from features.extraction import FeatureBatches
+from features.prediction import ScoreBatches
+
+ENGINES = ("local", "ray")
+RAY_MISSING = "Ray is not installed; pip install 'tlearn[ray]'"
+
+
+@dataclass
+class Engine:
+    """What a workflow hands to the library calls: ``None`` everywhere means here.
+
+    Attributes
+    ----------
+    name : str
+        ``"local"`` or ``"ray"``.
+    feature_batches : callable or None
+        For :func:`features.extraction.extract_features`.
+    fold_runner : callable or None
+        For :meth:`classifiers.estimators.FeatureClassifier.fit_store`.
+    address : str or None
+        The Ray cluster's address (None: a local Ray started for the run).
+    """
+
+    name: str = "local"
+    feature_batches: FeatureBatches | None = None
+    fold_runner: object | None = None
+    address: str | None = None
+    _ray: object | None = None
+
+    def score_batches(self, model_path: str | os.PathLike, runtime: str | None
+                      ) -> ScoreBatches | None:
+        """For :func:`features.prediction.iter_image_predictions`: the saved model at
+        ``model_path``, loaded once per Ray worker, scores the images there."""
+        if self._ray is None:
+            return None
+        return self._ray.score_batches(Path(model_path), runtime)
+
+
+def resolve_address(address: str | None) -> str | None:
+    """The cluster to use: ``address``, else ``$RAY_ADDRESS``, else None (start a local Ray)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+@contextmanager
+def open_engine(engine: str = "local", address: str | None = None) -> Iterator[Engine]:
+    """The engine of one command, connected for its duration.
+
+    Parameters
+    ----------
+    engine : {"local", "ray"}
+    address : str, optional
+        For ``ray``: the cluster's address (``HOST:PORT`` of its head, or ``auto``);
+        default ``$RAY_ADDRESS``, else a local Ray started for the run and stopped after.
+
+    Raises
+    ------
+    UserInputError
+        An unknown engine, ``address`` without ``ray``, Ray not installed, or a
+        cluster that cannot be reached.
+    """
+    if engine not in ENGINES:
+        raise UserInputError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    if engine == "local":
+        if address:
+            raise UserInputError("--address needs --engine ray")
+        yield Engine()
+        return
+    try:
+        import ray  # noqa: F401  (only to tell a missing install from other errors)
+    except ImportError:
+        raise UserInputError(RAY_MISSING) from None
+    from pipeline.ray_engine import connect
+
+    resolved = resolve_address(address)
+    with connect(resolved) as ray_engine:
+        yield Engine("ray", ray_engine.feature_batches, ray_engine.fold_runner, resolved,
+                     ray_engine)
