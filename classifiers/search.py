@@ -16,7 +16,12 @@ their margins (:mod:`classifiers.platt`): one scale per grid value, fitted on th
 held-out margins of all folds, which also gives the final model its probabilities.
 
 Folds run in threads (numpy and the solvers release the GIL), so no worker gets
-its own copy of the data, only its fold's rows, copied once per fold; within a
+its own copy of the data. When the rows are laid out with every held-out fold
+contiguous (:func:`fold_layout`, as :class:`classifiers.estimators.FeatureClassifier`
+does when it makes its own copy of them), a fold's held-out rows are a view and its
+training rows at most two slabs of views, which
+:class:`classifiers.solvers.PreconditionedLogisticRegression` fits without a
+copy; otherwise each fold copies its rows once for the whole walk. Within a
 fold the grid is walked from the strongest to the weakest regularisation, each
 fit warm-started from the previous one. The final model walks the same path on
 all rows up to the chosen value (:func:`walk_path`): cross-validation judged that
@@ -38,12 +43,16 @@ from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from classifiers.platt import fit_margin_scale, margin_columns, scaled_log_loss
+from classifiers.solvers import PreconditionedLogisticRegression, RowSlabs
 from features.errors import UserInputError
 
 #: Probabilities are clipped to [EPS, 1] before the log, as ``sklearn.metrics.log_loss`` does.
 EPS = 1e-15
 
 RULES = ("log_loss", "log_loss_1se", "accuracy")
+# A fold's training rows are fitted as views when they form at most this many contiguous
+# runs (two for every fold of a layout made by fold_layout); more, and they are copied.
+_MAX_SLABS = 4
 
 
 @dataclass
@@ -173,6 +182,53 @@ def stratified_folds(y: np.ndarray, cv: int, seed: int, repeats: int = 1
     return splits
 
 
+def fold_layout(splits: Sequence[tuple[np.ndarray, np.ndarray]], cv: int
+                ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """An order of the rows in which the first ``cv`` held-out folds are contiguous.
+
+    Parameters
+    ----------
+    splits : sequence of (train, test) row indices
+        As :func:`stratified_folds` makes them; the first ``cv`` test folds partition
+        the rows.
+    cv : int
+
+    Returns
+    -------
+    order : numpy.ndarray
+        The rows of the first held-out fold, then the second's, and so on: lay the
+        data out as ``X[order]``, ``y[order]``.
+    splits : list of (train, test)
+        The same splits in positions of that layout, sorted: the first repeat's
+        held-out folds are one run of rows and its training rows at most two.
+    """
+    order = np.concatenate([test for _, test in splits[:cv]])
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    return order, [(np.sort(position[train]), np.sort(position[test]))
+                   for train, test in splits]
+
+
+def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the contiguous runs of increasing ``rows``."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(rows)]])
+    return [(int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(starts, stops, strict=True)]
+
+
+def _fold_rows(X: np.ndarray, rows: np.ndarray, dtype: np.dtype | None, slabs: bool):
+    """``X[rows]``: a view when the rows are one run, :class:`RowSlabs` of views when
+    ``slabs`` and they are a few runs, else a copy (in ``dtype``)."""
+    if np.dtype(dtype or X.dtype) == X.dtype and len(rows) and np.all(np.diff(rows) > 0):
+        runs = _runs(rows)
+        if len(runs) == 1:
+            return X[runs[0][0]:runs[0][1]]
+        if slabs and len(runs) <= _MAX_SLABS:
+            return RowSlabs([X[start:stop] for start, stop in runs])
+    return _take_rows(X, rows, dtype)
+
+
 def held_out_log_loss(probabilities: np.ndarray, y_index: np.ndarray) -> float:
     """Mean negative log-probability of the true class (columns in class order)."""
     true = probabilities[np.arange(len(y_index)), y_index]
@@ -233,8 +289,10 @@ def _fold_scores(estimator, param: str, walk: Sequence[float], X: np.ndarray, y:
                  classes: np.ndarray, train: np.ndarray, test: np.ndarray,
                  dtype: np.dtype | None) -> tuple[list[float], list[float], list[np.ndarray]]:
     """Accuracy, log-loss (NaN for margin classifiers) and held-out margins along ``walk``."""
-    # One copy of the fold's rows for the whole walk (not one per grid value).
-    X_train, X_test = _take_rows(X, train, dtype), _take_rows(X, test, dtype)
+    # Views of the fold's rows where they are contiguous, else one copy for the whole
+    # walk (not one per grid value).
+    slabs = isinstance(estimator, PreconditionedLogisticRegression)
+    X_train, X_test = _fold_rows(X, train, dtype, slabs), _fold_rows(X, test, dtype, False)
     y_index = np.searchsorted(classes, y[test])
     accuracy, log_loss, margins = [], [], []
     for _, fitted, _ in walk_path(estimator, param, walk, X_train, y[train]):
@@ -282,7 +340,8 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
                    *, cv: int = 3, repeats: int = 1, seed: int = 0, n_jobs: int | None = 1,
                    name: str | None = None, rule: str = "log_loss",
                    fold_dtype: np.dtype | None = None, refit: bool = True,
-                   progress: Callable[[int, int], None] | None = None
+                   progress: Callable[[int, int], None] | None = None,
+                   splits: Sequence[tuple[np.ndarray, np.ndarray]] | None = None
                    ) -> tuple[SearchResult, object | None, list]:
     """Score every value of ``grid`` for ``param`` of ``estimator`` by repeated stratified k-fold,
     and fit the chosen model on all rows.
@@ -316,6 +375,9 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
         (:func:`walk_path`; a single fit for estimators that cannot warm-start).
     progress : callable, optional
         ``progress(done_splits, cv * repeats)``.
+    splits : sequence of (train, test) row indices, optional
+        The folds, ``cv * repeats`` of them, e.g. :func:`stratified_folds` moved to a
+        :func:`fold_layout`; ``stratified_folds(y, cv, seed, repeats)`` if None.
 
     Returns
     -------
@@ -330,7 +392,7 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
     name = name or param.split("__")[-1]
     walk = walk_order(grid, name)
     classes = np.unique(y)
-    splits = stratified_folds(y, cv, seed, repeats)
+    splits = list(splits) if splits is not None else stratified_folds(y, cv, seed, repeats)
     tasks = (delayed(_fold_scores)(estimator, param, walk, X, y, classes, tr, te, fold_dtype)
              for tr, te in splits)
     runner = Parallel(n_jobs=concurrent_jobs(n_jobs, len(splits)), prefer="threads",
