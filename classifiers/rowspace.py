@@ -262,8 +262,16 @@ class CentredRows:
         n, d = X.shape
         self.mean_ = X.mean(axis=0, dtype=np.float64)
         Z = np.empty((n, d), dtype=self.dtype)
-        for start, block in _row_blocks(X, self.mean_, order):
-            Z[start:start + len(block)] = block
+        rows = np.arange(n) if order is None else order
+        step = max(1, ROW_BLOCK_BYTES // (8 * max(1, d)))
+        for start in range(0, n, step):
+            # in place, no temporary: the difference is taken in float64, then rounded
+            block = Z[start:start + step]
+            if X.dtype == Z.dtype:
+                np.take(X, rows[start:start + step], axis=0, out=block)
+            else:
+                block[...] = X[rows[start:start + step]]
+            np.subtract(block, self.mean_, out=block, casting="same_kind")
         self.train_coordinates_ = Z
         self.n_features_in_ = self.n_components_ = d
         return self

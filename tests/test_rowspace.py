@@ -218,3 +218,11 @@ def test_fit_on_centred_rows_equals_plain_fit(name, family):
     assert short.n_features_in_ == X.shape[1]
     assert_same_decisions(short, plain, Xt, rtol=1e-3)
     assert_same_decisions(short, plain, X, rtol=1e-3)
+
+
+def test_centred_rows_of_float64_features_in_float32():
+    X, _, _, _ = TALL["tall_full_rank"]
+    X64 = X.astype(np.float64) * 1.001
+    Z = rowspace.CentredRows(dtype=np.float32).fit(X64).train_coordinates_
+    assert Z.dtype == np.float32
+    np.testing.assert_allclose(Z, X64 - X64.mean(axis=0), rtol=0, atol=1e-6 * np.abs(X64).max())
