@@ -85,8 +85,9 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=0
         Seed of the folds and of stochastic solvers.
     n_jobs : int or None, default=None
-        Folds fitted at once, in threads; None: one per CPU (each holds a copy of its
-        fold's training rows).
+        Folds fitted at once, in threads; None: one per CPU. The folds of the first
+        k-fold split train on views of tlearn's one copy of the rows (logreg, ovr); the
+        others copy their fold's rows.
     max_iter : int, default=1000
         Iteration limit of the solvers.
     epochs : int, default=5

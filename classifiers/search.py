@@ -360,7 +360,8 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
         Folds, repetitions of the k-fold split (each shuffled differently), seed.
     n_jobs : int or None
         Folds fitted at once, in threads; None: one per CPU. Each thread holds one
-        fold's training rows; the linear algebra runs single-threaded
+        fold's training rows (views where they are contiguous, see :func:`fold_layout`,
+        else a copy); the linear algebra runs single-threaded
         (:func:`single_threaded_blas`).
     name : str, optional
         ``"C"`` (larger = weaker regularisation) or ``"alpha"`` (larger = stronger);
