@@ -48,8 +48,10 @@ _ROWS_PER_BLOCK = 256
 #: Products ``X @ W`` and ``X.T @ G`` with at most this many columns (classes) run as one
 #: matrix-vector product per column: OpenBLAS's matrix-matrix kernel is 2 to 3 times
 #: slower on such thin products (2,158 x 1,280 float32, one thread, AMD EPYC with
-#: AVX-512: 1.1 ms against 0.45 ms for 3 columns, 1.2 against 0.7 for 5).
-GEMV_CLASSES = 8
+#: AVX-512: 1.1 ms against 0.45 ms for 3 columns, 1.2 against 0.7 for 5); at 8 columns
+#: the two were even (0.9 against 1.15 ms one way, 1.2 against 1.2 the other), at 16
+#: the matrix-matrix kernel won (1.5 against 2.2).
+GEMV_CLASSES = 6
 
 
 class RowSlabs:
