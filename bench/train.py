@@ -15,14 +15,18 @@ For each set, in one run and each in a fresh process:
   faster for its thin products when other processes share the cores (pooled sets only:
   on the 25,088-wide set it would take many minutes more);
 * ``tlearn``: ``FeatureClassifier("logreg")`` over the same grid and folds count
-  (float32, centred principal axes, warm starts, folds in two threads);
+  (float32; centred features on pooled sets, centred principal axes on the
+  25,088-wide one; warm starts; folds as views of one copy of the rows, in two threads);
 * ``tlearn-default``: the same with tlearn's default grid, as ``tlearn train`` runs it.
 
-Wall time of search + final fit (loading excluded), peak memory above the process'
-memory before loading the features (VmHWM), test accuracy, log-loss and expected
-calibration error (15 bins). Prints a table and writes ``bench/results/train.json``
-with the CPU it ran on. Other processes may share the CPU: compare only ratios within
-one run. Run: ``.venv/bin/python bench/train.py``.
+Wall time of search + final fit (loading excluded); peak memory (VmHWM, reset after
+loading where the kernel allows it) above the process' memory once the features are
+loaded, that is what the recipe allocates beyond the matrices it was given, divided by
+the float32 training matrix (and by all the float32 features of the set, train and
+test); test accuracy, log-loss and expected calibration error (15 bins). Prints a
+table and writes ``bench/results/train.json`` with the CPU it ran on and the load
+averages before and after each recipe. Other processes may share the CPU: compare only
+ratios within one run. Run: ``.venv/bin/python bench/train.py``.
 """
 
 from __future__ import annotations
@@ -61,6 +65,16 @@ def _status_kb(field: str) -> int:
     return 0
 
 
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux: ``5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def worker(recipe: str, store_path: str) -> None:
     """Run one recipe on one store and print a JSON line (in a fresh process)."""
     from contextlib import nullcontext
@@ -74,11 +88,15 @@ def worker(recipe: str, store_path: str) -> None:
     from classifiers.estimators import FeatureClassifier
     from features.store import FeatureStore
 
-    baseline_kb = _status_kb("VmRSS")
+    start_kb = _status_kb("VmRSS")
     with FeatureStore(store_path) as store:
         X_train, y_train = store.load("train")
         X_test, y_test = store.load("test")
         matrix_bytes = store.nbytes
+    train_bytes = X_train.nbytes  # float32, as given to the recipe
+    # what the recipe allocates beyond the matrices it was given, not the reading
+    peak_was_reset = _reset_peak()
+    loaded_kb = _status_kb("VmRSS")
     t0 = time.perf_counter()
     if recipe.startswith("classic"):
         limits = threadpool_limits(1, "blas") if recipe == "classic-1-thread" else nullcontext()
@@ -102,7 +120,9 @@ def worker(recipe: str, store_path: str) -> None:
         "test_accuracy": float(np.mean(proba.argmax(axis=1) == y_index)),
         "test_log_loss": float(-np.mean(np.log(true))),
         "test_ece": expected_calibration_error(proba, y_index), "chosen_C": chosen,
-        "peak_extra_mb": (peak_kb - baseline_kb) / 1024, "matrix_mb": matrix_bytes / 2**20,
+        "peak_extra_mb": (peak_kb - loaded_kb) / 1024, "peak_was_reset": peak_was_reset,
+        "peak_above_start_mb": (peak_kb - start_kb) / 1024,
+        "matrix_mb": matrix_bytes / 2**20, "train_matrix_mb": train_bytes / 2**20,
         "rows": int(len(y_train) + len(y_test)), "features": int(X_train.shape[1]),
     }))
 
@@ -120,12 +140,14 @@ def ensure_store(name: str) -> Path:
 
 
 def run_recipe(recipe: str, store: Path) -> dict:
+    load_before = os.getloadavg()
     proc = subprocess.run([sys.executable, __file__, "--worker", recipe, str(store)],
                           capture_output=True, text=True, cwd=REPO)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{recipe} on {store} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return {**json.loads(lines[-1][len("RESULT "):]), "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg()}
 
 
 def main() -> None:
@@ -155,8 +177,9 @@ def main() -> None:
                 continue
             rows[recipe] = run_recipe(recipe, store)
             r = rows[recipe]
-            console.print(f"{name} {recipe}: {r['seconds']:.1f}s, acc {r['test_accuracy']:.4f}, "
-                          f"peak +{r['peak_extra_mb']:.0f} MB (matrix {r['matrix_mb']:.0f} MB)")
+            console.print(f"{name} {recipe}: {r['seconds']:.2f}s, acc {r['test_accuracy']:.4f}, "
+                          f"peak +{r['peak_extra_mb']:.0f} MB (training matrix "
+                          f"{r['train_matrix_mb']:.0f} MB), load {r['loadavg_before'][0]:.1f}")
         classic = rows["classic"]
         fastest_classic = min(r["seconds"] for k, r in rows.items() if k.startswith("classic"))
         for r in rows.values():
@@ -164,24 +187,25 @@ def main() -> None:
             r["speedup_vs_fastest_classic"] = fastest_classic / r["seconds"]
             r["accuracy_points_vs_classic"] = 100 * (r["test_accuracy"]
                                                      - classic["test_accuracy"])
+            r["peak_over_train_matrix"] = r["peak_extra_mb"] / r["train_matrix_mb"]
             r["peak_over_matrix"] = r["peak_extra_mb"] / r["matrix_mb"]
         results[name] = rows
 
     table = Table(title=f"stage 2: logreg search (3-fold CV) + final fit; {describe(machine)}")
     for col in ("features", "recipe", "rows x cols", "seconds", "speed-up", "vs fastest classic",
-                "peak extra MB", "peak / matrix", "test acc", "Δ acc (pts)", "log-loss", "ECE",
-                "C"):
+                "peak extra MB", "peak / train matrix", "test acc", "Δ acc (pts)", "log-loss",
+                "ECE", "C", "load"):
         table.add_column(col, justify="left" if col in ("features", "recipe") else "right")
     for name, rows in results.items():
         for recipe, r in rows.items():
             table.add_row(name, recipe, f"{r['rows']:,} x {r['features']:,}",
                           f"{r['seconds']:.1f}", f"{r['speedup_vs_classic']:.1f}x",
                           f"{r['speedup_vs_fastest_classic']:.1f}x",
-                          f"{r['peak_extra_mb']:.0f}", f"{r['peak_over_matrix']:.2f}",
+                          f"{r['peak_extra_mb']:.0f}", f"{r['peak_over_train_matrix']:.2f}",
                           f"{100 * r['test_accuracy']:.2f}%",
                           f"{r['accuracy_points_vs_classic']:+.2f}",
                           f"{r['test_log_loss']:.4f}", f"{r['test_ece']:.4f}",
-                          f"{r['chosen_C']:g}")
+                          f"{r['chosen_C']:g}", f"{r['loadavg_before'][0]:.1f}")
     console.print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"cpu": machine, "cpus": os.cpu_count(),

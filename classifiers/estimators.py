@@ -27,12 +27,18 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classifiers.platt import PlattScaledClassifier
 from classifiers.registry import ClassifierConfig, get_classifier_config
-from classifiers.rowspace import RowSpaceBasis, lift_estimator
-from classifiers.search import FoldRunner, check_folds, search_and_fit
+from classifiers.rowspace import CentredRows, RowSpaceBasis, lift_estimator
+from classifiers.search import (
+    FoldRunner,
+    check_folds,
+    fold_layout,
+    search_and_fit,
+    stratified_folds,
+)
 from classifiers.streaming_sgd import ChunkSource, array_chunks, search_sgd
 from features.errors import UserInputError
 
-SOLVER_SPACES = ("auto", "rowspace", "features")
+SOLVER_SPACES = ("auto", "rowspace", "centred", "features")
 
 Progress = Callable[[int, int], None]
 
@@ -86,19 +92,24 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=0
         Seed of the folds and of stochastic solvers.
     n_jobs : int or None, default=None
-        Folds fitted at once, in threads; None: one per CPU (each holds a copy of its
-        fold's training rows).
+        Folds fitted at once, in threads; None: one per CPU. The folds of the first
+        k-fold split train on views of tlearn's one copy of the rows (logreg, ovr); the
+        others copy their fold's rows.
     max_iter : int, default=1000
         Iteration limit of the solvers.
     epochs : int, default=5
         Passes over the data for ``sgd``.
-    solver_space : {"auto", "rowspace", "features"}, default="auto"
+    solver_space : {"auto", "rowspace", "centred", "features"}, default="auto"
         Where the model is fitted. ``"rowspace"``: on the coordinates of the training
         rows in their principal axes (centred for the logistic models), then mapped
         back to features (the same model, see :mod:`classifiers.rowspace`; ``logreg``,
-        ``linear_svm`` and ``ovr`` only). ``"features"``: on the features directly.
-        ``"auto"``: the principal axes for ``logreg`` and ``ovr`` always, for
-        ``linear_svm`` when there are fewer rows than features.
+        ``linear_svm`` and ``ovr`` only). ``"centred"``: on the features minus their
+        mean, the intercept moved back after (the same model; ``logreg`` and ``ovr``).
+        ``"features"``: on the features directly. ``"auto"``: for ``logreg`` and
+        ``ovr`` the principal axes when there are fewer rows than features, the
+        centred features otherwise (the rotation does not pay there, see
+        :mod:`classifiers.rowspace`); for ``linear_svm`` the principal axes when there
+        are fewer rows than features, the features otherwise.
     feature_spec : dict, optional
         Specification of the features, needed by :meth:`predict_images`.
         :meth:`fit_store` takes it from the store instead.
@@ -130,6 +141,8 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         Held-out log-loss and accuracy of every grid value on every fold.
     used_rowspace_ : bool
         Whether the model was fitted in the principal axes of the training rows.
+    solver_space_ : str
+        Where it was fitted: ``"rowspace"``, ``"centred"`` or ``"features"``.
     converged_ : bool
         False when the final fit stopped at ``max_iter``.
     n_iter_ : int
@@ -176,6 +189,12 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             raise UserInputError(f"solver_space='rowspace' is exact only for L2 linear models "
                                  f"fitted in memory; kind {self.kind!r} takes 'auto' or "
                                  "'features'")
+        if self.solver_space == "centred" and (not config.rowspace
+                                               or config.penalised_intercept):
+            raise UserInputError(f"solver_space='centred' is exact only for L2 linear models "
+                                 f"whose intercept is not penalised (logreg, ovr); kind "
+                                 f"{self.kind!r} takes 'auto', 'features'"
+                                 + ("" if not config.rowspace else " or 'rowspace'"))
         grid = list(config.param_grid if self.grid is None else self.grid)
         if not grid or not all(isinstance(v, numbers.Real) and v > 0 for v in grid):
             raise UserInputError(f"grid must hold positive values of {config.param_name}, "
@@ -242,29 +261,45 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self._finish(y, names, feature_spec, t0)
         return self
 
+    def _solver_space(self, config: ClassifierConfig, X: np.ndarray) -> str:
+        """Where to fit: ``"rowspace"``, ``"centred"`` or ``"features"``."""
+        if not config.rowspace or self.solver_space == "features":
+            return "features"
+        if self.solver_space != "auto":
+            return self.solver_space
+        if X.shape[0] < X.shape[1]:  # the row space is smaller than the features
+            return "rowspace"
+        # the intercept may not be centred away, and rotating alone does not shrink
+        return "features" if config.penalised_intercept else "centred"
+
     def _fit_in_memory(self, config: ClassifierConfig, X: np.ndarray, y: np.ndarray,
                        grid: list[float], seed: int, progress: Progress | None,
                        fold_runner: FoldRunner | None = None) -> None:
-        if config.penalised_intercept:  # the basis may not be centred, and only shrinking helps
-            self.used_rowspace_ = config.rowspace and (
-                self.solver_space == "rowspace"
-                or (self.solver_space == "auto" and X.shape[0] < X.shape[1]))
-        else:
-            self.used_rowspace_ = config.rowspace and self.solver_space != "features"
-        basis = None
-        if self.used_rowspace_:
-            basis = RowSpaceBasis(center=not config.penalised_intercept,
-                                  dtype=config.fit_dtype or X.dtype).fit(X)
+        space = self._solver_space(config, X)
+        splits = stratified_folds(y, self.cv, seed, self.n_repeats)
+        basis, data, y_fit = None, X, y
+        if space != "features":
+            # tlearn's own copy of the rows, laid out so that every held-out fold of the
+            # first k-fold split is contiguous: the folds are then fitted on views of it
+            order, laid_out = fold_layout(splits, self.cv)
+            dtype = config.fit_dtype or X.dtype
+            basis = (CentredRows(dtype=dtype) if space == "centred" else
+                     RowSpaceBasis(center=not config.penalised_intercept, dtype=dtype)
+                     ).fit(X, order)
             if basis.n_components_ == 0:
-                basis, self.used_rowspace_ = None, False  # constant features: nothing to project
-        data = basis.train_coordinates_ if basis is not None else X
+                basis, space = None, "features"  # constant features: nothing to project
+            else:
+                data, y_fit, splits = basis.train_coordinates_, y[order], laid_out
+        self.solver_space_ = space
+        self.used_rowspace_ = space == "rowspace"
         template = config.make_estimator(seed, self.max_iter)
         key = config.param_key(template)
         # The final model comes along the folds' path (classifiers.search.walk_path).
         self.search_, final, caught = search_and_fit(
-            template, key, grid, data, y, cv=self.cv, repeats=self.n_repeats, seed=seed,
+            template, key, grid, data, y_fit, cv=self.cv, repeats=self.n_repeats, seed=seed,
             n_jobs=self.n_jobs, name=config.param_name, fold_dtype=config.fit_dtype,
-            scale_margins=config.platt, progress=progress, fold_runner=fold_runner)
+            scale_margins=config.platt, progress=progress, fold_runner=fold_runner,
+            splits=splits)
         parts = getattr(final, "estimators_", [final])
         self.converged_ = not any(issubclass(w.category, ConvergenceWarning) for w in caught) \
             and all(getattr(part, "converged_", True) for part in parts)
@@ -284,6 +319,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     def _fit_out_of_core(self, config: ClassifierConfig, chunks: ChunkSource, y: np.ndarray,
                          grid: list[float], seed: int) -> None:
         self.used_rowspace_ = False
+        self.solver_space_ = "features"
         self.converged_ = True  # SGD runs a fixed number of epochs
         self.n_iter_ = self.epochs
         self.search_ = search_sgd(chunks, y, grid, cv=self.cv, random_state=seed,

@@ -18,7 +18,12 @@ grid value, fitted on the held-out margins of all folds, which also gives the
 final model its probabilities.
 
 Folds run in threads (numpy and the solvers release the GIL), so no worker gets
-its own copy of the data, only its fold's rows, copied once per fold; within a
+its own copy of the data. When the rows are laid out with every held-out fold
+contiguous (:func:`fold_layout`, as :class:`classifiers.estimators.FeatureClassifier`
+does when it makes its own copy of them), a fold's held-out rows are a view and its
+training rows at most two slabs of views, which
+:class:`classifiers.solvers.PreconditionedLogisticRegression` fits without a
+copy; otherwise each fold copies its rows once for the whole walk. Within a
 fold the grid is walked from the strongest to the weakest regularisation, each
 fit warm-started from the previous one. The final model walks the same path on
 all rows up to the chosen value (:func:`walk_path`): cross-validation judged that
@@ -41,12 +46,16 @@ from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from classifiers.platt import fit_margin_scale, margin_columns, scaled_log_loss
+from classifiers.solvers import PreconditionedLogisticRegression, RowSlabs
 from features.errors import UserInputError
 
 #: Probabilities are clipped to [EPS, 1] before the log, as ``sklearn.metrics.log_loss`` does.
 EPS = 1e-15
 
 RULES = ("log_loss", "log_loss_1se", "accuracy")
+# A fold's training rows are fitted as views when they form at most this many contiguous
+# runs (two for every fold of a layout made by fold_layout); more, and they are copied.
+_MAX_SLABS = 4
 
 #: Runs the cross-validation folds: ``runner(fold, X, y, splits, n_jobs)`` returns the
 #: outcome of ``fold(X=X, y=y, train=train, test=test)`` for every ``(train, test)`` of
@@ -182,6 +191,53 @@ def stratified_folds(y: np.ndarray, cv: int, seed: int, repeats: int = 1
     return splits
 
 
+def fold_layout(splits: Sequence[tuple[np.ndarray, np.ndarray]], cv: int
+                ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """An order of the rows in which the first ``cv`` held-out folds are contiguous.
+
+    Parameters
+    ----------
+    splits : sequence of (train, test) row indices
+        As :func:`stratified_folds` makes them; the first ``cv`` test folds partition
+        the rows.
+    cv : int
+
+    Returns
+    -------
+    order : numpy.ndarray
+        The rows of the first held-out fold, then the second's, and so on: lay the
+        data out as ``X[order]``, ``y[order]``.
+    splits : list of (train, test)
+        The same splits in positions of that layout, sorted: the first repeat's
+        held-out folds are one run of rows and its training rows at most two.
+    """
+    order = np.concatenate([test for _, test in splits[:cv]])
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    return order, [(np.sort(position[train]), np.sort(position[test]))
+                   for train, test in splits]
+
+
+def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the contiguous runs of increasing ``rows``."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(rows)]])
+    return [(int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(starts, stops, strict=True)]
+
+
+def _fold_rows(X: np.ndarray, rows: np.ndarray, dtype: np.dtype | None, slabs: bool):
+    """``X[rows]``: a view when the rows are one run, :class:`RowSlabs` of views when
+    ``slabs`` and they are a few runs, else a copy (in ``dtype``)."""
+    if np.dtype(dtype or X.dtype) == X.dtype and len(rows) and np.all(np.diff(rows) > 0):
+        runs = _runs(rows)
+        if len(runs) == 1:
+            return X[runs[0][0]:runs[0][1]]
+        if slabs and len(runs) <= _MAX_SLABS:
+            return RowSlabs([X[start:stop] for start, stop in runs])
+    return _take_rows(X, rows, dtype)
+
+
 def held_out_log_loss(probabilities: np.ndarray, y_index: np.ndarray) -> float:
     """Mean negative log-probability of the true class (columns in class order)."""
     true = probabilities[np.arange(len(y_index)), y_index]
@@ -243,8 +299,10 @@ def _fold_scores(estimator, param: str, walk: Sequence[float], X: np.ndarray, y:
                  dtype: np.dtype | None, scale_margins: bool = False
                  ) -> tuple[list[float], list[float], list[np.ndarray]]:
     """Accuracy, log-loss (NaN where margins get scaled) and held-out margins along ``walk``."""
-    # One copy of the fold's rows for the whole walk (not one per grid value).
-    X_train, X_test = _take_rows(X, train, dtype), _take_rows(X, test, dtype)
+    # Views of the fold's rows where they are contiguous, else one copy for the whole
+    # walk (not one per grid value).
+    slabs = isinstance(estimator, PreconditionedLogisticRegression)
+    X_train, X_test = _fold_rows(X, train, dtype, slabs), _fold_rows(X, test, dtype, False)
     y_index = np.searchsorted(classes, y[test])
     accuracy, log_loss, margins = [], [], []
     for _, fitted, _ in walk_path(estimator, param, walk, X_train, y[train]):
@@ -304,6 +362,7 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
                    scale_margins: bool = False,
                    progress: Callable[[int, int], None] | None = None,
                    fold_runner: FoldRunner | None = None,
+                   splits: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
                    ) -> tuple[SearchResult, object | None, list]:
     """Score every value of ``grid`` for ``param`` of ``estimator`` by repeated stratified k-fold,
     and fit the chosen model on all rows.
@@ -322,7 +381,8 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
         Folds, repetitions of the k-fold split (each shuffled differently), seed.
     n_jobs : int or None
         Folds fitted at once, in threads; None: one per CPU. Each thread holds one
-        fold's training rows; the linear algebra runs single-threaded
+        fold's training rows (views where they are contiguous, see :func:`fold_layout`,
+        else a copy); the linear algebra runs single-threaded
         (:func:`single_threaded_blas`).
     name : str, optional
         ``"C"`` (larger = weaker regularisation) or ``"alpha"`` (larger = stronger);
@@ -343,6 +403,9 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
     fold_runner : callable, optional
         What runs the folds (:data:`FoldRunner`); :func:`thread_folds` by default.
         The final fit always runs here.
+    splits : sequence of (train, test) row indices, optional
+        The folds, ``cv * repeats`` of them, e.g. :func:`stratified_folds` moved to a
+        :func:`fold_layout`; ``stratified_folds(y, cv, seed, repeats)`` if None.
 
     Returns
     -------
@@ -357,7 +420,7 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
     name = name or param.split("__")[-1]
     walk = walk_order(grid, name)
     classes = np.unique(y)
-    splits = stratified_folds(y, cv, seed, repeats)
+    splits = list(splits) if splits is not None else stratified_folds(y, cv, seed, repeats)
     fold = partial(_fold_scores, estimator, param, walk, classes=classes, dtype=fold_dtype,
                    scale_margins=scale_margins)
     results = []

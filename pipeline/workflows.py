@@ -261,7 +261,9 @@ def train_store(
                 "layer": attrs.get("layer"), "pooling": attrs.get("pooling"),
                 "classifier": kind, "chosen": model.best_params_,
                 "cv": model.search_.to_dict(), "fit_seconds": model.fit_seconds_,
-                "rowspace_shortcut": model.used_rowspace_, "converged": model.converged_,
+                "rowspace_shortcut": model.used_rowspace_,
+                "solver_space": getattr(model, "solver_space_", None),  # sgd has none
+                "converged": model.converged_,
                 "n_train": store.split_counts()["train"], "model_path": str(model_path),
             }
             if repeats:

@@ -75,14 +75,18 @@ def pooled_like(n=300, d=48, k=3, seed=0, deficient=False):
     return X[: 2 * n // 3], y[: 2 * n // 3], X[2 * n // 3:]
 
 
+@pytest.mark.parametrize("space", ["auto", "rowspace"])
 @pytest.mark.parametrize("deficient", [False, True])
 @pytest.mark.parametrize("kind", ["logreg", "ovr"])
-def test_pooled_features_give_the_plain_model_at_the_chosen_C(kind, deficient):
-    # More rows than columns: the search and the final fit run on the rotated, centred
-    # coordinates in float32; the model is scikit-learn's float64 one at the same C.
+def test_pooled_features_give_the_plain_model_at_the_chosen_C(kind, deficient, space):
+    # More rows than columns: the search (on views of tlearn's copy of the rows, laid
+    # out fold by fold) and the final fit run on the centred features ("auto") or their
+    # principal axes, in float32; the model is scikit-learn's float64 one at the same C.
     X, y, Xt = pooled_like(deficient=deficient)
-    ours = FeatureClassifier(kind=kind, grid=[1e-3, 1e-2, 1e-1, 1.0]).fit(X, y)
-    assert ours.used_rowspace_ and ours.converged_
+    ours = FeatureClassifier(kind=kind, grid=[1e-3, 1e-2, 1e-1, 1.0],
+                             solver_space=space).fit(X, y)
+    assert ours.solver_space_ == ("centred" if space == "auto" else "rowspace")
+    assert ours.converged_
     plain = PLAIN[kind](ours.best_params_["C"]).fit(X.astype(np.float64), y)
     assert_same_decisions(ours, plain, Xt, rtol=5e-3)
     np.testing.assert_allclose(own_probabilities(ours, Xt), plain.predict_proba(Xt), atol=2e-3)
@@ -90,14 +94,20 @@ def test_pooled_features_give_the_plain_model_at_the_chosen_C(kind, deficient):
 
 def test_solver_space_choices():
     X, y = tall_data()
-    # logistic models: the centred principal axes whatever the shape (exact, and well
-    # conditioned); the linear SVM only shrinks to its row space when it is smaller
-    assert FeatureClassifier().fit(X, y).used_rowspace_
-    assert not FeatureClassifier(kind="linear_svm").fit(X, y).used_rowspace_
+    # logistic models: the centred principal axes when the rows are fewer than the
+    # features, the centred features otherwise (the rotation does not pay there); the
+    # linear SVM only shrinks to its row space when it is smaller
+    tall = FeatureClassifier().fit(X, y)
+    assert tall.solver_space_ == "centred" and not tall.used_rowspace_
+    assert FeatureClassifier(kind="ovr").fit(X, y).solver_space_ == "centred"
+    assert FeatureClassifier(solver_space="rowspace").fit(X, y).used_rowspace_
+    assert FeatureClassifier(kind="linear_svm").fit(X, y).solver_space_ == "features"
     assert FeatureClassifier(kind="linear_svm", solver_space="rowspace").fit(X, y).used_rowspace_
     assert not FeatureClassifier(solver_space="features").fit(X, y).used_rowspace_
     wide, y_wide, _ = wide_data(n=30, d=100)
-    assert FeatureClassifier().fit(wide, y_wide).used_rowspace_
+    assert FeatureClassifier().fit(wide, y_wide).solver_space_ == "rowspace"
+    assert FeatureClassifier(solver_space="centred").fit(wide, y_wide).solver_space_ == \
+        "centred"
     assert FeatureClassifier(kind="linear_svm").fit(wide, y_wide).used_rowspace_
     assert not FeatureClassifier(solver_space="features").fit(wide, y_wide).used_rowspace_
     assert not FeatureClassifier(kind="sgd").fit(wide, y_wide).used_rowspace_
@@ -117,7 +127,10 @@ def test_constant_features_fall_back_to_the_feature_space(kind, d, value):
 
 
 @pytest.mark.parametrize("params,message", [
-    ({"solver_space": True}, "solver_space must be one of auto, rowspace, features; got True"),
+    ({"solver_space": True},
+     "solver_space must be one of auto, rowspace, centred, features; got True"),
+    ({"kind": "linear_svm", "solver_space": "centred"},
+     "intercept is not penalised.*'linear_svm' takes 'auto', 'features' or 'rowspace'"),
     ({"kind": "sgd", "solver_space": "rowspace"}, "kind 'sgd' takes 'auto' or 'features'"),
     ({"kind": "knn"}, "unknown classifier 'knn'; choose one of"),
     ({"grid": []}, r"grid must hold positive values of C, got \[\]"),

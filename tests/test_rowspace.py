@@ -181,3 +181,48 @@ def test_fit_in_the_centred_basis_equals_plain_fit(name, family, dtype):
     rtol = 1e-4 if dtype == np.float64 else 1e-3
     assert_same_decisions(short, plain, Xt, rtol=rtol)
     assert_same_decisions(short, plain, X, rtol=rtol)
+
+
+@pytest.mark.parametrize("name", ["duplicates", *TALL])
+def test_ordered_coordinates_are_the_rows_in_that_order(name):
+    # The search lays the rows out fold by fold: the coordinates come in that order,
+    # through the Gram matrix (wide) and the covariance (tall) alike.
+    X, _, Xt, _ = {**DATASETS, **TALL}[name]
+    order = np.random.default_rng(0).permutation(len(X))
+    plain = RowSpaceBasis(center=True).fit(X)
+    ordered = RowSpaceBasis(center=True).fit(X, order)
+    Z = plain.train_coordinates_
+    # the blocks of rows differ, which may change the last bits of each product
+    np.testing.assert_allclose(ordered.train_coordinates_, Z[order], rtol=0,
+                               atol=1e-12 * np.abs(Z).max())
+    np.testing.assert_allclose(ordered.transform(Xt), plain.transform(Xt), rtol=0,
+                               atol=1e-12 * np.abs(Z).max())
+
+
+@pytest.mark.parametrize("family", ["logreg", "ovr"])
+@pytest.mark.parametrize("name", ["duplicates", "cnn_like", *TALL])
+def test_fit_on_centred_rows_equals_plain_fit(name, family):
+    # The rows minus their mean, in float32 and in another order: the intercept is not
+    # penalised, so moving the mean back into it gives scikit-learn's model, of full
+    # rank or not.
+    X, y, Xt, _ = {**DATASETS, **TALL}[name]
+    order = np.random.default_rng(1).permutation(len(X))
+    centred = rowspace.CentredRows().fit(X, order)
+    Z = centred.train_coordinates_
+    assert Z.dtype == np.float32 and centred.n_components_ == X.shape[1]
+    mean = X.astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(Z, (X - mean)[order], rtol=0, atol=1e-6 * np.abs(X).max())
+    np.testing.assert_allclose(centred.transform(Xt), Xt - mean, rtol=0, atol=1e-12)
+    plain = PLAIN[family]().fit(X.astype(np.float64), y)
+    short = lift_estimator(PLAIN[family]().fit(Z.astype(np.float64), y[order]), centred)
+    assert short.n_features_in_ == X.shape[1]
+    assert_same_decisions(short, plain, Xt, rtol=1e-3)
+    assert_same_decisions(short, plain, X, rtol=1e-3)
+
+
+def test_centred_rows_of_float64_features_in_float32():
+    X, _, _, _ = TALL["tall_full_rank"]
+    X64 = X.astype(np.float64) * 1.001
+    Z = rowspace.CentredRows(dtype=np.float32).fit(X64).train_coordinates_
+    assert Z.dtype == np.float32
+    np.testing.assert_allclose(Z, X64 - X64.mean(axis=0), rtol=0, atol=1e-6 * np.abs(X64).max())

@@ -8,6 +8,7 @@ from sklearn.svm import LinearSVC
 from classifiers import search
 from classifiers.search import (
     check_folds,
+    fold_layout,
     grid_search,
     pick_best,
     pick_by_log_loss,
@@ -15,7 +16,7 @@ from classifiers.search import (
     stratified_folds,
     walk_path,
 )
-from classifiers.solvers import PreconditionedLogisticRegression
+from classifiers.solvers import PreconditionedLogisticRegression, RowSlabs
 from features.errors import UserInputError
 
 
@@ -181,6 +182,54 @@ def test_each_fold_copies_its_rows_once_for_the_whole_grid():
     for fold in range(3):
         assert all(X is firsts[fold] for X in FITTED_ON[4 * fold:4 * fold + 4])
     FITTED_ON.clear()
+
+
+def test_fold_layout_makes_every_held_out_fold_one_run():
+    y = np.arange(61) % 2
+    splits = stratified_folds(y, 3, seed=4, repeats=2)
+    order, laid_out = fold_layout(splits, 3)
+    assert sorted(order) == list(range(61))
+    start = 0
+    for (train, test), (train_at, test_at) in zip(splits, laid_out, strict=True):
+        # the same rows, in positions of the layout
+        assert sorted(order[train_at]) == sorted(train) and sorted(order[test_at]) == sorted(test)
+        if start < 61:  # the first repeat: one run held out, at most two to train on
+            np.testing.assert_array_equal(test_at, np.arange(start, start + len(test)))
+            assert len(search._runs(train_at)) <= 2
+            start += len(test)
+    assert start == 61
+
+
+class SlabRecorder(PreconditionedLogisticRegression):
+    """Records what each fit was given."""
+
+    def fit(self, X, y):
+        FITTED_ON.append(X)
+        return super().fit(X, y)
+
+
+@pytest.mark.parametrize("repeats", [1, 2])
+def test_laid_out_folds_are_fitted_on_views_with_the_same_scores(repeats):
+    X, y = data(9, n=90)
+    X = X.astype(np.float32)
+    grid = [0.01, 1, 100]
+    plain = grid_search(PreconditionedLogisticRegression(), "C", grid, X, y, repeats=repeats,
+                        seed=3)
+    splits = stratified_folds(y, 3, seed=3, repeats=repeats)
+    order, laid_out = fold_layout(splits, 3)
+    Xo = X[order]
+    FITTED_ON.clear()
+    ours = grid_search(SlabRecorder(), "C", grid, Xo, y[order], repeats=repeats,
+                       splits=laid_out, n_jobs=1)
+    # no fold of the first split copied its rows: views (one run) or slabs of views
+    for fitted in FITTED_ON[:3 * len(grid)]:
+        parts = fitted.slabs if isinstance(fitted, RowSlabs) else [fitted]
+        assert all(part.base is Xo for part in parts)
+    assert any(isinstance(fitted, RowSlabs) for fitted in FITTED_ON)
+    FITTED_ON.clear()
+    # the same rows in another order: the same problems, scores to the solver's tolerance
+    np.testing.assert_allclose(ours.log_loss, plain.log_loss, rtol=1e-3)
+    assert np.abs(ours.accuracy - plain.accuracy).max() <= 1 / 30 + 1e-9
 
 
 def test_folds_in_threads_give_the_same_scores():

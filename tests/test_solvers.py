@@ -4,7 +4,8 @@ from scipy.special import log_expit, logsumexp
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
-from classifiers.solvers import PreconditionedLogisticRegression
+from classifiers import solvers
+from classifiers.solvers import PreconditionedLogisticRegression, RowSlabs
 from tests.test_rowspace import assert_same_decisions
 
 
@@ -110,6 +111,41 @@ def test_warm_starts_along_a_grid_reach_the_cold_optima_in_fewer_steps(one_vs_re
             <= 1e-5 * max(1.0, value)
         np.testing.assert_allclose(warm.predict_proba(X), cold.predict_proba(X), atol=1e-3)
     assert warm_steps < 0.8 * cold_steps
+
+
+@pytest.mark.parametrize("gemv_classes", [8, 0])  # a product per class, or one per matrix
+@pytest.mark.parametrize("one_vs_rest", [False, True])
+@pytest.mark.parametrize("k", [2, 3])
+def test_slabs_of_rows_give_the_model_of_the_rows_they_stand_for(k, one_vs_rest, gemv_classes,
+                                                                 monkeypatch):
+    # A fold's training rows as views of two slabs of one matrix (no copy): the same
+    # problem as on those rows stacked, hence the same optimum, on data of full rank
+    # and not, for both ways of computing the products.
+    monkeypatch.setattr(solvers, "GEMV_CLASSES", gemv_classes)
+    for X, y in (badly_scaled(k, n=180), rank_deficient(k, n=180)):
+        X = X.astype(np.float32)
+        slabs = RowSlabs([X[:50], X[110:]])
+        stacked = np.vstack([X[:50], X[110:]])
+        y_rows = np.concatenate([y[:50], y[110:]])
+        assert slabs.shape == stacked.shape and len(slabs) == 120
+        ours = PreconditionedLogisticRegression(C=0.1, one_vs_rest=one_vs_rest).fit(slabs,
+                                                                                    y_rows)
+        ref = plain(0.1, one_vs_rest).fit(stacked.astype(np.float64), y_rows)
+        assert ours.converged_
+        X64 = stacked.astype(np.float64)
+        value = objective(ours.coef_, ours.intercept_, X64, y_rows, 0.1, one_vs_rest)
+        ref_value = plain_objective(ref, X64, y_rows, 0.1, one_vs_rest)
+        assert ref_value - 1e-9 <= value <= ref_value + 1e-5 * max(1.0, abs(ref_value))
+        assert_same_decisions(ours, ref, X64, rtol=5e-3)
+        # fitted on rows it never saw in full, it predicts arrays as usual
+        np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=1e-3)
+
+
+def test_slabs_must_share_type_and_width():
+    with pytest.raises(ValueError, match="one type and width"):
+        RowSlabs([np.zeros((2, 3)), np.zeros((2, 4))])
+    with pytest.raises(ValueError, match="one type and width"):
+        RowSlabs([np.zeros((2, 3)), np.zeros((2, 3), np.float32)])
 
 
 def test_single_class_refused():
