@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,8 +24,8 @@ Preprocess = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
-class DecodedBatch:
-    """Files ``begin:end`` of the list, decoded.
+class BatchPositions:
+    """Where the files of one batch are, and which of them decoded.
 
     Attributes
     ----------
@@ -33,8 +33,6 @@ class DecodedBatch:
         Positions of the batch in the file list.
     good : list of int
         Positions (within the batch) of the files that decoded, in order.
-    x : numpy.ndarray
-        Their preprocessed pixels, one row per entry of ``good``.
     bad : list of (int, str)
         Position within the batch and reason of each file that did not decode.
     """
@@ -42,13 +40,20 @@ class DecodedBatch:
     begin: int
     end: int
     good: list[int]
-    x: np.ndarray
     bad: list[tuple[int, str]]
 
     @property
     def good_positions(self) -> np.ndarray:
         """Positions of the decoded files in the whole list."""
         return np.asarray(self.good, dtype=np.int64) + self.begin
+
+
+@dataclass
+class DecodedBatch(BatchPositions):
+    """Files ``begin:end`` of the list, decoded: ``x`` holds the preprocessed pixels of
+    the files in ``good``, one row each."""
+
+    x: np.ndarray = field(default_factory=lambda: np.empty((0, 0, 0, 3), np.float32))
 
 
 def _lower_thread_priority() -> None:
@@ -114,37 +119,18 @@ def iter_decoded_batches(paths: Sequence[str], *, size: int, batch_size: int,
             begin, end, future = pending.popleft()
             good, x, bad = future.result()
             submit_next()
-            yield DecodedBatch(begin, end, good, x, bad)
+            yield DecodedBatch(begin, end, good, bad, x=x)
 
 
 @dataclass
-class ComputedBatch:
-    """Files ``begin:end`` of the list, decoded and computed (features or class scores).
+class ComputedBatch(BatchPositions):
+    """Files ``begin:end`` of the list, decoded and computed (features or class scores):
+    ``values`` holds one row of results per file in ``good``.
 
     What an extraction or batch prediction consumes, whichever engine computed it.
-
-    Attributes
-    ----------
-    begin, end : int
-        Positions of the batch in the file list.
-    good : list of int
-        Positions (within the batch) of the files that decoded, in order.
-    values : numpy.ndarray
-        One row of results per entry of ``good``.
-    bad : list of (int, str)
-        Position within the batch and reason of each file that did not decode.
     """
 
-    begin: int
-    end: int
-    good: list[int]
-    values: np.ndarray
-    bad: list[tuple[int, str]]
-
-    @property
-    def good_positions(self) -> np.ndarray:
-        """Positions of the decoded files in the whole list."""
-        return np.asarray(self.good, dtype=np.int64) + self.begin
+    values: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))
 
 
 Compute = Callable[[np.ndarray], np.ndarray]
@@ -153,7 +139,7 @@ Compute = Callable[[np.ndarray], np.ndarray]
 def compute_decoded(batch: DecodedBatch, compute: Compute) -> ComputedBatch:
     """The per-batch work of every engine: ``compute`` on the decoded rows of ``batch``."""
     values = np.asarray(compute(batch.x)) if batch.good else np.empty((0, 0), np.float32)
-    return ComputedBatch(batch.begin, batch.end, batch.good, values, batch.bad)
+    return ComputedBatch(batch.begin, batch.end, batch.good, batch.bad, values=values)
 
 
 def compute_batch(paths: Sequence[str], begin: int, *, size: int, preprocess: Preprocess,
@@ -164,7 +150,7 @@ def compute_batch(paths: Sequence[str], begin: int, *, size: int, preprocess: Pr
     same on one machine, decoding ahead in threads.
     """
     good, x, bad = decode_batch(paths, size, max_pixels, preprocess)
-    return compute_decoded(DecodedBatch(begin, begin + len(paths), good, x, bad), compute)
+    return compute_decoded(DecodedBatch(begin, begin + len(paths), good, bad, x=x), compute)
 
 
 def iter_computed_batches(paths: Sequence[str], *, size: int, batch_size: int,

@@ -254,9 +254,9 @@ def ray_batches(paths: Sequence[str], build: Callable[[], BatchWork], *, start: 
                     else:
                         bad.append((expected - begin, reason))
                     expected += 1
-                yield ComputedBatch(begin, expected, good,
-                                    np.stack(rows) if rows else np.empty((0, 0), np.float32),
-                                    bad)
+                yield ComputedBatch(
+                    begin, expected, good, bad,
+                    values=np.stack(rows) if rows else np.empty((0, 0), np.float32))
     except ray.exceptions.RayError as exc:
         error = _user_error(exc)
         if error is None:

@@ -8,6 +8,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["COLUMNS"] = "200"  # rich wraps CLI tables at 80 columns otherwise
 
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -132,3 +134,32 @@ def save_stage3_model(path: Path, label_names: list[str], *, size: int = 16,
         "input_size": size, "preprocessing": "scale_to_unit", "backbone": "minivggnet",
         "temperature": temperature, "library_versions": keras_versions()}))
     return path
+
+
+# -- headless Chromium (browser tests) --------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+NEEDS_CHROMIUM = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists() or not shutil.which("chromedriver"),
+                       reason="Debian's chromium and chromium-driver are not installed "
+                              "(apt-get install chromium chromium-driver)"),
+]
+
+
+def headless_chromium(profile: Path, *flags: str, window: str = "1100,800",
+                      capabilities: dict | None = None):
+    """A Selenium driver of Debian's Chromium, headless, with nothing fetched in the background."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+                 f"--window-size={window}", *flags):
+        options.add_argument(flag)
+    for name, value in (capabilities or {}).items():
+        options.set_capability(name, value)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)

@@ -2,41 +2,22 @@
 
 import base64
 import json
-import shutil
-from pathlib import Path
-
-import pytest
 
 from pipeline.report_page import write_dataset_report
-from tests.conftest import REPO_ROOT
+from tests.conftest import NEEDS_CHROMIUM, REPO_ROOT, headless_chromium
 from tests.test_report_page import reports  # noqa: F401 - module fixture
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists() or not shutil.which("chromedriver"),
-                       reason="Debian's chromium and chromium-driver are not installed "
-                              "(apt-get install chromium chromium-driver)"),
-]
+pytestmark = NEEDS_CHROMIUM
 
 
 def test_page_renders_offline_with_chart_and_gallery(reports, tmp_path):  # noqa: F811
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     page = write_dataset_report("pets", reports)
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 # no name resolves: a reference to any host would fail, and be logged
-                 "--host-resolver-rules=MAP * ~NOTFOUND",
-                 f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1100,900"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    # no name resolves: a reference to any host would fail, and be logged
+    driver = headless_chromium(tmp_path / "chrome", "--host-resolver-rules=MAP * ~NOTFOUND",
+                               window="1100,900",
+                               capabilities={"goog:loggingPrefs": {"performance": "ALL"}})
     try:
         driver.execute_cdp_cmd("Network.enable", {})
         driver.execute_cdp_cmd("Network.emulateNetworkConditions", {

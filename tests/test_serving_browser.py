@@ -1,25 +1,17 @@
 """Upload an image through the served page in Debian's headless Chromium."""
 
-import shutil
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from pipeline.image_classifiers import load_image_classifier
 from pipeline.serving import create_app
-from tests.conftest import REPO_ROOT
+from tests.conftest import NEEDS_CHROMIUM, REPO_ROOT, headless_chromium
 from tests.test_serving import model_path  # noqa: F401 - module fixture
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists() or not shutil.which("chromedriver"),
-                       reason="Debian's chromium and chromium-driver are not installed "
-                              "(apt-get install chromium chromium-driver)"),
-]
+pytestmark = NEEDS_CHROMIUM
 
 
 def _free_port() -> int:
@@ -47,21 +39,12 @@ def server(model_path):  # noqa: F811
 
 
 def test_upload_shows_the_predicted_label(server, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, data = server
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1100,800"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver = headless_chromium(tmp_path / "chrome")
     try:
         driver.get(url)
         image = data / "dog" / "dog_003.PNG"
