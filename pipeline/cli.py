@@ -368,11 +368,14 @@ def compare(
     """
     from pipeline.workflows import compare_models
 
-    rows, md, csv_path = compare_models(paths or [])
+    pages: list[str] = []
+    rows, md, csv_path = compare_models(paths or [], log=pages.append)
     _print_rows(rows, "comparison (test split; * = really different from the best, p < 0.05)")
     for row in rows[1:]:
         console.print(f"- {row['vs_best']}", highlight=False)
     console.print(f"written to {md} and {csv_path}", highlight=False)
+    for line in pages:
+        console.print(line, highlight=False)
 
 
 @app.command()

@@ -286,7 +286,9 @@ def train_store(
             say(f"{name}: test accuracy {evaluation.accuracy:.4f}, macro-F1 "
                 f"{evaluation.macro_f1:.4f}, {info['chosen']}, fit {model.fit_seconds_:.1f}s")
             outcomes.append(TrainOutcome(name, model_path, report_dir, read_report(report_dir)))
-    update_dataset_reports([report_dataset(o.report) for o in outcomes], reports_dir(), log=say)
+    for page in update_dataset_reports([report_dataset(o.report) for o in outcomes],
+                                       reports_dir(), log=say):
+        say(f"report page: {page}")
     return outcomes
 
 
@@ -420,7 +422,8 @@ def _evaluate_from_images(model_path: Path, store, split: str, runtime: str | No
                         "runtime": info["runtime"], "precision": info["precision"]}
 
 
-def compare_models(paths: list[str | Path] | None = None) -> tuple[list[dict], Path, Path]:
+def compare_models(paths: list[str | Path] | None = None, *,
+                   log: Callable[[str], None] | None = None) -> tuple[list[dict], Path, Path]:
     """Rows of the comparison table (best first) and the markdown and CSV files written.
 
     ``paths`` may name stores (``.h5``: their models) or model files (``.joblib``,
@@ -456,7 +459,10 @@ def compare_models(paths: list[str | Path] | None = None) -> tuple[list[dict], P
         raise UserInputError("no reports found; train a classifier first ('tlearn train STORE')")
     rows = compare_reports(reports)
     md, csv_path = write_comparison(rows, reports_dir())
-    update_dataset_reports([report_dataset(r) for r in reports], reports_dir())
+    for page in update_dataset_reports([report_dataset(r) for r in reports], reports_dir(),
+                                       log=log):
+        if log:
+            log(f"report page: {page}")
     return rows, md, csv_path
 
 

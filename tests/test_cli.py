@@ -97,6 +97,7 @@ def test_train_compare_predict_evaluate(trained):
     shown = runner.invoke(app, ["compare"])
     assert shown.exit_code == 0 and "pets__vgg16__avg__logreg" in shown.output
     assert "comparison.md" in shown.output
+    assert "report page: " in shown.output and "pets/index.html" in shown.output
     pred = runner.invoke(app, ["predict", str(model), str(data / "cat" / "cat_000.jpg"),
                                "--json"])
     assert pred.exit_code == 0
