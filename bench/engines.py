@@ -19,7 +19,7 @@ batches of 32):
 
 Prints a table and writes ``bench/results/engines.json``.
 Past 3,000 images the animals list is repeated (see :func:`images_for`).
-Run: ``.venv/bin/python bench/engines.py [--sizes 300 1500] [--writer-rows 50000]``.
+Run: ``.venv/bin/python bench/engines.py [--sizes 1500 3000 9000] [--writer-rows 50000]``.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def marginal_rates(runs: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[300, 1500])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1500, 3000, 9000])
     parser.add_argument("--writer-rows", type=int, default=50_000)
     args = parser.parse_args()
     from pipeline.ray_engine import connect
