@@ -143,3 +143,18 @@ def test_temperature_scaling_softens_overconfident_probabilities():
     assert (fixed.argmax(axis=1) == overconfident.argmax(axis=1)).all()
     assert expected_calibration_error(fixed, y) < expected_calibration_error(overconfident, y) / 2
     np.testing.assert_array_equal(apply_temperature(overconfident, 1.0), overconfident)
+
+
+def test_temperature_stays_finite_on_a_perfectly_classified_validation_split():
+    # 24 validation images all right and confident (a stage 3 run on animals): the raw
+    # log-loss falls towards 0 as T -> 0, which had sent T to the search bound (0.05),
+    # making every later score 0 or 1.
+    from classifiers.calibration import apply_temperature, fit_temperature
+
+    y = np.repeat(np.arange(3), 8)
+    confident = np.full((24, 3), 0.015)
+    confident[np.arange(24), y] = 0.97
+    t = fit_temperature(confident, y)
+    assert t > 0.5
+    top = apply_temperature(confident, t).max(axis=1)
+    assert np.all(top <= 9 / 10 + 0.02)  # Platt's target for 8 images a class: 9 / 10
