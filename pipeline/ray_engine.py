@@ -116,9 +116,18 @@ class BatchActor:
 
     def __init__(self, build: Callable[[], BatchWork]) -> None:
         size_thread_pools()
-        self.work = build()
+        # An actor that fails to start reaches the driver as text only (ActorDiedError),
+        # so a user mistake found while building (a weights file missing on this node)
+        # is raised from the first batch instead, where Ray keeps the exception itself.
+        self.failed: UserInputError | None = None
+        try:
+            self.work = build()
+        except UserInputError as exc:
+            self.failed = exc
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.failed is not None:
+            raise self.failed
         w = self.work
         paths = [str(p) for p in batch["path"]]
         done = compute_batch(paths, 0, size=w.size, preprocess=w.preprocess, compute=w.compute,
@@ -138,13 +147,24 @@ class BatchActor:
 
 def _user_error(exc: BaseException) -> UserInputError | None:
     """The :class:`UserInputError` a remote failure carries, if any (a missing weights
-    file on a worker...), so the CLI prints its one line instead of a remote traceback."""
+    file on a worker...), so the CLI prints its one line instead of a remote traceback.
+
+    Ray wraps a remote exception in a ``RayTaskError`` whose ``cause`` is the original
+    (an actor that failed to start: ``ActorDiedError``, with the creation error as its
+    cause); the wrapper's own text is the whole remote traceback, so the message is taken
+    from the original's arguments.
+    """
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException) and cause is not exc:
+            exc = cause
+            continue
         if isinstance(exc, UserInputError):
-            return UserInputError(str(exc))
-        exc = getattr(exc, "cause", None) or exc.__cause__
+            # Ray Data appends its retry advice on lines of its own; tlearn's is the first
+            return UserInputError(str(exc.args[0]).splitlines()[0] if exc.args else "")
+        exc = exc.__cause__
     return None
 
 
@@ -231,6 +251,8 @@ def ray_batches(paths: Sequence[str], build: Callable[[], BatchWork], *, start: 
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
+    # the actor's own exception, not Ray Data's "UDF failed" wrapper (which loses it)
+    context.raise_original_map_exception = True
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notices would break the bar
     dataset = ray.data.from_pandas(blocks).map_batches(
         BatchActor, fn_constructor_args=(build,), batch_size=batch_size, batch_format="numpy",

@@ -24,6 +24,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'tlearn[ray]')")
 
 from classifiers.estimators import FeatureClassifier  # noqa: E402
+from features.errors import UserInputError  # noqa: E402
 from features.extraction import extract_features  # noqa: E402
 from features.store import FeatureStore, partial_path  # noqa: E402
 from pipeline.datasets import load_dataset  # noqa: E402
@@ -222,3 +223,26 @@ def test_a_killed_worker_is_replaced_and_the_store_is_the_local_one(tmp_path, da
     assert os.path.exists(marker), "no worker was killed: the test tested nothing"
     assert result.rows == 14 and not partial_path(out).exists()
     _assert_same_store(reference, out)
+
+
+def _failing_work(when: str) -> BatchWork:
+    """Work whose build or compute fails as a node with a missing weights file would."""
+    error = UserInputError("weights file /models/w.h5 is missing on this node; copy it there "
+                           "or pass --weights PATH")
+    if when == "build":
+        raise error
+
+    def compute(x):
+        raise error
+
+    return BatchWork(8, lambda images: images, compute, 3)
+
+
+@pytest.mark.parametrize("when", ["build", "compute"])
+def test_a_user_error_on_a_worker_reaches_the_driver_as_its_one_line(data, cluster, when):
+    paths = sorted(str(p) for p in data.rglob("*_00*.jpg"))[:4]
+    with connect(cluster), pytest.raises(UserInputError) as caught:
+        list(ray_batches(paths, partial(_failing_work, when), start=0, batch_size=2,
+                         actors=1))
+    assert str(caught.value) == ("weights file /models/w.h5 is missing on this node; copy it "
+                                 "there or pass --weights PATH")
