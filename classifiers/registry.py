@@ -61,9 +61,10 @@ class ClassifierConfig:
         Trained chunk by chunk (:mod:`classifiers.streaming_sgd`), never holding all rows.
     platt : bool
         Probabilities come from Platt scaling of the margins, one scale fitted on the
-        search's held-out margins (:mod:`classifiers.platt`), which also chooses C
-        (alpha): for the linear SVM, which has margins only, and for the one-vs-rest
-        logistic families, whose own normalised probabilities were miscalibrated.
+        search's held-out margins (:mod:`classifiers.platt`): for the linear SVM, which
+        has margins only, and for the one-vs-rest logistic families, whose own
+        normalised probabilities were miscalibrated. The scaled log-loss also chooses C
+        (linear SVM, ovr); sgd's alpha is still chosen by its own held-out log-loss.
     fit_dtype : type or None
         The type the solver computes in, if it converts its input on every fit
         (liblinear: float64): each fold's rows are converted once instead.

@@ -265,13 +265,14 @@ class CentredRows:
         rows = np.arange(n) if order is None else order
         step = max(1, ROW_BLOCK_BYTES // (8 * max(1, d)))
         for start in range(0, n, step):
-            # in place, no temporary: the difference is taken in float64, then rounded
+            # the difference is taken in float64, then rounded once into Z
             block = Z[start:start + step]
             if X.dtype == Z.dtype:
-                np.take(X, rows[start:start + step], axis=0, out=block)
-            else:
-                block[...] = X[rows[start:start + step]]
-            np.subtract(block, self.mean_, out=block, casting="same_kind")
+                np.take(X, rows[start:start + step], axis=0, out=block)  # no temporary
+                np.subtract(block, self.mean_, out=block, casting="same_kind")
+            else:  # one block of X's rows at a time
+                np.subtract(X[rows[start:start + step]], self.mean_, out=block,
+                            casting="same_kind")
         self.train_coordinates_ = Z
         self.n_features_in_ = self.n_components_ = d
         return self

@@ -1,9 +1,10 @@
 """Decode image files a few batches ahead of the network, in low-priority threads.
 
-Extraction and batch prediction both consume :func:`iter_decoded_batches`: while
-the network computes one batch, the next ones are decoded, resized and
-preprocessed, so the CPU or GPU never waits for JPEG decoding, and at most
-``prefetch`` batches are in memory whatever the number of files.
+Extraction and batch prediction both consume :func:`iter_computed_batches` (the
+local engine) or the same per-batch work run elsewhere (:func:`compute_batch`, the
+Ray engine): while the network computes one batch, the next ones are decoded,
+resized and preprocessed, so the CPU or GPU never waits for JPEG decoding, and at
+most ``workers + 1`` batches are in memory whatever the number of files.
 """
 
 from __future__ import annotations

@@ -50,6 +50,11 @@ def fsync_directory(directory: str | os.PathLike) -> None:
 
 
 def _read_umask() -> int:
+    # Linux says it without changing it; elsewhere it can only be read by setting it
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -62,7 +67,7 @@ _UMASK = _read_umask()
 def _new_file_mode(path: Path) -> int:
     """The mode a plain ``open(path, "w")`` would give: the replaced file's, else umask's."""
     try:
-        return path.stat().st_mode & 0o7777
+        return path.stat().st_mode & 0o777  # never setuid/setgid/sticky, as open() does
     except OSError:
         return 0o666 & ~_UMASK
 
@@ -83,6 +88,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *,
     path.parent.mkdir(parents=True, exist_ok=True)
     if partial:
         tmp = str(path.with_name(path.name + ".partial"))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(fd, _new_file_mode(path))
+        finally:
+            os.close(fd)
     else:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
         try:

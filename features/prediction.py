@@ -1,7 +1,7 @@
 """Classify image files with any model given as a scoring function of decoded pixels.
 
 Files are decoded through the one image reader, ahead of the model in threads (the
-same :func:`features.batches.iter_decoded_batches` extraction uses), and scored a
+same :func:`features.batches.iter_computed_batches` extraction uses), and scored a
 batch at a time, so memory stays bounded by a few batches whatever the number of
 files; results come back in input order, with unreadable files reported, not fatal.
 """

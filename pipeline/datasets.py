@@ -454,4 +454,10 @@ def source_dataset_name(source: str | None, store_name: str) -> str:
     first ``__``-separated piece of ``store_name``, the dataset of a store written at
     its default path (``<dataset>__<backbone>...``).
     """
-    return dataset_name(source) if source else store_name.split("__")[0]
+    if not source:
+        return store_name.split("__")[0]
+    path = Path(source)
+    if path.exists():
+        return dataset_name(path)
+    # moved, or trained on another machine: decide by the name, as dataset_name did then
+    return path.stem if path.suffix.lower() in (".csv", ".tsv", ".txt") else path.name

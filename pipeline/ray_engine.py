@@ -313,8 +313,13 @@ class RayFoldRunner:
         X_ref, y_ref = ray.put(X), ray.put(y)
         task = ray.remote(num_cpus=self.cpus_per_task, max_retries=3)(run_fold)
         refs = [task.remote(fold, X_ref, y_ref, train, test) for train, test in splits]
-        for ref in refs:  # in split order, as the local runner
-            yield ray.get(ref)
+        try:
+            for ref in refs:  # in split order, as the local runner
+                yield ray.get(ref)
+        finally:  # stopped early (an error, Ctrl-C): the other folds are not left running
+            for ref in refs:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
 
 
 def check_reachable(address: str | None, timeout: float = 5.0) -> None:

@@ -483,8 +483,13 @@ def write_report_pages(datasets: list[str] | None = None) -> list[Path]:
     if not reports:
         raise UserInputError(f"no model reports under {reports_dir()}; train a classifier "
                              "first ('tlearn train STORE')")
-    return [write_dataset_report(d, reports_dir(), reports=reports)
-            for d in dict.fromkeys(datasets or dataset_names(reports))]
+    known = dataset_names(reports)
+    wanted = list(dict.fromkeys(datasets or known))
+    unknown = [d for d in wanted if d not in known]
+    if unknown:  # before writing any page: one error, nothing half done
+        raise UserInputError(f"no model reports of dataset {unknown[0]!r} under "
+                             f"{reports_dir()}; datasets with reports: {', '.join(known)}")
+    return [write_dataset_report(d, reports_dir(), reports=reports) for d in wanted]
 
 
 def predict_files(model_path: str | Path, images: list[str | Path], *, top: int = 1,

@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from features.errors import UserInputError
-from pipeline.datasets import TEST, TRAIN, VAL, discover_images, load_dataset, stratified_split
+from pipeline.datasets import (
+    TEST,
+    TRAIN,
+    VAL,
+    discover_images,
+    load_dataset,
+    source_dataset_name,
+    stratified_split,
+)
 from tests.conftest import make_image_folder, write_image
 
 
@@ -120,3 +128,14 @@ def test_symbolic_link_loop_is_listed_once_and_reported(tmp_path):
     ds = discover_images(root)  # hung (or hit the path length limit) before
     assert len(ds.paths) == 4
     assert any("link loop" in reason for _, reason in ds.ignored)
+
+
+def test_the_dataset_of_a_store_does_not_depend_on_its_csv_still_being_there(tmp_path):
+    listing = tmp_path / "pets.csv"
+    listing.write_text("a.jpg,cat\n")
+    here = source_dataset_name(str(listing), "pets__vgg16")
+    listing.unlink()  # moved, or the store trained on another machine
+    assert source_dataset_name(str(listing), "pets__vgg16") == here == "pets"
+    folder = tmp_path / "photos.v2"
+    folder.mkdir()
+    assert source_dataset_name(str(folder), "x") == "photos.v2"

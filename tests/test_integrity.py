@@ -53,21 +53,45 @@ def test_file_digest(tmp_path):
     assert len(file_digest(path, "md5")) == 32
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+@pytest.fixture
+def umask_022(monkeypatch):
+    import features.integrity
+
+    old = os.umask(0o022)
+    monkeypatch.setattr(features.integrity, "_UMASK", 0o022)
+    yield
+    os.umask(old)
 
 
-def test_new_files_get_the_umask_mode_not_a_private_temporary_mode(tmp_path):
+def test_new_files_get_the_umask_mode_not_a_private_temporary_mode(tmp_path, umask_022):
     # A report or model others on the machine (or a web server) should read, as with open().
     target = atomic_write_text(tmp_path / "index.html", "<html></html>")
-    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert target.stat().st_mode & 0o777 == 0o644
 
 
-def test_a_replaced_file_keeps_its_mode(tmp_path):
-    target = tmp_path / "metrics.json"
-    target.write_text("{}")
+@pytest.mark.parametrize("partial", [False, True])  # True: the visible <path>.partial
+def test_a_replaced_file_keeps_its_mode(tmp_path, umask_022, partial):
+    target = tmp_path / "predictions.csv"
+    target.write_text("old")
     target.chmod(0o640)
-    atomic_write_json(target, {"accuracy": 1.0})
+
+    def write(text):
+        atomic_write(target, lambda tmp: Path(tmp).write_text(text), partial=partial)
+
+    write("new")
     assert target.stat().st_mode & 0o777 == 0o640
+    target.chmod(0o2640)  # but never a setgid bit, which open() would not give either
+    write("newer")
+    assert target.stat().st_mode & 0o7777 == 0o640
+
+
+def test_the_umask_is_read_without_changing_it():
+    from features.integrity import _UMASK, _read_umask
+
+    before = os.umask(0o027)
+    try:
+        assert _read_umask() == 0o027
+        assert os.umask(0o027) == 0o027  # reading it left it as it was
+    finally:
+        os.umask(before)
+    assert 0 <= _UMASK <= 0o777

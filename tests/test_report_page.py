@@ -227,6 +227,12 @@ def test_report_command(reports, monkeypatch, tmp_path):
                                      str(reports / "pets" / "index.html")]
     result = runner.invoke(app, ["report", "fish"])
     assert result.exit_code == 2 and "no model reports of dataset 'fish'" in result.output
+    # one unknown name among good ones: an error and no page written at all
+    for page in reports.glob("*/index.html"):
+        page.unlink()
+    result = runner.invoke(app, ["report", "birds", "fish"])
+    assert result.exit_code == 2 and "'fish'" in result.output and "birds, pets" in result.output
+    assert not list(reports.glob("*/index.html"))
 
 
 def test_many_classes_show_the_confusion_image_not_a_table(tmp_path):

@@ -1,5 +1,6 @@
 import numpy as np
 
+from classifiers.platt import STREAM_SCALES
 from classifiers.streaming_sgd import StreamingSGDClassifier, array_chunks, search_sgd
 
 
@@ -42,7 +43,8 @@ def test_search_fits_a_margin_scale_per_alpha_without_changing_the_choice():
 
     own, scaled = search(), search(scale_margins=True)
     assert own.margin_scale is None and len(scaled.margin_scale) == 3
-    assert all(s > 0 for s in scaled.margin_scale)
+    # found inside the grid, not stopped at one of its ends
+    assert all(STREAM_SCALES[0] < s < STREAM_SCALES[-1] for s in scaled.margin_scale)
     # alpha is still chosen by SGD's own held-out probabilities
     np.testing.assert_array_equal(scaled.log_loss, own.log_loss)
     assert scaled.best_value == own.best_value
