@@ -285,6 +285,28 @@ _CORE: Any = None
 #: for batches of 32 in one process.
 COMPILE_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 
+#: Threads of the networks compiled from now on in this process; None: OpenVINO's own
+#: choice (every core). Set by :func:`limit_cpu_threads`.
+_CPU_THREADS: int | None = None
+
+
+def limit_cpu_threads(threads: int) -> None:
+    """Compile OpenVINO networks from now on to run in at most ``threads`` threads.
+
+    For a process that shares its machine with others of its kind (a Ray worker given
+    one CPU): without it each would start a thread per core of the node, and several
+    would fight over the cores. TensorFlow's pools are sized by the caller.
+    """
+    global _CPU_THREADS
+    _CPU_THREADS = max(1, int(threads))
+
+
+def compile_config() -> dict:
+    """:data:`COMPILE_CONFIG`, with the thread limit of :func:`limit_cpu_threads` if set."""
+    if _CPU_THREADS is None:
+        return dict(COMPILE_CONFIG)
+    return {**COMPILE_CONFIG, "INFERENCE_NUM_THREADS": _CPU_THREADS}
+
 
 def _core():
     global _CORE
@@ -305,7 +327,7 @@ class OpenVINONetwork:
 
     def __init__(self, xml: str | os.PathLike) -> None:
         self.xml = Path(xml)
-        self._compiled = _core().compile_model(str(xml), "CPU", COMPILE_CONFIG)
+        self._compiled = _core().compile_model(str(xml), "CPU", compile_config())
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
 

@@ -65,7 +65,8 @@ class BatchWork:
 
 
 def size_thread_pools() -> int:
-    """Size this worker's TensorFlow thread pools to the CPUs Ray assigned it; returns that.
+    """Size this worker's TensorFlow thread pools and its OpenVINO networks to the CPUs Ray
+    assigned it; returns that.
 
     Without it every actor would start one thread per core of its node, and several
     actors on one node would fight over the cores.
@@ -73,6 +74,10 @@ def size_thread_pools() -> int:
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     threads = max(1, round(cpus))
     import tensorflow as tf
+
+    from features.runtimes import limit_cpu_threads
+
+    limit_cpu_threads(threads)  # --runtime openvino: the same share of the cores
 
     # Possible only before TensorFlow runs anything in this process (a fresh worker).
     with contextlib.suppress(RuntimeError):

@@ -356,3 +356,11 @@ def test_the_server_says_which_runtime_answers(keras_model):
     app = create_app(load_image_classifier(keras_model, runtime="openvino"), max_batch=2)
     info = TestClient(app).get("/model").json()
     assert (info["runtime"], info["precision"]) == ("openvino", "float32")
+
+
+def test_a_thread_limit_reaches_the_compiled_openvino_network(fresh_cache, monkeypatch):
+    # A Ray worker given one CPU must not start a thread per core of its node.
+    monkeypatch.setattr(runtimes, "_CPU_THREADS", None)
+    runtimes.limit_cpu_threads(1)
+    network = compile_extractor(tiny_extractor(), "openvino").model
+    assert int(network._compiled.get_property("INFERENCE_NUM_THREADS")) == 1
