@@ -69,7 +69,7 @@ def iter_image_predictions(paths: Sequence[str | os.PathLike], input_size: int,
     batch_size = max(1, batch_size)
     if score_batches is None:
         batches = iter_computed_batches(names, size=input_size, batch_size=batch_size,
-                                        preprocess=_unchanged, compute=class_scores,
+                                        preprocess=raw_pixels, compute=class_scores,
                                         workers=workers)
     else:
         batches = score_batches(names, start=0, batch_size=batch_size, workers=workers)
@@ -94,5 +94,6 @@ def classify_files(paths: Sequence[str | os.PathLike], input_size: int,
                                        batch_size=batch_size, workers=workers))
 
 
-def _unchanged(images: np.ndarray) -> np.ndarray:
+def raw_pixels(images: np.ndarray) -> np.ndarray:
+    """The preprocessing of a model that takes uint8 pixels as they are decoded."""
     return images

@@ -40,6 +40,7 @@ import ray
 from features.batches import Compute, ComputedBatch, Preprocess, compute_batch
 from features.errors import UserInputError
 from features.images import DEFAULT_MAX_PIXELS
+from features.prediction import raw_pixels
 
 
 @dataclass
@@ -99,16 +100,12 @@ def extractor_work(spec: dict, batch_size: int, max_pixels: int) -> BatchWork:
                      max_pixels)
 
 
-def _unchanged(images: np.ndarray) -> np.ndarray:
-    return images
-
-
 def classifier_work(model_path: str, runtime: str | None, max_pixels: int) -> BatchWork:
     """The scoring of the local engine, for the saved model at ``model_path`` loaded here."""
     from pipeline.image_classifiers import load_image_classifier
 
     model = load_image_classifier(model_path, runtime=runtime)
-    return BatchWork(model.input_size, _unchanged, model.class_scores, len(model.label_names),
+    return BatchWork(model.input_size, raw_pixels, model.class_scores, len(model.label_names),
                      max_pixels)
 
 

@@ -335,6 +335,8 @@ def _thumbnail(path: str) -> str | None:
 
     from features.images import ImageDecodeError, load_image
 
+    if not os.path.isabs(path):  # a row number, not a file (never read from the cwd)
+        return None
     try:
         pixels = load_image(path, THUMBNAIL_SIDE)
     except ImageDecodeError:
@@ -385,9 +387,12 @@ def _gallery(best: dict[str, Any]) -> str:
     if not wrong:
         return head + "got every test image right.</p></section>"
     if not shown:
+        ids = [r["id"] for r in read_prediction_rows(best) or []]
+        why = ("but none of their files can be read any more (moved or deleted?)."
+               if any(os.path.isabs(i) for i in ids) else
+               "but its report kept no image paths, only row numbers.")
         return head + _e(f"got {wrong} of {test.get('n_samples', '?')} test images wrong, "
-                         "but none of their files can be read any more (moved or deleted?)."
-                         ) + "</p></section>"
+                         + why) + "</p></section>"
     which = f"the {len(shown)} it was surest of are" if len(shown) < wrong else "all are"
     text = (f"got {wrong} of {test.get('n_samples', '?')} test images wrong; {which} "
             f"shown, most confident first (score: its {kind} for the predicted class)."
