@@ -34,6 +34,7 @@ from pipeline.reports import (
     REPORT_FILE,
     collect_reports,
     compare_reports,
+    format_value,
     read_prediction_rows,
     report_dataset,
 )
@@ -132,11 +133,7 @@ def _e(value: Any) -> str:
 
 
 def _num(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return _e(value)
+    return _e(format_value(value, digits, missing="–"))
 
 
 def _ci(interval: list[float] | None, digits: int = 3) -> str:

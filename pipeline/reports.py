@@ -35,9 +35,10 @@ def format_chosen(chosen: Any) -> str:
     return str(chosen) if chosen not in (None, "") else "-"
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
+def format_value(value: Any, digits: int = 4, missing: str = "-") -> str:
+    """A table cell: floats to ``digits`` places, ``missing`` for None or NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
+        return missing
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
@@ -197,7 +198,7 @@ def write_report(directory: str | os.PathLike, evaluation: Evaluation, info: dic
         f"- test images: {evaluation.n_samples}",
         f"- test accuracy: {evaluation.accuracy:.4f} {_ci(evaluation.accuracy_ci)}; "
         f"macro-F1: {evaluation.macro_f1:.4f} {_ci(evaluation.macro_f1_ci)}; "
-        f"rank-1: {evaluation.rank1:.4f}; rank-5: {_fmt(evaluation.rank5)} "
+        f"rank-1: {evaluation.rank1:.4f}; rank-5: {format_value(evaluation.rank5)} "
         f"{_ci(evaluation.rank5_ci)}".rstrip(),
         "  (95 % intervals: Wilson for accuracy and rank-5, bootstrap over test images "
         "for macro-F1)",
@@ -206,9 +207,9 @@ def write_report(directory: str | os.PathLike, evaluation: Evaluation, info: dic
            f"{evaluation.ece:.4f} (15 equal-width bins)" if evaluation.ece is not None
            else " (no probabilities: no log-loss or calibration)"),
         f"- chosen: {format_chosen(info.get('chosen'))}; "
-        f"fit: {_fmt(info.get('fit_seconds'), 2)} s; "
+        f"fit: {format_value(info.get('fit_seconds'), 2)} s; "
         f"predictions/s: {evaluation.predictions_per_second:,.0f}; "
-        f"size: {_fmt((info.get('size_bytes') or 0) / 2**20, 2)} MB",
+        f"size: {format_value((info.get('size_bytes') or 0) / 2**20, 2)} MB",
         "",
         "| class | precision | recall | f1 | support |",
         "|---|---|---|---|---|",
@@ -369,7 +370,7 @@ def write_comparison(rows: list[dict[str, Any]], directory: str | os.PathLike) -
     header = "| " + " | ".join(COMPARE_COLUMNS) + " |"
     lines = [header, "|" + "---|" * len(COMPARE_COLUMNS)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in COMPARE_COLUMNS) + " |")
+        lines.append("| " + " | ".join(format_value(row.get(c)) for c in COMPARE_COLUMNS) + " |")
     atomic_write_text(md_path, "\n".join(lines) + "\n")
     return md_path, csv_path
 
