@@ -557,8 +557,9 @@ def demo(
         table.add_row(Path(r["path"]).name, truth, r.get("label", r.get("error", "")),
                       f"{r['score']:.3f}" if "score" in r else "-")
     console.print(table)
-    console.print(f"reports: {result.outcomes[0].report_dir.parent}; try 'tlearn predict "
-                  f"{result.outcomes[0].model_path} IMAGE'", highlight=False)
+    shown = result.best or result.outcomes[0]
+    console.print(f"reports: {shown.report_dir.parent}; try 'tlearn predict "
+                  f"{shown.model_path} IMAGE'", highlight=False)
 
 
 def _augmentation_options(no_augment: bool, rotation: float, shift: float, shear: float,

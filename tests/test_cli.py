@@ -164,13 +164,16 @@ def test_demo_heads_the_score_column_with_the_best_models_score_kind(monkeypatch
 
     best = workflows.TrainOutcome("digits__svm", tmp_path / "m.joblib", tmp_path / "r",
                                   {"classifier": "linear_svm"})
+    first = workflows.TrainOutcome("digits__logreg", tmp_path / "l.joblib", tmp_path / "r",
+                                   {"classifier": "logreg"})
     result = workflows.DemoResult(
-        tmp_path, tmp_path / "s.h5", [best], [], truths=["3"], best=best,
+        tmp_path, tmp_path / "s.h5", [first, best], [], truths=["3"], best=best,
         predictions=[{"path": "a.png", "label": "3", "score": 0.9, "score_kind": "probability"}])
     monkeypatch.setattr(workflows, "run_demo", lambda **kwargs: result)
     monkeypatch.setenv("COLUMNS", "200")  # headers unwrapped
     output = runner.invoke(app, ["demo"]).output
     assert "probability" in output and "margin" not in output
+    assert f"tlearn predict {tmp_path / 'm.joblib'} IMAGE" in output  # the best model's file
 
 
 def _readme_commands():
