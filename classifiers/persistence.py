@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from classifiers.estimators import FeatureClassifier
 
 SPEC_FIELDS_THAT_MATTER = ("backbone", "layer", "pooling", "input_size", "weights", "feature_dim",
-                           "precision")
+                           "precision", "taps", "views")
 # How to load a joblib classifier whose sidecar is missing (named in that error).
 UNCHECKED_JOBLIB_LOAD = "load_classifier(path, verify=False)"
 
@@ -208,6 +208,15 @@ def load_classifier(path: str | os.PathLike, *, verify: bool = True) -> FeatureC
     return model
 
 
+def _extract_option(key: str, value) -> str:
+    """The ``tlearn extract`` option that gives spec field ``key`` the value ``value``."""
+    if key == "views":
+        return "--mirror" if value == "image+mirror" else "--no-mirror"
+    if key == "taps" and not value:
+        return "--taps ''"
+    return f"--{key.replace('_', '-')} {value}"
+
+
 def check_same_features(model, spec: FeatureSpec, where: str = "the store") -> None:
     """Refuse features of another specification than the model was trained on.
 
@@ -226,7 +235,7 @@ def check_same_features(model, spec: FeatureSpec, where: str = "the store") -> N
     if not expected and got["feature_dim"] != model.n_features_in_:
         diffs.append(f"feature_dim {got['feature_dim']} (model: {model.n_features_in_})")
     if diffs:
-        options = " ".join(f"--{k.replace('_', '-')} {expected[k]}" for k in differing
+        options = " ".join(_extract_option(k, expected[k]) for k in differing
                            if k != "feature_dim")
         if "precision" in differing and expected["precision"] == "int8":
             options += " --runtime openvino"  # int8 exists only there (features.runtimes)

@@ -172,6 +172,8 @@ def extract_features(
     input_size: int | None = None,
     layer: str | None = None,
     pooling: str | None = None,
+    taps: str | Sequence[str] | None = None,
+    mirror: bool = False,
     precision: str = "float32",
     runtime: str | None = None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
@@ -255,7 +257,7 @@ def extract_features(
         runtime = resolve_runtime(runtime, precision)
         extractor = build_feature_extractor(
             backbone, weights=weights, input_size=input_size, layer=layer, pooling=pooling,
-            precision=precision if runtime != OPENVINO else "float32",
+            taps=taps, mirror=mirror, precision=precision if runtime != OPENVINO else "float32",
         )
         calibration_paths = None
         if precision == "int8":

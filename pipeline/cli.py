@@ -114,6 +114,13 @@ def extract(
         help="flatten, avg or max [default: the backbone's].")] = None,
     layer: Annotated[str | None, typer.Option(
         help="Cut the network at this layer (e.g. block4_pool).")] = None,
+    taps: Annotated[str | None, typer.Option(
+        help="Also append the average-pooled outputs of these layers or blocks, "
+             "comma-separated, or 'stages' (efficientnet_lite*: the last block of stages "
+             "4-7).")] = None,
+    mirror: Annotated[bool, typer.Option(
+        help="Average each image's features with its left-right mirror's (twice the "
+             "compute).")] = False,
     weights: Annotated[str, typer.Option(
         help="imagenet, none (random, for tests) or the path of a weights file.")] = "imagenet",
     input_size: Annotated[int | None, typer.Option(
@@ -141,8 +148,8 @@ def extract(
     with progress_bar(f"extract {backbone}") as progress:
         report = extract_dataset(
             data, out=out, backbone=backbone, weights=weights, input_size=input_size,
-            layer=layer, pooling=pooling, precision=precision, runtime=runtime,
-            calibration_images=calibration_images, batch_size=batch_size,
+            layer=layer, pooling=pooling, taps=taps, mirror=mirror, precision=precision,
+            runtime=runtime, calibration_images=calibration_images, batch_size=batch_size,
             compression=compression, test_size=test_size, val_size=val_size, seed=seed,
             overwrite=overwrite, workers=workers, progress=progress, engine=engine,
             address=address,
@@ -227,9 +234,9 @@ def inspect(store: Annotated[Path, typer.Argument(help="A feature store (.h5).")
         table.add_column("key", style="bold")
         table.add_column("value")
         table.add_row("rows x features", f"{rows:,} x {dim:,}")
-        for key in ("backbone", "layer", "pooling", "input_size", "preprocessing", "weights",
-                    "precision", "compression", "source", "seed", "test_size", "val_size",
-                    "created", "fingerprint"):
+        for key in ("backbone", "layer", "pooling", "taps", "views", "input_size",
+                    "preprocessing", "weights", "precision", "compression", "source", "seed",
+                    "test_size", "val_size", "created", "fingerprint"):
             if key in attrs:
                 table.add_row(key, str(attrs[key]))
         table.add_row("split", ", ".join(f"{k}={v}" for k, v in fs.split_counts().items()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -31,11 +32,21 @@ def reports_dir() -> Path:
 
 
 def default_store_path(dataset: str, backbone: str, layer: str | None = None,
-                       pooling: str | None = None) -> Path:
-    """``artifacts/features/<dataset>__<backbone>[__<layer>][__<pooling>].h5``."""
+                       pooling: str | None = None, *, taps: str | None = None,
+                       mirror: bool = False) -> Path:
+    """``artifacts/features/<dataset>__<backbone>[__<layer>][__<pooling>][__<taps>][__mirror].h5``.
+
+    ``<taps>`` is ``stages`` for that choice, else ``taps-`` and the first eight hex
+    digits of a digest of the names (a path stays short whatever the list).
+    """
     parts = [dataset, backbone]
     if layer:
         parts.append(layer)
     if pooling:
         parts.append(pooling)
+    if taps:
+        parts.append(taps if taps == "stages" else
+                     "taps-" + hashlib.sha256(taps.encode()).hexdigest()[:8])
+    if mirror:
+        parts.append("mirror")
     return features_dir() / ("__".join(parts) + ".h5")

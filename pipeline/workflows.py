@@ -52,6 +52,8 @@ def extract_dataset(
     input_size: int | None = None,
     layer: str | None = None,
     pooling: str | None = None,
+    taps: str | None = None,
+    mirror: bool = False,
     precision: str = "float32",
     runtime: str | None = None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
@@ -73,7 +75,8 @@ def extract_dataset(
     data : path-like
         Folder with a sub-folder per class, or a CSV of ``path,label``.
     out : path-like, optional
-        Store path; default ``artifacts/features/<dataset>__<backbone>[__layer][__pooling].h5``.
+        Store path; default ``artifacts/features/<dataset>__<backbone>[__layer][__pooling]``
+        ``[__taps][__mirror].h5`` (see :func:`pipeline.config.default_store_path`).
     test_size, val_size : float
         Shares of each class held out for test and validation.
     seed : int
@@ -93,12 +96,13 @@ def extract_dataset(
     get_backbone(backbone)  # fail on a typo before scanning a large folder
     images, dataset = load_dataset(data, test_size=test_size, val_size=val_size, seed=seed)
     if out is None:
-        out = default_store_path(dataset_name(data), backbone, layer, pooling)
+        out = default_store_path(dataset_name(data), backbone, layer, pooling, taps=taps,
+                                 mirror=mirror)
     with open_engine(engine, address) as chosen:
         result = extract_features(
             images, out, backbone=backbone, weights=weights, input_size=input_size,
-            layer=layer, pooling=pooling, precision=precision, runtime=runtime,
-            calibration_images=calibration_images, calibration_seed=seed,
+            layer=layer, pooling=pooling, taps=taps, mirror=mirror, precision=precision,
+            runtime=runtime, calibration_images=calibration_images, calibration_seed=seed,
             batch_size=batch_size, compression=compression, overwrite=overwrite,
             workers=workers, progress=progress, feature_batches=chosen.feature_batches,
             extra_attrs={"test_size": test_size, "val_size": val_size, "seed": seed,

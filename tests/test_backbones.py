@@ -368,3 +368,83 @@ def test_register_rejects_duplicates():
     with pytest.raises(ValueError, match="already registered"):
         register_backbone(get_backbone("vgg16"))
     assert isinstance(get_backbone("vgg16"), BackboneConfig)
+
+
+# -- taps and the mirrored view ------------------------------------------------------------------
+def test_stage_taps_are_the_last_block_of_stages_4_to_7():
+    for name in LITE_VARIANTS:
+        blocks = block_names(name)
+        last = [max(b for b in blocks if b.startswith(f"block{stage}")) for stage in (4, 5, 6, 7)]
+        assert BACKBONES[name].stage_taps == tuple(last)
+    assert BACKBONES["vgg16"].stage_taps == ()
+
+
+def test_taps_append_the_average_of_each_tapped_map_in_order():
+    import keras
+
+    ext = build_feature_extractor("efficientnet_lite0", weights="none", input_size=64,
+                                  taps="stages")
+    tapped = ext.spec.taps.split(",")
+    assert [t.split("_")[0] for t in tapped] == list(BACKBONES["efficientnet_lite0"].stage_taps)
+    base = build_base_model("efficientnet_lite0", weights="none", input_size=64)
+    probe = keras.Model(base.input, [base.output] + [base.get_layer(t).output for t in tapped])
+    x = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3)).astype(np.uint8)
+    maps = probe.predict_on_batch(ext.preprocess_input(x))
+    expected = np.hstack([np.asarray(m).mean(axis=(1, 2)) for m in maps])
+    got = ext(x)
+    assert got.shape == (3, ext.spec.feature_dim) == (3, 1280 + 80 + 112 + 192 + 320)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_taps_by_layer_or_block_name_each_once():
+    ext = build_feature_extractor("vgg16", weights="none", input_size=64, pooling="avg",
+                                  taps="block3_pool, block4,block3_pool")
+    assert ext.spec.taps == "block3_pool,block4_pool"
+    assert ext.spec.feature_dim == 512 + 256 + 512
+
+
+@pytest.mark.parametrize("taps,message", [
+    ("stages", "vgg16 has no 'stages' taps"),
+    ("block4_pol", "did you mean block4_pool"),
+])
+def test_bad_taps_name_the_value_and_the_fix(taps, message):
+    with pytest.raises(UserInputError, match=message):
+        build_feature_extractor("vgg16", weights="none", input_size=64, taps=taps)
+
+
+def test_mirror_averages_the_features_of_the_image_and_its_mirror():
+    x = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    plain = build_feature_extractor("vgg16", weights="none", input_size=32, pooling="max")
+    mirrored = build_feature_extractor("vgg16", weights="none", input_size=32, pooling="max",
+                                       mirror=True)
+    assert (plain.spec.views, mirrored.spec.views) == ("image", "image+mirror")
+    expected = (plain(x) + plain(x[:, :, ::-1].copy())) / 2
+    np.testing.assert_allclose(mirrored(x), expected, rtol=1e-5, atol=1e-6)
+    # a left-right mirrored image has the very same mirrored features
+    np.testing.assert_allclose(mirrored(x[:, :, ::-1].copy()), mirrored(x), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_taps_and_views_rebuild_from_the_spec_and_default_for_old_specs():
+    ext = build_feature_extractor("efficientnet_lite0", weights="none", input_size=32,
+                                  taps="stages", mirror=True)
+    again = build_from_spec(FeatureSpec.from_dict(ext.spec.to_dict()))
+    assert again.spec == ext.spec
+    x = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(again(x), ext(x))
+    old = {k: v for k, v in ext.spec.to_dict().items() if k not in ("taps", "views")}
+    assert (FeatureSpec.from_dict(old).taps, FeatureSpec.from_dict(old).views) == ("", "image")
+
+
+def test_a_model_trained_on_tapped_features_refuses_plain_ones():
+    from classifiers.estimators import FeatureClassifier
+    from classifiers.persistence import check_same_features
+
+    spec = FeatureSpec("vgg16", "block5_pool", "avg", 32, "caffe", "random", "", 4,
+                       taps="block4_pool", views="image+mirror")
+    X = np.random.default_rng(0).random((12, 4))
+    model = FeatureClassifier(feature_spec=spec.to_dict(), cv=2).fit(X, np.arange(12) % 2)
+    check_same_features(model, spec)
+    with pytest.raises(UserInputError, match=r"taps ''.*again with --taps block4_pool --mirror"):
+        check_same_features(model, FeatureSpec(**{**spec.to_dict(), "taps": "",
+                                                  "views": "image"}))

@@ -39,6 +39,21 @@ def test_extract_default_output_and_inspect(tmp_path, artifacts):
 BASE = ["--weights", "none", "--input-size", "32", "--pooling", "avg"]
 
 
+def test_extract_with_taps_and_mirror_records_them_in_its_own_store(tmp_path, artifacts):
+    data = make_image_folder(tmp_path / "pets")
+    result = runner.invoke(app, ["extract", str(data), *TINY, "--taps", "block4_pool",
+                                 "--mirror"])
+    assert result.exit_code == 0, result.output
+    out = artifacts / "features" / "pets__vgg16__avg__taps-"
+    (store_path,) = (artifacts / "features").glob("pets__vgg16__avg__taps-*__mirror.h5")
+    assert str(store_path).startswith(str(out))
+    with FeatureStore(store_path) as store:
+        assert store.shape == (12, 512 + 512)
+        assert (store.spec.taps, store.spec.views) == ("block4_pool", "image+mirror")
+    shown = runner.invoke(app, ["inspect", str(store_path)])
+    assert "image+mirror" in shown.output and "block4_pool" in shown.output
+
+
 @pytest.mark.parametrize("args,message", [
     (["extract", "{tmp}/missing", *BASE], "does not exist"),
     (["extract", "{data}", "--backbone", "alexnet", *BASE], "unknown backbone 'alexnet'"),
@@ -47,6 +62,8 @@ BASE = ["--weights", "none", "--input-size", "32", "--pooling", "avg"]
     (["extract", "{one}", *BASE], "only one class"),
     (["extract", "{data}", "--pooling", "mean", "--weights", "none"], "unknown pooling"),
     (["extract", "{data}", "--test-size", "1.5", *BASE], "test size"),
+    (["extract", "{data}", "--backbone", "vgg16", "--taps", "stages", *BASE],
+     "vgg16 has no 'stages' taps"),
     (["inspect", "{tmp}/missing.h5"], "does not exist"),
 ])
 def test_user_mistakes_exit_2_with_one_line(tmp_path, artifacts, args, message):

@@ -364,3 +364,13 @@ def test_a_thread_limit_reaches_the_compiled_openvino_network(fresh_cache, monke
     runtimes.limit_cpu_threads(1)
     network = compile_extractor(tiny_extractor(), "openvino").model
     assert int(network._compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+
+
+def test_taps_and_mirror_run_the_same_in_openvino():
+    tf_extractor = build_feature_extractor("efficientnet_lite0", weights="none", input_size=32,
+                                           taps="stages", mirror=True)
+    ov_extractor = compile_extractor(tf_extractor, "openvino")
+    assert replace(ov_extractor.spec, runtime="tensorflow") == tf_extractor.spec
+    images = random_images(3, 32)
+    expected = tf_extractor(images)
+    assert relative_difference(ov_extractor(images), expected) < MIXING_TOLERANCE
