@@ -136,3 +136,28 @@ def test_a_stage3_model_exports_with_its_preprocessing(tmp_path, temperature):
     got = np.array([r["scores"] for r in run_standalone(tmp_path / "out", images)])
     expected = load_image_classifier(path, runtime="tensorflow").class_scores(pixels)
     assert np.max(np.abs(got - expected)) < 1e-5
+
+
+@pytest.mark.parametrize(("fmt", "package"), [("openvino", "openvino"), ("onnx", "onnxruntime")])
+def test_taps_and_the_mirrored_view_are_inside_the_exported_network(tmp_path, artifacts, fmt,
+                                                                    package):
+    pytest.importorskip(package, reason=f"{package} is not installed "
+                                        f"(pip install 'tlearn[{fmt}]')")
+    if fmt == "onnx":
+        pytest.importorskip("tf2onnx", reason="tf2onnx is not installed "
+                                              "(pip install 'tlearn[onnx]')")
+    from pipeline.workflows import extract_dataset, predict_files, train_store
+
+    data = make_image_folder(tmp_path / "data", classes=("red", "green", "blue"), per_class=8)
+    store = extract_dataset(data, runtime="tensorflow", taps="block4_pool", mirror=True,
+                            **TINY_EXTRACT).result.path
+    model = train_store(store, classifier="logreg")[0].model_path
+    images = sorted(str(p) for p in data.rglob("*") if p.is_file())[::3]
+    export_model(model, tmp_path / "out", format=fmt)
+    expected = predict_files(model, images, top=3, runtime="tensorflow")
+    got = run_standalone(tmp_path / "out", images)
+    classes = (tmp_path / "out" / "classes.txt").read_text().splitlines()
+    for want, have in zip(expected, got, strict=True):
+        assert have["label"] == want["label"]
+        for label, score in want["top"]:
+            assert abs(have["scores"][classes.index(label)] - score) < 1e-4
