@@ -201,7 +201,7 @@ def extract_features(
         Paths, labels, class names and split of every image.
     out : path-like
         Store to write (``.h5``).
-    backbone, weights, input_size, layer, pooling
+    backbone, weights, input_size, layer, pooling, taps, mirror
         See :func:`features.backbones.build_feature_extractor`.
     precision : {"float32", "bfloat16", "int8"}, default="float32"
         bfloat16 runs in TensorFlow only, int8 in OpenVINO only.
