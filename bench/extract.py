@@ -7,7 +7,9 @@ In one run:
   from PyPI), with TensorFlow float32 and bfloat16 and OpenVINO float32 and int8:
   images/s of the network alone on an in-memory batch, images/s of the whole
   extraction (decode, resize, preprocess, forward, HDF5 write; target >= 0.9 of the
-  forward rate), and the time to convert (and quantize) into a fresh cache;
+  forward rate), and the time to convert (and quantize) into a fresh cache. Timings
+  run in ``--rounds`` rounds that interleave the variants (the median is reported,
+  with the spread): a shared machine's slow spells otherwise land on one variant;
 * targets: bfloat16 >= 1.5x float32 (TensorFlow); OpenVINO float32 >= 2.5x TensorFlow
   float32 for Lite0 and >= 1.25x for VGG16; OpenVINO int8 >= 1.5x OpenVINO float32;
 * logreg test accuracy (``tlearn train``'s search) on Lite0 features of the whole of
@@ -152,6 +154,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=480, help="images per throughput case")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved timing rounds per variant; figures are medians")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--backbones", default=",".join(b for b, _ in CASES),
@@ -179,16 +183,28 @@ def main() -> None:
         tmp = Path(tmp_name)
         os.environ["TLEARN_CACHE"] = str(tmp / "cache")  # conversion timed from scratch
         for backbone, weights in cases:
-            for runtime, precision in variants:
-                ext, prepare = build(backbone, weights, runtime, precision, images)
-                fwd = forward_rate(ext, len(images), args.batch_size)
-                e2e = end_to_end_rate(ext, images, args.batch_size, tmp)
+            built = {v: build(backbone, weights, *v, images) for v in variants}
+            # Rounds interleave the variants, so that a slow spell of a shared machine
+            # hits all of them rather than one; each figure is the median of its rounds.
+            rates: dict = {v: ([], []) for v in variants}
+            for _ in range(args.rounds):
+                for v in variants:
+                    rates[v][0].append(forward_rate(built[v][0], len(images), args.batch_size))
+                    rates[v][1].append(end_to_end_rate(built[v][0], images, args.batch_size,
+                                                       tmp))
+            for (runtime, precision), (fwds, e2es) in rates.items():
+                fwd, e2e = float(np.median(fwds)), float(np.median(e2es))
+                prepare = built[(runtime, precision)][1]
                 rows.append({"backbone": backbone, "weights": weights, "runtime": runtime,
                              "precision": precision, "prepare_seconds": prepare,
                              "forward_img_s": fwd, "end_to_end_img_s": e2e,
+                             "forward_img_s_rounds": fwds, "end_to_end_img_s_rounds": e2es,
                              "end_to_end_over_forward": e2e / fwd})
-                print(f"{backbone} {runtime} {precision}: forward {fwd:.1f} img/s, "
-                      f"end-to-end {e2e:.1f} img/s (prepared in {prepare:.1f}s)", flush=True)
+                print(f"{backbone} {runtime} {precision}: forward {fwd:.1f} img/s "
+                      f"({min(fwds):.1f}-{max(fwds):.1f}), end-to-end {e2e:.1f} img/s "
+                      f"({min(e2es):.1f}-{max(e2es):.1f}), prepared in {prepare:.1f}s",
+                      flush=True)
+            del built
         if not args.skip_accuracy:
             for dataset in ACCURACY_DATASETS:
                 for runtime, precision in ACCURACY_VARIANTS:
@@ -265,7 +281,8 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "machine": machine, "load_average_before": load_before,
         "load_average_after": load_after, "images": len(images),
-        "batch_size": args.batch_size, "throughput": rows, "accuracy": accuracies,
+        "batch_size": args.batch_size, "rounds": args.rounds, "throughput": rows,
+        "accuracy": accuracies,
         "targets": {k: {"value": v, "target": t} for k, (v, t) in targets.items()},
         "peak_rss_mb": {str(k): v for k, v in memory.items()},
         "rss_growth_mb": (memory[3000] - memory[300]) if memory else None,
