@@ -544,10 +544,6 @@ def _resolve_taps(config: BackboneConfig, base, taps: str | Sequence[str] | None
         if part not in names and not block:
             _check_layer(base, part)  # raises, with the closest names
         name = part if part in names else block[-1]
-        if len(base.get_layer(name).output.shape) != 4:
-            raise UserInputError(
-                f"tap {part!r} of {config.name} is not a feature map (its output has shape "
-                f"{tuple(base.get_layer(name).output.shape)}); tap convolutional layers")
         if name != layer and name not in resolved:
             resolved.append(name)
     return resolved

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 # Defined beside the registry (features/ cannot import pipeline/): one value everywhere.
 from features.backbones import DEFAULT_BACKBONE as DEFAULT_BACKBONE
+from features.backbones import STAGE_TAPS
+from features.integrity import settings_key
 
 DEFAULT_TEST_SIZE = 0.25
 DEFAULT_SEED = 42
@@ -37,7 +38,8 @@ def default_store_path(dataset: str, backbone: str, layer: str | None = None,
     """``artifacts/features/<dataset>__<backbone>[__<layer>][__<pooling>][__<taps>][__mirror].h5``.
 
     ``<taps>`` is ``stages`` for that choice, else ``taps-`` and the first eight hex
-    digits of a digest of the names (a path stays short whatever the list).
+    digits of :func:`features.integrity.settings_key` of the names (a path stays short
+    whatever the list).
     """
     parts = [dataset, backbone]
     if layer:
@@ -45,8 +47,7 @@ def default_store_path(dataset: str, backbone: str, layer: str | None = None,
     if pooling:
         parts.append(pooling)
     if taps:
-        parts.append(taps if taps == "stages" else
-                     "taps-" + hashlib.sha256(taps.encode()).hexdigest()[:8])
+        parts.append(taps if taps == STAGE_TAPS else "taps-" + settings_key(taps)[:8])
     if mirror:
         parts.append("mirror")
     return features_dir() / ("__".join(parts) + ".h5")
