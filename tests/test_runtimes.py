@@ -367,10 +367,19 @@ def test_a_thread_limit_reaches_the_compiled_openvino_network(fresh_cache, monke
 
 
 def test_taps_and_mirror_run_the_same_in_openvino():
-    tf_extractor = build_feature_extractor("efficientnet_lite0", weights="none", input_size=32,
+    tf_extractor = build_feature_extractor("efficientnet_lite0", input_size=32,
                                            taps="stages", mirror=True)
     ov_extractor = compile_extractor(tf_extractor, "openvino")
     assert replace(ov_extractor.spec, runtime="tensorflow") == tf_extractor.spec
     images = random_images(3, 32)
     expected = tf_extractor(images)
     assert relative_difference(ov_extractor(images), expected) < MIXING_TOLERANCE
+
+
+def test_a_joined_backbone_runs_the_same_in_openvino():
+    tf_extractor = build_feature_extractor("efficientnet_lite0+efficientnet_lite1",
+                                           taps="stages")
+    ov_extractor = compile_extractor(tf_extractor, "openvino")
+    assert replace(ov_extractor.spec, runtime="tensorflow") == tf_extractor.spec
+    images = random_images(2, 240)
+    assert relative_difference(ov_extractor(images), tf_extractor(images)) < MIXING_TOLERANCE

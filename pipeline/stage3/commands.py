@@ -216,7 +216,7 @@ def finetune(source: str | os.PathLike, *, backbone: str | None = None,
     """
     import keras
 
-    from features.backbones import build_base_model, get_backbone
+    from features.backbones import build_base_model, get_single_backbone
     from features.store import FeatureStore
 
     if optimizer not in ("sgd", "adam"):
@@ -228,10 +228,13 @@ def finetune(source: str | os.PathLike, *, backbone: str | None = None,
         with FeatureStore(source) as store:
             store_attrs = store.attrs
     backbone = backbone or store_attrs.get("backbone") or "efficientnet_lite0"
-    config = get_backbone(backbone)
+    config = get_single_backbone(backbone)
     if weights == "imagenet" and store_attrs.get("weights") == "random":
         weights = "none"  # a store of random-weight features: keep the experiment consistent
-    input_size = int(input_size or store_attrs.get("input_size") or config.input_size)
+    # The store's input size is its network's: another network (one of a joined
+    # backbone's, say) starts from its own native size.
+    store_size = store_attrs.get("input_size") if store_attrs.get("backbone") == backbone else None
+    input_size = int(input_size or store_size or config.input_size)
     head = head or HeadConfig()
     augmentation = augmentation or AugmentationConfig()
     unfreeze = unfreeze or config.default_unfreeze
