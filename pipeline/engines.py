@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,9 +86,40 @@ def open_engine(engine: str = "local", address: str | None = None) -> Iterator[E
         import ray  # noqa: F401  (only to tell a missing install from other errors)
     except ImportError:
         raise UserInputError(RAY_MISSING) from None
-    from pipeline.ray_engine import connect
+    from pipeline.ray_engine import check_reachable
 
     resolved = resolve_address(address)
-    with connect(resolved) as ray_engine:
-        yield Engine("ray", ray_engine.feature_batches, ray_engine.fold_runner, resolved,
-                     ray_engine)
+    check_reachable(resolved)
+    with ExitStack() as stack:
+        cluster = _LazyCluster(resolved, stack)
+        yield Engine("ray", cluster.feature_batches, cluster.fold_runner, resolved, cluster)
+
+
+class _LazyCluster:
+    """The Ray cluster, connected when the first work is handed to it (and left on exit).
+
+    A command's own checks (settings, a store already up to date, an existing file it
+    may not replace) run before its work starts, so they answer at once instead of
+    after Ray has started or connected.
+    """
+
+    def __init__(self, address: str | None, stack: ExitStack) -> None:
+        self._address, self._stack, self._engine = address, stack, None
+
+    def _connected(self):
+        if self._engine is None:
+            from pipeline.ray_engine import connect
+
+            self._engine = self._stack.enter_context(connect(self._address))
+        return self._engine
+
+    def feature_batches(self, *args, **kwargs):
+        return self._connected().feature_batches(*args, **kwargs)
+
+    def fold_runner(self, *args, **kwargs):
+        return self._connected().fold_runner(*args, **kwargs)
+
+    def score_batches(self, model_path: Path, runtime: str | None) -> ScoreBatches:
+        def run(*args, **kwargs):
+            return self._connected().score_batches(model_path, runtime)(*args, **kwargs)
+        return run

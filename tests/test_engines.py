@@ -104,3 +104,32 @@ def test_an_unreachable_cluster_is_one_line_at_once():
         pass
     with pytest.raises(UserInputError, match="is not HOST:PORT"), open_engine("ray", "head"):
         pass
+
+
+def test_ray_connects_only_when_work_is_handed_to_it(tmp_path, artifacts, monkeypatch):
+    # Bad settings, an up-to-date store and a refused overwrite answer before Ray starts.
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'tlearn[ray]')")
+    import pipeline.ray_engine as ray_engine
+    from pipeline.workflows import extract_dataset, train_store
+    from tests.conftest import TINY_EXTRACT, make_image_folder
+
+    data = make_image_folder(tmp_path / "pets", per_class=4)
+    store = extract_dataset(data, **TINY_EXTRACT).result.path
+    train_store(store, classifier="logreg", cv=2)
+    connections = []
+
+    def no_cluster(address):
+        connections.append(address)
+        raise AssertionError("connected to Ray")
+
+    monkeypatch.setattr(ray_engine, "connect", no_cluster)
+    with pytest.raises(UserInputError, match="unknown pooling 'mean'"):
+        extract_dataset(data, engine="ray", **{**TINY_EXTRACT, "pooling": "mean"})
+    assert extract_dataset(data, engine="ray", **TINY_EXTRACT).result.up_to_date
+    with pytest.raises(UserInputError, match="already exists with other settings"):
+        extract_dataset(data, engine="ray", out=store, **{**TINY_EXTRACT, "pooling": "max"})
+    assert train_store(store, classifier="logreg", cv=2, engine="ray")[0].up_to_date
+    assert connections == []
+    with pytest.raises(AssertionError, match="connected to Ray"):
+        train_store(store, classifier="logreg", cv=2, engine="ray", overwrite=True)
+    assert connections == [None]
