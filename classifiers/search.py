@@ -88,6 +88,11 @@ class SearchResult:
     margin_scale : list of float or None
         For models scored by their scaled margins, the Platt scale fitted at each grid
         value (:func:`classifiers.platt.fit_margin_scale`); None for the others.
+    scaled_log_loss : numpy.ndarray of shape (len(grid), splits) or None
+        Where :attr:`log_loss` is not that of the probabilities the final model gives
+        (``sgd``: its own probabilities choose alpha, its Platt-scaled margins are
+        what it predicts), the held-out log-loss of those scaled probabilities; None
+        where :attr:`log_loss` already is.
     """
 
     param: str
@@ -99,6 +104,7 @@ class SearchResult:
     folds: int = 3
     repeats: int = 1
     margin_scale: list[float] | None = field(default=None)
+    scaled_log_loss: np.ndarray | None = field(default=None)
 
     @property
     def best_value(self) -> float:
@@ -121,7 +127,9 @@ class SearchResult:
                 "mean_accuracy": self.mean_accuracy.tolist(),
                 "std_accuracy": self.accuracy.std(axis=1).tolist(),
                 "fold_accuracy": self.accuracy.tolist(),
-                "margin_scale": self.margin_scale}
+                "margin_scale": self.margin_scale,
+                "mean_scaled_log_loss": None if self.scaled_log_loss is None
+                else self.scaled_log_loss.mean(axis=1).tolist()}
 
 
 def check_folds(y: np.ndarray, cv: int) -> None:

@@ -112,7 +112,9 @@ def search_sgd(chunks: ChunkSource, y: np.ndarray, grid: Sequence[float], *, cv:
     value is scored on the held-out rows by the log-loss of SGD's own probabilities
     and by accuracy, and chosen as :func:`classifiers.search.grid_search` does. With
     ``scale_margins`` a Platt scale is also fitted for each value, on all held-out rows
-    as they stream by (:class:`classifiers.platt.StreamingScaleLoss`: no margins kept).
+    as they stream by (:class:`classifiers.platt.StreamingScaleLoss`: no margins kept),
+    and the held-out log-loss at that scale is kept as ``scaled_log_loss``: the loss of
+    the probabilities the final model gives.
 
     Unlike the in-memory families, the scaled log-loss does not choose alpha: on
     digits it took weaker regularisation (alpha 0.003 instead of 0.1), whose final
@@ -185,8 +187,13 @@ def search_sgd(chunks: ChunkSource, y: np.ndarray, grid: Sequence[float], *, cv:
             if scale_losses is not None:
                 scale_losses[a].add(margin_columns(model.decision_function(Xs[held])),
                                     truth, s)
-    scales = None if scale_losses is None else [loss.best()[0] for loss in scale_losses]
     total = np.array([len(te) for _, te in splits], dtype=float)
     accuracy, log_loss = correct / total, neg_log / total
+    scales = scaled = None
+    if scale_losses is not None:
+        fitted = [loss.best() for loss in scale_losses]
+        scales = [scale for scale, _ in fitted]
+        scaled = np.array([summed for _, summed in fitted]) / total
     best = choose(rule, log_loss, accuracy, regularisation_decreases=False)
-    return SearchResult("alpha", grid, log_loss, accuracy, best, rule, cv, repeats, scales)
+    return SearchResult("alpha", grid, log_loss, accuracy, best, rule, cv, repeats, scales,
+                        scaled)

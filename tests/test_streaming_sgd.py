@@ -48,3 +48,9 @@ def test_search_fits_a_margin_scale_per_alpha_without_changing_the_choice():
     # alpha is still chosen by SGD's own held-out probabilities
     np.testing.assert_array_equal(scaled.log_loss, own.log_loss)
     assert scaled.best_value == own.best_value
+    # and the loss of the scaled probabilities, which the final model gives, is reported
+    assert own.scaled_log_loss is None and own.to_dict()["mean_scaled_log_loss"] is None
+    assert scaled.scaled_log_loss.shape == scaled.log_loss.shape == (3, 3)
+    assert np.isfinite(scaled.scaled_log_loss).all() and (scaled.scaled_log_loss > 0).all()
+    assert not np.allclose(scaled.scaled_log_loss, scaled.log_loss)
+    assert scaled.to_dict()["mean_scaled_log_loss"] == scaled.scaled_log_loss.mean(1).tolist()
