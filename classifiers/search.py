@@ -91,7 +91,8 @@ class SearchResult:
     scaled_log_loss : numpy.ndarray of shape (len(grid), splits) or None
         Where :attr:`log_loss` is not that of the probabilities the final model gives
         (``sgd``: its own probabilities choose alpha, its Platt-scaled margins are
-        what it predicts), the held-out log-loss of those scaled probabilities; None
+        what it predicts), the held-out log-loss of those scaled probabilities (the
+        one scale is fitted on the same held-out rows: slightly optimistic); None
         where :attr:`log_loss` already is.
     """
 

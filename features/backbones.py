@@ -196,7 +196,11 @@ class BackboneConfig:
         Blocks whose average-pooled outputs ``taps="stages"`` appends to the features;
         empty where that choice was never measured.
     members : tuple of BackboneConfig
-        For a joined backbone, its networks in order; empty for a single network.
+        For a joined backbone, its networks in order; empty for a single network. A
+        joined backbone's ``input_size`` is its largest member's, its
+        ``default_pooling`` its members' joined by ``+`` where they differ, and its
+        ``min_input_size``, ``channels`` and ``native_grid`` describe no one network
+        (only :meth:`feature_size` adds its members').
     """
 
     name: str
@@ -245,6 +249,9 @@ def register_backbone(config: BackboneConfig) -> BackboneConfig:
     """Add ``config`` to the registry under ``config.name`` and return it."""
     if config.name in BACKBONES:
         raise ValueError(f"backbone {config.name!r} is already registered")
+    if JOIN in config.name or MEMBER_SEP in config.name:
+        raise ValueError(f"backbone name {config.name!r} may not contain {JOIN!r} or "
+                         f"{MEMBER_SEP!r} (they join backbones and prefix taps)")
     BACKBONES[config.name] = config
     return config
 
@@ -353,11 +360,13 @@ def _joined_backbone(name: str) -> BackboneConfig:
                 f"({other.preprocessing}): one network takes one preprocessed image; join "
                 "networks of the same preprocessing, e.g. efficientnet_lite0+efficientnet_lite2")
     widest = max(members, key=lambda m: m.input_size)
+    poolings = [m.default_pooling for m in members]
     return BackboneConfig(
         name=JOIN.join(names), constructor=_no_single_network, preprocess=first.preprocess,
         input_size=widest.input_size, min_input_size=widest.input_size,
         channels=sum(m.channels for m in members), native_grid=widest.native_grid,
-        default_pooling=first.default_pooling, members=members)
+        default_pooling=poolings[0] if len(set(poolings)) == 1 else JOIN.join(poolings),
+        members=members)
 
 
 def keras_cache_dir() -> Path:
@@ -789,7 +798,7 @@ def _per_network(config: BackboneConfig, what: str, value: str | None, *,
     count = len(config.members)
     if not value:
         return [None] * count
-    parts = str(value).split(JOIN)
+    parts = [part.strip() for part in str(value).split(JOIN)]
     if one_for_all and len(parts) == 1:
         return parts * count
     if len(parts) != count:
@@ -808,7 +817,7 @@ def _taps_per_network(config: BackboneConfig, taps) -> list[list[str]]:
             for wanted in per.values():
                 wanted.append(STAGE_TAPS)
             continue
-        network, sep, tap = part.partition(MEMBER_SEP)
+        network, sep, tap = (piece.strip() for piece in part.partition(MEMBER_SEP))
         if not sep:
             raise UserInputError(
                 f"tap {part!r} does not say which network of {config.name} it is in; write "
@@ -845,8 +854,9 @@ def _joined_network(config: BackboneConfig, weights: str, input_size: int | None
                                   member_taps)
         x = images
         if member.input_size != size:
-            # Bilinear weights sum to one and every family's preprocessing is per pixel
-            # and affine, so this is the preprocessed image at the member's own size.
+            # Every family's preprocessing is per pixel and affine, and bilinear weights
+            # sum to one, so resizing after it is resizing the image: the member sees
+            # the image at its own size (resampled twice, so not exactly its own store's).
             x = keras.layers.Resizing(member.input_size, member.input_size,
                                       interpolation="bilinear", name=f"resize_{member.name}")(x)
         outputs.append(network.model(x))

@@ -113,13 +113,15 @@ def extract(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
     = DEFAULT_BATCH_SIZE,
     pooling: Annotated[str | None, typer.Option(
-        help="flatten, avg or max [default: the backbone's].")] = None,
+        help="flatten, avg or max [default: the backbone's]; for joined networks one "
+             "for all or one each, joined by '+'.")] = None,
     layer: Annotated[str | None, typer.Option(
-        help="Cut the network at this layer (e.g. block4_pool).")] = None,
+        help="Cut the network at this layer (e.g. block4_pool); for joined networks one "
+             "each, joined by '+'.")] = None,
     taps: Annotated[str | None, typer.Option(
         help="Also append the average-pooled outputs of these layers or blocks, "
              "comma-separated, or 'stages' (efficientnet_lite*: the last block of stages "
-             "4-7).")] = None,
+             "4-7); for joined networks 'stages' or NETWORK/LAYER.")] = None,
     mirror: Annotated[bool, typer.Option(
         help="Average each image's features with its left-right mirror's (twice the "
              "compute).")] = False,

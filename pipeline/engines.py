@@ -60,7 +60,8 @@ def resolve_address(address: str | None) -> str | None:
 
 @contextmanager
 def open_engine(engine: str = "local", address: str | None = None) -> Iterator[Engine]:
-    """The engine of one command, connected for its duration.
+    """The engine of one command: for ``ray``, connected when its first work starts
+    (:class:`_LazyCluster`) and shut down when the command ends.
 
     Parameters
     ----------
@@ -73,7 +74,8 @@ def open_engine(engine: str = "local", address: str | None = None) -> Iterator[E
     ------
     UserInputError
         An unknown engine, ``address`` without ``ray``, Ray not installed, or a
-        cluster that cannot be reached.
+        ``HOST:PORT`` nothing listens at (at once); a cluster Ray itself cannot join
+        (later, when the first work is handed to it).
     """
     if engine not in ENGINES:
         raise UserInputError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
@@ -83,15 +85,17 @@ def open_engine(engine: str = "local", address: str | None = None) -> Iterator[E
         yield Engine()
         return
     try:
-        import ray  # noqa: F401  (only to tell a missing install from other errors)
+        import ray
     except ImportError:
         raise UserInputError(RAY_MISSING) from None
     from pipeline.ray_engine import check_reachable
 
     resolved = resolve_address(address)
-    check_reachable(resolved)
+    if not ray.is_initialized():
+        check_reachable(resolved)  # a HOST:PORT nothing listens at is refused at once
     with ExitStack() as stack:
         cluster = _LazyCluster(resolved, stack)
+        stack.callback(cluster.close)
         yield Engine("ray", cluster.feature_batches, cluster.fold_runner, resolved, cluster)
 
 
@@ -104,9 +108,14 @@ class _LazyCluster:
     """
 
     def __init__(self, address: str | None, stack: ExitStack) -> None:
-        self._address, self._stack, self._engine = address, stack, None
+        self._address, self._stack, self._engine, self._closed = address, stack, None, False
+
+    def close(self) -> None:
+        self._closed = True
 
     def _connected(self):
+        if self._closed:  # a Ray started now would never be shut down
+            raise RuntimeError("the Ray engine was used after its command ended")
         if self._engine is None:
             from pipeline.ray_engine import connect
 

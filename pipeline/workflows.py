@@ -93,7 +93,7 @@ def extract_dataset(
     -------
     ExtractReport
     """
-    get_backbone(backbone)  # fail on a typo before scanning a large folder
+    backbone = get_backbone(backbone).name  # fail on a typo before scanning a large folder
     images, dataset = load_dataset(data, test_size=test_size, val_size=val_size, seed=seed)
     if out is None:
         out = default_store_path(dataset_name(data), backbone, layer, pooling, taps=taps,

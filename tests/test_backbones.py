@@ -478,7 +478,7 @@ def test_a_joined_backbone_concatenates_each_network_at_its_own_size():
 
 
 def test_a_joined_backbone_rebuilds_from_its_spec_with_per_network_choices():
-    ext = build_feature_extractor(JOINED, pooling="avg+max", mirror=True)
+    ext = build_feature_extractor(JOINED, pooling="avg + max", mirror=True)
     assert (ext.spec.backbone, ext.spec.pooling, ext.spec.views) == (
         JOINED, "avg+max", "image+mirror")
     assert ext.spec.feature_dim == 1280 + 1280
@@ -509,3 +509,12 @@ def test_joined_backbone_mistakes_name_the_value_and_the_fix(backbone, options, 
 def test_a_joined_backbone_is_not_fine_tuned():
     with pytest.raises(UserInputError, match="fine-tuning trains one; pass --backbone with one"):
         build_base_model(JOINED, weights="none")
+
+
+def test_a_backbone_name_may_not_hold_the_join_or_the_tap_prefix():
+    from dataclasses import replace
+
+    for name in ("my+net", "my/net"):
+        with pytest.raises(ValueError, match="may not contain"):
+            register_backbone(replace(BACKBONES["vgg16"], name=name))
+    assert get_backbone(" vgg16 + vgg19").name == "vgg16+vgg19"

@@ -133,3 +133,14 @@ def test_ray_connects_only_when_work_is_handed_to_it(tmp_path, artifacts, monkey
     with pytest.raises(AssertionError, match="connected to Ray"):
         train_store(store, classifier="logreg", cv=2, engine="ray", overwrite=True)
     assert connections == [None]
+
+
+def test_the_ray_engine_cannot_be_used_after_its_command(monkeypatch):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'tlearn[ray]')")
+    import pipeline.ray_engine as ray_engine
+
+    monkeypatch.setattr(ray_engine, "connect", lambda address: pytest.fail("connected"))
+    with open_engine("ray") as engine:
+        pass
+    with pytest.raises(RuntimeError, match="used after its command ended"):
+        engine.feature_batches(None, [], start=0, batch_size=1)
