@@ -360,13 +360,16 @@ def _joined_backbone(name: str) -> BackboneConfig:
                 f"({other.preprocessing}): one network takes one preprocessed image; join "
                 "networks of the same preprocessing, e.g. efficientnet_lite0+efficientnet_lite2")
     widest = max(members, key=lambda m: m.input_size)
-    poolings = [m.default_pooling for m in members]
     return BackboneConfig(
         name=JOIN.join(names), constructor=_no_single_network, preprocess=first.preprocess,
         input_size=widest.input_size, min_input_size=widest.input_size,
         channels=sum(m.channels for m in members), native_grid=widest.native_grid,
-        default_pooling=poolings[0] if len(set(poolings)) == 1 else JOIN.join(poolings),
-        members=members)
+        default_pooling=_joined_value([m.default_pooling for m in members]), members=members)
+
+
+def _joined_value(values: Sequence[str]) -> str:
+    """One value for all networks where they agree, else one per network joined by ``+``."""
+    return values[0] if len(set(values)) == 1 else JOIN.join(values)
 
 
 def keras_cache_dir() -> Path:
@@ -838,8 +841,8 @@ def _joined_network(config: BackboneConfig, weights: str, input_size: int | None
         raise UserInputError(
             f"one weights file cannot hold the {len(config.members)} networks of "
             f"{config.name}; use --weights imagenet or none, or extract each network on its own")
-    sizes = ", ".join(f"{m.name} {m.input_size}" for m in config.members)
     if input_size is not None and int(input_size) != config.input_size:
+        sizes = ", ".join(f"{m.name} {m.input_size}" for m in config.members)
         raise UserInputError(
             f"the networks of {config.name} each see the image at their native size ({sizes}); "
             "drop --input-size, or extract one network at another size on its own")
@@ -865,9 +868,7 @@ def _joined_network(config: BackboneConfig, weights: str, input_size: int | None
         tap_names += [f"{member.name}{MEMBER_SEP}{tap}" for tap in network.taps]
     out = keras.layers.Concatenate(name="features_joined", dtype="float32")(outputs)
     model = keras.Model(images, out, name="__".join(m.name for m in config.members) + "_features")
-    return _Network(model, JOIN.join(layers),
-                    poolings[0] if len(set(poolings)) == 1 else JOIN.join(poolings),
-                    size, tap_names)
+    return _Network(model, JOIN.join(layers), _joined_value(poolings), size, tap_names)
 
 
 def build_from_spec(spec: FeatureSpec) -> FeatureExtractor:

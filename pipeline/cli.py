@@ -194,13 +194,12 @@ def backbones(
         help="List the layer names of this backbone (for --layer).")] = None,
 ) -> None:
     """Table of the backbones tlearn knows, with their feature sizes."""
-    from features.backbones import BACKBONES, JOIN, build_feature_extractor, get_single_backbone
+    from features.backbones import BACKBONES, JOIN, build_feature_extractor
 
     if layers:
         if JOIN in layers:
             raise UserInputError(f"list the layers of one network at a time, e.g. "
                                  f"--layers {layers.split(JOIN)[0]}")
-        get_single_backbone(layers)
         extractor = build_feature_extractor(layers, weights="none")
         base_layers = extractor.model.layers[:-1]
         table = Table(title=f"layers of {layers}")

@@ -231,10 +231,7 @@ def finetune(source: str | os.PathLike, *, backbone: str | None = None,
     config = get_single_backbone(backbone)
     if weights == "imagenet" and store_attrs.get("weights") == "random":
         weights = "none"  # a store of random-weight features: keep the experiment consistent
-    # The store's input size is its network's: another network (one of a joined
-    # backbone's, say) starts from its own native size.
-    store_size = store_attrs.get("input_size") if store_attrs.get("backbone") == backbone else None
-    input_size = int(input_size or store_size or config.input_size)
+    input_size = int(input_size or store_attrs.get("input_size") or config.input_size)
     head = head or HeadConfig()
     augmentation = augmentation or AugmentationConfig()
     unfreeze = unfreeze or config.default_unfreeze
