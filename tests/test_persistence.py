@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -106,3 +107,25 @@ def test_loader_unpickles_the_very_bytes_it_verified(tmp_path, fitted, monkeypat
 
     monkeypatch.setattr(joblib, "load", swap_then_load)
     assert load_classifier(path).label_names_ == ["a", "b"]
+
+
+OLD_MODELS = Path(__file__).parent / "fixtures" / "models_v0"
+
+
+@pytest.mark.parametrize("kind", ["logreg", "linear_svm", "sgd"])
+def test_models_saved_before_the_restructuring_load_and_predict(tmp_path, kind):
+    # The pickles name the modules of commit 1ecc8a7; moving a class must keep them loadable.
+    from tests.conftest import make_image_folder
+
+    expected = json.loads((OLD_MODELS / "expected.json").read_text())
+    model = load_classifier(OLD_MODELS / f"store__{kind}.joblib")
+    root = make_image_folder(tmp_path / "data", classes=("cat", "dog"), per_class=8)
+    paths = [str(root / row["image"]) for row in expected[kind]]
+    for row, got in zip(expected[kind], model.predict_images(paths, top=2), strict=True):
+        assert got["label"] == row["label"]
+        assert [label for label, _ in got["top"]] == [label for label, _ in row["top"]]
+        np.testing.assert_allclose([s for _, s in got["top"]], [s for _, s in row["top"]],
+                                   atol=1e-3)
+    X = np.random.default_rng(0).normal(size=(3, 1280)).astype("float32")
+    np.testing.assert_allclose(model.predict_proba(X),
+                               expected[f"{kind}_features"]["predict_proba_seed0"], atol=1e-4)
