@@ -3,6 +3,10 @@
 Every failure becomes an :class:`ImageDecodeError` with a short reason, so the
 extraction loop can skip and report the file instead of crashing or writing a
 garbage row.
+
+This module imports only the standard library, numpy and Pillow, and nothing of tlearn:
+``tlearn export`` copies it as it is beside the exported network, so the folder's
+``predict.py`` decodes with this very code (pipeline/export.py).
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ linear head with the classifier's own scores (softmax, Platt-scaled margins or
 normalised one-vs-rest sigmoids where it gives probabilities, decision values
 where it gives none). It runs with only the
 OpenVINO or ONNX Runtime package: beside it lie ``classes.txt``, a README that
-says how images must be decoded, and ``predict.py``, a standalone example.
+says how images must be decoded, ``predict.py``, a standalone example, and
+``tlearn_images.py``, tlearn's own image reader (:mod:`features.images`, copied as it
+is), which ``predict.py`` decodes with: one decoder, not a second copy that can drift.
 
 The head is read off the classifier as the affine map it is (its decision
 function on the origin and on each unit vector), and the step from margins to
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import uuid
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +37,8 @@ EXPORT_FORMATS = ("openvino", "onnx")
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "scores"
 _MODEL_FILES = {"openvino": ("model.xml", "model.bin"), "onnx": ("model.onnx",)}
+# features/images.py under the name predict.py imports it by.
+DECODER_FILE = "tlearn_images.py"
 # |exported - tlearn| on probabilities (or decision values scaled by their largest
 # magnitude) above which the export is refused as wrong rather than written.
 _CHECK_TOLERANCE = 1e-3
@@ -302,13 +306,16 @@ It needs only {runtime} and numpy (and Pillow to decode images), not tlearn.
 | output `{output}` | float32, shape (N, {n}): {scores_text} |
 | classes | `classes.txt`, one name a line, in the order of the output columns |
 
-Decode images as tlearn does: apply the EXIF orientation, convert to 8-bit RGB,
-resize the whole image (aspect ratio ignored) to {size} x {size} with bilinear
-resampling (Pillow's `Image.resize(..., Image.Resampling.BILINEAR)`; for JPEG,
-`Image.draft("RGB", ({size}, {size}))` first, as tlearn does). No other scaling:
-the network does its own preprocessing.
+Decode images as tlearn does: `{decoder}` is tlearn's own image reader, copied
+as it is; `load_image(path, {size})` (or `decode_image(data, {size})` for bytes) gives
+the network's input. It applies the EXIF orientation, converts any mode to 8-bit RGB
+(16- and 32-bit grayscale rescaled, not clipped; transparent pixels on white), and
+resizes the whole image (aspect ratio ignored) to {size} x {size} with bilinear
+resampling (for JPEG, after `Image.draft("RGB", ({size}, {size}))`). No other
+scaling: the network does its own preprocessing.
 
-`python predict.py IMAGE...` prints the scores of each image as JSON (see the code).
+`python predict.py IMAGE...` prints the scores of each image as JSON (see the code);
+an image that cannot be decoded gets an `error` instead, as in `tlearn predict`.
 `tlearn-export.json` records the source model and the SHA-256 of every file.
 """
 
@@ -319,33 +326,37 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from {decoder_module} import ImageDecodeError, load_image  # noqa: E402  tlearn's own reader
+
 SIZE = {size}
 CLASSES = (HERE / "classes.txt").read_text(encoding="utf-8").splitlines()
 
 
 def load(path):
-    """RGB uint8 (SIZE, SIZE, 3), decoded as tlearn decodes."""
-    with Image.open(path) as img:
-        if img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
-            img.draft("RGB", (SIZE, SIZE))
-        img.load()
-        img = ImageOps.exif_transpose(img).convert("RGB")
-        if img.size != (SIZE, SIZE):
-            img = img.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
-        return np.asarray(img, dtype=np.uint8)
+    """RGB uint8 (SIZE, SIZE, 3), decoded by tlearn's own code."""
+    return load_image(path, SIZE)
 
 
 {runner}
 
 
 def main(paths):
-    pixels = np.stack([load(p) for p in paths])
-    scores = run(pixels)
-    print(json.dumps([{{"path": str(p), "label": CLASSES[int(np.argmax(s))],
-                       "scores": [float(v) for v in s]}} for p, s in zip(paths, scores)]))
+    results, decoded = [], []
+    for p in paths:
+        try:
+            decoded.append(load(p))
+            results.append({{"path": str(p)}})
+        except ImageDecodeError as exc:
+            results.append({{"path": str(p), "error": exc.reason}})
+    scores = iter(run(np.stack(decoded)) if decoded else [])
+    for r in results:
+        if "error" not in r:
+            s = next(scores)
+            r.update(label=CLASSES[int(np.argmax(s))], scores=[float(v) for v in s])
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":
@@ -391,6 +402,9 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, *,
         Unknown format or missing package, ``out`` exists, or a model that cannot be
         exported (int8 or bfloat16 features).
     """
+    import inspect
+
+    from features import images
     from features.integrity import atomic_write_json, atomic_write_text, file_digest
 
     _check_format(format)
@@ -402,7 +416,10 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, *,
     size, names = about["input_size"], about["label_names"]
     _check_against_tlearn(composed, model_path, size, about["scores"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+    # A plain mkdir, not mkdtemp: the folder gets the umask's mode like any folder the
+    # user makes (mkdtemp's is owner-only, 0700), and it survives the rename into place.
+    tmp = out.parent / f".{out.name}.export-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
         (_save_openvino if format == "openvino" else _save_onnx)(composed, tmp, size)
         atomic_write_text(tmp / "classes.txt", "".join(f"{n}\n" for n in names))
@@ -414,14 +431,17 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, *,
             head=", linear head" if Path(model_path).suffix == ".joblib" else " and its head",
             runtime="OpenVINO" if format == "openvino" else "ONNX Runtime",
             files=", ".join(f"`{f}`" for f in files), input=INPUT_NAME, size=size,
-            output=OUTPUT_NAME, n=len(names), scores_text=scores_text))
-        atomic_write_text(tmp / "predict.py", _PREDICT.format(size=size,
-                                                              runner=_RUNNERS[format]))
+            output=OUTPUT_NAME, n=len(names), scores_text=scores_text,
+            decoder=DECODER_FILE))
+        atomic_write_text(tmp / DECODER_FILE, inspect.getsource(images))
+        atomic_write_text(tmp / "predict.py", _PREDICT.format(
+            size=size, runner=_RUNNERS[format], decoder_module=Path(DECODER_FILE).stem))
         atomic_write_json(tmp / "tlearn-export.json", {
             "source": about["source"], "format": format, "input": INPUT_NAME,
             "input_shape": [None, size, size, 3], "input_dtype": "uint8",
             "output": OUTPUT_NAME, "scores": about["scores"], "classes": names,
-            "files": {f: file_digest(tmp / f) for f in [*files, "classes.txt"]}})
+            "files": {f: file_digest(tmp / f) for f in [*files, "classes.txt",
+                                                          DECODER_FILE]}})
         if out.exists():
             doomed = out.with_name(f".{out.name}.replaced-{os.getpid()}")
             os.rename(out, doomed)

@@ -154,8 +154,23 @@ def _evaluate_on_store(model, store, split: str):
     rate = len(y) / seconds if seconds > 0 else float("inf")
     paths = store.paths
     ids = [paths[i] for i in np.flatnonzero(store.split_mask(split))]
-    return evaluate_predictions(y, scores, model.classes_, model.label_names_, rate,
+    # Store and model each number classes among their own names, so the same number
+    # can be two different classes: rows and score columns are matched by name.
+    names = np.array(store.label_names, dtype=object)[y]
+    return evaluate_predictions(names, scores, np.array(model.label_names_, dtype=object),
+                                model.label_names_, rate,
                                 probabilities=hasattr(model, "predict_proba"), sample_ids=ids)
+
+
+def _refuse_unknown_classes(known: list[str], store, rows) -> None:
+    """Refuse a store whose rows ``rows`` have classes (by name) the model was not trained on."""
+    import numpy as np
+
+    names = store.label_names
+    unknown = sorted({names[c] for c in np.unique(store.labels[rows])} - set(known))
+    if unknown:
+        raise UserInputError(f"the model does not know the classes {', '.join(unknown)} of "
+                             f"{store.path}; evaluate it on a store of its own classes")
 
 
 def train_store(
@@ -370,6 +385,7 @@ def evaluate_model(model_path: str | Path, store_path: str | Path, *, split: str
 
             model = load_classifier(model_path)
             check_same_features(model, store.spec, where=str(store_path))
+            _refuse_unknown_classes(model.label_names_, store, store.split_mask(split))
             evaluation = _evaluate_on_store(model, store, split)
             meta = {"classifier": model.kind, "chosen": model.best_params_,
                     "backbone": (model.feature_spec_ or {}).get("backbone")}
@@ -398,11 +414,8 @@ def _evaluate_from_images(model_path: Path, store, split: str, runtime: str | No
         raise UserInputError(
             f"{store.path} has no {split} images; extract again with --test-size above 0")
     model = load_image_classifier(model_path, runtime=runtime)
+    _refuse_unknown_classes(list(model.label_names), store, rows)
     position = {name: i for i, name in enumerate(model.label_names)}
-    unknown = sorted({store.label_names[c] for c in store.labels[rows]} - set(position))
-    if unknown:
-        raise UserInputError(f"the model does not know the classes {', '.join(unknown)} of "
-                             f"{store.path}; evaluate it on a store of its own classes")
     y = np.array([position[store.label_names[c]] for c in store.labels[rows]])
     all_paths = store.paths
     paths = [all_paths[i] for i in rows]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,104 @@ def test_taps_mirror_and_joined_networks_are_inside_the_exported_network(
         assert have["label"] == want["label"]
         for label, score in want["top"]:
             assert abs(have["scores"][classes.index(label)] - score) < 1e-4
+
+
+# Decodes with the folder's own predict.py, nothing of tlearn importable or imported.
+_DECODE = """
+import runpy, sys
+import numpy as np
+folder, out, images = sys.argv[1], sys.argv[2], sys.argv[3:]
+load = runpy.run_path(folder + "/predict.py", run_name="exported_predict")["load"]
+np.savez(out, *[load(p) for p in images])
+loaded = {m.split(".")[0] for m in sys.modules}
+assert not loaded & {"tensorflow", "keras", "features", "classifiers", "pipeline"}, loaded
+"""
+
+
+def _image_modes() -> dict[str, tuple]:
+    """Name -> (Pillow image, file format, save options): every kind tlearn decodes apart."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (30, 40), dtype=np.uint8)
+    wide = rng.integers(0, 65536, (30, 40)).astype(np.uint16)
+    palette = Image.fromarray(rgb).quantize(16)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    return {
+        "RGB": (Image.fromarray(rgb), "PNG", {}),
+        "RGB JPEG, decoded at a reduced scale": (
+            Image.fromarray(rgb).resize((400, 300)), "JPEG", {"quality": 95}),
+        "L": (Image.fromarray(rgb).convert("L"), "PNG", {}),
+        "LA": (Image.fromarray(np.dstack([rgb[..., 0], alpha]), "LA"), "PNG", {}),
+        "P with transparency": (palette, "PNG", {"transparency": 0}),
+        "RGBA fully transparent": (Image.fromarray(np.dstack([rgb, 0 * alpha]), "RGBA"),
+                                   "PNG", {}),
+        "RGBA partly transparent": (Image.fromarray(np.dstack([rgb, alpha]), "RGBA"),
+                                    "PNG", {}),
+        "I;16 (16-bit grayscale)": (Image.fromarray(wide), "PNG", {}),
+        "I (32-bit grayscale)": (Image.fromarray(wide.astype(np.int32) * 3, "I"), "TIFF", {}),
+        "F (float grayscale)": (Image.fromarray(wide.astype(np.float32) / 7), "TIFF", {}),
+        "CMYK": (Image.fromarray(rgb).convert("CMYK"), "JPEG", {"quality": 95}),
+        "1 (bilevel)": (Image.fromarray(rgb).convert("1"), "PNG", {}),
+        "EXIF-rotated": (Image.fromarray(rgb), "JPEG", {"quality": 95, "exif": exif.tobytes()}),
+    }
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    """The logreg model exported under umask 022, and an image file of every mode."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    out = trained["tmp"] / "modes-export"
+    previous = os.umask(0o022)
+    try:
+        export_model(trained["models"]["logreg"], out)
+    finally:
+        os.umask(previous)
+    files = {}
+    for i, (name, (image, fmt, options)) in enumerate(_image_modes().items()):
+        files[name] = str(trained["tmp"] / "modes" / f"{i}.{fmt.lower()}")
+        Path(files[name]).parent.mkdir(exist_ok=True)
+        image.save(files[name], format=fmt, **options)
+    decoded = trained["tmp"] / "decoded.npz"
+    result = subprocess.run([sys.executable, "-c", _DECODE, str(out), str(decoded),
+                             *files.values()], capture_output=True, text=True, cwd=out,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(decoded) as arrays:
+        pixels = dict(zip(files, (arrays[f"arr_{i}"] for i in range(len(files))), strict=True))
+    return {"out": out, "files": files, "pixels": pixels}
+
+
+@pytest.mark.parametrize("mode", list(_image_modes()))
+def test_the_exported_predict_decodes_every_image_mode_as_tlearn(exported, mode):
+    from features.images import load_image
+    from pipeline.export import read_export_manifest
+
+    size = read_export_manifest(exported["out"])["input_shape"][1]
+    want = load_image(exported["files"][mode], size)
+    assert exported["pixels"][mode].dtype == np.uint8
+    assert np.array_equal(exported["pixels"][mode], want)
+
+
+def test_the_exported_predict_says_what_tlearn_predict_says_on_every_mode(
+        exported, trained, broken_files):
+    from pipeline.workflows import predict_files
+
+    images = [*exported["files"].values(), str(broken_files["truncated"])]
+    expected = predict_files(trained["models"]["logreg"], images, top=3, runtime="tensorflow")
+    got = run_standalone(exported["out"], images)
+    classes = (exported["out"] / "classes.txt").read_text().splitlines()
+    assert got[-1] == {"path": images[-1], "error": "truncated image"} == expected[-1]
+    for want, have in zip(expected[:-1], got[:-1], strict=True):
+        assert have["label"] == want["label"], have["path"]
+        for label, score in want["top"]:
+            assert abs(have["scores"][classes.index(label)] - score) < 1e-4, have["path"]
+
+
+def test_the_export_folder_gets_the_mode_of_any_folder_the_user_makes(exported):
+    out = exported["out"]
+    assert out.stat().st_mode & 0o777 == 0o755
+    files = [p for p in out.iterdir() if p.is_file()]
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o644 for p in files}

@@ -218,3 +218,44 @@ def test_repeats_report_the_spread_over_seeded_resplits(store):
     assert "re-splits" in (outcome.report_dir / "summary.md").read_text()
     # the recorded split's model is the one saved; asking again is up to date
     assert train_store(store_path, classifier="logreg", cv=2, repeats=3)[0].up_to_date
+
+
+def _relabelled_store(tmp_path, data, labels: dict[str, str]):
+    """A store of the images of ``data``'s classes named in ``labels``, each called by its value."""
+    listing = tmp_path / "relabelled.csv"
+    listing.write_text("path,label\n" + "".join(
+        f"{p},{label}\n" for folder, label in labels.items()
+        for p in sorted((data / folder).iterdir())))
+    return extract_dataset(listing, out=tmp_path / "relabelled.h5", test_size=0.5,
+                           **TINY).result.path
+
+
+@pytest.mark.parametrize("runtime", [None, "tensorflow"])
+def test_evaluate_refuses_store_classes_the_model_does_not_know(tmp_path, store, runtime):
+    store_path, data = store
+    model = train_store(store_path, classifier="logreg", cv=2)[0].model_path
+    # Numbered among its own names (green 0, zebra 1) the blue and green images get the
+    # numbers the model gives blue and green: matched by number they would look right.
+    relabelled = _relabelled_store(tmp_path, data, {"blue": "green", "green": "zebra"})
+    with pytest.raises(UserInputError, match="does not know the classes zebra"):
+        evaluate_model(model, relabelled, runtime=runtime)
+
+
+def test_evaluate_on_a_store_of_some_of_the_models_classes_matches_them_by_name(
+        tmp_path, store):
+    import joblib
+
+    store_path, data = store
+    model_path = train_store(store_path, classifier="logreg", cv=2)[0].model_path
+    subset = _relabelled_store(tmp_path, data, {"green": "green", "red": "red"})
+    report = evaluate_model(model_path, subset).report["test"]
+    model = joblib.load(model_path)
+    with FeatureStore(subset) as fs:
+        assert fs.label_names == ["green", "red"]  # numbered 0, 1; the model's are 1, 2
+        X, y = fs.load("test")
+        truth = np.array(fs.label_names)[y]
+    said = np.array(model.label_names_)[np.searchsorted(model.classes_, model.predict(X))]
+    assert report["n_samples"] == len(truth)
+    assert report["accuracy"] == pytest.approx(np.mean(said == truth))
+    assert report["label_names"] == model.label_names_
+    assert sum(map(sum, report["confusion"])) == len(truth)
