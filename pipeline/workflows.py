@@ -222,25 +222,30 @@ def _saved_model_state(model_path: Path, report_dir: Path, settings: dict, repea
     return "up to date", report
 
 
-def _fit_and_save(kind: str, store, store_path: Path, model_path: Path, settings: dict, *,
-                  grid: list[float] | None, cv: int, seed: int, jobs: int, loaded, fold_runner,
-                  say: Callable[[str], None]):
-    """Tune and fit one family on the train split, test it, and save it with its sidecar.
+def _fit_and_save(store, store_path: Path, model_path: Path, report_dir: Path, settings: dict,
+                  *, jobs: int, loaded, fold_runner, say: Callable[[str], None]):
+    """Tune and fit one family with ``settings`` on the train split, test it, and save it
+    with its sidecar.
 
     Saved before the report is written, so an interrupted run keeps the model and a rerun
     only writes what is missing.
     """
     from classifiers.estimators import FeatureClassifier
     from classifiers.persistence import save_classifier
+    from pipeline.reports import REPORT_FILE
 
-    name = model_path.stem
+    name, kind, cv = model_path.stem, settings["kind"], settings["cv"]
     say(f"{name}: searching {'alpha' if kind == 'sgd' else 'C'} with {cv}-fold CV "
         f"on {store.split_counts()['train']} training images")
-    model = FeatureClassifier(kind=kind, grid=grid, cv=cv, random_state=seed, n_jobs=jobs)
+    model = FeatureClassifier(kind=kind, grid=settings["grid"], cv=cv,
+                              random_state=settings["seed"], n_jobs=jobs)
     model.fit_store(store, "train", progress=lambda done, total: say(
         f"{name}: cross-validation fold {done}/{total} done"), loaded=loaded,
         fold_runner=fold_runner)
     evaluation = _evaluate_on_store(model, store, "test")
+    # The previous model's report must not outlive it: killed before the new report is
+    # written, a rerun would otherwise take that report for this model's and stop there.
+    (report_dir / REPORT_FILE).unlink(missing_ok=True)
     save_classifier(model, model_path, metadata={
         "settings": settings, "metrics": evaluation.to_dict() | {"per_class": None},
         "store": str(store_path.resolve()), "store_name": store_path.stem})
@@ -378,8 +383,8 @@ def train_store(
                 if kind != "sgd" and loaded is None:
                     loaded = store.load("train")
                 model, evaluation = _fit_and_save(
-                    kind, store, store_path, model_path, settings, grid=grid, cv=cv, seed=seed,
-                    jobs=jobs, loaded=loaded, fold_runner=chosen.fold_runner, say=say)
+                    store, store_path, model_path, report_dir, settings, jobs=jobs,
+                    loaded=loaded, fold_runner=chosen.fold_runner, say=say)
             else:
                 say(f"{name}: keeping the saved model ({model_path}), writing its report")
                 model = load_classifier(model_path)

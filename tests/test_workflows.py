@@ -123,13 +123,16 @@ main()
 """
 
 
+def _train_killed_before_its_report(*args: str) -> None:
+    killed = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_REPORT, *args],
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+
 def test_a_train_killed_before_its_report_resumes_without_refitting(store, artifacts):
     store_path, _ = store
-    killed = subprocess.run(
-        [sys.executable, "-c", _KILLED_BEFORE_REPORT, str(store_path), "--cv", "2",
-         "--repeats", "2"], env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    _train_killed_before_its_report(str(store_path), "--cv", "2", "--repeats", "2")
     name = "shapes__vgg16__avg__logreg"
     model_path = artifacts / "classifiers" / f"{name}.joblib"
     assert model_path.with_suffix(".json").exists()
@@ -144,6 +147,16 @@ def test_a_train_killed_before_its_report_resumes_without_refitting(store, artif
     assert _saved_files(model_path) == saved
     assert not any("searching" in line for line in lines)
     assert train_store(store_path, cv=2, repeats=2)[0].up_to_date
+    # killed while replacing it: the old report is not taken for the new model's
+    before = saved
+    _train_killed_before_its_report(str(store_path), "--cv", "3", "--overwrite")
+    saved = _saved_files(model_path)
+    assert saved != before  # the new model is saved, its report is not
+    lines = []
+    resumed = train_store(store_path, cv=3, log=lines.append)[0]
+    assert not resumed.up_to_date and "repeats" not in resumed.report  # not the old report
+    assert _saved_files(model_path) == saved
+    assert not any("searching" in line for line in lines)
 
 
 def test_evaluate_and_compare(store, artifacts):
