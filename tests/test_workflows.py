@@ -107,24 +107,40 @@ def test_repeats_only_change_the_report_so_reruns_need_no_overwrite(store):
     assert not fewer.up_to_date and fewer.report["repeats"]["n"] == 2
 
 
-# A real 'tlearn train' that SIGKILLs itself when the model and its sidecar are saved and
-# its report is about to be written.
-_KILLED_BEFORE_REPORT = """
+# A real 'tlearn train' that SIGKILLs itself at a chosen point: "report" when the model and
+# its sidecar are saved and the report is about to be written, "save" when the first of
+# the model and its sidecar is written and the other is not.
+_KILLED_TRAIN = """
 import os, signal, sys
+from classifiers import persistence
 from pipeline import reports
 
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
-reports.write_report = die
+writes = []
+
+def second_dies(write):
+    def counted(*args, **kwargs):
+        writes.append(write)
+        if len(writes) == 2:
+            die()
+        return write(*args, **kwargs)
+    return counted
+
+if sys.argv[1] == "report":
+    reports.write_report = die
+else:
+    for name in [n for n in dir(persistence) if n.startswith("atomic_write")]:
+        setattr(persistence, name, second_dies(getattr(persistence, name)))
 from pipeline.cli import main
-sys.argv = ["tlearn", "train", *sys.argv[1:]]
+sys.argv = ["tlearn", "train", *sys.argv[2:]]
 main()
 """
 
 
-def _train_killed_before_its_report(*args: str) -> None:
-    killed = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_REPORT, *args],
+def _killed_train(point: str, *args: str) -> None:
+    killed = subprocess.run([sys.executable, "-c", _KILLED_TRAIN, point, *args],
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -132,7 +148,7 @@ def _train_killed_before_its_report(*args: str) -> None:
 
 def test_a_train_killed_before_its_report_resumes_without_refitting(store, artifacts):
     store_path, _ = store
-    _train_killed_before_its_report(str(store_path), "--cv", "2", "--repeats", "2")
+    _killed_train("report", str(store_path), "--cv", "2", "--repeats", "2")
     name = "shapes__vgg16__avg__logreg"
     model_path = artifacts / "classifiers" / f"{name}.joblib"
     assert model_path.with_suffix(".json").exists()
@@ -149,7 +165,7 @@ def test_a_train_killed_before_its_report_resumes_without_refitting(store, artif
     assert train_store(store_path, cv=2, repeats=2)[0].up_to_date
     # killed while replacing it: the old report is not taken for the new model's
     before = saved
-    _train_killed_before_its_report(str(store_path), "--cv", "3", "--overwrite")
+    _killed_train("report", str(store_path), "--cv", "3", "--overwrite")
     saved = _saved_files(model_path)
     assert saved != before  # the new model is saved, its report is not
     lines = []
@@ -157,6 +173,18 @@ def test_a_train_killed_before_its_report_resumes_without_refitting(store, artif
     assert not resumed.up_to_date and "repeats" not in resumed.report  # not the old report
     assert _saved_files(model_path) == saved
     assert not any("searching" in line for line in lines)
+
+
+def test_a_train_killed_between_model_and_sidecar_needs_no_overwrite(store, artifacts):
+    from classifiers.persistence import load_classifier, sidecar_path
+
+    store_path, _ = store
+    _killed_train("save", str(store_path), "--cv", "2")
+    model_path = artifacts / "classifiers" / "shapes__vgg16__avg__logreg.joblib"
+    assert model_path.exists() != sidecar_path(model_path).exists()
+    outcome = train_store(store_path, cv=2)[0]
+    assert not outcome.up_to_date and outcome.report["test"]["n_samples"] == 6
+    assert load_classifier(model_path).kind == "logreg"  # checked against its sidecar
 
 
 def test_evaluate_and_compare(store, artifacts):
