@@ -70,7 +70,7 @@ def _saved_files(model_path: Path) -> tuple[bytes, bytes]:
 
 
 def test_a_refusal_names_each_differing_setting_with_both_values(store):
-    store_path, _ = store
+    store_path, data = store
     train_store(store_path, classifier="logreg", cv=2)
     with pytest.raises(UserInputError) as refused:
         train_store(store_path, classifier="logreg", cv=3, seed=4, grid=[1.0], repeats=2)
@@ -79,6 +79,11 @@ def test_a_refusal_names_each_differing_setting_with_both_values(store):
     assert "seed: 4 here, 0 in the saved model" in message
     assert "grid: [1.0] here, the default in the saved model" in message
     assert "repeats" not in message and "--overwrite" in message and "\n" not in message
+    # the same store name extracted again with other settings: other features
+    extract_dataset(data, out=store_path, overwrite=True, **{**TINY, "pooling": "max"})
+    with pytest.raises(UserInputError, match=r"features \(store settings key\): [0-9a-f]{12} "
+                                             r"here, [0-9a-f]{12} in the saved model"):
+        train_store(store_path, classifier="logreg", cv=2)
 
 
 def test_repeats_only_change_the_report_so_reruns_need_no_overwrite(store):
