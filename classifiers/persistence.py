@@ -23,7 +23,7 @@ import joblib
 
 from features.backbones import FeatureSpec
 from features.errors import UserInputError
-from features.integrity import atomic_write, atomic_write_json, bytes_digest, file_digest
+from features.integrity import atomic_write_bytes, atomic_write_json, bytes_digest, file_digest
 
 if TYPE_CHECKING:
     from classifiers.estimators import FeatureClassifier
@@ -54,6 +54,10 @@ def save_classifier(model: FeatureClassifier, path: str | os.PathLike, *,
                     metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model`` with joblib and its sidecar, each atomically (no half-written file).
 
+    The sidecar is written first: a run killed between the two writes leaves a sidecar
+    without a model, which a rerun of ``tlearn train`` simply trains again, rather than
+    a model without a sidecar, which nothing can check and a rerun must refuse.
+
     Parameters
     ----------
     model : FeatureClassifier
@@ -68,11 +72,13 @@ def save_classifier(model: FeatureClassifier, path: str | os.PathLike, *,
     Path
     """
     path = Path(path)
-    atomic_write(path, lambda tmp: joblib.dump(model, tmp))
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    data = buffer.getvalue()
     sidecar = {
         "model": path.name,
-        "sha256": sha256_file(path),
-        "size_bytes": path.stat().st_size,
+        "sha256": bytes_digest(data, "sha256"),
+        "size_bytes": len(data),
         "kind": getattr(model, "kind", type(model).__name__),
         "feature_spec": getattr(model, "feature_spec_", None),
         "label_names": list(getattr(model, "label_names_", [])),
@@ -82,6 +88,7 @@ def save_classifier(model: FeatureClassifier, path: str | os.PathLike, *,
         **(metadata or {}),
     }
     atomic_write_json(sidecar_path(path), sidecar)
+    atomic_write_bytes(path, data)
     return path
 
 

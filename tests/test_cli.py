@@ -160,7 +160,7 @@ def test_stage2_user_mistakes(tmp_path, trained):
         (["train", str(store), "--classifier", "knn"], "unknown classifier 'knn'"),
         (["train", str(store), "--cv", "9", "--overwrite"], "fewer than the 9"),
         (["train", str(store), "--grid", "a,b"], "not a comma-separated list"),
-        (["train", str(store), "--cv", "3"], "--overwrite"),
+        (["train", str(store), "--cv", "3"], "cv: 3 here, 2 in the saved model"),
         (["predict", str(tampered), str(data / "cat" / "cat_000.jpg")], "tampered"),
         (["evaluate", str(model), str(junk)], "not a readable HDF5"),
         (["compare", str(tmp_path / "x.txt")], "does not exist"),

@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +63,133 @@ def test_second_train_is_up_to_date_and_other_settings_need_overwrite(store):
     assert first.model_path.read_bytes() == before
     replaced = train_store(store_path, classifier="logreg", cv=3, overwrite=True)[0]
     assert not replaced.up_to_date
+
+
+def _saved_files(model_path: Path) -> tuple[bytes, bytes]:
+    return model_path.read_bytes(), model_path.with_suffix(".json").read_bytes()
+
+
+def test_a_refusal_names_each_differing_setting_with_both_values(store):
+    store_path, data = store
+    train_store(store_path, classifier="logreg", cv=2)
+    with pytest.raises(UserInputError) as refused:
+        train_store(store_path, classifier="logreg", cv=3, seed=4, grid=[1.0], repeats=2)
+    message = str(refused.value)
+    assert "cv: 3 here, 2 in the saved model" in message
+    assert "seed: 4 here, 0 in the saved model" in message
+    assert "grid: [1.0] here, the default in the saved model" in message
+    assert "repeats" not in message and "--overwrite" in message and "\n" not in message
+    # the same store name extracted again with other settings: other features
+    extract_dataset(data, out=store_path, overwrite=True, **{**TINY, "pooling": "max"})
+    with pytest.raises(UserInputError, match=r"features \(store settings key\): [0-9a-f]{12} "
+                                             r"here, [0-9a-f]{12} in the saved model"):
+        train_store(store_path, classifier="logreg", cv=2)
+
+
+def test_repeats_only_change_the_report_so_reruns_need_no_overwrite(store):
+    store_path, _ = store
+    plain = train_store(store_path, classifier="logreg", cv=2)[0]
+    # sidecars of earlier versions recorded repeats among the model's settings
+    sidecar = plain.model_path.with_suffix(".json")
+    old = json.loads(sidecar.read_text())
+    old["settings"]["repeats"] = 0
+    sidecar.write_text(json.dumps(old))
+    saved = _saved_files(plain.model_path)
+    lines = []
+    more = train_store(store_path, classifier="logreg", cv=2, repeats=2, log=lines.append)[0]
+    assert not more.up_to_date and more.report["repeats"]["n"] == 2
+    assert "re-splits" in (more.report_dir / "summary.md").read_text()
+    assert not any("searching" in line for line in lines)  # the model was not refitted
+    assert _saved_files(plain.model_path) == saved
+    # the reverse: a plain rerun keeps the re-splits already reported
+    again = train_store(store_path, classifier="logreg", cv=2)[0]
+    assert again.up_to_date and again.report["repeats"]["n"] == 2
+    # after --overwrite with re-splits, a plain rerun (make train) is up to date too
+    replaced = train_store(store_path, classifier="logreg", cv=2, repeats=3, overwrite=True)[0]
+    assert replaced.report["repeats"]["n"] == 3
+    assert train_store(store_path, classifier="logreg", cv=2)[0].up_to_date
+    fewer = train_store(store_path, classifier="logreg", cv=2, repeats=2)[0]
+    assert not fewer.up_to_date and fewer.report["repeats"]["n"] == 2
+
+
+# A real 'tlearn train' that SIGKILLs itself at a chosen point: "report" when the model and
+# its sidecar are saved and the report is about to be written, "save" when the first of
+# the model and its sidecar is written and the other is not.
+_KILLED_TRAIN = """
+import os, signal, sys
+from classifiers import persistence
+from pipeline import reports
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+writes = []
+
+def second_dies(write):
+    def counted(*args, **kwargs):
+        writes.append(write)
+        if len(writes) == 2:
+            die()
+        return write(*args, **kwargs)
+    return counted
+
+if sys.argv[1] == "report":
+    reports.write_report = die
+else:
+    for name in [n for n in dir(persistence) if n.startswith("atomic_write")]:
+        setattr(persistence, name, second_dies(getattr(persistence, name)))
+from pipeline.cli import main
+sys.argv = ["tlearn", "train", *sys.argv[2:]]
+main()
+"""
+
+
+def _killed_train(point: str, *args: str) -> None:
+    killed = subprocess.run([sys.executable, "-c", _KILLED_TRAIN, point, *args],
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+
+def test_a_train_killed_before_its_report_resumes_without_refitting(store, artifacts):
+    store_path, _ = store
+    _killed_train("report", str(store_path), "--cv", "2", "--repeats", "2")
+    name = "shapes__vgg16__avg__logreg"
+    model_path = artifacts / "classifiers" / f"{name}.joblib"
+    assert model_path.with_suffix(".json").exists()
+    assert not (artifacts / "reports" / name / "metrics.json").exists()
+    saved = _saved_files(model_path)
+    lines = []
+    resumed = train_store(store_path, cv=2, repeats=2, log=lines.append)[0]
+    assert not resumed.up_to_date and resumed.report["repeats"]["n"] == 2
+    assert resumed.report["test"]["n_samples"] == 6
+    assert (resumed.report_dir / "summary.md").exists()
+    # the checked model is kept: a refit would record another fit time in its file
+    assert _saved_files(model_path) == saved
+    assert not any("searching" in line for line in lines)
+    assert train_store(store_path, cv=2, repeats=2)[0].up_to_date
+    # killed while replacing it: the old report is not taken for the new model's
+    before = saved
+    _killed_train("report", str(store_path), "--cv", "3", "--overwrite")
+    saved = _saved_files(model_path)
+    assert saved != before  # the new model is saved, its report is not
+    lines = []
+    resumed = train_store(store_path, cv=3, log=lines.append)[0]
+    assert not resumed.up_to_date and "repeats" not in resumed.report  # not the old report
+    assert _saved_files(model_path) == saved
+    assert not any("searching" in line for line in lines)
+
+
+def test_a_train_killed_between_model_and_sidecar_needs_no_overwrite(store, artifacts):
+    from classifiers.persistence import load_classifier, sidecar_path
+
+    store_path, _ = store
+    _killed_train("save", str(store_path), "--cv", "2")
+    model_path = artifacts / "classifiers" / "shapes__vgg16__avg__logreg.joblib"
+    assert model_path.exists() != sidecar_path(model_path).exists()
+    outcome = train_store(store_path, cv=2)[0]
+    assert not outcome.up_to_date and outcome.report["test"]["n_samples"] == 6
+    assert load_classifier(model_path).kind == "logreg"  # checked against its sidecar
 
 
 def test_evaluate_and_compare(store, artifacts):
