@@ -269,6 +269,7 @@ def train_store(
                 "solver_space": getattr(model, "solver_space_", None),  # sgd has none
                 "converged": model.converged_,
                 "n_train": store.split_counts()["train"], "model_path": str(model_path),
+                "extraction_images_per_second": attrs.get("extraction_images_per_second"),
             }
             if repeats:
                 say(f"{name}: {repeats} seeded re-splits of the train and test rows")
