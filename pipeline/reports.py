@@ -227,6 +227,7 @@ def write_report(directory: str | os.PathLike, evaluation: Evaluation, info: dic
         f"fit: {format_value(info.get('fit_seconds'), 2)} s; "
         f"predictions/s: {evaluation.predictions_per_second:,.0f}; "
         f"size: {format_value((info.get('size_bytes') or 0) / 2**20, 2)} MB",
+        f"- images/s from image files: {_speed(info, evaluation)}",
         "",
         "| class | precision | recall | f1 | support |",
         "|---|---|---|---|---|",
@@ -257,6 +258,19 @@ def write_report(directory: str | os.PathLike, evaluation: Evaluation, info: dic
     # Written last: a report counts (read_report) only once all its files are there.
     atomic_write_json(directory / REPORT_FILE, {**info, "test": evaluation.to_dict()})
     return directory
+
+
+def _speed(info: dict[str, Any], evaluation: Evaluation) -> str:
+    """The images-per-second line of ``summary.md``: the whole rate and its two parts."""
+    rate = images_per_second({**info, "test": evaluation.to_dict()})
+    extract = _rate(info.get("extraction_images_per_second"))
+    if _timed_on_files(info):
+        return f"{format_value(rate, 0)} (the network on the test images)"
+    if extract is None:
+        return ("- (the store recorded no extraction rate: extracted before tlearn kept it)"
+                if info.get("stage") == "features" else "-")
+    return (f"{format_value(rate, 0)} (extraction {extract:,.0f} images/s, then the "
+            f"classifier {evaluation.predictions_per_second:,.0f} on their features)")
 
 
 # What each rule of classifiers.search.choose picks, in words.
@@ -359,16 +373,21 @@ def _rate(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
+def _timed_on_files(report: dict[str, Any]) -> bool:
+    return report.get("stage") in ("finetune", "scratch") or bool(report.get("runtime"))
+
+
 def images_per_second(report: dict[str, Any]) -> float | None:
     """How many images per second the model classifies from image files, None if unknown.
 
-    A stage 3 network was timed on the test images themselves. A classifier on stored
+    A stage 3 network, or a model evaluated on image files with a ``runtime``, was
+    timed on the test images themselves. A classifier on stored
     features needs its backbone first: the extraction rate its store recorded and its own
     rate on the test features combine as ``1 / (1/extraction + 1/classifier)``. Reports of
     stores extracted before the rate was recorded have none.
     """
     classify = _rate(report.get("test", {}).get("predictions_per_second"))
-    if report.get("stage") in ("finetune", "scratch"):
+    if _timed_on_files(report):
         return classify
     extract = _rate(report.get("extraction_images_per_second"))
     if classify is None or extract is None:

@@ -98,6 +98,11 @@ def test_compare_recommends_the_cheapest_model_not_significantly_worse(tmp_path)
     assert rows["d__vgg16__finetune_vgg16"]["images_per_second"] == 60.0
     assert rows["d__old__logreg"]["images_per_second"] is None
     assert rows["d__tiny__svm"]["vs_best_p"] < 0.05
+    summary = (tmp_path / "d__lite0__logreg" / "summary.md").read_text()
+    assert ("images/s from image files: 79 (extraction 80 images/s, then the classifier "
+            "5,000 on their features)") in summary
+    assert "store recorded no extraction rate" in (tmp_path / "d__old__logreg" / "summary.md"
+                                                   ).read_text()
     ordered = compare_reports(collect_reports(tmp_path))
     advice = recommend(ordered)
     assert advice["model"] == "d__lite0__logreg"  # not the faster but significantly worse svm
