@@ -365,8 +365,10 @@ def _comparison_table(rows: list[dict[str, Any]]) -> str:
         for key, _ in columns:
             value = row.get(key)
             if key == "model":
+                # a joined backbone's name may break after its '+'
+                short = _e(row.get("display", value)).replace("+", "+<wbr>")
                 cells.append(f'<td class="model" title="{_e(value)}"><a '
-                             f'href="#{_anchor(row)}">{_e(row.get("display", value))}</a></td>')
+                             f'href="#{_anchor(row)}">{short}</a></td>')
             elif key == "resplit" and value:
                 cells.append(f'<td class="num">{_num(value[0])} ± {_num(value[1])} '
                              f'<span class="ci">(n={value[2]})</span></td>')

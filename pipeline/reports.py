@@ -287,7 +287,7 @@ def _search_table(cv: dict[str, Any]) -> list[str]:
     losses = cv.get("mean_log_loss") or [None] * len(cv["grid"])
     lines = [f"Cross-validation ({cv.get('folds', '?')} folds): {param} chosen by "
              f"{_RULE_TEXT.get(rule, rule)}.", "",
-             f"| {param} | held-out log-loss | accuracy | |", "|---|---|---|---|"]
+             f"| {param} | held-out log-loss | held-out accuracy | |", "|---|---|---|---|"]
     for value, loss, accuracy in zip(cv["grid"], losses, cv["mean_accuracy"], strict=True):
         mark = "chosen" if value == chosen else ""
         lines.append(f"| {format_value(value, significant=2)} | {format_value(loss)} | "

@@ -62,7 +62,7 @@ def test_summary_shows_the_criterion_that_chose_beside_accuracy(tmp_path):
                                                      "cv": cv})
     summary = (d / "summary.md").read_text()
     assert "chosen by the least mean held-out log-loss" in summary
-    assert "| C | held-out log-loss | accuracy | |" in summary
+    assert "| C | held-out log-loss | held-out accuracy | |" in summary
     # the best accuracy (C=10000) is shown, and beside it the log-loss that chose C=100
     assert "| 100 | 0.2000 | 0.8500 | chosen |" in summary
     assert "| 10000 | 0.3500 | 0.9000 |  |" in summary
