@@ -462,8 +462,13 @@ def write_comparison(rows: list[dict[str, Any]], directory: str | os.PathLike) -
 
 
 def compare_reports(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Comparison rows, best first, each judged against the best by McNemar's exact test."""
-    order = sorted(reports, key=lambda r: -(r.get("test", {}).get("accuracy") or 0.0))
+    """Comparison rows, best first, each judged against the best by McNemar's exact test.
+
+    Of models with the same test accuracy the fastest (images per second from files,
+    :func:`images_per_second`) comes first: a tie is not broken by the names' order.
+    """
+    order = sorted(reports, key=lambda r: (-(r.get("test", {}).get("accuracy") or 0.0),
+                                           -(images_per_second(r) or 0.0)))
     rows = []
     for i, report in enumerate(order):
         row = comparison_row(report)
@@ -497,8 +502,8 @@ def recommend(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         return {"model": best["model"], "text": (
             f"Recommended: {best['model']}, the best test accuracy. No images-per-second "
             f"figure is recorded for it or the {len(peers) - 1} model(s) not significantly "
-            "worse, so none is chosen for its speed (extract and train them again to "
-            "record it).")}
+            "worse, so none is chosen for its speed ('tlearn extract --overwrite' and "
+            "'tlearn train --overwrite' record it).")}
     cheapest = max(timed, key=lambda r: r["images_per_second"])
     rate = f"{cheapest['images_per_second']:,.0f} images/s"
     if cheapest is best:

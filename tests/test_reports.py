@@ -126,3 +126,15 @@ def test_recommendation_without_any_recorded_speed_keeps_the_best(tmp_path):
     advice = recommend(compare_reports(collect_reports(tmp_path)))
     assert advice["model"] == "d__a__logreg"
     assert "No images-per-second figure is recorded" in advice["text"]
+
+
+def test_a_tie_at_the_top_goes_to_the_faster_model(tmp_path):
+    from pipeline.reports import compare_reports, recommend
+
+    _paired_model(tmp_path, "d__a__logreg", 39, extract=20.0, classify=5000.0)
+    _paired_model(tmp_path, "d__b__logreg", 39, extract=80.0, classify=5000.0)
+    rows = compare_reports(collect_reports(tmp_path))
+    assert [r["model"] for r in rows] == ["d__b__logreg", "d__a__logreg"]
+    assert recommend(rows)["text"].startswith("Recommended: d__b__logreg (79 images/s), the "
+                                              "best test accuracy; no model that is not "
+                                              "significantly worse is faster.")
