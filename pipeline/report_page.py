@@ -235,15 +235,16 @@ def _header(dataset: str, reports: list[dict[str, Any]], rows: list[dict[str, An
         f"</a>: test accuracy {_num(best.get('accuracy'))} "
         f"{_ci(best.get('accuracy_ci'))}</dd>",
         f"<dt>pairing</dt><dd>{_e(pairing)}</dd>",
-        f"<dt>recommended</dt><dd>{_e(_recommended(rows))}</dd>",
+        f"<dt>recommended</dt><dd>{_recommended(rows)}</dd>",
         "</dl></header>",
     ])
 
 
 def _recommended(rows: list[dict[str, Any]]) -> str:
+    """The header's line: the model to keep, linked to the reason under the table."""
     advice = recommend(rows)
-    return f"{next(r['display'] for r in rows if r['model'] == advice['model'])} " \
-        "(see under the table why)"
+    shown = next(r["display"] for r in rows if r["model"] == advice["model"])
+    return f'{_e(shown)} (<a href="#recommended">why</a>)'
 
 
 def _advice(rows: list[dict[str, Any]]) -> str:

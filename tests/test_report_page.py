@@ -296,4 +296,4 @@ def test_page_shows_resplits_speed_and_which_model_to_keep(tmp_path):
     assert advice.startswith("Recommended: pets__lite0__logreg, the cheapest model not "
                              "significantly worse than the best, pets__vgg16__logreg")
     assert "2.5x faster" in advice
-    assert "<dt>recommended</dt><dd>lite0 · logreg" in page
+    assert '<dt>recommended</dt><dd>lite0 · logreg (<a href="#recommended">why</a>)' in page
