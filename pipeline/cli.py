@@ -284,7 +284,8 @@ def _parse_grid(grid: str | None) -> list[float] | None:
 # Every column (macro-F1, log-loss, speed, size...) is in the comparison's markdown and CSV.
 _TERMINAL_COLUMNS = (("model", "model"), ("test_accuracy", "accuracy, 95% CI"),
                      ("resplit_accuracy", "re-splits"), ("rank5", "rank-5"), ("ece", "ECE"),
-                     ("vs_best_p", "p vs best"), ("chosen", "chosen"))
+                     ("vs_best_p", "p vs best"), ("images_per_second", "images/s"),
+                     ("chosen", "chosen"))
 
 
 def _shared_prefix(names: list[str]) -> str:
@@ -328,6 +329,8 @@ def _print_rows(rows: list[dict], title: str) -> None:
                 cells.append(f"{value:.3f}")
             elif key == "vs_best_p":
                 cells.append(f"{value:.2g}" + (" *" if value < 0.05 else ""))
+            elif key == "images_per_second":
+                cells.append(f"{value:,.0f}")
             elif isinstance(value, float):
                 cells.append(f"{value:.2f}")
             else:
@@ -383,6 +386,7 @@ def compare(
     Each model is tested against the best one with McNemar's exact test on the same
     test images (models tested on other images are not paired).
     """
+    from pipeline.reports import recommend
     from pipeline.workflows import compare_models
 
     pages: list[str] = []
@@ -390,6 +394,7 @@ def compare(
     _print_rows(rows, "comparison (test split; * = really different from the best, p < 0.05)")
     for row in rows[1:]:
         console.print(f"- {row['vs_best']}", highlight=False)
+    console.print(recommend(rows)["text"], highlight=False)
     console.print(f"written to {md} and {csv_path}", highlight=False)
     for line in pages:
         console.print(line, highlight=False)

@@ -36,6 +36,7 @@ from pipeline.reports import (
     compare_reports,
     format_value,
     read_prediction_rows,
+    recommend,
     report_dataset,
 )
 
@@ -148,12 +149,38 @@ def _png_uri(path: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
+def display_names(models: list[str], dataset: str) -> dict[str, str]:
+    """Short names for a dataset's page, whose title already is the dataset.
+
+    ``dogcat__efficientnet_lite0__finetune_efficientnet_lite0`` ->
+    ``efficientnet_lite0 · finetune``: the dataset prefix goes, and so does a part's
+    repetition of an earlier part. Names that would then coincide stay whole.
+    """
+    short = {}
+    for model in models:
+        parts = model.split("__")
+        if len(parts) > 1 and parts[0] == dataset:
+            parts = parts[1:]
+        kept: list[str] = []
+        for part in parts:
+            for earlier in kept:
+                if part.endswith("_" + earlier) and len(part) > len(earlier) + 1:
+                    part = part[:-len(earlier) - 1]
+                    break
+            kept.append(part)
+        short[model] = " · ".join(kept)
+    taken = list(short.values())
+    return {m: (name if taken.count(name) == 1 else m) for m, name in short.items()}
+
+
 def render_page(dataset: str, reports: list[dict[str, Any]]) -> str:
     """The HTML of a dataset's page (see the module docstring for what it holds)."""
     rows = compare_reports(reports)
     by_model = {r.get("model", ""): r for r in reports}
     ordered = [by_model[row["model"]] for row in rows]
     best = ordered[0]
+    names = display_names([row["model"] for row in rows], dataset)
+    rows = [{**row, "display": names[row["model"]]} for row in rows]
     parts = [
         _header(dataset, ordered, rows),
         '<section id="models"><h2>Models side by side</h2>',
@@ -162,6 +189,7 @@ def render_page(dataset: str, reports: list[dict[str, Any]]) -> str:
         "images both saw.</p>",
         _chart(rows),
         _comparison_table(rows),
+        _advice(rows),
         "</section>",
         _gallery(best),
         '<section id="details"><h2>Each model</h2>',
@@ -203,12 +231,25 @@ def _header(dataset: str, reports: list[dict[str, Any]], rows: list[dict[str, An
         "(the test split: never used to fit a model or choose its settings)</dd>",
         f"<dt>models</dt><dd>{len(reports)} ({_e(', '.join(stages))}); backbones: "
         f"{_e(', '.join(backbones) or '–')}</dd>",
-        f"<dt>best</dt><dd><a href=\"#{_anchor(reports[0])}\">{_e(reports[0].get('model'))}"
+        f"<dt>best</dt><dd><a href=\"#{_anchor(reports[0])}\">{_e(rows[0]['display'])}"
         f"</a>: test accuracy {_num(best.get('accuracy'))} "
         f"{_ci(best.get('accuracy_ci'))}</dd>",
         f"<dt>pairing</dt><dd>{_e(pairing)}</dd>",
+        f"<dt>recommended</dt><dd>{_recommended(rows)}</dd>",
         "</dl></header>",
     ])
+
+
+def _recommended(rows: list[dict[str, Any]]) -> str:
+    """The header's line: the model to keep, linked to the reason under the table."""
+    advice = recommend(rows)
+    shown = next(r["display"] for r in rows if r["model"] == advice["model"])
+    return f'{_e(shown)} (<a href="#recommended">why</a>)'
+
+
+def _advice(rows: list[dict[str, Any]]) -> str:
+    """Which model to keep and why (:func:`pipeline.reports.recommend`), with full names."""
+    return f'<p class="advice" id="recommended">{_e(recommend(rows)["text"])}</p>'
 
 
 def _anchor(report: dict[str, Any]) -> str:
@@ -232,10 +273,20 @@ _STANDING_TEXT = {"best": "best", "worse": "really worse than the best (p < 0.05
                   "the best (other test images or no per-image predictions)"}
 
 
+# Longer display names are cut in the middle in the chart (the whole name is its tooltip).
+_NAME_CHARS = 72
+
+
 def _chart(rows: list[dict[str, Any]]) -> str:
     """An inline SVG: one line per model from the interval's low to high end, a dot at
     the accuracy, the figures written at the right."""
-    label_w, plot_w, value_w, row_h, top, bottom = 330, 500, 190, 26, 26, 34
+    value_w, row_h, top, bottom = 190, 26, 26, 34
+    # room for the longest name (about 7.6 px a character at 13 px), taken from the plot
+    # so that the picture keeps its width and its text its size
+    longest = max((len(str(r.get("display", r.get("model", ""))))
+                   for r in rows), default=0)
+    label_w = int(min(_NAME_CHARS * 7.6, max(200, longest * 7.6))) + 12
+    plot_w = max(380, 1020 - label_w - value_w)
     width = label_w + plot_w + value_w
     height = top + row_h * len(rows) + bottom
     lows = [(row.get("accuracy_ci") or [row.get("test_accuracy") or 0.0])[0] for row in rows]
@@ -262,7 +313,10 @@ def _chart(rows: list[dict[str, Any]]) -> str:
         ci = row.get("accuracy_ci") or [acc, acc]
         standing = _standing(row)
         name = str(row.get("model", ""))
-        short = name if len(name) <= 46 else name[:21] + "…" + name[-24:]
+        short = str(row.get("display", name))
+        if len(short) > _NAME_CHARS:
+            half = (_NAME_CHARS - 1) // 2
+            short = short[:half] + "…" + short[-half:]
         out.append(f'<g class="row {standing}" data-model="{_e(name)}">'
                    f"<title>{_e(name)}: {_e(_STANDING_TEXT[standing])}</title>")
         out.append(f'<text class="name" x="{label_w - 10}" y="{y + 4:.1f}" '
@@ -284,26 +338,43 @@ def _chart(rows: list[dict[str, Any]]) -> str:
 
 
 _TABLE_COLUMNS = (("model", "model"), ("stage", "stage"), ("test_images", "test images"),
-                  ("test_accuracy", "accuracy [95 % CI]"), ("macro_f1", "macro-F1"),
-                  ("rank5", "rank-5"), ("log_loss", "log-loss"), ("ece", "ECE"),
-                  ("vs_best_p", "p vs best"), ("chosen", "chosen"), ("fit_seconds", "fit s"))
+                  ("test_accuracy", "accuracy [95 % CI]"), ("resplit", "re-splits"),
+                  ("macro_f1", "macro-F1"), ("rank5", "rank-5"), ("log_loss", "log-loss"),
+                  ("ece", "ECE"), ("vs_best_p", "p vs best"),
+                  ("images_per_second", "images/s"), ("chosen", "chosen"),
+                  ("fit_seconds", "fit s"))
+_TABLE_TITLES = {
+    "resplit": "test accuracy over the seeded re-splits of --repeats: mean ± standard "
+               "deviation (number of re-splits)",
+    "images_per_second": "images classified per second from the image files: the "
+                         "extraction rate and the classifier's together (– where not recorded)",
+}
 
 
 def _comparison_table(rows: list[dict[str, Any]]) -> str:
     """The rows of ``tlearn compare`` (:func:`pipeline.reports.compare_reports`)."""
     columns = [(k, h) for k, h in _TABLE_COLUMNS
                if k == "model" or any(r.get(k) not in (None, "") for r in rows)]
-    out = ['<table class="compare"><thead><tr>'
-           + "".join(f"<th>{_e(h)}</th>" for _, h in columns) + "</tr></thead><tbody>"]
+    if len({r.get("test_images") for r in rows}) == 1:  # then the header says it once
+        columns = [(k, h) for k, h in columns if k != "test_images"]
+    out = ['<div class="table-box"><table class="compare"><thead><tr>'
+           + "".join(f'<th title="{_e(_TABLE_TITLES[k])}">{_e(h)}</th>' if k in _TABLE_TITLES
+                     else f"<th>{_e(h)}</th>" for k, h in columns)
+           + "</tr></thead><tbody>"]
     for row in rows:
         cells = []
         for key, _ in columns:
             value = row.get(key)
             if key == "model":
-                # a line may break after each '__' of a long name, never inside a word
-                cells.append(f'<td class="model"><a href="#{_anchor(row)}">'
-                             + "__<wbr>".join(_e(p) for p in str(value).split("__"))
-                             + "</a></td>")
+                # a joined backbone's name may break after its '+'
+                short = _e(row.get("display", value)).replace("+", "+<wbr>")
+                cells.append(f'<td class="model" title="{_e(value)}"><a '
+                             f'href="#{_anchor(row)}">{short}</a></td>')
+            elif key == "resplit" and value:
+                cells.append(f'<td class="num">{_num(value[0])} ± {_num(value[1])} '
+                             f'<span class="ci">(n={value[2]})</span></td>')
+            elif key == "images_per_second" and value is not None:
+                cells.append(f'<td class="num">{_e(f"{value:,.0f}")}</td>')
             elif key == "test_accuracy":
                 cells.append(f'<td class="num">{_num(value)} '
                              f'<span class="ci">{_ci(row.get("accuracy_ci"))}</span></td>')
@@ -318,7 +389,7 @@ def _comparison_table(rows: list[dict[str, Any]]) -> str:
             else:
                 cells.append(f"<td>{_num(value) if value not in (None, '') else '–'}</td>")
         out.append(f'<tr class="{_standing(row)}">' + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     verdicts = [f"<li>{_e(row['vs_best'])}</li>" for row in rows[1:] if row.get("vs_best")]
     if verdicts:
         out.append('<p class="note">Against the best (* : p &lt; 0.05):</p>'
@@ -480,8 +551,9 @@ def _model_section(report: dict[str, Any], row: dict[str, Any], *, open_: bool) 
                      "reliability diagram.</p>")
     return "\n".join([
         f'<details class="model" id="{_anchor(report)}"{" open" if open_ else ""}>',
-        f'<summary><span class="mname">{_e(report.get("model", ""))}</span> '
-        f'<span class="badge {_standing(row)}">{_num(test.get("accuracy"))}</span></summary>',
+        f'<summary><span class="mname">{_e(row.get("display", ""))}</span> '
+        f'<span class="badge {_standing(row)}">{_num(test.get("accuracy"))}</span> '
+        f'<code class="full">{_e(report.get("model", ""))}</code></summary>',
         f'<p class="facts-line">{" · ".join(facts)}</p>',
         f'<div class="tables">{_confusion(report)}{_per_class(report)}</div>',
         f'<div class="plots">{"".join(plots)}</div>',
@@ -540,8 +612,15 @@ figcaption .key i {{ display: inline-block; width: 11px; height: 11px; border-ra
 table {{ border-collapse: collapse; font-size: 13px; }}
 th, td {{ padding: 4px 8px; border-bottom: 1px solid var(--line); text-align: left; }}
 td.num {{ text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }}
-table.compare {{ width: 100%; margin-top: 12px; }}
+.table-box {{ max-width: 100%; overflow-x: auto; margin-top: 12px; }}
+table.compare {{ width: 100%; }}
 table.compare th {{ white-space: nowrap; }}
+table.compare td.model {{ overflow-wrap: anywhere; min-width: 9em; }}
+table.compare .ci {{ display: block; }}
+.advice {{ margin: 10px 0 4px; padding: 8px 12px; border-left: 4px solid var(--best);
+           background: #f0f5fb; }}
+code.full {{ color: var(--muted); font-weight: 400; font-size: 12px;
+             overflow-wrap: anywhere; }}
 table.compare tr.best td {{ font-weight: 600; }}
 .ci {{ color: var(--muted); font-weight: 400; }}
 ul.verdicts {{ margin: 0; padding-left: 20px; font-size: 13px; }}

@@ -23,22 +23,39 @@ REPORT_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 COMPARE_COLUMNS = ("model", "stage", "backbone", "classifier", "test_images", "test_accuracy",
                    "accuracy_95ci", "resplit_accuracy", "macro_f1", "rank5", "log_loss", "ece",
-                   "vs_best_p", "vs_best", "chosen", "fit_seconds", "predictions_per_second",
-                   "size_mb")
+                   "vs_best_p", "vs_best", "chosen", "fit_seconds", "images_per_second",
+                   "extraction_per_second", "predictions_per_second", "size_mb")
+# Two models whose McNemar p-value is at least this are "not significantly worse" apart.
+SIGNIFICANCE = 0.05
 
 
 def format_chosen(chosen: Any) -> str:
-    """``{"C": 1000.0}`` -> ``C=1000``."""
+    """``{"C": 0.0031622776601683794}`` -> ``C=0.0032`` (two significant digits)."""
     if isinstance(chosen, dict):
-        return ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
-                         for k, v in chosen.items()) or "-"
+        return ", ".join(f"{k}={format_value(v, significant=2)}" for k, v in chosen.items()
+                         ) or "-"
     return str(chosen) if chosen not in (None, "") else "-"
 
 
-def format_value(value: Any, digits: int = 4, missing: str = "-") -> str:
-    """A table cell: floats to ``digits`` places, ``missing`` for None or NaN."""
+def format_value(value: Any, digits: int = 4, missing: str = "-", *,
+                 significant: int | None = None) -> str:
+    """A table cell: floats to ``digits`` places, ``missing`` for None or NaN.
+
+    With ``significant``, numbers keep that many significant digits for people to read
+    (``0.0031622776601683794`` -> ``0.0032``, ``10000.0`` -> ``10000``, ``1e-07``), never
+    rounding away a digit left of the decimal point.
+    """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return missing
+    if significant is not None and isinstance(value, (int, float)) \
+            and not isinstance(value, bool):
+        if value == 0 or not math.isfinite(value):
+            return f"{value:g}"
+        if not 1e-4 <= abs(value) < 1e7:
+            return f"{value:.{significant}g}"
+        places = max(0, significant - 1 - math.floor(math.log10(abs(value))))
+        text = f"{value:.{places}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
@@ -210,6 +227,7 @@ def write_report(directory: str | os.PathLike, evaluation: Evaluation, info: dic
         f"fit: {format_value(info.get('fit_seconds'), 2)} s; "
         f"predictions/s: {evaluation.predictions_per_second:,.0f}; "
         f"size: {format_value((info.get('size_bytes') or 0) / 2**20, 2)} MB",
+        f"- images/s from image files: {_speed(info, evaluation)}",
         "",
         "| class | precision | recall | f1 | support |",
         "|---|---|---|---|---|",
@@ -230,8 +248,7 @@ def write_report(directory: str | os.PathLike, evaluation: Evaluation, info: dic
                   f"recorded split above gave {evaluation.accuracy:.4f}."]
     cv = info.get("cv")
     if cv:
-        lines += ["", f"Cross-validation ({cv['param']}): " + ", ".join(
-            f"{v:g}: {m:.4f}" for v, m in zip(cv["grid"], cv["mean_accuracy"], strict=True))]
+        lines += ["", *_search_table(cv)]
     lines += ["", "![confusion matrix](confusion.png)", ""]
     if evaluation.reliability:
         lines += ["![reliability diagram](reliability.png)", ""]
@@ -241,6 +258,41 @@ def write_report(directory: str | os.PathLike, evaluation: Evaluation, info: dic
     # Written last: a report counts (read_report) only once all its files are there.
     atomic_write_json(directory / REPORT_FILE, {**info, "test": evaluation.to_dict()})
     return directory
+
+
+def _speed(info: dict[str, Any], evaluation: Evaluation) -> str:
+    """The images-per-second line of ``summary.md``: the whole rate and its two parts."""
+    rate = images_per_second({**info, "test": evaluation.to_dict()})
+    extract = _rate(info.get("extraction_images_per_second"))
+    if _timed_on_files(info):
+        return f"{format_value(rate, 0)} (the network on the test images)"
+    if extract is None:
+        return ("- (the store recorded no extraction rate: extracted before tlearn kept it)"
+                if info.get("stage") == "features" else "-")
+    return (f"{format_value(rate, 0)} (extraction {extract:,.0f} images/s, then the "
+            f"classifier {evaluation.predictions_per_second:,.0f} on their features)")
+
+
+# What each rule of classifiers.search.choose picks, in words.
+_RULE_TEXT = {"log_loss": "the least mean held-out log-loss",
+              "log_loss_1se": "the most regularised value within one standard error of the "
+                              "least mean held-out log-loss",
+              "accuracy": "the best mean held-out accuracy"}
+
+
+def _search_table(cv: dict[str, Any]) -> list[str]:
+    """The cross-validation table of ``summary.md``: the criterion that chose beside accuracy."""
+    param, chosen = cv["param"], cv.get("best")
+    rule = cv.get("rule", "log_loss")
+    losses = cv.get("mean_log_loss") or [None] * len(cv["grid"])
+    lines = [f"Cross-validation ({cv.get('folds', '?')} folds): {param} chosen by "
+             f"{_RULE_TEXT.get(rule, rule)}.", "",
+             f"| {param} | held-out log-loss | held-out accuracy | |", "|---|---|---|---|"]
+    for value, loss, accuracy in zip(cv["grid"], losses, cv["mean_accuracy"], strict=True):
+        mark = "chosen" if value == chosen else ""
+        lines.append(f"| {format_value(value, significant=2)} | {format_value(loss)} | "
+                     f"{format_value(accuracy)} | {mark} |")
+    return lines
 
 
 def _csv_text(rows: list[list[Any]]) -> str:
@@ -316,6 +368,33 @@ def paired_comparison(best: dict[str, Any], other: dict[str, Any]) -> dict[str, 
             "verdict": result.verdict(best.get("model", "best"), other.get("model", "this"))}
 
 
+def _rate(value: Any) -> float | None:
+    """A recorded images-per-second figure, None where it was not recorded (0 or absent)."""
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def _timed_on_files(report: dict[str, Any]) -> bool:
+    return report.get("stage") in ("finetune", "scratch") or bool(report.get("runtime"))
+
+
+def images_per_second(report: dict[str, Any]) -> float | None:
+    """How many images per second the model classifies from image files, None if unknown.
+
+    A stage 3 network, or a model evaluated on image files with a ``runtime``, was
+    timed on the test images themselves. A classifier on stored
+    features needs its backbone first: the extraction rate its store recorded and its own
+    rate on the test features combine as ``1 / (1/extraction + 1/classifier)``. Reports of
+    stores extracted before the rate was recorded have none.
+    """
+    classify = _rate(report.get("test", {}).get("predictions_per_second"))
+    if _timed_on_files(report):
+        return classify
+    extract = _rate(report.get("extraction_images_per_second"))
+    if classify is None or extract is None:
+        return None
+    return 1.0 / (1.0 / extract + 1.0 / classify)
+
+
 def comparison_row(report: dict[str, Any]) -> dict[str, Any]:
     test = report.get("test", {})
     return {
@@ -330,13 +409,17 @@ def comparison_row(report: dict[str, Any]) -> dict[str, Any]:
         "resplit_accuracy": (f"{report['repeats']['accuracy_mean']:.4f} ± "
                              f"{report['repeats']['accuracy_std']:.4f} "
                              f"(n={report['repeats']['n']})") if report.get("repeats") else "",
+        "resplit": (report["repeats"]["accuracy_mean"], report["repeats"]["accuracy_std"],
+                    report["repeats"]["n"]) if report.get("repeats") else None,
         "log_loss": test.get("log_loss"),
         "ece": test.get("ece"),
         "macro_f1": test.get("macro_f1"),
         "rank5": test.get("rank5"),
         "chosen": format_chosen(report.get("chosen")),
         "fit_seconds": report.get("fit_seconds"),
-        "predictions_per_second": test.get("predictions_per_second"),
+        "images_per_second": images_per_second(report),
+        "extraction_per_second": _rate(report.get("extraction_images_per_second")),
+        "predictions_per_second": _rate(test.get("predictions_per_second")),
         "size_mb": (report.get("size_bytes") or 0) / 2**20,
     }
 
@@ -371,13 +454,21 @@ def write_comparison(rows: list[dict[str, Any]], directory: str | os.PathLike) -
     lines = [header, "|" + "---|" * len(COMPARE_COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(format_value(row.get(c)) for c in COMPARE_COLUMNS) + " |")
+    advice = recommend(rows)
+    if advice:
+        lines += ["", advice["text"]]
     atomic_write_text(md_path, "\n".join(lines) + "\n")
     return md_path, csv_path
 
 
 def compare_reports(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Comparison rows, best first, each judged against the best by McNemar's exact test."""
-    order = sorted(reports, key=lambda r: -(r.get("test", {}).get("accuracy") or 0.0))
+    """Comparison rows, best first, each judged against the best by McNemar's exact test.
+
+    Of models with the same test accuracy the fastest (images per second from files,
+    :func:`images_per_second`) comes first: a tie is not broken by the names' order.
+    """
+    order = sorted(reports, key=lambda r: (-(r.get("test", {}).get("accuracy") or 0.0),
+                                           -(images_per_second(r) or 0.0)))
     rows = []
     for i, report in enumerate(order):
         row = comparison_row(report)
@@ -388,3 +479,51 @@ def compare_reports(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row |= {"vs_best_p": paired["p_value"], "vs_best": paired["verdict"]}
         rows.append(row)
     return rows
+
+
+def recommend(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Which model to keep: the fastest that is not significantly worse than the best.
+
+    ``rows`` come from :func:`compare_reports` (best first). "Not significantly worse"
+    means McNemar's exact test on the same test images gives p >= :data:`SIGNIFICANCE`;
+    models tested on other images, or without images-per-second figures, cannot qualify.
+    Returns ``{"model", "text"}`` (the text says which and why), None without rows.
+    """
+    if not rows:
+        return None
+    best = rows[0]
+    peers = [best] + [r for r in rows[1:] if r.get("vs_best_p") is not None
+                      and r["vs_best_p"] >= SIGNIFICANCE]
+    timed = [r for r in peers if r.get("images_per_second")]
+    untimed = [r["model"] for r in peers if not r.get("images_per_second")]
+    unknown = (f"; speed not recorded for {', '.join(untimed)} (extracted or trained before "
+               "tlearn recorded it)") if untimed and timed else ""
+    if not timed:
+        return {"model": best["model"], "text": (
+            f"Recommended: {best['model']}, the best test accuracy. No images-per-second "
+            f"figure is recorded for it or the {len(peers) - 1} model(s) not significantly "
+            "worse, so none is chosen for its speed ('tlearn extract --overwrite' and "
+            "'tlearn train --overwrite' record it).")}
+    cheapest = max(timed, key=lambda r: r["images_per_second"])
+    rate = f"{cheapest['images_per_second']:,.0f} images/s"
+    if cheapest is best:
+        if len(rows) == 1:
+            why = "the only model"
+        elif len(peers) > 1:
+            why = "no model that is not significantly worse is faster"
+        else:
+            why = "every other model is significantly worse or was tested on other images"
+        return {"model": best["model"], "text": (
+            f"Recommended: {best['model']} ({rate}), the best test accuracy; {why}"
+            f"{unknown}.")}
+    if best.get("images_per_second"):
+        speed = f"{cheapest['images_per_second'] / best['images_per_second']:.1f}x faster " \
+                f"({cheapest['images_per_second']:,.0f} against " \
+                f"{best['images_per_second']:,.0f} images/s)"
+    else:
+        speed = f"{rate} (the best's speed was not recorded)"
+    return {"model": cheapest["model"], "text": (
+        f"Recommended: {cheapest['model']}, the cheapest model not significantly worse than "
+        f"the best, {best['model']} (McNemar p={cheapest['vs_best_p']:.2f} on the same test "
+        f"images; accuracy {format_value(cheapest.get('test_accuracy'), 3)} against "
+        f"{format_value(best.get('test_accuracy'), 3)}): {speed}{unknown}.")}

@@ -286,6 +286,7 @@ def _write_train_report(model, evaluation, store, store_path: Path, model_path: 
         "converged": model.converged_,
         "n_train": store.split_counts()["train"], "model_path": str(model_path),
         "size_bytes": model_path.stat().st_size,
+        "extraction_images_per_second": attrs.get("extraction_images_per_second"),
     }
     if repeats:
         say(f"{name}: {repeats} seeded re-splits of the train and test rows")

@@ -29,7 +29,7 @@ LABELS = ["cat", "dog", HOSTILE]
 
 def _model(root: Path, name: str, images: list[Path], truth: list[int],
            wrong: dict[int, tuple[int, float]], *, dataset: str = "pets",
-           stage: str = "features", history: bool = False) -> dict:
+           stage: str = "features", history: bool = False, **info) -> dict:
     """Write a real report: ``wrong`` maps an image index to (predicted label, its score)."""
     n_classes = len(LABELS)
     scores = np.full((len(images), n_classes), 0.1)
@@ -53,7 +53,7 @@ def _model(root: Path, name: str, images: list[Path], truth: list[int],
     write_report(directory, evaluation, {
         "model": name, "stage": stage, "store_name": f"{dataset}__vgg16", "dataset": dataset,
         "backbone": "vgg16", "classifier": "logreg", "chosen": {"C": 1.0}, "fit_seconds": 0.5,
-        "size_bytes": 1000})
+        "size_bytes": 1000, **info})
     return json.loads((directory / "metrics.json").read_text())
 
 
@@ -137,7 +137,8 @@ def test_sections_per_model_with_confusion_per_class_and_curves(reports):
     page = _page(reports)
     sections = re.findall(r'<details class="model".*?</details>', page, flags=re.S)
     assert len(sections) == 3
-    by_name = {re.search(r'<span class="mname">([^<]*)</span>', s).group(1): s
+    # each section names its model in full (the file names), beside the short name
+    by_name = {re.search(r'<code class="full">([^<]*)</code>', s).group(1): s
                for s in sections}
     confusion = json.loads((reports / "pets__vgg16__sgd" / "metrics.json").read_text()
                            )["test"]["confusion"]
@@ -206,7 +207,7 @@ def test_stage3_from_a_store_joins_its_datasets_page(shapes_store, artifacts):
                                 val_share=0.2, augmentation=AugmentationConfig(enabled=False))
     assert result.report["dataset"] == "shapes"
     page = (artifacts / "reports" / "shapes" / "index.html").read_text()
-    section = page.split('<span class="mname">shapes__vgg16__avg__scratch_minivggnet</span>')[1]
+    section = page.split('<code class="full">shapes__vgg16__avg__scratch_minivggnet</code>')[1]
     assert 'class="plot curves"' in section.split("</details>")[0]
     assert "shapes__vgg16__avg__logreg" in page
 
@@ -249,3 +250,50 @@ def test_many_classes_show_the_confusion_image_not_a_table(tmp_path):
     # without sample ids a report keeps row numbers, which are no image files
     assert "kept no image paths, only row numbers" in page
     assert 'class="mistake"' not in page
+
+
+def test_short_display_names_keep_the_full_name_at_hand(reports):
+    from pipeline.report_page import display_names
+
+    assert display_names(["dogcat__efficientnet_lite0__finetune_efficientnet_lite0",
+                          "dogcat__efficientnet_lite0__logreg"], "dogcat") == {
+        "dogcat__efficientnet_lite0__finetune_efficientnet_lite0": "efficientnet_lite0 · finetune",
+        "dogcat__efficientnet_lite0__logreg": "efficientnet_lite0 · logreg"}
+    # names that would coincide once shortened stay whole
+    assert display_names(["d__x__a", "d__x_a"], "d") == {"d__x__a": "x · a", "d__x_a": "x_a"}
+    page = _page(reports)
+    chart = page.split('<svg class="chart"')[1].split("</svg>")[0]
+    names = re.findall(r'<text class="name"[^>]*>([^<]*)</text>', chart)
+    assert names == ["vgg16 · finetune", "vgg16 · logreg", "vgg16 · sgd"]
+    assert "<title>pets__vgg16__finetune_vgg16: best</title>" in chart
+    table = page.split('<table class="compare">')[1].split("</table>")[0]
+    assert '<td class="model" title="pets__vgg16__sgd"><a href="#m-pets__vgg16__sgd">' \
+        'vgg16 · sgd</a></td>' in table
+
+
+def test_page_shows_resplits_speed_and_which_model_to_keep(tmp_path):
+    images = [write_image(tmp_path / "data" / f"c{i % 3}" / f"i{i}.png", (9, 9, 9), seed=i)
+              for i in range(12)]
+    truth = [i % 3 for i in range(12)]
+    root = tmp_path / "reports"
+    repeats = {"n": 5, "accuracy_mean": 0.95, "accuracy_std": 0.02, "accuracy_min": 0.9,
+               "accuracy_max": 0.98}
+    _model(root, "pets__vgg16__logreg", images, truth, {}, repeats=repeats,
+           extraction_images_per_second=25.0)
+    _model(root, "pets__lite0__logreg", images, truth, {1: (2, 0.9)},
+           extraction_images_per_second=100.0)
+    _model(root, "pets__old__logreg", images, truth, {1: (2, 0.9)})
+    page = _page(root)
+    table = page.split('<table class="compare">')[1].split("</table>")[0]
+    headers = re.findall(r"<th[^>]*>([^<]*)</th>", table)
+    assert "re-splits" in headers and "images/s" in headers
+    rows = re.findall(r"<tr class=.*?</tr>", table)
+    assert '0.950 ± 0.020 <span class="ci">(n=5)</span>' in rows[0]
+    # 1 / (1/25 + 1/100) and 1 / (1/100 + 1/100); the old store recorded no rate
+    assert '<td class="num">20</td>' in rows[0] and '<td class="num">50</td>' in rows[1]
+    assert "pets__old__logreg" in rows[2] and '<td class="num">50</td>' not in rows[2]
+    advice = page.split('<p class="advice" id="recommended">')[1].split("</p>")[0]
+    assert advice.startswith("Recommended: pets__lite0__logreg, the cheapest model not "
+                             "significantly worse than the best, pets__vgg16__logreg")
+    assert "2.5x faster" in advice
+    assert '<dt>recommended</dt><dd>lite0 · logreg (<a href="#recommended">why</a>)' in page

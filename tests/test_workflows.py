@@ -388,3 +388,23 @@ def test_evaluate_on_a_store_of_some_of_the_models_classes_matches_them_by_name(
     assert report["accuracy"] == pytest.approx(np.mean(said == truth))
     assert report["label_names"] == model.label_names_
     assert sum(map(sum, report["confusion"])) == len(truth)
+
+
+def test_extraction_and_classifier_rates_reach_compare(store):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    store_path, _ = store
+    with FeatureStore(store_path) as fs:
+        extraction = fs.attrs["extraction_images_per_second"]
+    assert extraction > 0
+    report = train_store(store_path, classifier="logreg", cv=2)[0].report
+    assert report["extraction_images_per_second"] == extraction
+    rows = compare_models([])[0]
+    classify = report["test"]["predictions_per_second"]
+    assert rows[0]["images_per_second"] == 1 / (1 / extraction + 1 / classify)
+    result = CliRunner().invoke(app, ["compare"])
+    assert result.exit_code == 0, result.output
+    assert "images/s" in result.output
+    assert f"Recommended: {report['model']}" in " ".join(result.output.split())
