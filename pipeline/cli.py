@@ -25,6 +25,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help text is plain: rich markup would take '[default: ...]' or 'tlearn[ray]' for tags
+    # and drop them.
+    rich_markup_mode=None,
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -619,9 +622,12 @@ def finetune(
     source: Annotated[Path, typer.Argument(help="A feature store (its images, labels and "
                                                 "split are reused) or a dataset folder.")],
     backbone: Annotated[str | None, typer.Option(
-        help="[default: the store's backbone, else efficientnet_lite0]")] = None,
+        help="Network to fine-tune, from 'tlearn backbones' [default: the store's "
+             "backbone, else efficientnet_lite0].")] = None,
     weights: Annotated[str, typer.Option(help="imagenet, none or a weights file.")] = "imagenet",
-    input_size: Annotated[int | None, typer.Option(help="[default: the store's]")] = None,
+    input_size: Annotated[int | None, typer.Option(
+        help="Side of the square input the network is trained at [default: the store's, "
+             "else the backbone's].")] = None,
     unfreeze: Annotated[str | None, typer.Option(
         help="First layer or block to train in phase 2, or 'all' [default: last block].")]
     = None,
@@ -662,7 +668,8 @@ def finetune(
 def scratch(
     source: Annotated[Path, typer.Argument(help="A feature store or a dataset folder.")],
     input_size: Annotated[int, typer.Option(help="Side of the input images.")] = 64,
-    epochs: Annotated[int, typer.Option(min=1)] = 20,
+    epochs: Annotated[int, typer.Option(min=1, help="Most training epochs (early stopping "
+                                                    "may end sooner).")] = 20,
     learning_rate: Annotated[float, typer.Option(help="SGD, Nesterov momentum 0.9.")] = 0.01,
     batch_size: BatchSize = 32,
     patience: Annotated[int, typer.Option(help="Early stopping patience (epochs).")] = 5,
@@ -690,7 +697,7 @@ def augment(
     data: Annotated[Path, typer.Argument(help="Dataset folder (one sub-folder per class).")],
     out: Annotated[Path, typer.Option(help="New folder to write (same layout).")],
     per_class: Annotated[int, typer.Option(help="Images per class after growing.")] = 1500,
-    seed: Annotated[int, typer.Option()] = 42,
+    seed: Annotated[int, typer.Option(help="Seed of the augmentations.")] = 42,
     link: Annotated[bool, typer.Option(help="Hard-link originals instead of copying.")]
     = False,
     rotation: Rotation = 30.0, shift: Shift = 0.1, shear: Shear = 0.2, zoom: Zoom = 0.2,

@@ -114,11 +114,32 @@ def test_backbone_layers_listing():
     assert re.search(r"block4_pool\s.*\(14, 14, 512\)", result.output)
 
 
-def test_help_of_every_command():
-    for command in ("extract", "backbones", "inspect", "train", "compare", "predict",
-                    "evaluate"):
-        result = runner.invoke(app, [command, "--help"])
-        assert result.exit_code == 0, command
+def _commands(command, path=()):
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_every_commands_help_shows_its_text_whole():
+    # Brackets ("[default: ...]", "tlearn[ray]") once vanished as markup and long words were
+    # cut with an ellipsis: compare without whitespace, which wrapping moves.
+    import inspect
+
+    import typer
+
+    def squeezed(text):
+        return re.sub(r"\s+", "", text)
+
+    for path, command in _commands(typer.main.get_command(app)):
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        shown = squeezed(result.output)
+        written = [inspect.cleandoc(command.help or "")]
+        for param in command.params:
+            assert param.help, (path, param.name)  # every option says what it is for
+            written.append(param.help)
+        for text in written:
+            assert squeezed(text) in shown, (path, text, result.output)
 
 
 @pytest.fixture
