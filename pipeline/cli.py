@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from features.backbones import import_tensorflow_quietly
 from features.errors import UserInputError
 from pipeline.config import DEFAULT_BACKBONE, DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEFAULT_TEST_SIZE
 
@@ -31,26 +29,6 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
-
-
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up log lines (written before logging is set up) hidden.
-
-    Only file descriptor 2 is silenced, and only during the import: a failing import
-    still raises its Python exception, which is reported normally.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -80,12 +58,14 @@ def user_errors(func):
 def uses_tensorflow(func):
     """For commands that run a network: import TensorFlow first, without its start-up noise.
 
-    Commands that only read stores, reports or sidecars skip the import (seconds).
+    Commands that only read stores, reports or sidecars skip the import (seconds), and so
+    does extract: an up-to-date store is answered before any network is built, and the
+    library imports TensorFlow just as quietly when one is.
     """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        _import_tensorflow_quietly()
+        import_tensorflow_quietly()
         return func(*args, **kwargs)
 
     return wrapper
@@ -103,7 +83,6 @@ AddressOption = Annotated[str | None, typer.Option(
 
 @app.command()
 @user_errors
-@uses_tensorflow
 def extract(
     data: Annotated[Path, typer.Argument(help="Folder with a sub-folder per class, or a CSV "
                                               "of path,label.")],
@@ -498,7 +477,7 @@ def evaluate(
     from pipeline.workflows import evaluate_model
 
     if runtime is not None or model.suffix == ".keras":
-        _import_tensorflow_quietly()
+        import_tensorflow_quietly()
     outcome = evaluate_model(model, store, split=split, runtime=runtime)
     _print_rows([comparison_row(outcome.report)], f"{model.name} on {store} ({split})")
     console.print(f"report: {outcome.report_dir}/summary.md", highlight=False)

@@ -1,5 +1,8 @@
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -34,6 +37,19 @@ def test_extract_default_output_and_inspect(tmp_path, artifacts):
     shown = runner.invoke(app, ["inspect", str(out)])
     assert shown.exit_code == 0
     assert "12 x 512" in shown.output and "train=" in shown.output
+
+
+def test_an_up_to_date_extract_answers_without_tensorflow(tmp_path, artifacts):
+    data = make_image_folder(tmp_path / "pets", per_class=2)
+    out = tmp_path / "pets.h5"
+    assert runner.invoke(app, ["extract", str(data), *TINY, "--out", str(out)]).exit_code == 0
+    again = (f"import sys; from typer.testing import CliRunner; from pipeline.cli import app; "
+             f"r = CliRunner().invoke(app, {['extract', str(data), *TINY, '--out', str(out)]!r});"
+             f"print(r.output, r.exit_code, 'tensorflow' in sys.modules)")
+    shown = subprocess.run([sys.executable, "-c", again], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, check=True)
+    assert "up to date" in shown.stdout and shown.stdout.split()[-2:] == ["0", "False"], (
+        shown.stdout + shown.stderr)
 
 
 BASE = ["--weights", "none", "--input-size", "32", "--pooling", "avg"]
