@@ -431,8 +431,13 @@ def predict(
             report = write_predictions(model, images, out, top=top, batch_size=batch_size,
                                        workers=workers, overwrite=overwrite, progress=progress,
                                        runtime=runtime, engine=engine, address=address)
-        console.print(f"wrote {report.out}: {report.rows} image(s) in {report.seconds:.1f}s "
-                      f"({report.images_per_second:.1f} img/s)", highlight=False)
+        # Rows of unreadable files hold only an error: they are not classified images.
+        skipped = (f", skipped {len(report.errors)} unreadable (their rows hold the error)"
+                   if report.errors else "")
+        console.print(f"wrote {report.out}: {report.rows - len(report.errors)} image(s) "
+                      f"classified{skipped} in {report.seconds:.1f}s "
+                      f"({report.images_per_second:.1f} img/s)", highlight=False,
+                      soft_wrap=True)
         for what, items in (("unreadable", report.errors), ("ignored", report.ignored)):
             _print_files(err_console, what, items, f"see {report.out}")
         return

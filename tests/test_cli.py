@@ -183,6 +183,16 @@ def test_train_compare_predict_evaluate(trained):
     assert ev.exit_code == 0 and "summary.md" in ev.output
 
 
+def test_predict_out_counts_classified_images_apart_from_unreadable_ones(tmp_path, trained):
+    _, model, data = trained
+    (data / "cat" / "broken.jpg").write_bytes(b"not a picture")
+    out = tmp_path / "predictions.csv"
+    result = runner.invoke(app, ["predict", str(model), str(data), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}: 16 image(s) classified, skipped 1 unreadable" in result.output
+    assert "broken.jpg" in result.output
+
+
 def test_stage2_user_mistakes(tmp_path, trained):
     store, model, data = trained
     junk = tmp_path / "junk.h5"
