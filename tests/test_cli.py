@@ -104,6 +104,11 @@ def test_a_joined_backbone_extracts_trains_and_classifies_images(tmp_path, artif
     (["extract", "{data}", "--backbone", "vgg16+xception", *BASE], "cannot join vgg16"),
     (["backbones", "--layers", "vgg16+vgg19"], "one network at a time, e.g. --layers vgg16"),
     (["inspect", "{tmp}/missing.h5"], "does not exist"),
+    (["extract", "{data}/cat", *BASE], "cat holds 2 image(s) but no class sub-folders; a "
+     "dataset is a folder with one sub-folder of images per class"),
+    (["train", "{data}"], "is a folder, not a feature store; if it holds images, run "
+     "'tlearn extract {data}' first"),
+    (["inspect", "{data}"], "run 'tlearn extract {data}' first"),
 ])
 def test_user_mistakes_exit_2_with_one_line(tmp_path, artifacts, args, message):
     data = make_image_folder(tmp_path / "d", per_class=2)
@@ -111,7 +116,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, artifacts, args, message):
     argv = [a.format(tmp=tmp_path, data=data, one=one) for a in args]
     result = runner.invoke(app, argv)
     assert result.exit_code == 2, result.output
-    assert message in _one_error_line(result)
+    assert message.format(data=data) in _one_error_line(result)
     written = list((artifacts / "features").glob("*")) if (artifacts / "features").exists() else []
     assert written == []
 

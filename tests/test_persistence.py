@@ -1,4 +1,6 @@
 import json
+import re
+import zipfile
 
 import joblib
 import numpy as np
@@ -106,3 +108,28 @@ def test_loader_unpickles_the_very_bytes_it_verified(tmp_path, fitted, monkeypat
 
     monkeypatch.setattr(joblib, "load", swap_then_load)
     assert load_classifier(path).label_names_ == ["a", "b"]
+
+
+def test_a_file_that_is_no_model_is_named_for_what_it_is(tmp_path):
+    # Not "the sidecar is missing, pass verify=False": that would switch the integrity
+    # check off for a file that is not a model at all.
+    from features.store import FeatureStoreWriter
+
+    store = tmp_path / "x.h5"
+    writer = FeatureStoreWriter(store, planned_paths=["/a.jpg", "/b.jpg"],
+                                attrs=SPEC.to_dict(), settings_key="k", feature_dim=6,
+                                label_names=["a", "b"])
+    writer.append(np.zeros((2, 6), np.float32), [0, 1], [0, 0], [0, 1])
+    writer.commit(2)
+    writer.finalize()
+    keras_file = tmp_path / "m.keras"
+    with zipfile.ZipFile(keras_file, "w") as archive:
+        archive.writestr("config.json", "{}")
+    text = tmp_path / "notes.joblib"
+    text.write_text("not a model\n")
+    for path, what in ((store, "is a feature store, not a classifier; train one on it"),
+                       (keras_file, "is a Keras archive (.keras)"),
+                       (text, "is not a classifier saved by tlearn")):
+        with pytest.raises(UserInputError, match=re.escape(what)) as caught:
+            load_classifier(path)
+        assert "verify=False" not in str(caught.value)
