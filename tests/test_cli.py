@@ -198,6 +198,26 @@ def test_predict_out_counts_classified_images_apart_from_unreadable_ones(tmp_pat
     assert "broken.jpg" in result.output
 
 
+def test_output_outside_a_terminal_is_whole_lines(tmp_path, trained, monkeypatch):
+    # A log's narrow width once gave bars cut to "12/1…", tables cut mid-column and
+    # model paths broken mid-word.
+    store, model, data = trained
+    monkeypatch.setenv("COLUMNS", "50")
+    extracted = runner.invoke(app, ["extract", str(data), *TINY, "--out",
+                                    str(tmp_path / "again.h5")])
+    assert extracted.exit_code == 0, extracted.output
+    assert "extract vgg16: 16/16 img (100%) in " in extracted.output
+    retrained = runner.invoke(app, ["train", str(store), "--cv", "2", "--overwrite"])
+    assert any(line.startswith(f"{model}  (report: ")
+               for line in retrained.output.splitlines()), retrained.output
+    compared = runner.invoke(app, ["compare"])
+    lines = compared.output.splitlines()
+    assert "  model: pets__vgg16__avg__logreg" in lines, compared.output
+    assert any(line.startswith("  accuracy, 95% CI: 1.000 [") for line in lines)
+    for output in (extracted.output, retrained.output, compared.output):
+        assert "…" not in output and "━" not in output and "┃" not in output
+
+
 def test_stage2_user_mistakes(tmp_path, trained):
     store, model, data = trained
     junk = tmp_path / "junk.h5"
