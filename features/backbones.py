@@ -60,9 +60,9 @@ MEMBER_SEP = "/"
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
 # TensorFlow's C++ start-up lines are noise to a user of the library as to one of the CLI.
-# A user who set the level chose what to see; otherwise warnings and info stay off, also
-# in processes started from here (Ray workers).
-_TF_LOG_LEVEL_CHOSEN = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+# Unless the user set the level, warnings and info stay off, also in processes started
+# from here (Ray workers); a level of 0 or 1 asks for them, start-up lines included.
+_TF_LOGS_ASKED = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2").strip() in ("0", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -70,12 +70,13 @@ def import_tensorflow_quietly() -> None:
     """Import TensorFlow without the log lines it writes before its logging is set up.
 
     Those lines (absl, oneDNN, CUDA factories) go straight to file descriptor 2 whatever
-    the log level, so the descriptor is silenced during the import, unless the user set
-    ``TF_CPP_MIN_LOG_LEVEL``. A failing import still raises its Python exception.
+    the log level, so the descriptor is silenced during the import, unless the user asked
+    for info or warnings (``TF_CPP_MIN_LOG_LEVEL`` 0 or 1). A failing import still raises
+    its Python exception.
     """
     if "tensorflow" in sys.modules:
         return
-    if _TF_LOG_LEVEL_CHOSEN:
+    if _TF_LOGS_ASKED:
         importlib.import_module("tensorflow")
         return
     sys.stderr.flush()

@@ -95,7 +95,7 @@ def _plain_progress(description: str, unit: str,
         elapsed = time.perf_counter() - state["start"]
         if done >= total and elapsed > 0:
             line += f" in {elapsed:.1f}s ({(done - state['first']) / elapsed:,.1f} {unit}/s)"
-        console.print(line, highlight=False, markup=False)
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
     return update
 

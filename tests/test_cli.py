@@ -345,3 +345,20 @@ def test_serve_refuses_bad_model_and_port(tmp_path, trained):
     assert wrong.exit_code == 2 and "neither a .joblib" in _one_error_line(wrong)
     port = runner.invoke(app, ["serve", str(model), "--port", "70000"])
     assert port.exit_code == 2 and "--port" in _one_error_line(port)
+
+
+def test_no_color_gives_progress_lines_even_in_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from pipeline.progress import progress_bar
+
+    out = io.StringIO()
+    terminal = Console(file=out, force_terminal=True, no_color=True, width=40)
+    with progress_bar("extract x", console=terminal) as progress:
+        for done in range(0, 11):
+            progress(done, 10)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "extract x: 0/10 img (0%)" and len(lines) == 11
+    assert lines[-1].startswith("extract x: 10/10 img (100%) in ")
