@@ -28,7 +28,7 @@ app = typer.Typer(
     # and drop them.
     rich_markup_mode=None,
 )
-# Made again for every run by _output_options (a --no-color; the streams of that run).
+# Made again at the start of every run by _output_options, with its --no-color.
 console = make_console()
 err_console = make_console(stderr=True)
 
