@@ -267,9 +267,13 @@ def extract_features(
         # TensorFlow's import): a store made by the same request over the same files is
         # up to date. The settings key below stays the authority for everything else.
         weights_name = normalize_weights(weights)
+        config = get_backbone(backbone)
         request_attrs = {"request_key": settings_key({
             "fingerprint": fingerprint, "label_names": list(images.label_names),
-            "compression": compression, "backbone": get_backbone(backbone).name,
+            "compression": compression, "backbone": config.name,
+            # The facts that settle what None asks for: a changed default is a new request.
+            "defaults": [(c.input_size, c.default_pooling, c.stage_taps, c.preprocessing)
+                         for c in (config, *config.members)],
             "weights": weights_name, "weights_sha256": file_digest(weights_name)
             if weights_name not in ("imagenet", "random") else "",
             "input_size": input_size, "layer": layer, "pooling": pooling, "taps": taps,
