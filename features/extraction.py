@@ -19,11 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from features.backbones import DEFAULT_BACKBONE, FeatureExtractor, build_feature_extractor
+from features.backbones import (
+    DEFAULT_BACKBONE,
+    FeatureExtractor,
+    build_feature_extractor,
+    get_backbone,
+    normalize_weights,
+)
 from features.batches import Compute, ComputedBatch, iter_computed_batches
 from features.errors import UserInputError
 from features.images import DEFAULT_MAX_PIXELS
-from features.integrity import settings_key
+from features.integrity import file_digest, settings_key
 from features.runtimes import (
     DEFAULT_CALIBRATION_IMAGES,
     OPENVINO,
@@ -253,8 +259,31 @@ def extract_features(
         raise UserInputError("no images to extract")
     out = Path(out)
     calibration_attrs: dict = {}
+    fingerprint = images.fingerprint()  # stats every file: once per run
+    request_attrs: dict = {}
     if extractor is None:
         runtime = resolve_runtime(runtime, precision)
+        # The request as given, answered before the network is built (seconds, and
+        # TensorFlow's import): a store made by the same request over the same files is
+        # up to date. The settings key below stays the authority for everything else.
+        weights_name = normalize_weights(weights)
+        config = get_backbone(backbone)
+        request_attrs = {"request_key": settings_key({
+            "fingerprint": fingerprint, "label_names": list(images.label_names),
+            "compression": compression, "backbone": config.name,
+            # The facts that settle what None asks for: a changed default is a new request.
+            "defaults": [(c.input_size, c.default_pooling, c.stage_taps, c.preprocessing)
+                         for c in (config, *config.members)],
+            "weights": weights_name, "weights_sha256": file_digest(weights_name)
+            if weights_name not in ("imagenet", "random") else "",
+            "input_size": input_size, "layer": layer, "pooling": pooling, "taps": taps,
+            "mirror": mirror, "precision": precision, "runtime": runtime,
+            "calibration": [calibration_images, calibration_seed] if precision == "int8"
+            else None})}
+        existing = read_store_attrs(out) if out.exists() and not overwrite else None
+        if existing is not None and existing.get("request_key") == request_attrs["request_key"]:
+            return ExtractionResult(out, int(existing["rows_committed"]),
+                                    int(existing["feature_dim"]), up_to_date=True)
         extractor = build_feature_extractor(
             backbone, weights=weights, input_size=input_size, layer=layer, pooling=pooling,
             taps=taps, mirror=mirror, precision=precision if runtime != OPENVINO else "float32",
@@ -268,7 +297,6 @@ def extract_features(
                                  "calibration_seed": calibration_seed}
         extractor = compile_extractor(extractor, runtime, precision,
                                       calibration_paths=calibration_paths)
-    fingerprint = images.fingerprint()  # stats every file: once per run
     key = _settings_key(fingerprint, images, extractor, compression)
 
     if out.exists():
@@ -294,6 +322,7 @@ def extract_features(
             if extractor.spec.runtime == OPENVINO else {})),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **calibration_attrs,
+        **request_attrs,
         **(extra_attrs or {}),
     }
     writer = FeatureStoreWriter(

@@ -272,6 +272,10 @@ class FeatureStore:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise UserInputError(
+                f"{self.path} is a folder, not a feature store; if it holds images, run "
+                f"'tlearn extract {self.path}' first and pass the .h5 store it writes")
         if not self.path.is_file():
             hint = ""
             if partial_path(self.path).exists():

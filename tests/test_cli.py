@@ -1,5 +1,8 @@
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -34,6 +37,19 @@ def test_extract_default_output_and_inspect(tmp_path, artifacts):
     shown = runner.invoke(app, ["inspect", str(out)])
     assert shown.exit_code == 0
     assert "12 x 512" in shown.output and "train=" in shown.output
+
+
+def test_an_up_to_date_extract_answers_without_tensorflow(tmp_path, artifacts):
+    data = make_image_folder(tmp_path / "pets", per_class=2)
+    out = tmp_path / "pets.h5"
+    assert runner.invoke(app, ["extract", str(data), *TINY, "--out", str(out)]).exit_code == 0
+    again = (f"import sys; from typer.testing import CliRunner; from pipeline.cli import app; "
+             f"r = CliRunner().invoke(app, {['extract', str(data), *TINY, '--out', str(out)]!r});"
+             f"print(r.output, r.exit_code, 'tensorflow' in sys.modules)")
+    shown = subprocess.run([sys.executable, "-c", again], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, check=True)
+    assert "up to date" in shown.stdout and shown.stdout.split()[-2:] == ["0", "False"], (
+        shown.stdout + shown.stderr)
 
 
 BASE = ["--weights", "none", "--input-size", "32", "--pooling", "avg"]
@@ -88,6 +104,11 @@ def test_a_joined_backbone_extracts_trains_and_classifies_images(tmp_path, artif
     (["extract", "{data}", "--backbone", "vgg16+xception", *BASE], "cannot join vgg16"),
     (["backbones", "--layers", "vgg16+vgg19"], "one network at a time, e.g. --layers vgg16"),
     (["inspect", "{tmp}/missing.h5"], "does not exist"),
+    (["extract", "{data}/cat", *BASE], "cat holds 2 image(s) but no class sub-folders; a "
+     "dataset is a folder with one sub-folder of images per class"),
+    (["train", "{data}"], "is a folder, not a feature store; if it holds images, run "
+     "'tlearn extract {data}' first"),
+    (["inspect", "{data}"], "run 'tlearn extract {data}' first"),
 ])
 def test_user_mistakes_exit_2_with_one_line(tmp_path, artifacts, args, message):
     data = make_image_folder(tmp_path / "d", per_class=2)
@@ -95,7 +116,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, artifacts, args, message):
     argv = [a.format(tmp=tmp_path, data=data, one=one) for a in args]
     result = runner.invoke(app, argv)
     assert result.exit_code == 2, result.output
-    assert message in _one_error_line(result)
+    assert message.format(data=data) in _one_error_line(result)
     written = list((artifacts / "features").glob("*")) if (artifacts / "features").exists() else []
     assert written == []
 
@@ -114,11 +135,32 @@ def test_backbone_layers_listing():
     assert re.search(r"block4_pool\s.*\(14, 14, 512\)", result.output)
 
 
-def test_help_of_every_command():
-    for command in ("extract", "backbones", "inspect", "train", "compare", "predict",
-                    "evaluate"):
-        result = runner.invoke(app, [command, "--help"])
-        assert result.exit_code == 0, command
+def _commands(command, path=()):
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_every_commands_help_shows_its_text_whole():
+    # Brackets ("[default: ...]", "tlearn[ray]") once vanished as markup and long words were
+    # cut with an ellipsis: compare without whitespace, which wrapping moves.
+    import inspect
+
+    import typer
+
+    def squeezed(text):
+        return re.sub(r"\s+", "", text)
+
+    for path, command in _commands(typer.main.get_command(app)):
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        shown = squeezed(result.output)
+        written = [inspect.cleandoc(command.help or "")]
+        for param in command.params:
+            assert param.help, (path, param.name)  # every option says what it is for
+            written.append(param.help)
+        for text in written:
+            assert squeezed(text) in shown, (path, text, result.output)
 
 
 @pytest.fixture
@@ -144,6 +186,36 @@ def test_train_compare_predict_evaluate(trained):
     assert json.loads(pred.output)[0]["label"] == "cat"
     ev = runner.invoke(app, ["evaluate", str(model), str(store)])
     assert ev.exit_code == 0 and "summary.md" in ev.output
+
+
+def test_predict_out_counts_classified_images_apart_from_unreadable_ones(tmp_path, trained):
+    _, model, data = trained
+    (data / "cat" / "broken.jpg").write_bytes(b"not a picture")
+    out = tmp_path / "predictions.csv"
+    result = runner.invoke(app, ["predict", str(model), str(data), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}: 16 image(s) classified, skipped 1 unreadable" in result.output
+    assert "broken.jpg" in result.output
+
+
+def test_output_outside_a_terminal_is_whole_lines(tmp_path, trained, monkeypatch):
+    # A log's narrow width once gave bars cut to "12/1…", tables cut mid-column and
+    # model paths broken mid-word.
+    store, model, data = trained
+    monkeypatch.setenv("COLUMNS", "50")
+    extracted = runner.invoke(app, ["extract", str(data), *TINY, "--out",
+                                    str(tmp_path / "again.h5")])
+    assert extracted.exit_code == 0, extracted.output
+    assert "extract vgg16: 16/16 img (100%) in " in extracted.output
+    retrained = runner.invoke(app, ["train", str(store), "--cv", "2", "--overwrite"])
+    assert any(line.startswith(f"{model}  (report: ")
+               for line in retrained.output.splitlines()), retrained.output
+    compared = runner.invoke(app, ["compare"])
+    lines = compared.output.splitlines()
+    assert "  model: pets__vgg16__avg__logreg" in lines, compared.output
+    assert any(line.startswith("  accuracy, 95% CI: 1.000 [") for line in lines)
+    for output in (extracted.output, retrained.output, compared.output):
+        assert "…" not in output and "━" not in output and "┃" not in output
 
 
 def test_stage2_user_mistakes(tmp_path, trained):
@@ -273,3 +345,20 @@ def test_serve_refuses_bad_model_and_port(tmp_path, trained):
     assert wrong.exit_code == 2 and "neither a .joblib" in _one_error_line(wrong)
     port = runner.invoke(app, ["serve", str(model), "--port", "70000"])
     assert port.exit_code == 2 and "--port" in _one_error_line(port)
+
+
+def test_no_color_gives_progress_lines_even_in_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from pipeline.progress import progress_bar
+
+    out = io.StringIO()
+    terminal = Console(file=out, force_terminal=True, no_color=True, width=40)
+    with progress_bar("extract x", console=terminal) as progress:
+        for done in range(0, 11):
+            progress(done, 10)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "extract x: 0/10 img (0%)" and len(lines) == 11
+    assert lines[-1].startswith("extract x: 10/10 img (100%) in ")

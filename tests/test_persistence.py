@@ -1,4 +1,6 @@
 import json
+import re
+import zipfile
 from pathlib import Path
 
 import joblib
@@ -129,3 +131,28 @@ def test_models_saved_before_the_restructuring_load_and_predict(tmp_path, kind):
     X = np.random.default_rng(0).normal(size=(3, 1280)).astype("float32")
     np.testing.assert_allclose(model.predict_proba(X),
                                expected[f"{kind}_features"]["predict_proba_seed0"], atol=1e-4)
+
+
+def test_a_file_that_is_no_model_is_named_for_what_it_is(tmp_path):
+    # Not "the sidecar is missing, pass verify=False": that would switch the integrity
+    # check off for a file that is not a model at all.
+    from features.store import FeatureStoreWriter
+
+    store = tmp_path / "x.h5"
+    writer = FeatureStoreWriter(store, planned_paths=["/a.jpg", "/b.jpg"],
+                                attrs=SPEC.to_dict(), settings_key="k", feature_dim=6,
+                                label_names=["a", "b"])
+    writer.append(np.zeros((2, 6), np.float32), [0, 1], [0, 0], [0, 1])
+    writer.commit(2)
+    writer.finalize()
+    keras_file = tmp_path / "m.keras"
+    with zipfile.ZipFile(keras_file, "w") as archive:
+        archive.writestr("config.json", "{}")
+    text = tmp_path / "notes.joblib"
+    text.write_text("not a model\n")
+    for path, what in ((store, "is a feature store, not a classifier; train one on it"),
+                       (keras_file, "is a Keras archive (.keras)"),
+                       (text, "is not a classifier saved by tlearn")):
+        with pytest.raises(UserInputError, match=re.escape(what)) as caught:
+            load_classifier(path)
+        assert "verify=False" not in str(caught.value)

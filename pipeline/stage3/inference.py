@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from classifiers.calibration import apply_temperature
+from features.backbones import import_tensorflow_quietly
 from features.errors import UserInputError
 from features.integrity import atomic_write_bytes
 from pipeline.stage3.models import scale_to_unit
@@ -68,6 +69,7 @@ def _load_keras_bytes(data: bytes) -> Any:
     fresh folder that only this user can enter: nobody else can swap it between
     writing and loading.
     """
+    import_tensorflow_quietly()
     import keras
 
     with tempfile.TemporaryDirectory(prefix="tlearn-model-") as private:
