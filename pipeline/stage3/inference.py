@@ -46,7 +46,7 @@ class KerasImageClassifier:
         return get_backbone(self.info["backbone"]).preprocess_input(images)
 
     def class_scores_of_images(self, images: np.ndarray) -> np.ndarray:
-        from features.backbones import predict_in_buckets
+        from features.spec import predict_in_buckets
 
         parts = predict_in_buckets(self.model.predict_on_batch, self._preprocess(images))
         if not parts:
