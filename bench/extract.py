@@ -47,8 +47,9 @@ from machine import cpu_info, describe, tlearn_peak_rss_mb  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from features.backbones import BACKBONES, build_feature_extractor  # noqa: E402
+from features.backbones import BACKBONES  # noqa: E402
 from features.extraction import LabeledImages, extract_features  # noqa: E402
+from features.networks import build_network  # noqa: E402
 from features.runtimes import RUNTIMES, calibration_sample, compile_extractor  # noqa: E402
 from features.store import SPLIT_NAMES  # noqa: E402
 from pipeline.datasets import discover_images, stratified_split  # noqa: E402
@@ -92,8 +93,8 @@ def build(backbone: str, weights: str, runtime: str, precision: str,
           images: LabeledImages):
     """The extractor of one variant and the seconds spent converting (fresh cache)."""
     if runtime == "tensorflow":
-        return build_feature_extractor(backbone, weights=weights, precision=precision), 0.0
-    base = build_feature_extractor(backbone, weights=weights)
+        return build_network(backbone, weights=weights, precision=precision), 0.0
+    base = build_network(backbone, weights=weights)
     t0 = time.perf_counter()
     calibration = None
     if precision == "int8":

@@ -461,7 +461,8 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         """The backbone that makes this model's features (built on first use, then cached)."""
         cached = getattr(self, "_extractor_cache", None)
         if cached is None:
-            from features.backbones import FeatureSpec, build_from_spec
+            from features.factory import create_extractor
+            from features.spec import FeatureSpec
 
             check_is_fitted(self, "estimator_")
             if not self.feature_spec_:
@@ -469,7 +470,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
                     "this classifier was fitted without a feature specification; fit it with "
                     "fit_store() or pass feature_spec= so it can rebuild the backbone"
                 )
-            cached = build_from_spec(FeatureSpec.from_dict(self.feature_spec_))
+            cached = create_extractor(FeatureSpec.from_dict(self.feature_spec_))
             self._extractor_cache = cached
         return cached
 

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import joblib
 
-from features.backbones import FeatureSpec
 from features.errors import UserInputError
 from features.integrity import atomic_write_bytes, atomic_write_json, bytes_digest, file_digest
+from features.spec import FeatureSpec
 
 if TYPE_CHECKING:
     from classifiers.estimators import FeatureClassifier

@@ -17,7 +17,7 @@ from sklearn.svm import LinearSVC
 
 from classifiers.solvers import PreconditionedLogisticRegression
 from classifiers.streaming_sgd import StreamingSGDClassifier
-from features.errors import UserInputError
+from features.registries import Registry, unknown_choice
 
 EstimatorFactory = Callable[[int, int], BaseEstimator]
 
@@ -121,15 +121,12 @@ def _streaming_sgd(random_state: int, max_iter: int) -> BaseEstimator:
     return StreamingSGDClassifier(random_state=random_state)  # runs epochs, not max_iter
 
 
-CLASSIFIERS: dict[str, ClassifierConfig] = {}
+CLASSIFIERS: Registry[ClassifierConfig] = Registry("classifier")
 
 
 def register_classifier(config: ClassifierConfig) -> ClassifierConfig:
     """Add a family to :data:`CLASSIFIERS` (names are unique)."""
-    if config.name in CLASSIFIERS:
-        raise ValueError(f"classifier {config.name!r} is already registered")
-    CLASSIFIERS[config.name] = config
-    return config
+    return CLASSIFIERS.register(config.name, config)
 
 
 register_classifier(ClassifierConfig(
@@ -150,9 +147,7 @@ register_classifier(ClassifierConfig(
 def get_classifier_config(name: str) -> ClassifierConfig:
     """The registered family ``name``; a :class:`UserInputError` naming the choices otherwise."""
     if name not in CLASSIFIERS:
-        raise UserInputError(
-            f"unknown classifier {name!r}; choose one of: {', '.join(CLASSIFIERS)}, all"
-        )
+        raise unknown_choice("classifier", name, [*CLASSIFIERS, "all"])
     return CLASSIFIERS[name]
 
 

@@ -1,17 +1,11 @@
 """Stage 1: backbones, feature extraction and the HDF5 feature store."""
 
-from features.backbones import (
-    BACKBONES,
-    BackboneConfig,
-    FeatureExtractor,
-    FeatureSpec,
-    build_feature_extractor,
-    get_backbone,
-    get_single_backbone,
-    register_backbone,
-)
+from features.backbones import BACKBONES, BackboneConfig, get_backbone, register_backbone
 from features.errors import UserInputError, WeightsUnavailableError
 from features.extraction import ExtractionResult, LabeledImages, extract_features
+from features.factory import create_extractor
+from features.networks import build_base_model
+from features.spec import FeatureExtractor, FeatureSpec
 from features.store import FeatureStore
 
 __all__ = [
@@ -24,9 +18,9 @@ __all__ = [
     "LabeledImages",
     "UserInputError",
     "WeightsUnavailableError",
-    "build_feature_extractor",
+    "build_base_model",
+    "create_extractor",
     "extract_features",
     "get_backbone",
-    "get_single_backbone",
     "register_backbone",
 ]

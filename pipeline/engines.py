@@ -17,8 +17,12 @@ from pathlib import Path
 from features.errors import UserInputError
 from features.extraction import FeatureBatches
 from features.prediction import ScoreBatches
+from features.registries import Registry
 
-ENGINES = ("local", "ray")
+#: The engines by name, with what each is (``tlearn --help`` lists them from here).
+ENGINES: Registry[str] = Registry("engine")
+ENGINES.register("local", "everything in this process")
+ENGINES.register("ray", "features, class scores and C-search folds on a Ray cluster")
 RAY_MISSING = "Ray is not installed; pip install 'tlearn[ray]'"
 
 
@@ -77,8 +81,7 @@ def open_engine(engine: str = "local", address: str | None = None) -> Iterator[E
         ``HOST:PORT`` nothing listens at (at once); a cluster Ray itself cannot join
         (later, when the first work is handed to it).
     """
-    if engine not in ENGINES:
-        raise UserInputError(f"--engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    ENGINES[engine]  # an unknown name raises, naming the engines
     if engine == "local":
         if address:
             raise UserInputError("--address needs --engine ray")

@@ -198,7 +198,9 @@ def build_export_network(model_path: str | os.PathLike):
     """
     import keras
 
-    from features.backbones import FeatureSpec, build_from_spec, get_backbone
+    from features.backbones import get_backbone
+    from features.factory import create_extractor
+    from features.spec import FeatureSpec
     from pipeline.image_classifiers import load_model_file
     from pipeline.stage3 import KerasImageClassifier
 
@@ -221,7 +223,8 @@ def build_export_network(model_path: str | os.PathLike):
             raise UserInputError(
                 f"{Path(model_path).name} was trained on {spec.precision} features and the "
                 "exported network computes float32; export a model trained on float32 features")
-        extractor = build_from_spec(replace(spec, runtime="tensorflow", calibration=""))
+        extractor = create_extractor(replace(spec, runtime="tensorflow", calibration=""),
+                                     runtime="tensorflow")
         size, mode = spec.input_size, get_backbone(spec.backbone).preprocess.mode
         network = extractor.model
         head, scores = _head_layers(loaded, spec.feature_dim)

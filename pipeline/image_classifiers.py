@@ -112,13 +112,13 @@ def load_image_classifier(model_path: str | os.PathLike, *, runtime: str | None 
         As the loaders, or a runtime that cannot compute the model's features.
     """
     from classifiers.persistence import read_sidecar
-    from features.backbones import FeatureSpec
+    from features.factory import create_extractor
     from features.runtimes import (
         TENSORFLOW,
         compile_keras_model,
-        extractor_from_spec,
         resolve_runtime,
     )
+    from features.spec import FeatureSpec
     from pipeline.stage3 import KerasImageClassifier
 
     path = Path(model_path)
@@ -137,8 +137,8 @@ def load_image_classifier(model_path: str | os.PathLike, *, runtime: str | None 
         model.feature_extractor()  # raises the error that says how to fit it with a spec
     sidecar = read_sidecar(path)
     spec = FeatureSpec.from_dict(FeatureSpec.fill_defaults(model.feature_spec_))
-    extractor = extractor_from_spec(
-        spec, runtime, calibration_paths=_calibration_paths(sidecar, spec))
+    extractor = create_extractor(
+        spec, runtime=runtime, calibration_paths=_calibration_paths(sidecar, spec))
     names = [model.label_names_[i] for i in range(len(model.classes_))]
 
     def scores(images):

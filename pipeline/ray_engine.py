@@ -89,12 +89,12 @@ def size_thread_pools() -> int:
 
 def extractor_work(spec: dict, batch_size: int, max_pixels: int) -> BatchWork:
     """The extraction of the local engine, for the extractor of ``spec`` rebuilt here."""
-    from features.backbones import FeatureSpec
     from features.extraction import feature_compute
-    from features.runtimes import extractor_from_spec
+    from features.factory import create_extractor
+    from features.spec import FeatureSpec
 
     feature_spec = FeatureSpec.from_dict(spec)
-    extractor = extractor_from_spec(feature_spec, feature_spec.runtime)
+    extractor = create_extractor(feature_spec, runtime=feature_spec.runtime)
     return BatchWork(extractor.spec.input_size, extractor.preprocess_input,
                      feature_compute(extractor, batch_size), extractor.spec.feature_dim,
                      max_pixels)

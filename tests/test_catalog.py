@@ -9,6 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from features.errors import UserInputError
+from features.registries import Registry
 from pipeline import catalog
 from pipeline.catalog import (
     INNER_STAGING,
@@ -37,9 +38,10 @@ def test_fetch_numbered_archive_end_to_end(tmp_path, server, artifacts):  # noqa
     data = make_tar(members)
     handler.files["/flowers.tgz"] = data
     spec = RemoteDataset(
-        "mini", "two classes", f"{base}/flowers.tgz", hashlib.md5(data).hexdigest(), "md5",
-        "flowers.tgz", lambda src, dst: export_numbered_images(
-            src, dst, folder="jpg", classes=("a", "b"), per_class=2), 2, 4)
+        name="mini", description="two classes", url=f"{base}/flowers.tgz",
+        checksum=hashlib.md5(data).hexdigest(), algorithm="md5", archive_name="flowers.tgz",
+        export=lambda src, dst: export_numbered_images(
+            src, dst, folder="jpg", classes=("a", "b"), per_class=2), classes=2, images=4)
     dest = fetch_dataset(spec)
     assert sorted(p.name for p in (dest / "a").iterdir()) == ["image_0001.jpg", "image_0002.jpg"]
     assert (dest / MARKER).exists()
@@ -54,9 +56,11 @@ def test_export_failure_leaves_no_dataset(tmp_path, server, artifacts):  # noqa:
     base, handler = server
     data = make_tar({"jpg/image_0001.jpg": _jpeg_bytes((1, 2, 3))})
     handler.files["/x.tgz"] = data
-    spec = RemoteDataset("broken", "", f"{base}/x.tgz", hashlib.md5(data).hexdigest(), "md5",
-                         "x.tgz", lambda src, dst: export_numbered_images(
-                             src, dst, folder="jpg", classes=("a", "b"), per_class=2))
+    spec = RemoteDataset(
+        name="broken", description="", url=f"{base}/x.tgz",
+        checksum=hashlib.md5(data).hexdigest(), algorithm="md5", archive_name="x.tgz",
+        export=lambda src, dst: export_numbered_images(
+            src, dst, folder="jpg", classes=("a", "b"), per_class=2))
     with pytest.raises(UserInputError, match="expected 4 images"):
         fetch_dataset(spec, tmp_path / "broken")
     assert not (tmp_path / "broken").exists()
@@ -137,9 +141,10 @@ def _mini_spec(base, handler) -> RemoteDataset:
     data = make_tar(members)
     handler.files["/mini.tgz"] = data
     return RemoteDataset(
-        "mini", "two classes", f"{base}/mini.tgz", hashlib.md5(data).hexdigest(), "md5",
-        "mini.tgz", lambda src, dst: export_numbered_images(
-            src, dst, folder="jpg", classes=("a", "b"), per_class=2), 2, 4)
+        name="mini", description="two classes", url=f"{base}/mini.tgz",
+        checksum=hashlib.md5(data).hexdigest(), algorithm="md5", archive_name="mini.tgz",
+        export=lambda src, dst: export_numbered_images(
+            src, dst, folder="jpg", classes=("a", "b"), per_class=2), classes=2, images=4)
 
 
 def test_fetch_refuses_a_non_empty_folder_before_downloading(tmp_path, server, artifacts):  # noqa: F811
@@ -191,7 +196,9 @@ def test_cli_digits_into_a_user_folder_exits_2_with_one_line(tmp_path, artifacts
 
 def test_cli_fetch_into_a_user_folder_exits_2(tmp_path, server, artifacts, monkeypatch):  # noqa: F811
     base, handler = server
-    monkeypatch.setitem(catalog.REMOTE_DATASETS, "mini", _mini_spec(base, handler))
+    with_mini = Registry("dataset")
+    with_mini.register("mini", _mini_spec(base, handler))
+    monkeypatch.setattr(catalog, "REMOTE_DATASETS", with_mini)
     photos, before = _user_folder(tmp_path / "photos")
     result = CliRunner().invoke(app, ["datasets", "fetch", "mini", "--dest", str(photos)])
     assert result.exit_code == 2, result.output

@@ -25,7 +25,7 @@ def test_local_engine_computes_here_and_imports_nothing_from_ray():
 
 
 def test_unknown_engine_and_address_without_ray_are_refused():
-    with pytest.raises(UserInputError, match="--engine must be one of local, ray"), \
+    with pytest.raises(UserInputError, match="unknown engine 'spark'; choose one of: local, ray"), \
             open_engine("spark"):
         pass
     with pytest.raises(UserInputError, match="--address needs --engine ray"), \

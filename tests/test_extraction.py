@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features.backbones import build_feature_extractor
 from features.errors import UserInputError
 from features.extraction import extract_features
+from features.factory import create_extractor
 from features.store import FeatureStore, partial_path
 from pipeline.datasets import load_dataset
 from tests.conftest import make_image_folder
@@ -39,7 +39,7 @@ def test_extract_writes_good_rows_and_lists_broken(tmp_path, images):
         assert len(store.skipped) == 3
         X, _y = store.load()
         assert np.isfinite(X).all() and X.std() > 0
-        ext = build_feature_extractor(**{k: v for k, v in SETTINGS.items()
+        ext = create_extractor(**{k: v for k, v in SETTINGS.items()
                                          if k != "batch_size"})
         from features.images import load_image
         first = load_image(store.paths[0], 32)[None]

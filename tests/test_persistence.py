@@ -14,8 +14,8 @@ from classifiers.persistence import (
     save_classifier,
     sidecar_path,
 )
-from features.backbones import FeatureSpec
 from features.errors import UserInputError
+from features.spec import FeatureSpec
 
 SPEC = FeatureSpec("vgg16", "block5_pool", "avg", 32, "caffe", "random", "", 6)
 

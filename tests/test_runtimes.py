@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from features import runtimes
-from features.backbones import BACKBONES, FeatureExtractor, FeatureSpec, build_feature_extractor
+from features.backbones import BACKBONES
 from features.errors import UserInputError
+from features.factory import create_extractor
 from features.runtimes import (
     MIXING_TOLERANCE,
     OpenVINONetwork,
@@ -20,6 +21,7 @@ from features.runtimes import (
     get_runtime,
     resolve_runtime,
 )
+from features.spec import FeatureExtractor, FeatureSpec
 from tests.conftest import TINY_EXTRACT, make_image_folder
 
 openvino = pytest.importorskip(
@@ -77,7 +79,7 @@ def test_openvino_float32_gives_tensorflow_features_within_the_mixing_tolerance(
     config = BACKBONES[name]
     # Small inputs keep conversion quick; "max" pooling keeps the features far from zero.
     size = max(config.min_input_size, 32)
-    tf_extractor = build_feature_extractor(name, weights="none", input_size=size, pooling="max")
+    tf_extractor = create_extractor(name, weights="none", input_size=size, pooling="max")
     ov_extractor = compile_extractor(tf_extractor, "openvino")
     assert isinstance(ov_extractor.model, OpenVINONetwork)
     assert (ov_extractor.spec.runtime, ov_extractor.spec.precision) == ("openvino", "float32")
@@ -367,7 +369,7 @@ def test_a_thread_limit_reaches_the_compiled_openvino_network(fresh_cache, monke
 
 
 def test_taps_and_mirror_run_the_same_in_openvino():
-    tf_extractor = build_feature_extractor("efficientnet_lite0", input_size=32,
+    tf_extractor = create_extractor("efficientnet_lite0", input_size=32,
                                            taps="stages", mirror=True)
     ov_extractor = compile_extractor(tf_extractor, "openvino")
     assert replace(ov_extractor.spec, runtime="tensorflow") == tf_extractor.spec
@@ -377,7 +379,7 @@ def test_taps_and_mirror_run_the_same_in_openvino():
 
 
 def test_a_joined_backbone_runs_the_same_in_openvino():
-    tf_extractor = build_feature_extractor("efficientnet_lite0+efficientnet_lite1",
+    tf_extractor = create_extractor("efficientnet_lite0+efficientnet_lite1",
                                            taps="stages")
     ov_extractor = compile_extractor(tf_extractor, "openvino")
     assert replace(ov_extractor.spec, runtime="tensorflow") == tf_extractor.spec

@@ -2,8 +2,8 @@ import h5py
 import numpy as np
 import pytest
 
-from features.backbones import FeatureSpec
 from features.errors import UserInputError
+from features.spec import FeatureSpec
 from features.store import FeatureStore, FeatureStoreWriter, partial_path
 
 SPEC = FeatureSpec("vgg16", "block5_pool", "avg", 32, "caffe", "random", "", 5)

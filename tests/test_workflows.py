@@ -220,7 +220,7 @@ def test_model_and_store_mismatch(tmp_path, store):
 
 
 def _store_with(path, labels, split):
-    from features.backbones import FeatureSpec
+    from features.spec import FeatureSpec
 
     spec = FeatureSpec("vgg16", "block5_pool", "avg", 32, "caffe", "random", "", 4)
     n = len(labels)

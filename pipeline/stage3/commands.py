@@ -216,7 +216,8 @@ def finetune(source: str | os.PathLike, *, backbone: str | None = None,
     """
     import keras
 
-    from features.backbones import build_base_model, get_single_backbone
+    from features.backbones import get_single_backbone
+    from features.networks import build_base_model
     from features.store import FeatureStore
 
     if optimizer not in ("sgd", "adam"):

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from classifiers.calibration import apply_temperature
-from features.backbones import import_tensorflow_quietly
 from features.errors import UserInputError
 from features.integrity import atomic_write_bytes
+from features.networks import import_tensorflow_quietly
 from pipeline.stage3.models import scale_to_unit
 
 
@@ -47,7 +47,7 @@ class KerasImageClassifier:
         return get_backbone(self.info["backbone"]).preprocess_input(images)
 
     def class_scores_of_images(self, images: np.ndarray) -> np.ndarray:
-        from features.backbones import predict_in_buckets
+        from features.spec import predict_in_buckets
 
         parts = predict_in_buckets(self.model.predict_on_batch, self._preprocess(images))
         if not parts:

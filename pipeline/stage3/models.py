@@ -69,7 +69,8 @@ def build_finetune_model(backbone: str, n_classes: int, *, weights: str = "image
     import keras
     from keras import layers
 
-    from features.backbones import build_base_model, get_backbone
+    from features.backbones import get_backbone
+    from features.networks import build_base_model
 
     head = head or HeadConfig()
     size = int(input_size or get_backbone(backbone).input_size)
