@@ -2,10 +2,7 @@
 preprocessing on known pixels, one default backbone, and what may be registered."""
 
 import inspect
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -249,16 +246,3 @@ def test_a_backbone_name_may_not_hold_the_join_or_the_tap_prefix():
         with pytest.raises(ValueError, match="may not contain"):
             register_backbone(replace(BACKBONES["vgg16"], name=name))
     assert get_backbone(" vgg16 + vgg19").name == "vgg16+vgg19"
-
-
-@pytest.mark.slow
-def test_the_library_imports_tensorflow_quietly():
-    # TensorFlow's C++ start-up lines (absl, oneDNN) bypass its log level: the library
-    # hides them as the CLI does.
-    code = ("from features import build_feature_extractor; "
-            "build_feature_extractor('vgg16', weights='none', input_size=32, pooling='avg')")
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env=env, check=True)
-    assert quiet.stderr.strip() == ""

@@ -1,6 +1,10 @@
 """Feature networks (features/networks.py) through the one factory: precision, weights,
 layers, taps, the mirrored view and joined backbones, each rebuilt from its spec."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -282,3 +286,16 @@ def test_joined_backbone_mistakes_name_the_value_and_the_fix(backbone, options, 
 def test_a_joined_backbone_is_not_fine_tuned():
     with pytest.raises(UserInputError, match="fine-tuning trains one; pass --backbone with one"):
         build_base_model(JOINED, weights="none")
+
+
+@pytest.mark.slow
+def test_the_library_imports_tensorflow_quietly():
+    # TensorFlow's C++ start-up lines (absl, oneDNN) bypass its log level: the library
+    # hides them as the CLI does.
+    code = ("from features import create_extractor; "
+            "create_extractor('vgg16', weights='none', input_size=32, pooling='avg')")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=env, check=True)
+    assert quiet.stderr.strip() == ""
