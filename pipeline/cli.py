@@ -30,6 +30,10 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _warn(line: str) -> None:
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def _import_tensorflow_quietly() -> None:
     """Import TensorFlow with its C++ start-up log lines (written before logging is set up) hidden.
 
@@ -386,7 +390,7 @@ def compare(
     from pipeline.workflows import compare_models
 
     pages: list[str] = []
-    rows, md, csv_path = compare_models(paths or [], log=pages.append)
+    rows, md, csv_path = compare_models(paths or [], log=pages.append, warn=_warn)
     _print_rows(rows, "comparison (test split; * = really different from the best, p < 0.05)")
     for row in rows[1:]:
         console.print(f"- {row['vs_best']}", highlight=False)
@@ -411,7 +415,7 @@ def report(
     """
     from pipeline.workflows import write_report_pages
 
-    for path in write_report_pages(datasets or []):
+    for path in write_report_pages(datasets or [], warn=_warn):
         console.print(str(path), highlight=False, soft_wrap=True)
 
 

@@ -427,11 +427,13 @@ def _evaluate_from_images(model_path: Path, store, split: str, runtime: str | No
 
 
 def compare_models(paths: list[str | Path] | None = None, *,
-                   log: Callable[[str], None] | None = None) -> tuple[list[dict], Path, Path]:
+                   log: Callable[[str], None] | None = None,
+                   warn: Callable[[str], None] | None = None) -> tuple[list[dict], Path, Path]:
     """Rows of the comparison table (best first) and the markdown and CSV files written.
 
     ``paths`` may name stores (``.h5``: their models) or model files (``.joblib``,
     ``.keras``); with none, every report under ``artifacts/reports`` is compared.
+    Damaged reports are skipped, each named through ``warn``.
     """
     from pipeline.report_page import update_dataset_reports
     from pipeline.reports import (
@@ -451,7 +453,7 @@ def compare_models(paths: list[str | Path] | None = None, *,
                                  "(.joblib, .keras)")
     stores = [str(p) for p in paths if p.suffix == ".h5"]
     models = [str(p) for p in paths if p.suffix in (".joblib", ".keras")]
-    everything = collect_reports(reports_dir())
+    everything = collect_reports(reports_dir(), warn=warn)
     reports = filter_reports(everything, stores=stores, models=models)
     if stores or models:
         # stage 3 models trained on the same data are listed beside the linear classifiers
@@ -470,10 +472,12 @@ def compare_models(paths: list[str | Path] | None = None, *,
     return rows, md, csv_path
 
 
-def write_report_pages(datasets: list[str] | None = None) -> list[Path]:
+def write_report_pages(datasets: list[str] | None = None, *,
+                       warn: Callable[[str], None] | None = None) -> list[Path]:
     """Write the visual report page of each dataset (every dataset with reports if none).
 
-    Returns the ``artifacts/reports/<dataset>/index.html`` paths written.
+    Returns the ``artifacts/reports/<dataset>/index.html`` paths written. Damaged
+    reports are skipped, each named through ``warn``.
 
     Raises
     ------
@@ -483,7 +487,7 @@ def write_report_pages(datasets: list[str] | None = None) -> list[Path]:
     from pipeline.report_page import dataset_names, write_dataset_report
     from pipeline.reports import collect_reports
 
-    reports = collect_reports(reports_dir())
+    reports = collect_reports(reports_dir(), warn=warn)
     if not reports:
         raise UserInputError(f"no model reports under {reports_dir()}; train a classifier "
                              "first ('tlearn train STORE')")

@@ -273,3 +273,17 @@ def test_serve_refuses_bad_model_and_port(tmp_path, trained):
     assert wrong.exit_code == 2 and "neither a .joblib" in _one_error_line(wrong)
     port = runner.invoke(app, ["serve", str(model), "--port", "70000"])
     assert port.exit_code == 2 and "--port" in _one_error_line(port)
+
+
+@pytest.mark.parametrize("damage", [b"[1,2]", b"null", b'{"model": "x"}', b"\xff\xfe{}"])
+def test_a_damaged_metrics_json_is_skipped_with_one_warning(trained, artifacts, damage):
+    bad = artifacts / "reports" / "pets__vgg16__avg__broken" / "metrics.json"
+    bad.parent.mkdir()
+    bad.write_bytes(damage)
+    for argv in (["compare"], ["report"]):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0, (argv, result.output)
+        warnings = [ln for ln in result.output.splitlines() if ln.startswith("warning:")]
+        assert len(warnings) == 1 and f"skipped {bad}: damaged" in warnings[0], result.output
+        assert "Traceback" not in result.output
+    assert "pets__vgg16__avg__logreg" in runner.invoke(app, ["compare"]).output
