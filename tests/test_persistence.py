@@ -106,3 +106,12 @@ def test_loader_unpickles_the_very_bytes_it_verified(tmp_path, fitted, monkeypat
 
     monkeypatch.setattr(joblib, "load", swap_then_load)
     assert load_classifier(path).label_names_ == ["a", "b"]
+
+
+@pytest.mark.parametrize("damage", [b"\xff\xfe not utf-8", b"[1,2]", b"null", b"{"])
+def test_a_damaged_sidecar_is_named_in_one_error(tmp_path, fitted, damage):
+    path = save_classifier(fitted[0], tmp_path / "m.joblib")
+    sidecar_path(path).write_bytes(damage)
+    with pytest.raises(UserInputError, match=r"m\.json is damaged: .*retrain the model or "
+                                             r"restore the \.json"):
+        load_classifier(path)

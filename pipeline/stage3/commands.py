@@ -65,10 +65,12 @@ def run_key(settings: dict[str, Any], images: SplitImages) -> str:
 
 
 def _read_json(path: Path) -> dict:
+    """The JSON object in ``path``; ``{}`` when missing or damaged (then it is not up to date)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: bad JSON or bad UTF-8
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Callable[[], Any],
