@@ -239,14 +239,17 @@ def train_store(
             if model_path.exists() and not overwrite:
                 previous = read_sidecar(model_path) if sidecar_path(model_path).exists() else {}
                 report = read_report(report_dir)
-                if previous.get("settings") == settings and report is not None:
+                if previous.get("settings") != settings:
+                    raise UserInputError(
+                        f"{model_path} exists and was trained with other settings or "
+                        "features; pass --overwrite to replace it"
+                    )
+                if report is not None:
                     say(f"{name}: up to date ({model_path})")
                     outcomes.append(TrainOutcome(name, model_path, report_dir, report, True))
                     continue
-                raise UserInputError(
-                    f"{model_path} exists and was trained with other settings or features; "
-                    "pass --overwrite to replace it"
-                )
+                # same settings, no report: that run stopped before its report (e.g. a
+                # read-only reports folder), so this one trains it again and finishes
             say(f"{name}: searching {'alpha' if kind == 'sgd' else 'C'} with {cv}-fold CV "
                 f"on {store.split_counts()['train']} training images")
             model = FeatureClassifier(kind=kind, grid=grid, cv=cv, random_state=seed,

@@ -287,3 +287,83 @@ def test_a_damaged_metrics_json_is_skipped_with_one_warning(trained, artifacts, 
         assert len(warnings) == 1 and f"skipped {bad}: damaged" in warnings[0], result.output
         assert "Traceback" not in result.output
     assert "pets__vgg16__avg__logreg" in runner.invoke(app, ["compare"]).output
+
+
+def _unshare_works() -> bool:
+    import shutil
+    import subprocess
+
+    return bool(shutil.which("unshare")) and subprocess.run(
+        ["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+def run_with_read_only_folder(folder, argv):
+    """Run the CLI in a subprocess that sees ``folder`` mounted read-only (EROFS).
+
+    A private mount namespace (unshare -rm) changes nothing outside the subprocess, and
+    works for root too, whom a chmod would not stop.
+    """
+    import subprocess
+    import sys
+
+    script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"'
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, str(folder), sys.executable, "-c",
+         "from pipeline.cli import main; main()", *map(str, argv)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+
+
+needs_unshare = pytest.mark.skipif(not _unshare_works(),
+                                   reason="unshare -rm (user and mount namespaces) is not "
+                                          "allowed here")
+
+
+def _one_line_about(result, folder):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write to "), result.stderr
+    assert f"{folder}: the folder is on a read-only file system" in lines[0]
+
+
+@pytest.mark.slow
+@needs_unshare
+def test_read_only_output_folders_give_one_line_and_nothing_half_written(trained, tmp_path):
+    _, model, data = trained
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    cases = [
+        ["predict", model, data / "cat" / "cat_000.jpg", "--out", ro / "p.csv"],
+        ["export", model, "--out", ro / "exported", "--format", "onnx"],
+        ["augment", data, "--out", ro / "grown", "--per-class", "10"],
+        ["datasets", "digits", "--dest", ro / "digits"],
+    ]
+    for argv in cases:
+        _one_line_about(run_with_read_only_folder(ro, argv), ro)
+    assert list(ro.iterdir()) == []
+
+
+@pytest.mark.slow
+@needs_unshare
+def test_train_into_a_read_only_reports_folder_then_again_when_writable(trained, artifacts):
+    store = trained[0]
+    reports = artifacts / "reports"
+    argv = ["train", store, "--classifier", "ovr", "--cv", "2"]
+    _one_line_about(run_with_read_only_folder(reports, argv), reports)
+    # the model was saved before its report; a rerun finishes the report, no --overwrite
+    again = runner.invoke(app, [str(a) for a in argv])
+    assert again.exit_code == 0, again.output
+    assert (reports / "pets__vgg16__avg__ovr" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("command", ["extract", "train", "finetune", "scratch", "augment"])
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_every_seed_option_gives_its_range_in_one_line(tmp_path, command, seed):
+    argv = [command, str(tmp_path / "data"), "--seed", seed]
+    if command == "augment":
+        argv += ["--out", str(tmp_path / "out")]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    assert f"--seed must be an integer from 0 to 4294967295, got {seed}" in _one_error_line(
+        result)
+    assert not (tmp_path / "out").exists()
