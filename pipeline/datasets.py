@@ -147,9 +147,10 @@ def _read_csv(path: Path) -> Dataset:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserInputError(f"cannot read CSV {path}: {exc}") from exc
+    first = 1  # rows are numbered as in the file, header included
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        rows = rows[1:]
-    for number, row in enumerate(rows, start=1):
+        rows, first = rows[1:], 2
+    for number, row in enumerate(rows, start=first):
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
@@ -449,13 +450,15 @@ def _read_path_column(path: Path) -> list[str]:
     base = path.resolve().parent
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = [row for row in csv.reader(f) if row and row[0].strip()]
+            # numbered as in the file, header and blank rows included
+            rows = [(number, row) for number, row in enumerate(csv.reader(f), start=1)
+                    if row and row[0].strip()]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserInputError(f"cannot read CSV {path}: {exc}") from exc
-    if rows and rows[0][0].strip().lower() == "path":
+    if rows and rows[0][1][0].strip().lower() == "path":
         rows = rows[1:]
     out = []
-    for number, row in enumerate(rows, start=1):
+    for number, row in rows:
         if "\0" in row[0]:
             raise UserInputError(_nul_byte_message(path, number))
         image = Path(row[0].strip()).expanduser()

@@ -165,6 +165,6 @@ def test_double_underscore_folders_are_classes_and_tool_folders_are_said(tmp_pat
 
 def test_a_nul_byte_in_the_path_column_of_a_csv_to_predict_is_named(tmp_path):
     csv = tmp_path / "todo.csv"
-    csv.write_text("path\na.jpg\nb\0.jpg\n")
-    with pytest.raises(UserInputError, match=r"todo\.csv, row 2: holds a NUL byte"):
+    csv.write_text("path\na.jpg\n\nb\0.jpg\n")
+    with pytest.raises(UserInputError, match=r"todo\.csv, row 4: holds a NUL byte"):
         images_to_predict([csv])
