@@ -248,7 +248,11 @@ class Grouping:
         return line
 
 
-def _read_augment_manifest(root: Path) -> dict[str, str]:
+def read_augment_sources(root: Path) -> dict[str, str]:
+    """Absolute path of each augmented copy under ``root`` -> of its source image.
+
+    From the manifest 'tlearn augment' wrote in ``root`` (empty without one).
+    """
     manifest = root / AUGMENT_MANIFEST
     if not manifest.is_file():
         return {}
@@ -299,7 +303,7 @@ def group_images(dataset: Dataset) -> Grouping:
     augmented = 0
     root = Path(dataset.source)
     if root.is_dir():
-        for copy, source in _read_augment_manifest(root).items():
+        for copy, source in read_augment_sources(root).items():
             if copy in position and source in position:
                 union(position[copy], position[source])
                 augmented += 1
