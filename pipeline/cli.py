@@ -464,7 +464,8 @@ def predict(
              "or image files.")],
     out: Annotated[Path | None, typer.Option(
         help="Write one CSV row per image here (streamed; <out>.partial until done) "
-             "instead of printing a table.")] = None,
+             "instead of printing a table. Columns path, label, score, score_kind, top, "
+             "error; top is a JSON list of [label, score] pairs.")] = None,
     top: Annotated[int, typer.Option(help="How many classes to keep per image.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
     = DEFAULT_BATCH_SIZE,

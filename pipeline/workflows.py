@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -542,6 +543,16 @@ class PredictionReport:
 PREDICTION_COLUMNS = ("path", "label", "score", "score_kind", "top", "error")
 
 
+def top_cell(top: list[tuple[str, float]]) -> str:
+    """The ``top`` column of ``predict --out``: a JSON list of ``[label, score]`` pairs.
+
+    JSON, not ``label:score;...``: labels are folder names, which may hold ``;``, ``:``
+    or ``,``, and ``json.loads`` reads any of them back exactly.
+    """
+    return json.dumps([[label, float(f"{score:.6g}")] for label, score in top],
+                      ensure_ascii=False)
+
+
 def write_predictions(model_path: str | Path, images: list[str | Path], out: str | Path, *,
                       top: int = 1, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 2,
                       overwrite: bool = False, progress: ProgressCallback | None = None,
@@ -550,7 +561,7 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
     """Classify a folder, a CSV of paths or files, writing one CSV row per image as it goes.
 
     Rows (``path, label, score, score_kind, top, error``; ``score_kind`` is
-    ``probability`` or ``margin``; ``top`` as ``label:score`` pairs joined by ``;``)
+    ``probability`` or ``margin``; ``top`` as in :func:`top_cell`)
     are written in input order to ``<out>.partial``, which is renamed to ``out`` only
     when every image is done: a file at ``out`` is always complete.
     Memory stays bounded by a few batches, whatever the number of images. ``runtime``
@@ -591,8 +602,7 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
                     writer.writerow([r["path"], "", "", "", "", r["error"]])
                 else:
                     writer.writerow([r["path"], r["label"], f"{r['score']:.6g}",
-                                     r["score_kind"],
-                                     ";".join(f"{lbl}:{s:.6g}" for lbl, s in r["top"]), ""])
+                                     r["score_kind"], top_cell(r["top"]), ""])
                 if progress and (n % batch_size == 0 or n == len(paths)):
                     f.flush()
                     progress(n, len(paths))
