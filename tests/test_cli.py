@@ -367,3 +367,37 @@ def test_every_seed_option_gives_its_range_in_one_line(tmp_path, command, seed):
     assert f"--seed must be an integer from 0 to 4294967295, got {seed}" in _one_error_line(
         result)
     assert not (tmp_path / "out").exists()
+
+
+
+@pytest.mark.parametrize("code,why", [(13, "is not writable"),
+                                      (30, "is on a read-only file system")])
+def test_a_permission_error_names_the_folder_in_one_line(tmp_path, capsys, code, why):
+    """EACCES as root cannot be made real here (root writes anywhere): raised by hand."""
+    import os
+
+    import typer
+
+    from pipeline.cli import user_errors
+
+    @user_errors
+    def writes():
+        raise OSError(code, os.strerror(code), str(tmp_path / "out" / ".model.tmp"))
+
+    with pytest.raises(typer.Exit) as raised:
+        writes()
+    assert raised.value.exit_code == 2
+    assert " ".join(capsys.readouterr().err.split()) == (
+        f"error: cannot write to {tmp_path / 'out'}: the folder {why}; choose another "
+        "output folder or make it writable")
+
+
+def test_other_os_errors_are_not_taken_for_permission_problems(tmp_path):
+    from pipeline.cli import user_errors
+
+    @user_errors
+    def fails():
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "x"))
+
+    with pytest.raises(FileNotFoundError):
+        fails()
