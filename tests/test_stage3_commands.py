@@ -146,3 +146,13 @@ def test_learning_rates_and_counts_are_checked_before_any_work(tmp_path, artifac
     with pytest.raises(UserInputError, match=rf"^{flag} must be .*got {value}$"):
         command(tmp_path / "no-such-folder", **{option: value})
     assert not artifacts.exists()
+
+
+@pytest.mark.parametrize("damage", [b"[1,2]", b"null", b"\xff\xfe{}", b"{"])
+def test_a_damaged_stage3_sidecar_reads_as_no_record(tmp_path, damage):
+    """Then the model counts as not up to date (no traceback from .get on a list)."""
+    from pipeline.stage3.commands import _read_json
+
+    side = tmp_path / "m.json"
+    side.write_bytes(damage)
+    assert _read_json(side) == {}
