@@ -133,8 +133,11 @@ def _scores_by_chunks(model, store, split: str):
     """Class scores and labels of a split, computed chunk by chunk (bounded memory)."""
     import numpy as np
 
+    from classifiers.estimators import check_feature_values
+
     scores, labels, seconds = [], [], 0.0
-    for _, X, y in store.iter_chunks(split):
+    for rows, X, y in store.iter_chunks(split):
+        check_feature_values(X, str(store.path), rows)  # names the store and its rows
         t0 = time.perf_counter()
         scores.append(model.class_scores(X))
         seconds += time.perf_counter() - t0

@@ -241,3 +241,16 @@ def test_the_top_column_reads_back_whatever_the_labels_hold(tmp_path):
         assert [label for label, _ in top] == [label for label, _ in expected[row["path"]]]
         assert [s for _, s in top] == pytest.approx([s for _, s in expected[row["path"]]],
                                                     rel=1e-5)
+
+
+def test_a_damaged_test_row_is_named_with_its_store(store, artifacts):
+    import h5py
+
+    store_path, _ = store
+    with FeatureStore(store_path) as opened:
+        row = int(np.flatnonzero(opened.split_mask("test"))[0])
+    with h5py.File(store_path, "r+") as f:  # a flipped exponent bit, as on a failing disk
+        f["features"][row, 0] = np.float32(3e37)
+    with pytest.raises(UserInputError, match=rf"{store_path.name}: row\(s\) {row} hold NaN, "
+                                             "infinite or absurd values"):
+        train_store(store_path, classifier="logreg", cv=2)
