@@ -126,6 +126,7 @@ def _check_seed(value: int) -> int:
         _fail(f"--seed must be an integer from 0 to {MAX_SEED}, got {value}")
     return value
 
+
 RUNTIME_HELP = ("What runs the network: tensorflow or openvino [default: openvino where it "
                 "is installed and measured faster, else tensorflow; see the README].")
 RuntimeOption = Annotated[str | None, typer.Option(help=RUNTIME_HELP)]

@@ -392,6 +392,29 @@ def test_a_permission_error_names_the_folder_in_one_line(tmp_path, capsys, code,
         "output folder or make it writable")
 
 
+def test_an_unreadable_input_is_not_called_an_unwritable_folder(tmp_path, capsys,
+                                                               monkeypatch):
+    import os
+
+    import typer
+
+    from pipeline.cli import user_errors
+
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(b"x")
+    # root reads anything: os.access stands in for a file another user keeps to himself
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+
+    @user_errors
+    def reads():
+        raise PermissionError(13, "Permission denied", str(image))
+
+    with pytest.raises(typer.Exit):
+        reads()
+    assert " ".join(capsys.readouterr().err.split()) == (
+        f"error: cannot read {image}: permission denied; make it readable")
+
+
 def test_other_os_errors_are_not_taken_for_permission_problems(tmp_path):
     from pipeline.cli import user_errors
 
