@@ -245,14 +245,9 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         # gives the error a clearer message than validate_data's.
         X, y = validate_data(self, X, y, dtype=(np.float32, np.float64),
                              ensure_all_finite=False)
-        self._check_finite(X)
+        check_feature_values(X)
         check_classification_targets(y)
         return X, y
-
-    @staticmethod
-    def _check_finite(X: np.ndarray, where: str = "the features",
-                      rows: np.ndarray | None = None) -> None:
-        check_feature_values(X, where, rows)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> FeatureClassifier:
         """Search the grid by cross-validation on ``(X, y)``, then fit on all of it.
@@ -396,7 +391,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         store_rows = np.flatnonzero(store.split_mask(split))
         if not config.out_of_core:
             X, y = loaded if loaded is not None else store.load(split)
-            self._check_finite(X, str(store.path), store_rows)
+            check_feature_values(X, str(store.path), store_rows)
             return self._fit(X, y, spec, label_names, progress, fold_runner)
         t0 = time.perf_counter()
         y = store.labels[store.split_mask(split)]
@@ -405,7 +400,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
 
         def chunks():
             for rows, X, yc in store.iter_chunks(split):
-                self._check_finite(X, str(store.path), rows)
+                check_feature_values(X, str(store.path), rows)
                 yield X, yc
 
         self.n_features_in_ = store.feature_dim
@@ -426,7 +421,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             )
         X = validate_data(self, X, reset=False, dtype=(np.float32, np.float64),
                           ensure_all_finite=False)
-        self._check_finite(X)
+        check_feature_values(X)
         return X
 
     def describe_features(self) -> str:
