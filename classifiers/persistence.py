@@ -114,7 +114,7 @@ def read_sidecar(path: str | os.PathLike, *, unchecked_way: str = UNCHECKED_JOBL
             return sidecar
         problem = f"not a JSON object (it holds {type(sidecar).__name__})"
     raise UserInputError(f"{side} is damaged: {problem}; retrain the model or restore the "
-                         f".json saved with it")
+                         ".json saved with it")
 
 
 def read_verified(path: str | os.PathLike, *, current_versions: dict[str, str],
