@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import assert_all_finite, check_random_state
+from sklearn.utils import check_random_state
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -75,6 +75,34 @@ def _class_names(classes: np.ndarray, label_names: Sequence[str] | None) -> list
             f"labels 0 to {len(names) - 1}"
         )
     return [str(names[c]) for c in classes]
+
+
+# Above any network activation by orders of magnitude, and below where float32 sums of
+# squares overflow (~1.8e19): values past it are a damaged store (a flipped exponent bit
+# lands near 1e37), and the solvers would return garbage or fail deep inside.
+FEATURE_LIMIT = 1e10
+
+
+def check_feature_values(X: np.ndarray, where: str = "the features",
+                         rows: np.ndarray | None = None) -> None:
+    """Refuse NaN, infinite or absurdly large (> ``FEATURE_LIMIT``) feature values.
+
+    Like scikit-learn's ``check_array`` for NaN and infinity, with the rows named:
+    ``rows`` maps the rows of ``X`` to the numbers shown (a store's row numbers).
+    Checked in blocks of rows, so the memory used stays small whatever the size of ``X``.
+    """
+    bad: list[int] = []
+    for start in range(0, len(X), 4096):
+        peak = np.max(np.abs(X[start:start + 4096]), axis=1, initial=0.0)
+        bad.extend((start + np.flatnonzero(~(peak <= FEATURE_LIMIT))).tolist())
+    if not bad:
+        return
+    shown = np.asarray(bad) if rows is None else np.asarray(rows)[bad]
+    listed = ", ".join(str(r) for r in shown[:5]) + (f" and {len(bad) - 5} more"
+                                                     if len(bad) > 5 else "")
+    raise UserInputError(
+        f"{where}: row(s) {listed} hold NaN, infinite or absurd values (beyond "
+        f"{FEATURE_LIMIT:.0e}); the data is damaged: extract the features again")
 
 
 class FeatureClassifier(ClassifierMixin, BaseEstimator):
@@ -220,17 +248,9 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         # gives the error a clearer message than validate_data's.
         X, y = validate_data(self, X, y, dtype=(np.float32, np.float64),
                              ensure_all_finite=False)
-        self._check_finite(X)
+        check_feature_values(X)
         check_classification_targets(y)
         return X, y
-
-    @staticmethod
-    def _check_finite(X: np.ndarray) -> None:
-        try:
-            assert_all_finite(X)
-        except ValueError:
-            raise UserInputError(
-                "features contain NaN or infinite values; extract them again") from None
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> FeatureClassifier:
         """Search the grid by cross-validation on ``(X, y)``, then fit on all of it.
@@ -371,8 +391,10 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         """
         spec, label_names = store.spec.to_dict(), store.label_names
         config, grid = self._validate_params()
+        store_rows = np.flatnonzero(store.split_mask(split))
         if not config.out_of_core:
             X, y = loaded if loaded is not None else store.load(split)
+            check_feature_values(X, str(store.path), store_rows)
             return self._fit(X, y, spec, label_names, progress, fold_runner)
         t0 = time.perf_counter()
         y = store.labels[store.split_mask(split)]
@@ -380,7 +402,8 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         names = _class_names(np.unique(y), label_names)
 
         def chunks():
-            for _, X, yc in store.iter_chunks(split):
+            for rows, X, yc in store.iter_chunks(split):
+                check_feature_values(X, str(store.path), rows)
                 yield X, yc
 
         self.n_features_in_ = store.feature_dim
@@ -401,7 +424,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             )
         X = validate_data(self, X, reset=False, dtype=(np.float32, np.float64),
                           ensure_all_finite=False)
-        self._check_finite(X)
+        check_feature_values(X)
         return X
 
     def describe_features(self) -> str:

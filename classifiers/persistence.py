@@ -104,7 +104,7 @@ def read_sidecar(path: str | os.PathLike, *, unchecked_way: str = UNCHECKED_JOBL
     Raises
     ------
     UserInputError
-        When the sidecar is missing or is not JSON.
+        When the sidecar is missing or damaged (not UTF-8 JSON, or not a JSON object).
     """
     side = sidecar_path(path)
     if not side.is_file():
@@ -113,9 +113,15 @@ def read_sidecar(path: str | os.PathLike, *, unchecked_way: str = UNCHECKED_JOBL
             f"next to the model, or call {unchecked_way} for a file you trust"
         )
     try:
-        return json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserInputError(f"{side} is not valid JSON ({exc}); retrain or restore it") from exc
+        sidecar = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+        problem = f"not valid JSON ({exc})"
+    else:
+        if isinstance(sidecar, dict):
+            return sidecar
+        problem = f"not a JSON object (it holds {type(sidecar).__name__})"
+    raise UserInputError(f"{side} is damaged: {problem}; retrain the model or restore the "
+                         ".json saved with it")
 
 
 def read_verified(path: str | os.PathLike, *, current_versions: dict[str, str],

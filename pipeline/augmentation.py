@@ -137,6 +137,16 @@ def build_augmentation(config: AugmentationConfig, seed: int = 0):
     return keras.Sequential(stack, name="augmentation")
 
 
+def _free_name(stem: str, taken: set[str]) -> str:
+    """``stem.png``, or ``stem_2.png``... when an original (or earlier copy) has the name."""
+    name, n = f"{stem}.png", 1
+    while name.lower() in taken:
+        n += 1
+        name = f"{stem}_{n}.png"
+    taken.add(name.lower())
+    return name
+
+
 def augment_folder(data: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 1500,
                    config: AugmentationConfig | None = None, seed: int = 42,
                    overwrite: bool = False, link: bool = False,
@@ -159,7 +169,7 @@ def augment_folder(data: str | os.PathLike, out: str | os.PathLike, *, per_class
         Missing or invalid dataset, ``out`` inside ``data`` or already present
         (without ``overwrite``), a bad ``per_class``.
     """
-    from pipeline.datasets import AUGMENT_MANIFEST, discover_images
+    from pipeline.datasets import AUGMENT_MANIFEST, discover_images, read_augment_sources
 
     config = config or AugmentationConfig()
     data, out = Path(data).resolve(), Path(out).resolve()
@@ -194,7 +204,7 @@ def augment_folder(data: str | os.PathLike, out: str | os.PathLike, *, per_class
     augmenter = build_augmentation(config, seed)
     new_staging_dir(staging)
     counts: dict[str, dict[str, int]] = {}
-    copied: dict[Path, str] = {}  # original -> its file name in the output class folder
+    copied: dict[Path, str] = {}  # original -> its path in the output, class/relative path
     sources: dict[str, str] = {}  # augmented copy -> the copied original it was made from
     total = sum(max(per_class, len(v)) for v in by_class.values())
     done = 0
@@ -202,9 +212,14 @@ def augment_folder(data: str | os.PathLike, out: str | os.PathLike, *, per_class
         for name, paths in sorted(by_class.items()):
             target = staging / name
             target.mkdir(parents=True)
+            # Originals keep their sub-folders: any flattening of names could make two
+            # files one. Lower case: one file system may not tell Cat.jpg from cat.jpg.
+            taken = {p.relative_to(data / name).as_posix().lower() for p in paths}
             for path in paths:
-                dest = target / path.relative_to(data / name).as_posix().replace("/", "__")
-                copied[path] = dest.name
+                relative = path.relative_to(data / name)
+                dest = target / relative
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                copied[path] = f"{name}/{relative.as_posix()}"
                 if link:
                     os.link(path, dest)
                 else:
@@ -227,14 +242,19 @@ def augment_folder(data: str | os.PathLike, out: str | os.PathLike, *, per_class
                 batch = pixels[None].astype("float32")
                 augmented = np.asarray(augmenter(batch, training=True))[0]
                 image = Image.fromarray(np.clip(np.rint(augmented), 0, 255).astype(np.uint8))
-                copy_name = f"aug_{k:05d}_{source.stem}.png"
+                copy_name = _free_name(f"aug_{k:05d}_{source.stem}", taken)
                 image.save(target / copy_name)
-                sources[f"{name}/{copy_name}"] = f"{name}/{copied[source]}"
+                sources[f"{name}/{copy_name}"] = copied[source]
                 k += 1
                 done += 1
                 if progress:
                     progress(done, total)
             counts[name] = {"originals": len(paths), "augmented": needed}
+        # Augmenting an augmented folder: its copies stay tied to their sources too.
+        output_of = {p.resolve(): rel for p, rel in copied.items()}
+        for copy, source in read_augment_sources(data).items():
+            if Path(copy) in output_of and Path(source) in output_of:
+                sources[output_of[Path(copy)]] = output_of[Path(source)]
         # Extraction reads this to keep every copy in its source's split (no leakage).
         atomic_write_json(staging / AUGMENT_MANIFEST, {
             "format": "tlearn-augment", "source_dataset": str(data), "seed": seed,

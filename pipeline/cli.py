@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -45,12 +47,34 @@ def _output_options(
     err_console = make_console(stderr=True, no_color=no_color)
 
 
+def _warn(line: str) -> None:
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def _fail(message: str, code: int = 2) -> None:
     # escape: a message may hold brackets (pip install 'tlearn[openvino]') that rich
     # would otherwise take for markup and drop.
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
                       soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _permission_line(exc: OSError) -> str | None:
+    """One line for a path the user cannot read or write (a read-only output folder...).
+
+    Any command can meet one, in any of its writers, so it is said here once. What was
+    being written stays unpublished: writers fill temporary or ``.partial`` files
+    that only a finished run renames into place.
+    """
+    if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not exc.filename:
+        return None
+    path = Path(os.fsdecode(exc.filename))
+    if exc.errno != errno.EROFS and path.exists() and not os.access(path, os.R_OK):
+        return f"cannot read {path}: permission denied; make it readable"
+    folder = path if path.is_dir() else path.parent
+    why = "is on a read-only file system" if exc.errno == errno.EROFS else "is not writable"
+    return (f"cannot write to {folder}: the folder {why}; choose another output folder "
+            "or make it writable")
 
 
 def user_errors(func):
@@ -62,6 +86,11 @@ def user_errors(func):
             return func(*args, **kwargs)
         except UserInputError as exc:
             _fail(str(exc))
+        except OSError as exc:
+            line = _permission_line(exc)
+            if line is None:
+                raise
+            _fail(line)
         except KeyboardInterrupt:
             _fail("interrupted; finished work is saved and a rerun of the same command "
                   "resumes where it stopped", code=130)
@@ -83,6 +112,17 @@ def uses_tensorflow(func):
         return func(*args, **kwargs)
 
     return wrapper
+
+
+# numpy, scikit-learn and Keras seeds are unsigned 32-bit integers
+MAX_SEED = 2**32 - 1
+
+
+def _check_seed(value: int) -> int:
+    # a callback, not min/max: one error line that gives the whole range
+    if not 0 <= value <= MAX_SEED:
+        _fail(f"--seed must be an integer from 0 to {MAX_SEED}, got {value}")
+    return value
 
 
 RUNTIME_HELP = ("What runs the network: tensorflow or openvino [default: openvino where it "
@@ -135,7 +175,8 @@ def extract(
     test_size: Annotated[float, typer.Option(help="Share of each class held out for test.")]
     = DEFAULT_TEST_SIZE,
     val_size: Annotated[float, typer.Option(help="Share of each class for validation.")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed of the split.")] = DEFAULT_SEED,
+    seed: Annotated[int, typer.Option(callback=_check_seed, help="Seed of the split.")]
+    = DEFAULT_SEED,
     workers: Annotated[int, typer.Option(min=1, help="Image decoding threads.")] = 2,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
     engine: EngineOption = "local",
@@ -345,7 +386,7 @@ def train(
     grid: Annotated[str | None, typer.Option(
         help="Comma-separated C values (alpha for sgd) [default: log-spaced].")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="Threads for the search.")] = 1,
-    seed: Annotated[int, typer.Option(help="Seed of the folds.")] = 0,
+    seed: Annotated[int, typer.Option(callback=_check_seed, help="Seed of the folds.")] = 0,
     repeats: Annotated[int, typer.Option(
         min=0, help="Also test on N seeded re-splits of the train+test rows (mean ± std).")]
     = 0,
@@ -386,7 +427,7 @@ def compare(
     from pipeline.workflows import compare_models
 
     pages: list[str] = []
-    rows, md, csv_path = compare_models(paths or [], log=pages.append)
+    rows, md, csv_path = compare_models(paths or [], log=pages.append, warn=_warn)
     _print_rows(rows, "comparison (test split; * = really different from the best, p < 0.05)")
     for row in rows[1:]:
         console.print(f"- {row['vs_best']}", highlight=False)
@@ -412,7 +453,7 @@ def report(
     """
     from pipeline.workflows import write_report_pages
 
-    for path in write_report_pages(datasets or []):
+    for path in write_report_pages(datasets or [], warn=_warn):
         console.print(str(path), highlight=False, soft_wrap=True)
 
 
@@ -426,7 +467,8 @@ def predict(
              "or image files.")],
     out: Annotated[Path | None, typer.Option(
         help="Write one CSV row per image here (streamed; <out>.partial until done) "
-             "instead of printing a table.")] = None,
+             "instead of printing a table. Columns path, label, score, score_kind, top, "
+             "error; top is a JSON list of [label, score] pairs.")] = None,
     top: Annotated[int, typer.Option(help="How many classes to keep per image.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
     = DEFAULT_BATCH_SIZE,
@@ -602,7 +644,8 @@ BatchSize = Annotated[int, typer.Option(min=1, help="Images per training step.")
 ValShare = Annotated[float, typer.Option(
     help="Validation share of the train split (when the store has no val split).")]
 FolderTestSize = Annotated[float, typer.Option(help="Test share, for a dataset folder only.")]
-Seed = Annotated[int, typer.Option(help="Seed of the split, the weights and augmentation.")]
+Seed = Annotated[int, typer.Option(callback=_check_seed,
+                                   help="Seed of the split, the weights and augmentation.")]
 Restart = Annotated[bool, typer.Option("--overwrite",
                                        help="Start again, replacing any model.")]
 
@@ -697,7 +740,8 @@ def augment(
     data: Annotated[Path, typer.Argument(help="Dataset folder (one sub-folder per class).")],
     out: Annotated[Path, typer.Option(help="New folder to write (same layout).")],
     per_class: Annotated[int, typer.Option(help="Images per class after growing.")] = 1500,
-    seed: Annotated[int, typer.Option(help="Seed of the augmentations.")] = 42,
+    seed: Annotated[int, typer.Option(help="Seed of the augmentations.",
+                                      callback=_check_seed)] = 42,
     link: Annotated[bool, typer.Option(help="Hard-link originals instead of copying.")]
     = False,
     rotation: Rotation = 30.0, shift: Shift = 0.1, shear: Shear = 0.2, zoom: Zoom = 0.2,

@@ -67,8 +67,15 @@ class Dataset:
         return {str(n): int(c) for n, c in zip(names, counts, strict=True)}
 
 
+# Folders that tools leave beside data (a zip made on a Mac, Python): never a class nor
+# images, so skipped, and listed with the passed-over files. Other names starting with
+# "__" (e.g. __background__) are ordinary classes; tlearn's own files start with ".".
+TOOL_FOLDERS = {"__MACOSX": "macOS archive metadata, not images",
+                "__pycache__": "Python cache, not images"}
+
+
 def _is_hidden(name: str) -> bool:
-    return name.startswith(".") or name.startswith("__")
+    return name.startswith(".")
 
 
 def walk_images(folder: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
@@ -89,7 +96,9 @@ def walk_images(folder: str | os.PathLike) -> tuple[list[str], list[tuple[str, s
             dirnames[:] = []
             continue
         visited.add((here.st_dev, here.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        ignored += [(os.path.abspath(os.path.join(dirpath, d)), TOOL_FOLDERS[d])
+                    for d in sorted(dirnames) if d in TOOL_FOLDERS]
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d) and d not in TOOL_FOLDERS)
         for name in sorted(filenames):
             if _is_hidden(name):
                 continue
@@ -108,6 +117,9 @@ def _scan_folder(root: Path) -> Dataset:
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if _is_hidden(entry.name):
             continue
+        if entry.name in TOOL_FOLDERS:
+            ignored.append((os.path.abspath(entry.path), TOOL_FOLDERS[entry.name]))
+            continue
         if entry.is_file():
             ignored.append((entry.path, "not inside a class folder"))
             continue
@@ -120,6 +132,12 @@ def _scan_folder(root: Path) -> Dataset:
     return Dataset(paths, classes, str(root.resolve()), ignored)
 
 
+def _nul_byte_message(path: Path, number: int) -> str:
+    # no file name can hold a NUL byte: the CSV is damaged (or not text)
+    return (f"{path}, row {number}: holds a NUL byte, which no path or label can contain; "
+            "fix or remove that row")
+
+
 def _read_csv(path: Path) -> Dataset:
     base = path.resolve().parent
     paths: list[str] = []
@@ -129,15 +147,18 @@ def _read_csv(path: Path) -> Dataset:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserInputError(f"cannot read CSV {path}: {exc}") from exc
+    first = 1  # rows are numbered as in the file, header included
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        rows = rows[1:]
-    for number, row in enumerate(rows, start=1):
+        rows, first = rows[1:], 2
+    for number, row in enumerate(rows, start=first):
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
             raise UserInputError(
                 f"{path}, row {number}: expected 'path,label', got {','.join(row)!r}"
             )
+        if "\0" in row[0] or "\0" in row[1]:
+            raise UserInputError(_nul_byte_message(path, number))
         image = Path(row[0].strip()).expanduser()
         paths.append(str(image if image.is_absolute() else (base / image).resolve()))
         classes.append(row[1].strip())
@@ -233,7 +254,11 @@ class Grouping:
         return line
 
 
-def _read_augment_manifest(root: Path) -> dict[str, str]:
+def read_augment_sources(root: Path) -> dict[str, str]:
+    """Absolute path of each augmented copy under ``root`` -> of its source image.
+
+    From the manifest 'tlearn augment' wrote in ``root`` (empty without one).
+    """
     manifest = root / AUGMENT_MANIFEST
     if not manifest.is_file():
         return {}
@@ -284,7 +309,7 @@ def group_images(dataset: Dataset) -> Grouping:
     augmented = 0
     root = Path(dataset.source)
     if root.is_dir():
-        for copy, source in _read_augment_manifest(root).items():
+        for copy, source in read_augment_sources(root).items():
             if copy in position and source in position:
                 union(position[copy], position[source])
                 augmented += 1
@@ -435,13 +460,17 @@ def _read_path_column(path: Path) -> list[str]:
     base = path.resolve().parent
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = [row for row in csv.reader(f) if row and row[0].strip()]
+            # numbered as in the file, header and blank rows included
+            rows = [(number, row) for number, row in enumerate(csv.reader(f), start=1)
+                    if row and row[0].strip()]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserInputError(f"cannot read CSV {path}: {exc}") from exc
-    if rows and rows[0][0].strip().lower() == "path":
+    if rows and rows[0][1][0].strip().lower() == "path":
         rows = rows[1:]
     out = []
-    for row in rows:
+    for number, row in rows:
+        if "\0" in row[0]:
+            raise UserInputError(_nul_byte_message(path, number))
         image = Path(row[0].strip()).expanduser()
         out.append(str(image if image.is_absolute() else (base / image).resolve()))
     return out

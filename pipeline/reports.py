@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -301,12 +302,26 @@ def _csv_text(rows: list[list[Any]]) -> str:
     return buffer.getvalue()
 
 
-def read_report(directory: str | os.PathLike) -> dict[str, Any] | None:
-    """A report's ``metrics.json`` (with ``report_dir`` added), or None if there is none."""
+def read_report(directory: str | os.PathLike, *,
+                warn: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """A report's ``metrics.json`` (with ``report_dir`` added), or None if there is none.
+
+    A damaged file (not UTF-8 JSON, or not a model's metrics) also gives None, said
+    through ``warn`` when given: one bad report must not stop the others being read.
+    """
     path = Path(directory) / REPORT_FILE
     try:
-        report = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        problem = None if isinstance(report, dict) and isinstance(
+            report.get("test"), dict) else "not a model's metrics"
+    except FileNotFoundError:
+        return None  # written last: a report still being written, or not a report folder
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+        problem = str(exc)
+    if problem is not None:
+        if warn:
+            warn(f"warning: skipped {path}: damaged ({problem}); train that model again "
+                 "with --overwrite, or remove its folder")
         return None
     report["report_dir"] = str(Path(directory))
     return report
@@ -425,12 +440,16 @@ def comparison_row(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def collect_reports(reports_root: str | os.PathLike, *, stores: list[str] | None = None,
-                    models: list[str] | None = None) -> list[dict[str, Any]]:
-    """Reports under ``reports_root``, optionally only those of given stores or model files."""
+                    models: list[str] | None = None,
+                    warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Reports under ``reports_root``, optionally only those of given stores or model files.
+
+    Damaged reports are left out, each said through ``warn`` (see :func:`read_report`).
+    """
     root = Path(reports_root)
     if not root.is_dir():
         return []
-    found = [read_report(d) for d in sorted(p for p in root.iterdir() if p.is_dir())]
+    found = [read_report(d, warn=warn) for d in sorted(p for p in root.iterdir() if p.is_dir())]
     return filter_reports([r for r in found if r is not None], stores=stores, models=models)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,8 +133,11 @@ def _scores_by_chunks(model, store, split: str):
     """Class scores and labels of a split, computed chunk by chunk (bounded memory)."""
     import numpy as np
 
+    from classifiers.estimators import check_feature_values
+
     scores, labels, seconds = [], [], 0.0
-    for _, X, y in store.iter_chunks(split):
+    for rows, X, y in store.iter_chunks(split):
+        check_feature_values(X, str(store.path), rows)  # names the store and its rows
         t0 = time.perf_counter()
         scores.append(model.class_scores(X))
         seconds += time.perf_counter() - t0
@@ -543,11 +547,13 @@ def _evaluate_from_images(model_path: Path, store, split: str, runtime: str | No
 
 
 def compare_models(paths: list[str | Path] | None = None, *,
-                   log: Callable[[str], None] | None = None) -> tuple[list[dict], Path, Path]:
+                   log: Callable[[str], None] | None = None,
+                   warn: Callable[[str], None] | None = None) -> tuple[list[dict], Path, Path]:
     """Rows of the comparison table (best first) and the markdown and CSV files written.
 
     ``paths`` may name stores (``.h5``: their models) or model files (``.joblib``,
     ``.keras``); with none, every report under ``artifacts/reports`` is compared.
+    Damaged reports are skipped, each named through ``warn``.
     """
     from pipeline.report_page import update_dataset_reports
     from pipeline.reports import (
@@ -567,7 +573,7 @@ def compare_models(paths: list[str | Path] | None = None, *,
                                  "(.joblib, .keras)")
     stores = [str(p) for p in paths if p.suffix == ".h5"]
     models = [str(p) for p in paths if p.suffix in (".joblib", ".keras")]
-    everything = collect_reports(reports_dir())
+    everything = collect_reports(reports_dir(), warn=warn)
     reports = filter_reports(everything, stores=stores, models=models)
     if stores or models:
         # stage 3 models trained on the same data are listed beside the linear classifiers
@@ -586,10 +592,12 @@ def compare_models(paths: list[str | Path] | None = None, *,
     return rows, md, csv_path
 
 
-def write_report_pages(datasets: list[str] | None = None) -> list[Path]:
+def write_report_pages(datasets: list[str] | None = None, *,
+                       warn: Callable[[str], None] | None = None) -> list[Path]:
     """Write the visual report page of each dataset (every dataset with reports if none).
 
-    Returns the ``artifacts/reports/<dataset>/index.html`` paths written.
+    Returns the ``artifacts/reports/<dataset>/index.html`` paths written. Damaged
+    reports are skipped, each named through ``warn``.
 
     Raises
     ------
@@ -599,7 +607,7 @@ def write_report_pages(datasets: list[str] | None = None) -> list[Path]:
     from pipeline.report_page import dataset_names, write_dataset_report
     from pipeline.reports import collect_reports
 
-    reports = collect_reports(reports_dir())
+    reports = collect_reports(reports_dir(), warn=warn)
     if not reports:
         raise UserInputError(f"no model reports under {reports_dir()}; train a classifier "
                              "first ('tlearn train STORE')")
@@ -651,6 +659,16 @@ class PredictionReport:
 PREDICTION_COLUMNS = ("path", "label", "score", "score_kind", "top", "error")
 
 
+def top_cell(top: list[tuple[str, float]]) -> str:
+    """The ``top`` column of ``predict --out``: a JSON list of ``[label, score]`` pairs.
+
+    JSON, not ``label:score;...``: labels are folder names, which may hold ``;``, ``:``
+    or ``,``, and ``json.loads`` reads any of them back exactly.
+    """
+    return json.dumps([[label, float(f"{score:.6g}")] for label, score in top],
+                      ensure_ascii=False)
+
+
 def write_predictions(model_path: str | Path, images: list[str | Path], out: str | Path, *,
                       top: int = 1, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 2,
                       overwrite: bool = False, progress: ProgressCallback | None = None,
@@ -659,7 +677,7 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
     """Classify a folder, a CSV of paths or files, writing one CSV row per image as it goes.
 
     Rows (``path, label, score, score_kind, top, error``; ``score_kind`` is
-    ``probability`` or ``margin``; ``top`` as ``label:score`` pairs joined by ``;``)
+    ``probability`` or ``margin``; ``top`` as in :func:`top_cell`)
     are written in input order to ``<out>.partial``, which is renamed to ``out`` only
     when every image is done: a file at ``out`` is always complete.
     Memory stays bounded by a few batches, whatever the number of images. ``runtime``
@@ -700,8 +718,7 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
                     writer.writerow([r["path"], "", "", "", "", r["error"]])
                 else:
                     writer.writerow([r["path"], r["label"], f"{r['score']:.6g}",
-                                     r["score_kind"],
-                                     ";".join(f"{lbl}:{s:.6g}" for lbl, s in r["top"]), ""])
+                                     r["score_kind"], top_cell(r["top"]), ""])
                 if progress and (n % batch_size == 0 or n == len(paths)):
                     f.flush()
                     progress(n, len(paths))

@@ -1,4 +1,5 @@
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +165,40 @@ def test_overwrite_never_deletes_a_folder_augment_did_not_make(tmp_path):
     (tmp_path / "empty").mkdir()
     augment_folder(data, tmp_path / "empty", per_class=3)
     assert not any(p.name == ".tlearn-staging" for p in (tmp_path / "empty").rglob("*"))
+
+
+def test_originals_whose_flattened_names_would_clash_are_all_kept(tmp_path):
+    from tests.conftest import write_image
+
+    data = make_image_folder(tmp_path / "d", per_class=2)
+    write_image(data / "cat" / "x__y.jpg", (200, 10, 10), seed=1)
+    write_image(data / "cat" / "x" / "y.jpg", (10, 10, 200), seed=2)
+    # named like the copy (k=1) augment makes of cat_000.jpg: must not be overwritten by it
+    write_image(data / "cat" / "aug_00001_cat_000.png", (10, 200, 10), seed=3)
+    before = _digest(data)
+    counts = augment_folder(data, tmp_path / "out", per_class=8, seed=1)
+    assert counts["cat"] == {"originals": 5, "augmented": 3}
+    after = _digest(tmp_path / "out")
+    for name in ("cat/x__y.jpg", "cat/x/y.jpg", "cat/aug_00001_cat_000.png"):
+        assert after[name] == before[name], name
+    assert discover_images(tmp_path / "out").class_counts() == {"cat": 8, "dog": 8}
+
+
+def test_augmenting_an_augmented_folder_keeps_every_copy_with_its_source(tmp_path):
+    from pipeline.datasets import group_images, read_augment_sources
+
+    data = make_image_folder(tmp_path / "d", per_class=2)
+    augment_folder(data, tmp_path / "a", per_class=4, seed=1)
+    augment_folder(tmp_path / "a", tmp_path / "b", per_class=6, seed=2)
+    first = read_augment_sources(tmp_path / "a")
+    again = read_augment_sources(tmp_path / "b")
+    b = tmp_path.resolve() / "b"
+    for copy, source in first.items():  # a's copies, now originals of b, keep their source
+        moved = lambda p: str(b / Path(p).relative_to(tmp_path.resolve() / "a"))  # noqa: E731
+        assert again[moved(copy)] == moved(source)
+    dataset = discover_images(b)
+    groups = dict(zip(dataset.paths, group_images(dataset).groups, strict=True))
+    for copy, source in again.items():
+        assert groups[copy] == groups[source], copy
+    # two originals per class: every image of b is in one of their two groups
+    assert len(set(groups.values())) == 4

@@ -362,3 +362,154 @@ def test_no_color_gives_progress_lines_even_in_a_terminal():
     lines = out.getvalue().splitlines()
     assert lines[0] == "extract x: 0/10 img (0%)" and len(lines) == 11
     assert lines[-1].startswith("extract x: 10/10 img (100%) in ")
+
+
+@pytest.mark.parametrize("damage", [b"[1,2]", b"null", b'{"model": "x"}', b"\xff\xfe{}"])
+def test_a_damaged_metrics_json_is_skipped_with_one_warning(trained, artifacts, damage):
+    bad = artifacts / "reports" / "pets__vgg16__avg__broken" / "metrics.json"
+    bad.parent.mkdir()
+    bad.write_bytes(damage)
+    for argv in (["compare"], ["report"]):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0, (argv, result.output)
+        warnings = [ln for ln in result.output.splitlines() if ln.startswith("warning:")]
+        assert len(warnings) == 1 and f"skipped {bad}: damaged" in warnings[0], result.output
+        assert "Traceback" not in result.output
+    assert "pets__vgg16__avg__logreg" in runner.invoke(app, ["compare"]).output
+
+
+def _unshare_works() -> bool:
+    import shutil
+    import subprocess
+
+    return bool(shutil.which("unshare")) and subprocess.run(
+        ["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+def run_with_read_only_folder(folder, argv):
+    """Run the CLI in a subprocess that sees ``folder`` mounted read-only (EROFS).
+
+    A private mount namespace (unshare -rm) changes nothing outside the subprocess, and
+    works for root too, whom a chmod would not stop.
+    """
+    import subprocess
+    import sys
+
+    script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"'
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, str(folder), sys.executable, "-c",
+         "from pipeline.cli import main; main()", *map(str, argv)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+
+
+needs_unshare = pytest.mark.skipif(not _unshare_works(),
+                                   reason="unshare -rm (user and mount namespaces) is not "
+                                          "allowed here")
+
+
+def _one_line_about(result, folder):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write to "), result.stderr
+    assert f"{folder}: the folder is on a read-only file system" in lines[0]
+
+
+@pytest.mark.slow
+@needs_unshare
+def test_read_only_output_folders_give_one_line_and_nothing_half_written(trained, tmp_path):
+    _, model, data = trained
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    cases = [
+        ["predict", model, data / "cat" / "cat_000.jpg", "--out", ro / "p.csv"],
+        ["export", model, "--out", ro / "exported", "--format", "onnx"],
+        ["augment", data, "--out", ro / "grown", "--per-class", "10"],
+        ["datasets", "digits", "--dest", ro / "digits"],
+    ]
+    for argv in cases:
+        _one_line_about(run_with_read_only_folder(ro, argv), ro)
+    assert list(ro.iterdir()) == []
+
+
+@pytest.mark.slow
+@needs_unshare
+def test_train_into_a_read_only_reports_folder_then_again_when_writable(trained, artifacts):
+    store = trained[0]
+    reports = artifacts / "reports"
+    argv = ["train", store, "--classifier", "ovr", "--cv", "2"]
+    _one_line_about(run_with_read_only_folder(reports, argv), reports)
+    # the model was saved before its report; a rerun finishes the report, no --overwrite
+    again = runner.invoke(app, [str(a) for a in argv])
+    assert again.exit_code == 0, again.output
+    assert (reports / "pets__vgg16__avg__ovr" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("command", ["extract", "train", "finetune", "scratch", "augment"])
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_every_seed_option_gives_its_range_in_one_line(tmp_path, command, seed):
+    argv = [command, str(tmp_path / "data"), "--seed", seed]
+    if command == "augment":
+        argv += ["--out", str(tmp_path / "out")]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    assert f"--seed must be an integer from 0 to 4294967295, got {seed}" in _one_error_line(
+        result)
+    assert not (tmp_path / "out").exists()
+
+
+
+@pytest.mark.parametrize("code,why", [(13, "is not writable"),
+                                      (30, "is on a read-only file system")])
+def test_a_permission_error_names_the_folder_in_one_line(tmp_path, capsys, code, why):
+    """EACCES as root cannot be made real here (root writes anywhere): raised by hand."""
+    import os
+
+    import typer
+
+    from pipeline.cli import user_errors
+
+    @user_errors
+    def writes():
+        raise OSError(code, os.strerror(code), str(tmp_path / "out" / ".model.tmp"))
+
+    with pytest.raises(typer.Exit) as raised:
+        writes()
+    assert raised.value.exit_code == 2
+    assert " ".join(capsys.readouterr().err.split()) == (
+        f"error: cannot write to {tmp_path / 'out'}: the folder {why}; choose another "
+        "output folder or make it writable")
+
+
+def test_an_unreadable_input_is_not_called_an_unwritable_folder(tmp_path, capsys,
+                                                               monkeypatch):
+    import os
+
+    import typer
+
+    from pipeline.cli import user_errors
+
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(b"x")
+    # root reads anything: os.access stands in for a file another user keeps to himself
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+
+    @user_errors
+    def reads():
+        raise PermissionError(13, "Permission denied", str(image))
+
+    with pytest.raises(typer.Exit):
+        reads()
+    assert " ".join(capsys.readouterr().err.split()) == (
+        f"error: cannot read {image}: permission denied; make it readable")
+
+
+def test_other_os_errors_are_not_taken_for_permission_problems(tmp_path):
+    from pipeline.cli import user_errors
+
+    @user_errors
+    def fails():
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "x"))
+
+    with pytest.raises(FileNotFoundError):
+        fails()

@@ -7,6 +7,7 @@ from pipeline.datasets import (
     TRAIN,
     VAL,
     discover_images,
+    images_to_predict,
     load_dataset,
     source_dataset_name,
     stratified_split,
@@ -139,3 +140,31 @@ def test_the_dataset_of_a_store_does_not_depend_on_its_csv_still_being_there(tmp
     folder = tmp_path / "photos.v2"
     folder.mkdir()
     assert source_dataset_name(str(folder), "x") == "photos.v2"
+
+
+@pytest.mark.parametrize("row", ["dog/dog\0_000.jpg,dog", "dog/dog_000.jpg,d\0g"])
+def test_a_nul_byte_in_a_csv_row_is_named_in_one_error(tmp_path, row):
+    make_image_folder(tmp_path / "d", per_class=2)
+    csv = tmp_path / "d" / "list.csv"
+    csv.write_text(f"path,label\ncat/cat_000.jpg,cat\n{row}\n")
+    with pytest.raises(UserInputError, match=r"list\.csv, row 3: holds a NUL byte"):
+        discover_images(csv)
+
+
+def test_double_underscore_folders_are_classes_and_tool_folders_are_said(tmp_path):
+    root = make_image_folder(tmp_path / "d", classes=("__background__", "cat"), per_class=2)
+    write_image(root / "__MACOSX" / "cat" / "._cat_000.jpg", (1, 2, 3))
+    write_image(root / "cat" / "__pycache__" / "x.jpg", (1, 2, 3))
+    ds = discover_images(root)
+    assert ds.label_names == ["__background__", "cat"]
+    assert len(ds.paths) == 4
+    assert sorted(ds.ignored) == [
+        (str(root / "__MACOSX"), "macOS archive metadata, not images"),
+        (str(root / "cat" / "__pycache__"), "Python cache, not images")]
+
+
+def test_a_nul_byte_in_the_path_column_of_a_csv_to_predict_is_named(tmp_path):
+    csv = tmp_path / "todo.csv"
+    csv.write_text("path\na.jpg\n\nb\0.jpg\n")
+    with pytest.raises(UserInputError, match=r"todo\.csv, row 4: holds a NUL byte"):
+        images_to_predict([csv])

@@ -196,6 +196,8 @@ def test_platt_scaled_svm_probabilities_are_monotone_in_the_margin():
 class ArrayStore:
     """What :meth:`FeatureClassifier.fit_store` reads from a feature store, over arrays."""
 
+    path = "features/pets.h5"
+
     def __init__(self, X, y, label_names):
         self.X, self.labels, self.label_names = X, y, label_names
         self.feature_dim = X.shape[1]
@@ -447,3 +449,33 @@ def test_the_ovr_scale_comes_from_the_search_folds_held_out_margins():
     expected = fit_margin_scale(np.concatenate(margins), np.concatenate(truth))
     # the same fits up to the solver's tolerance
     assert model.estimator_.scale_ == pytest.approx(expected, rel=1e-3)
+
+
+def _flip_exponent_bit(X, row, col):
+    """A cosmic-ray bit flip: the top exponent bit of one float32 value."""
+    X[row, col] = 0.5
+    X.view(np.uint32)[row, col] ^= np.uint32(1 << 30)
+
+
+@pytest.mark.parametrize("kind", list(CLASSIFIERS))
+@pytest.mark.parametrize("damage", ["1e20", "bit flip", "nan", "inf"])
+def test_damaged_store_values_are_refused_naming_the_store_and_rows(kind, damage):
+    X, y = overlapping_classes(150, seed=1)
+    X = X.astype(np.float32)
+    test = np.arange(len(y)) % 3 == 0
+    # store rows 7 and 40 are train rows (7 % 3, 40 % 3 != 0); row 9 is a test row
+    for row in (7, 40, 9):
+        if damage == "bit flip":
+            _flip_exponent_bit(X, row, 2)
+        else:
+            X[row, 2] = float(damage)
+    with pytest.raises(UserInputError, match=r"features/pets\.h5: row\(s\) 7, 40 hold NaN, "
+                                             r"infinite or absurd values.*extract the features"):
+        FeatureClassifier(kind=kind, cv=2).fit_store(SplitStore(X, y, list("abcde"), test))
+
+
+@pytest.mark.parametrize("kind", ["logreg", "ovr"])
+def test_large_but_plausible_features_still_train(kind):
+    X, y = overlapping_classes(150, seed=1)
+    model = FeatureClassifier(kind=kind, cv=2).fit(X * 1e6, y)
+    assert model.score(X * 1e6, y) > 0.5

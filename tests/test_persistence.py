@@ -156,3 +156,12 @@ def test_a_file_that_is_no_model_is_named_for_what_it_is(tmp_path):
         with pytest.raises(UserInputError, match=re.escape(what)) as caught:
             load_classifier(path)
         assert "verify=False" not in str(caught.value)
+
+
+@pytest.mark.parametrize("damage", [b"\xff\xfe not utf-8", b"[1,2]", b"null", b"{"])
+def test_a_damaged_sidecar_is_named_in_one_error(tmp_path, fitted, damage):
+    path = save_classifier(fitted[0], tmp_path / "m.joblib")
+    sidecar_path(path).write_bytes(damage)
+    with pytest.raises(UserInputError, match=r"m\.json is damaged: .*retrain the model or "
+                                             r"restore the \.json"):
+        load_classifier(path)

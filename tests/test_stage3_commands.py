@@ -132,3 +132,27 @@ def test_store_extracted_again_with_another_split_is_not_reused(tmp_path, artifa
     extract_dataset(data, **TINY_EXTRACT, seed=1, overwrite=True)
     with pytest.raises(UserInputError, match="trained with other settings or data"):
         train_from_scratch(store, **kwargs)  # not "up to date": the model saw other images
+
+
+@pytest.mark.parametrize("command,option,value", [
+    (finetune, "warmup_lr", -1e-3), (finetune, "finetune_lr", -1.0),
+    (finetune, "finetune_lr", 0.0), (finetune, "warmup_lr", float("nan")),
+    (train_from_scratch, "learning_rate", -0.01), (train_from_scratch, "learning_rate", 0.0),
+    (finetune, "batch_size", 0), (train_from_scratch, "patience", -1),
+])
+def test_learning_rates_and_counts_are_checked_before_any_work(tmp_path, artifacts, command,
+                                                               option, value):
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(UserInputError, match=rf"^{flag} must be .*got {value}$"):
+        command(tmp_path / "no-such-folder", **{option: value})
+    assert not artifacts.exists()
+
+
+@pytest.mark.parametrize("damage", [b"[1,2]", b"null", b"\xff\xfe{}", b"{"])
+def test_a_damaged_stage3_sidecar_reads_as_no_record(tmp_path, damage):
+    """Then the model counts as not up to date (no traceback from .get on a list)."""
+    from pipeline.stage3.commands import _read_json
+
+    side = tmp_path / "m.json"
+    side.write_bytes(damage)
+    assert _read_json(side) == {}

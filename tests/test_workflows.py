@@ -279,7 +279,7 @@ def test_predict_a_folder_to_csv_streamed_in_batches(tmp_path, store, monkeypatc
     broken = [r for r in rows if r["error"]]
     assert len(broken) == 1 and broken[0]["path"].endswith("broken.jpg")
     good = [r for r in rows if not r["error"]]
-    assert all(r["label"] in {"red", "green", "blue"} and len(r["top"].split(";")) == 2
+    assert all(r["label"] in {"red", "green", "blue"} and len(json.loads(r["top"])) == 2
                for r in good)
     assert {r["score_kind"] for r in good} == {"probability"}
     for r in good:  # the label matches the class folder the image was copied from
@@ -408,3 +408,39 @@ def test_extraction_and_classifier_rates_reach_compare(store):
     assert result.exit_code == 0, result.output
     assert "images/s" in result.output
     assert f"Recommended: {report['model']}" in " ".join(result.output.split())
+
+
+def test_the_top_column_reads_back_whatever_the_labels_hold(tmp_path):
+    import csv
+
+    from pipeline.workflows import write_predictions
+    from tests.conftest import save_stage3_model, write_image
+
+    labels = ['a;b', 'c:d', 'e,"f"', "[g]", "h\\i", "ünï"]
+    model = save_stage3_model(tmp_path / "awkward.keras", labels)
+    images = [write_image(tmp_path / f"img{i}.png", (40 * i, 90, 200), seed=i) for i in range(3)]
+    out = tmp_path / "pred.csv"
+    write_predictions(model, images, out, top=len(labels))
+    expected = {r["path"]: r["top"] for r in predict_files(model, images, top=len(labels))}
+    rows = list(csv.DictReader(out.open(encoding="utf-8", newline="")))
+    assert len(rows) == 3
+    for row in rows:
+        top = json.loads(row["top"])
+        assert sorted(label for label, _ in top) == sorted(labels)
+        assert top[0][0] == row["label"]
+        assert [label for label, _ in top] == [label for label, _ in expected[row["path"]]]
+        assert [s for _, s in top] == pytest.approx([s for _, s in expected[row["path"]]],
+                                                    rel=1e-5)
+
+
+def test_a_damaged_test_row_is_named_with_its_store(store, artifacts):
+    import h5py
+
+    store_path, _ = store
+    with FeatureStore(store_path) as opened:
+        row = int(np.flatnonzero(opened.split_mask("test"))[0])
+    with h5py.File(store_path, "r+") as f:  # a flipped exponent bit, as on a failing disk
+        f["features"][row, 0] = np.float32(3e37)
+    with pytest.raises(UserInputError, match=rf"{store_path.name}: row\(s\) {row} hold NaN, "
+                                             "infinite or absurd values"):
+        train_store(store_path, classifier="logreg", cv=2)

@@ -10,6 +10,7 @@ with the same settings report "up to date".
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -64,11 +65,28 @@ def run_key(settings: dict[str, Any], images: SplitImages) -> str:
                          "source": images.source})
 
 
+def _check_training_numbers(*, batch_size: int, patience: int, **rates: float) -> None:
+    """Refuse learning rates that are not positive and finite, before any work.
+
+    A negative rate trains uphill and NaN trains nothing, both without a word from Keras.
+    """
+    for name, rate in rates.items():
+        if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+            raise UserInputError(f"--{name.replace('_', '-')} must be a positive number "
+                                 f"(e.g. 1e-3), got {rate}")
+    if batch_size < 1:
+        raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
+    if patience < 0:
+        raise UserInputError(f"--patience must be 0 or more epochs, got {patience}")
+
+
 def _read_json(path: Path) -> dict:
+    """The JSON object in ``path``; ``{}`` when missing or damaged (then it is not up to date)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: bad JSON or bad UTF-8
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Callable[[], Any],
@@ -224,6 +242,8 @@ def finetune(source: str | os.PathLike, *, backbone: str | None = None,
         raise UserInputError(f"unknown optimizer {optimizer!r}; choose sgd or adam")
     if warmup_epochs < 0 or finetune_epochs < 0 or warmup_epochs + finetune_epochs == 0:
         raise UserInputError("epochs must be >= 0 and at least one phase must have epochs")
+    _check_training_numbers(warmup_lr=warmup_lr, finetune_lr=finetune_lr,
+                            batch_size=batch_size, patience=patience)
     store_attrs: dict = {}
     if Path(source).suffix == ".h5":
         with FeatureStore(source) as store:
@@ -291,6 +311,8 @@ def train_from_scratch(source: str | os.PathLike, *, input_size: int = 64, epoch
         raise UserInputError(f"--epochs must be at least 1, got {epochs}")
     if input_size < 8:
         raise UserInputError(f"--input-size must be at least 8 for MiniVGGNet, got {input_size}")
+    _check_training_numbers(learning_rate=learning_rate, batch_size=batch_size,
+                            patience=patience)
     augmentation = augmentation or AugmentationConfig()
     images = load_split_images(source, test_size=test_size, val_share=val_share, seed=seed)
 
