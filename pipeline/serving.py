@@ -489,8 +489,8 @@ def request_deadline_protocol(timeout: float) -> type:
             self._arm()
 
         def on_response_complete(self) -> None:
+            self._arm()  # before: a pipelined request started by super() disarms it
             super().on_response_complete()
-            self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._deadline is not None:
