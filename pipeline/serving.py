@@ -241,28 +241,35 @@ def parse_multipart(body: bytes, content_type: str, *, max_files: int = 1 << 30,
 
 
 def decode_uploads(files: list[tuple[str, bytearray]], size: int, max_pixels: int,
-                   budget: int | None = None) -> tuple[list[tuple[int, np.ndarray]], list[dict]]:
+                   budget: int | None = None, heavy: threading.Semaphore | None = None
+                   ) -> tuple[list[tuple[int, np.ndarray]], list[dict]]:
     """Decode uploaded images (in a worker thread, off the event loop).
 
     ``budget`` caps the pixels decoded for the whole request, counted from each
     image's header (after JPEG's reduced-scale draft) before it is decoded: an
     image that would overspend it is refused undecoded, so a request of huge
-    images costs header reads, not seconds of CPU.
+    images costs header reads, not seconds of CPU. An image of over
+    :data:`HEAVY_DECODE_PIXELS` decodes only while it holds ``heavy``: large
+    decodes take turns, small ones never wait behind them.
 
     Returns ``(index in files, pixels)`` of every usable image and one
     ``{"index", "filename", "error"}`` for each refused one.
     """
     images, errors = [], []
     left = math.inf if budget is None else budget
+    holding = False
 
     def charge(width: int, height: int) -> None:
-        nonlocal left
+        nonlocal left, holding
         if width * height > left:
             raise ImageDecodeError(name, (
                 f"refused: decoding {width}x{height} pixels would exceed this request's "
                 f"budget of {budget:,} decoded pixels; send large images in separate "
                 "requests or smaller"))
         left -= width * height
+        if heavy is not None and width * height > HEAVY_DECODE_PIXELS:
+            heavy.acquire()
+            holding = True
 
     for index, (name, data) in enumerate(files):
         try:
@@ -270,6 +277,10 @@ def decode_uploads(files: list[tuple[str, bytearray]], size: int, max_pixels: in
                                                on_size=charge)))
         except ImageDecodeError as exc:
             errors.append({"index": index, "filename": name, "error": exc.reason})
+        finally:
+            if holding:
+                heavy.release()
+                holding = False
     return images, errors
 
 
@@ -282,6 +293,9 @@ SERVE_MAX_PIXELS = 50_000_000
 # this budget admits 16 phone photos or a 300 dpi A4 scan per request, while a
 # 49-megapixel PNG (over a second of CPU) is refused before it is decoded.
 SERVE_MAX_REQUEST_PIXELS = 24_000_000
+# Images decoding more pixels than this (a 4-megapixel PNG: tens of milliseconds and
+# up) take turns (``decode_workers`` at once); smaller ones decode at once.
+HEAVY_DECODE_PIXELS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -302,7 +316,9 @@ class ServeLimits:
     max_queued : int
         Most images waiting for the model; beyond, requests get 503 with Retry-After.
     decode_workers : int
-        Threads decoding uploads (off the event loop, so /health stays responsive).
+        Large images (over :data:`HEAVY_DECODE_PIXELS`) decoded at once. Every admitted
+        upload has its own decoding thread (off the event loop, so /health stays
+        responsive), so a small image never waits behind large ones.
     max_uploads : int
         Uploads read and decoded at once; the others wait for a slot holding no body,
         so upload memory stays under about ``max_uploads * max_upload_bytes``.
@@ -333,8 +349,10 @@ def create_app(model: ImageClassifier, limits: ServeLimits | None = None, *,
     model.warm_up(max_batch)
     batcher = MicroBatcher(model, max_batch=max_batch, max_queued=limits.max_queued,
                            batching=batching)
-    decoders = ThreadPoolExecutor(max_workers=limits.decode_workers,
+    # One thread per upload slot: an admitted upload never queues for a thread.
+    decoders = ThreadPoolExecutor(max_workers=limits.max_uploads,
                                   thread_name_prefix="tlearn-upload-decode")
+    heavy = threading.Semaphore(limits.decode_workers)
     uploads = asyncio.Semaphore(limits.max_uploads)
     app = FastAPI(title="tlearn", version="1",
                   description=f"Image classification with {model.name}")
@@ -388,7 +406,7 @@ def create_app(model: ImageClassifier, limits: ServeLimits | None = None, *,
             names = [name for name, _ in files]
             decoded, errors = await loop.run_in_executor(
                 decoders, decode_uploads, files, model.input_size, limits.max_pixels,
-                limits.max_request_pixels)
+                limits.max_request_pixels, heavy)
             del files
         finally:
             uploads.release()

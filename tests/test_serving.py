@@ -515,3 +515,51 @@ def test_a_client_leaving_mid_upload_logs_one_line_not_a_traceback(live_server):
         logger.setLevel(level)
     assert len(records) == 3 and not any(r.exc_info for r in records), records
     assert all("left before its upload ended" in r.getMessage() for r in records)
+
+
+def test_a_small_image_never_waits_behind_large_decodes(live_server, monkeypatch):
+    import threading
+
+    import httpx
+
+    import pipeline.serving as serving
+
+    real_decode = serving.decode_image
+    release, lock = threading.Event(), threading.Lock()
+    large, most = [0], [0]
+
+    def held_decode(data, *args, on_size, **kwargs):
+        def size_then_hold(width, height):
+            on_size(width, height)  # takes a turn for large images
+            if width * height > serving.HEAVY_DECODE_PIXELS:
+                with lock:
+                    large[0] += 1
+                    most[0] = max(most[0], large[0])
+                release.wait(60)  # a long decode, held until the small image is answered
+                with lock:
+                    large[0] -= 1
+        return real_decode(data, *args, on_size=size_then_hold, **kwargs)
+
+    monkeypatch.setattr(serving, "decode_image", held_decode)
+    base = live_server(create_app(_toy_model(), ServeLimits(max_pixels=10_000_000,
+                                                            decode_workers=2)))
+    big = [("files", ("big.png", _png(size=(2100, 2100)), "image/png"))]
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(
+        httpx.post(f"{base}/predict", files=big, timeout=90).status_code)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(600):  # until two large decodes hold their turns
+            if large[0] == 2:
+                break
+            threading.Event().wait(0.05)
+        assert large[0] == 2
+        small = httpx.post(f"{base}/predict", files=[("files", ("s.png", _png(), "image/png"))],
+                           timeout=30)
+        assert small.status_code == 200 and not release.is_set() and large[0] == 2
+    finally:
+        release.set()
+        for t in threads:
+            t.join(60)
+    assert answers == [200, 200, 200] and most[0] == 2  # the third large one took its turn
