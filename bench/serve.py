@@ -13,6 +13,21 @@ refused with 503 (the bounded queue), and the server's resident memory before an
 after the whole load (growth means a leak). Prints a table and writes
 ``bench/results/serve.json`` with the CPU model and its instruction-set flags.
 Run: ``.venv/bin/python bench/serve.py [--requests 96] [--runtimes tensorflow,openvino]``.
+
+``--attacks`` instead measures the server under hostile load (loopback only, every
+loop bounded), with a logreg on efficientnet_lite0 features of 12 animals per class:
+
+* memory: the server's resident memory before, at the peak of, and after 100 uploads
+  that send all but the last KB of a 20 MB body and hold the connection;
+* slow sockets: 400 connections that send half a request line and hold it; how many
+  the server closed, and when, against its body timeout;
+* CPU: four concurrent requests of 16 PNGs of 7000x7000 pixels each, and the latency
+  of normal one-image requests sent while they run; then the same with 4898x4898 PNGs,
+  the largest that fit the default per-request pixel budget (one decoded per request).
+
+``--baseline DIR`` runs the same attacks against the code in DIR too (e.g. an earlier
+commit unpacked with ``git archive``), so both lines come from one machine and run.
+Writes ``bench/results/serve_attacks.json``.
 """
 
 from __future__ import annotations
@@ -125,14 +140,218 @@ def wait_healthy(port: int, seconds: float = 180) -> None:
     raise RuntimeError("server did not start")
 
 
-def run_variant(model: Path, runtime: str, batching: bool, images: list[Path], args) -> dict:
+def start_server(model: Path, code: Path, extra: list[str] | None = None
+                 ) -> tuple[subprocess.Popen, int]:
+    """``tlearn serve`` of ``model`` with the code in ``code``, once it answers /health."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "serve", str(model), "--port", str(port),
-         "--runtime", runtime, "--batching" if batching else "--no-batching"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         *(extra or [])], cwd=code, env={**os.environ, "PYTHONPATH": str(code)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_healthy(port)
+    except BaseException:
+        server.kill()
+        raise
+    return server, port
+
+
+def held_uploads(port: int, pid: int, count: int, hold: float) -> dict:
+    """``count`` uploads each send all but the last KB of a 20 MB body, then hold.
+
+    Each connection is held until the server closes it or ``hold`` seconds pass.
+    Reports the server's memory before, at the peak, and after all are closed.
+    """
+    size = 20 * 2**20 - 4096  # under the default limit, so none is refused up front
+    boundary = "B" * 16
+    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+            f"boundary={boundary}\r\nContent-Length: {size}\r\n\r\n--{boundary}\r\n"
+            "Content-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n")
+    body = memoryview(head.encode() + b"\0" * (size - 1024 - len(head)))  # one shared copy
+    dropped_after: list[float] = []
+    lock = threading.Lock()
+    t0 = time.perf_counter()
+
+    def hold_one() -> None:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.settimeout(hold)
+        try:
+            sock.sendall(body)
+            while sock.recv(65536):
+                pass
+            with lock:
+                dropped_after.append(time.perf_counter() - t0)
+        except TimeoutError:
+            pass  # still held by the server at the end of the hold
+        except OSError:  # reset by the server while sending
+            with lock:
+                dropped_after.append(time.perf_counter() - t0)
+        finally:
+            sock.close()
+
+    before = rss_mb(pid)
+    threads = [threading.Thread(target=hold_one) for _ in range(count)]
+    for t in threads:
+        t.start()
+    peak = before
+    while any(t.is_alive() for t in threads):
+        peak = max(peak, rss_mb(pid))
+        time.sleep(0.25)
+    time.sleep(2)
+    return {"connections": count, "body_mb": size / 2**20, "hold_limit_s": hold,
+            "rss_mb_before": before, "rss_mb_peak": peak, "rss_mb_after": rss_mb(pid),
+            "dropped_by_server": len(dropped_after),
+            "last_dropped_after_s": max(dropped_after, default=None)}
+
+
+def slow_sockets(port: int, count: int, hold: float) -> dict:
+    """``count`` connections send half a request line and wait for the server to close them."""
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    t0 = time.perf_counter()
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHo")
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+    closed_after = []
+    deadline = t0 + hold
+    while selector.get_map() and time.perf_counter() < deadline:
+        for key, _ in selector.select(timeout=0.5):
+            try:
+                data = key.fileobj.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                closed_after.append(time.perf_counter() - t0)
+                selector.unregister(key.fileobj)
+                key.fileobj.close()
+    for key in list(selector.get_map().values()):
+        key.fileobj.close()
+    selector.close()
+    return {"connections": count, "hold_limit_s": hold, "dropped_by_server": len(closed_after),
+            "last_dropped_after_s": max(closed_after, default=None)}
+
+
+def big_png_flood(port: int, normal: tuple[bytes, str], requests: int, images: int,
+                  side: int, probes: int) -> dict:
+    """``requests`` concurrent requests of ``images`` PNGs of side x side pixels, and
+    ``probes`` normal requests sent one after another while they run."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 30, 30)).save(buf, format="PNG")
+    flood = multipart([(f"big{i}.png", buf.getvalue()) for i in range(images)])
+    attacks: list[tuple[int, float]] = []
+
+    def answered(payload) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        try:
+            return one_request(port, payload)
+        except OSError:  # no answer within one_request's timeout: status 0
+            return 0, time.perf_counter() - t0
+
+    threads = [threading.Thread(target=lambda: attacks.append(answered(flood)))
+               for _ in range(requests)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # the flood is being read and decoded
+    latencies = []
+    for _ in range(probes):
+        status, seconds = answered(normal)
+        latencies.append({"status": status, "seconds": seconds})
+    for t in threads:
+        t.join()
+    return {"attack_requests": requests, "images_per_request": images, "side": side,
+            "upload_mb": requests * len(flood[0]) / 2**20,
+            "attack_statuses": sorted(status for status, _ in attacks),
+            "attack_seconds_max": max(seconds for _, seconds in attacks),
+            "normal_requests": latencies,
+            "normal_seconds_max": max(p["seconds"] for p in latencies)}
+
+
+def run_attacks(model: Path, code: Path, normal_image: Path, args) -> dict:
+    normal = multipart([(normal_image.name, normal_image.read_bytes())])
+    results = {"code": str(code)}
+    server, port = start_server(model, code)
+    try:
+        for _ in range(3):
+            one_request(port, normal)  # warm-up
+        results["idle_one_image_seconds"] = min(one_request(port, normal)[1] for _ in range(3))
+        print(f"{code}: memory attack", flush=True)
+        results["held_uploads"] = held_uploads(port, server.pid, 100, args.hold)
+        print(f"{code}: slow sockets", flush=True)
+        results["slow_sockets"] = slow_sockets(port, 400, args.hold)
+        print(f"{code}: big PNG flood", flush=True)
+        results["big_png_flood"] = big_png_flood(port, normal, 4, 16, 7000, 3)
+        # the worst the default budget admits: one 24-megapixel PNG decoded per request
+        print(f"{code}: budget-sized PNG flood", flush=True)
+        results["budget_png_flood"] = big_png_flood(port, normal, 4, 16, 4898, 3)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # still decoding a flood: no graceful end
+            server.kill()
+            server.wait()
+    return results
+
+
+def attack_model(tmp: Path) -> Path:
+    """A logreg on efficientnet_lite0 features of 12 animals per class (minutes, not hours)."""
+    from pipeline.workflows import extract_dataset, train_store
+
+    small = tmp / "animals12"
+    for folder in sorted(p for p in DATA.iterdir() if p.is_dir()):
+        (small / folder.name).mkdir(parents=True)
+        for image in sorted(folder.glob("*.jpg"))[:12]:
+            (small / folder.name / image.name).symlink_to(image)
+    store = extract_dataset(small, backbone="efficientnet_lite0").result.path
+    return train_store(store, classifier="logreg", cv=2, grid=[1.0])[0].model_path
+
+
+def main_attacks(args) -> None:
+    from machine import cpu_info, describe
+    from rich.console import Console
+    from rich.table import Table
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["TLEARN_ARTIFACTS"] = tmp
+        model = attack_model(Path(tmp))
+        normal_image = sorted((DATA / "cats").glob("*.jpg"))[0]
+        runs = [run_attacks(model, REPO, normal_image, args)]
+        if args.baseline:
+            runs.insert(0, run_attacks(model, args.baseline.resolve(), normal_image, args))
+    machine = cpu_info()
+    table = Table(title=f"tlearn serve under attack, 127.0.0.1 ({describe(machine)})")
+    for col in ("code", "RSS before MB", "RSS peak MB", "RSS after MB", "uploads dropped",
+                "slow sockets dropped", "last dropped s", "1-image s idle",
+                "1-image s under 49 MP flood", "under 24 MP flood"):
+        table.add_column(col, justify="right")
+    for run in runs:
+        held, slow, flood = run["held_uploads"], run["slow_sockets"], run["big_png_flood"]
+        last = slow["last_dropped_after_s"]
+        table.add_row(Path(run["code"]).name, f"{held['rss_mb_before']:.0f}",
+                      f"{held['rss_mb_peak']:.0f}", f"{held['rss_mb_after']:.0f}",
+                      f"{held['dropped_by_server']}/{held['connections']}",
+                      f"{slow['dropped_by_server']}/{slow['connections']}",
+                      "-" if last is None else f"{last:.1f}",
+                      f"{run['idle_one_image_seconds']:.2f}",
+                      f"{flood['normal_seconds_max']:.2f}",
+                      f"{run['budget_png_flood']['normal_seconds_max']:.2f}")
+    Console().print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine, "runs": runs}, indent=2))
+    print(f"wrote {args.out}")
+
+
+def run_variant(model: Path, runtime: str, batching: bool, images: list[Path], args) -> dict:
+    server, port = start_server(model, REPO, ["--runtime", runtime,
+                                              "--batching" if batching else "--no-batching"])
+    try:
         files = [(p.name, p.read_bytes()) for p in images]
         payloads = {k: [multipart([files[(i + j) % len(files)] for j in range(k)])
                         for i in range(len(files))] for k in IMAGES_PER_REQUEST}
@@ -168,8 +387,23 @@ def main() -> None:
                         help="seconds after which a level starts no new request")
     parser.add_argument("--runtimes", default="tensorflow,openvino",
                         help="comma-separated runtimes to serve with (those installed run)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results JSON (default bench/results/serve.json, or "
+                             "serve_attacks.json with --attacks)")
+    parser.add_argument("--attacks", action="store_true",
+                        help="measure memory, slow sockets and CPU under hostile load instead")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="with --attacks: also attack the code in this folder")
+    parser.add_argument("--hold", type=float, default=45.0,
+                        help="with --attacks: seconds a held connection waits to be dropped")
     args = parser.parse_args()
+    if args.attacks:
+        if not DATA.is_dir():
+            sys.exit(f"{DATA} is absent: this benchmark needs ../shared/datasets/animals")
+        args.out = args.out or REPO / "bench" / "results" / "serve_attacks.json"
+        main_attacks(args)
+        return
+    args.out = args.out or REPO / "bench" / "results" / "serve.json"
     from features.runtimes import RUNTIMES, get_runtime
 
     runtimes = [name for name in args.runtimes.split(",") if name]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -126,8 +127,13 @@ def load_image(
 
 
 def decode_image(data: bytes, size: int | None, *, name: str = "upload",
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+                 max_pixels: int = DEFAULT_MAX_PIXELS,
+                 on_size: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Like :func:`load_image`, for image bytes held in memory (nothing touches the disk).
+
+    ``on_size(width, height)``, when given, hears the size Pillow is about to decode
+    (after JPEG's reduced-scale draft) before any pixel is decoded; it may raise
+    :class:`ImageDecodeError` to refuse the image (a server's per-request pixel budget).
 
     Raises
     ------
@@ -136,10 +142,11 @@ def decode_image(data: bytes, size: int | None, *, name: str = "upload",
     """
     if len(data) == 0:
         raise ImageDecodeError(name, "empty file (0 bytes)")
-    return _decode(io.BytesIO(data), name, size, max_pixels)
+    return _decode(io.BytesIO(data), name, size, max_pixels, on_size)
 
 
-def _decode(source, path, size: int | None, max_pixels: int) -> np.ndarray:
+def _decode(source, path, size: int | None, max_pixels: int,
+            on_size: Callable[[int, int], None] | None = None) -> np.ndarray:
     try:
         # No warnings.catch_warnings here: it swaps process-wide state and decoding runs
         # in threads. Pillow raises DecompressionBombError above twice its own limit;
@@ -155,6 +162,8 @@ def _decode(source, path, size: int | None, max_pixels: int) -> np.ndarray:
                 # Let libjpeg decode at a reduced scale when the image is much larger
                 # than needed: far less work, and the bilinear resize follows anyway.
                 img.draft("RGB", (size, size))
+            if on_size is not None:
+                on_size(*img.size)
             img.load()
             if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
                 # exif_transpose copies even upright images: call it only when needed

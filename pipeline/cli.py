@@ -781,23 +781,33 @@ def serve(
     max_queued: Annotated[int, typer.Option(
         min=1, help="Most images waiting for the model; beyond, 503 with Retry-After.")]
     = 256,
+    max_request_pixels: Annotated[int, typer.Option(
+        min=1, help="Most pixels decoded per request (JPEGs decode at reduced scale); "
+                    "images beyond are refused and listed.")] = 24_000_000,
+    max_uploads: Annotated[int, typer.Option(
+        min=1, help="Uploads read and decoded at once; others wait for a slot.")] = 8,
+    body_timeout: Annotated[float, typer.Option(
+        help="Seconds a request's headers, then its body, may take to arrive.")] = 30.0,
+    max_connections: Annotated[int, typer.Option(
+        min=1, help="Open connections; beyond, new requests get 503.")] = 512,
     batching: Annotated[bool, typer.Option(
         "--batching/--no-batching", help="Share forward passes between requests.")] = True,
     runtime: RuntimeOption = None,
 ) -> None:
     """Serve a model: POST /predict, GET /health, GET /model, /docs and an upload page at /."""
-    from pipeline.serving import ServeLimits, check_serve_args
+    from pipeline.serving import ServeLimits, check_limit, check_serve_args
     from pipeline.serving import serve as run_server
 
-    if max_upload_mb <= 0:
-        raise UserInputError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    limits = ServeLimits(
+        max_upload_bytes=int(check_limit("--max-upload-mb", max_upload_mb, 0, 4096) * 2**20),
+        max_images=max_images, max_pixels=max_pixels, max_request_pixels=max_request_pixels,
+        max_queued=max_queued, max_uploads=max_uploads,
+        body_timeout=check_limit("--body-timeout", body_timeout, 0, 3600),
+        max_connections=max_connections)
     check_serve_args(model, port)
     console.print(f"loading {model} ... then open http://{host}:{port}/ (Ctrl-C stops)",
                   highlight=False)
-    run_server(model, host=host, port=port, batching=batching, runtime=runtime,
-               limits=ServeLimits(
-        max_upload_bytes=int(max_upload_mb * 2**20), max_images=max_images,
-        max_pixels=max_pixels, max_queued=max_queued))
+    run_server(model, host=host, port=port, batching=batching, runtime=runtime, limits=limits)
 
 
 @app.command()

@@ -5,12 +5,22 @@ through one :class:`MicroBatcher` thread, which runs them through the network in
 shared batches: no two requests touch the model at once, and the network sees
 full batches under load. Uploads are read into memory only, up to a size limit,
 and parsed without temporary files; no path from the client is ever used.
+
+Hostile clients are bounded on every axis (see :class:`ServeLimits`): a few uploads
+are read and decoded at once (the rest wait, holding no body), a request's headers
+and body must arrive within a deadline, and each request may decode only so many
+pixels, counted from the image headers before any pixel is decoded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import html
 import json
+import logging
+import math
 import queue
 import threading
 import time
@@ -21,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.requests import ClientDisconnect
 
 from features.errors import UserInputError
 from features.images import ImageDecodeError, decode_image
@@ -156,11 +167,14 @@ class MultipartFiles:
         self.files: list[tuple[str, bytearray]] = []
         self.received = 0
         self._part: dict = {}
-        self._parser = MultipartParser(params[b"boundary"], callbacks={
-            "on_part_begin": self._begin, "on_header_field": self._field,
-            "on_header_value": self._value, "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_done, "on_part_data": self._data,
-            "on_part_end": self._end})
+        try:
+            self._parser = MultipartParser(params[b"boundary"], callbacks={
+                "on_part_begin": self._begin, "on_header_field": self._field,
+                "on_header_value": self._value, "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_done, "on_part_data": self._data,
+                "on_part_end": self._end})
+        except Exception as exc:  # e.g. a boundary over the parser's 256 characters
+            raise UploadError(400, f"malformed multipart header ({exc})") from exc
 
     def _begin(self) -> None:
         self._part = {"headers": {}, "name": bytearray(), "value": bytearray(), "file": None}
@@ -226,15 +240,47 @@ def parse_multipart(body: bytes, content_type: str, *, max_files: int = 1 << 30,
     return parts.finish()
 
 
-def decode_uploads(files: list[tuple[str, bytearray]], size: int, max_pixels: int
-                   ) -> tuple[list[np.ndarray], list[dict]]:
-    """Decode uploaded images (in a worker thread, off the event loop)."""
+def decode_uploads(files: list[tuple[str, bytearray]], size: int, max_pixels: int,
+                   budget: int | None = None, heavy: threading.Semaphore | None = None
+                   ) -> tuple[list[tuple[int, np.ndarray]], list[dict]]:
+    """Decode uploaded images (in a worker thread, off the event loop).
+
+    ``budget`` caps the pixels decoded for the whole request, counted from each
+    image's header (after JPEG's reduced-scale draft) before it is decoded: an
+    image that would overspend it is refused undecoded, so a request of huge
+    images costs header reads, not seconds of CPU. An image of over
+    :data:`HEAVY_DECODE_PIXELS` decodes only while it holds ``heavy``: large
+    decodes take turns, small ones never wait behind them.
+
+    Returns ``(index in files, pixels)`` of every usable image and one
+    ``{"index", "filename", "error"}`` for each refused one.
+    """
     images, errors = [], []
-    for name, data in files:
+    left = math.inf if budget is None else budget
+    holding = False
+
+    def charge(width: int, height: int) -> None:
+        nonlocal left, holding
+        if width * height > left:
+            raise ImageDecodeError(name, (
+                f"refused: decoding {width}x{height} pixels would exceed this request's "
+                f"budget of {budget:,} decoded pixels; send large images in separate "
+                "requests or smaller"))
+        left -= width * height
+        if heavy is not None and width * height > HEAVY_DECODE_PIXELS:
+            heavy.acquire()
+            holding = True
+
+    for index, (name, data) in enumerate(files):
         try:
-            images.append(decode_image(data, size, name=name, max_pixels=max_pixels))
+            images.append((index, decode_image(data, size, name=name, max_pixels=max_pixels,
+                                               on_size=charge)))
         except ImageDecodeError as exc:
-            errors.append({"filename": name, "error": exc.reason})
+            errors.append({"index": index, "filename": name, "error": exc.reason})
+        finally:
+            if holding:
+                heavy.release()
+                holding = False
     return images, errors
 
 
@@ -243,6 +289,13 @@ def decode_uploads(files: list[tuple[str, bytearray]], size: int, max_pixels: in
 # Uploads are phone photos and scans, not gigapixel mosaics: 50 megapixels admits a
 # 48-megapixel phone photo and keeps one decode under about 150 MB of RGB pixels.
 SERVE_MAX_PIXELS = 50_000_000
+# A JPEG decodes at a reduced scale (a 48-megapixel photo costs under a megapixel), so
+# this budget admits 16 phone photos or a 300 dpi A4 scan per request, while a
+# 49-megapixel PNG (over a second of CPU) is refused before it is decoded.
+SERVE_MAX_REQUEST_PIXELS = 24_000_000
+# Images decoding more pixels than this (a 4-megapixel PNG: tens of milliseconds and
+# up) take turns (``decode_workers`` at once); smaller ones decode at once.
+HEAVY_DECODE_PIXELS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -257,17 +310,34 @@ class ServeLimits:
         Most images per request.
     max_pixels : int
         Largest image accepted (width x height), a defence against decompression bombs.
+    max_request_pixels : int
+        Most pixels decoded for one request (after JPEG's reduced-scale decoding);
+        images beyond are refused undecoded and listed with the reason.
     max_queued : int
         Most images waiting for the model; beyond, requests get 503 with Retry-After.
     decode_workers : int
-        Threads decoding uploads (off the event loop, so /health stays responsive).
+        Large images (over :data:`HEAVY_DECODE_PIXELS`) decoded at once. Every admitted
+        upload has its own decoding thread (off the event loop, so /health stays
+        responsive), so a small image never waits behind large ones.
+    max_uploads : int
+        Uploads read and decoded at once; the others wait for a slot holding no body,
+        so upload memory stays under about ``max_uploads * max_upload_bytes``.
+    body_timeout : float
+        Seconds a request's headers, and then its body (slot wait included), may take
+        to arrive; slower connections are closed (a body gets 408 first).
+    max_connections : int
+        Open connections; beyond, new requests get 503 at once (uvicorn's limit).
     """
 
     max_upload_bytes: int = 20 * 2**20
     max_images: int = 16
     max_pixels: int = SERVE_MAX_PIXELS
+    max_request_pixels: int = SERVE_MAX_REQUEST_PIXELS
     max_queued: int = 256
     decode_workers: int = 2
+    max_uploads: int = 8
+    body_timeout: float = 30.0
+    max_connections: int = 512
 
 
 def create_app(model: ImageClassifier, limits: ServeLimits | None = None, *,
@@ -279,16 +349,19 @@ def create_app(model: ImageClassifier, limits: ServeLimits | None = None, *,
     model.warm_up(max_batch)
     batcher = MicroBatcher(model, max_batch=max_batch, max_queued=limits.max_queued,
                            batching=batching)
-    decoders = ThreadPoolExecutor(max_workers=limits.decode_workers,
+    # One thread per upload slot: an admitted upload never queues for a thread.
+    decoders = ThreadPoolExecutor(max_workers=limits.max_uploads,
                                   thread_name_prefix="tlearn-upload-decode")
+    heavy = threading.Semaphore(limits.decode_workers)
+    uploads = asyncio.Semaphore(limits.max_uploads)
     app = FastAPI(title="tlearn", version="1",
                   description=f"Image classification with {model.name}")
+    page_html, page_policy = upload_page(model.name, limits)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> str:
-        return UPLOAD_PAGE.replace("__MODEL__", model.name).replace(
-            "__LIMITS__", json.dumps({"max_images": limits.max_images,
-                                      "max_upload_bytes": limits.max_upload_bytes}))
+    def page() -> HTMLResponse:
+        return HTMLResponse(page_html, headers={"Content-Security-Policy": page_policy,
+                                                "X-Content-Type-Options": "nosniff"})
 
     @app.get("/health")
     async def health() -> dict:
@@ -300,41 +373,99 @@ def create_app(model: ImageClassifier, limits: ServeLimits | None = None, *,
                 "input_size": model.input_size,
                 "scores": "probability" if model.scores_are_probabilities else "decision",
                 "limits": {"max_upload_bytes": limits.max_upload_bytes,
-                           "max_images": limits.max_images, "max_pixels": limits.max_pixels}}
+                           "max_images": limits.max_images, "max_pixels": limits.max_pixels,
+                           "max_request_pixels": limits.max_request_pixels}}
 
     @app.post("/predict", response_model=None)
     async def predict(request: Request, top: int = Query(3, ge=1, le=1000)) -> JSONResponse:
         t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.body_timeout
         try:
-            files = await _read_files(request, limits)
-        except UploadError as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=exc.status)
-        if not files:
-            return JSONResponse({"detail": "no image in the request; send files in the "
-                                           "multipart field 'files'"}, status_code=400)
-        images, errors = await asyncio.get_running_loop().run_in_executor(
-            decoders, decode_uploads, files, model.input_size, limits.max_pixels)
-        if errors:
-            return JSONResponse({"detail": f"{len(errors)} of {len(files)} files are not "
-                                           "usable images", "errors": errors}, status_code=400)
+            async with asyncio.timeout_at(deadline):
+                await uploads.acquire()
+        except TimeoutError:
+            return _refusal(503, f"{limits.max_uploads} uploads are already in progress; "
+                                 "retry shortly", {"Retry-After": "1"})
         try:
-            future = batcher.submit(np.stack(images))
+            # The slot is held through decoding: the bodies are freed only after it.
+            try:
+                async with asyncio.timeout_at(deadline):
+                    files = await _read_files(request, limits)
+            except TimeoutError:
+                return _refusal(408, f"the upload did not arrive within "
+                                     f"{limits.body_timeout:g} s")
+            except ClientDisconnect:
+                log.info("client %s left before its upload ended", _client(request))
+                return _refusal(400, "the client disconnected during the upload")
+            except UploadError as exc:
+                return _refusal(exc.status, str(exc))
+            if not files:
+                return JSONResponse({"detail": "no image in the request; send files in the "
+                                               "multipart field 'files'"}, status_code=400)
+            names = [name for name, _ in files]
+            decoded, errors = await loop.run_in_executor(
+                decoders, decode_uploads, files, model.input_size, limits.max_pixels,
+                limits.max_request_pixels, heavy)
+            del files
+        finally:
+            uploads.release()
+        if not decoded:
+            return JSONResponse({"detail": f"none of the {len(names)} files is a usable "
+                                           "image", "errors": errors}, status_code=400)
+        try:
+            future = batcher.submit(np.stack([pixels for _, pixels in decoded]))
         except Overloaded as exc:
             return JSONResponse({"detail": f"the server is busy ({exc}); retry shortly"},
                                 status_code=503, headers={"Retry-After": "1"})
         scores = await asyncio.wrap_future(future)
         elapsed_ms = 1000 * (time.perf_counter() - t0)
         results = []
-        for (name, _), row in zip(files, scores, strict=True):
+        for (index, _), row in zip(decoded, scores, strict=True):
             ranked = rank_scores(row, model.label_names, top)
             results.append({
-                "filename": name, "label": ranked[0][0], "score": ranked[0][1],
+                "index": index, "filename": names[index], "label": ranked[0][0],
+                "score": ranked[0][1],
                 "top": [{"label": label, "score": score} for label, score in ranked]})
-        return JSONResponse({"results": results, "ms": elapsed_ms,
+        return JSONResponse({"results": results, "errors": errors, "ms": elapsed_ms,
                              "scores": "probability" if model.scores_are_probabilities
                              else "decision"})
 
     return app
+
+
+log = logging.getLogger("uvicorn.error")
+
+
+def _client(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "client"
+
+
+def _refusal(status: int, detail: str, headers: dict | None = None) -> JSONResponse:
+    # The body may be unread: closing stops a client from trickling the rest of it.
+    return JSONResponse({"detail": detail}, status_code=status,
+                        headers={"Connection": "close", **(headers or {})})
+
+
+def upload_page(model_name: str, limits: ServeLimits) -> tuple[str, str]:
+    """The upload page for ``model_name`` and its Content-Security-Policy.
+
+    The policy admits only this page's own inline script and style (by hash), its
+    thumbnails (``blob:``) and requests to this server: even a name that slipped
+    past the escaping could not run a script or send data elsewhere.
+    """
+    page = UPLOAD_PAGE.replace("__MODEL__", html.escape(model_name)).replace(
+        "__LIMITS__", json.dumps({"max_images": limits.max_images,
+                                  "max_upload_bytes": limits.max_upload_bytes}))
+
+    def digest(tag: str) -> str:
+        body = page.split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0]
+        return "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+
+    policy = (f"default-src 'none'; script-src {digest('script')}; style-src {digest('style')}; "
+              "img-src blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+              "frame-ancestors 'none'")
+    return page, policy
 
 
 async def _read_files(request: Request, limits: ServeLimits) -> list[tuple[str, bytearray]]:
@@ -347,6 +478,63 @@ async def _read_files(request: Request, limits: ServeLimits) -> list[tuple[str, 
     async for chunk in request.stream():
         parts.feed(chunk)
     return parts.finish()
+
+
+def request_deadline_protocol(timeout: float) -> type:
+    """uvicorn's h11 protocol, closing a connection whose request headers take over ``timeout`` s.
+
+    uvicorn times out only idle keep-alive connections after a response; a client that
+    opens a socket and sends nothing, or its headers a byte at a time, would hold it
+    for ever. Each connection, and each request after a response, gets a deadline
+    for its headers; the body's deadline is the application's (``body_timeout``).
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class RequestDeadlineH11(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(timeout, self._expire, self.cycle)
+
+        def _expire(self, cycle) -> None:
+            if self.cycle is cycle and not self.transport.is_closing():
+                self.transport.close()  # no new request arrived in time
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            self._arm()  # before: a pipelined request started by super() disarms it
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+    return RequestDeadlineH11
+
+
+def server_config(app, limits: ServeLimits | None = None, *, host: str = "127.0.0.1",
+                  port: int = 8000, log_level: str = "info"):
+    """The ``uvicorn.Config`` that :func:`serve` runs ``app`` with."""
+    import uvicorn
+
+    limits = limits or ServeLimits()
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                          http=request_deadline_protocol(limits.body_timeout),
+                          limit_concurrency=limits.max_connections, timeout_keep_alive=5)
+
+
+def check_limit(option: str, value: float, low: float, high: float) -> float:
+    """``value`` when ``low < value <= high``; else one error naming the option and the range."""
+    if not (math.isfinite(value) and low < value <= high):
+        raise UserInputError(f"{option} must be a number above {low:g} and at most {high:g}, "
+                             f"got {value}")
+    return value
 
 
 def check_serve_args(model_path: str | Path, port: int) -> None:
@@ -373,7 +561,8 @@ def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
     check_serve_args(model_path, port)
     app = create_app(load_image_classifier(model_path, runtime=runtime), limits,
                      batching=batching)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.Server(server_config(app, limits, host=host, port=port,
+                                 log_level=log_level)).run()
 
 
 UPLOAD_PAGE = """<!doctype html>
@@ -387,6 +576,7 @@ UPLOAD_PAGE = """<!doctype html>
  .card{display:flex;gap:1rem;margin:1rem 0;padding:1rem;border:1px solid #ddd;border-radius:8px}
  .card img{width:160px;height:160px;object-fit:cover;border-radius:4px}
  .label{font-size:1.3rem;font-weight:600;margin-bottom:.5rem}
+ .name{font-size:.85rem;color:#555;overflow-wrap:anywhere}
  .row{display:flex;align-items:center;gap:.5rem;margin:.15rem 0;font-size:.9rem}
  .row span:first-child{width:9rem;overflow:hidden;text-overflow:ellipsis}
  .bar{height:.8rem;background:#36c;border-radius:3px}
@@ -421,18 +611,20 @@ async function send(files) {
                                {method: "POST", body: form});
   const data = await response.json();
   out.innerHTML = "";
-  if (!response.ok) {
-    statusLine.textContent = data.detail;
-    (data.errors || []).forEach(
-      e => out.appendChild(el("p", "error", e.filename + ": " + e.error)));
-    return; }
-  statusLine.textContent = `Done in ${data.ms.toFixed(0)} ms. ` + (data.scores === "probability"
+  (data.errors || []).forEach(
+    e => out.appendChild(el("p", "error", e.filename + ": " + e.error)));
+  if (!response.ok) { statusLine.textContent = data.detail; return; }
+  statusLine.textContent = `Done in ${data.ms.toFixed(0)} ms. ` + (data.errors.length
+    ? `${data.errors.length} of ${files.length} files skipped (listed above). ` : "")
+    + (data.scores === "probability"
     ? "Scores are probabilities (they sum to 1 over the classes)."
     : "Scores are margins (SVM decision values), not probabilities: larger means more likely.");
-  data.results.forEach((r, i) => {
+  data.results.forEach(r => {
     const card = el("div", "card"); const img = el("img");
-    img.src = URL.createObjectURL(files[i]); img.alt = r.filename; card.appendChild(img);
-    const right = el("div"); right.appendChild(el("div", "label", r.label + (
+    img.src = URL.createObjectURL(files[r.index]); img.alt = r.filename; card.appendChild(img);
+    const right = el("div"); right.appendChild(el("div", "name", r.filename));
+    right.lastChild.setAttribute("data-testid", "filename");
+    right.appendChild(el("div", "label", r.label + (
       data.scores === "probability" ? ` (${(100 * r.score).toFixed(1)} % probability)`
                                     : ` (margin ${r.score.toFixed(3)})`)));
     right.lastChild.setAttribute("data-testid", "label");

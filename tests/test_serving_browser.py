@@ -48,12 +48,19 @@ def test_upload_shows_the_predicted_label(server, tmp_path):
     try:
         driver.get(url)
         image = data / "dog" / "dog_003.PNG"
-        driver.find_element(By.ID, "files").send_keys(str(image))
+        broken = tmp_path / "broken.png"
+        broken.write_bytes(image.read_bytes()[:60])
+        # under the page's Content-Security-Policy, one good image beside a bad one
+        driver.find_element(By.ID, "files").send_keys(f"{broken}\n{image}")
         label = WebDriverWait(driver, 60).until(
             ec.visibility_of_element_located((By.CSS_SELECTOR, "[data-testid=label]")))
         assert label.text.startswith("dog (") and "% probability" in label.text
+        names = driver.find_elements(By.CSS_SELECTOR, "[data-testid=filename]")
+        assert [n.text for n in names] == ["dog_003.PNG"]
+        errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".error")]
+        assert errors == ["broken.png: truncated image"]
         status = driver.find_element(By.ID, "status").text
-        assert "Scores are probabilities" in status
+        assert "Scores are probabilities" in status and "1 of 2 files skipped" in status
         bars = driver.find_elements(By.CSS_SELECTOR, ".bar")
         assert len(bars) == 2  # one probability bar per class
         shots = REPO_ROOT / "artifacts" / "screenshots"
