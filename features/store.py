@@ -22,8 +22,12 @@ whole; the partial file is resumable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +51,24 @@ _ROW_DATASETS = ("features", "labels", "split", "source_index", "groups")
 _SKIPPED_INDEX, _SKIPPED_REASON = "skipped/source_index", "skipped/reason_bytes"
 _REASON_BYTES = 512
 _FINAL_DATASETS = ("paths", "skipped/paths", "skipped/reasons")
+# Room kept free beyond the rows being written: HDF5 allocates whole chunks (up to
+# 1 MiB here) and rewrites its metadata at every flush. A full disk met inside HDF5
+# leaves the file inconsistent, so a batch that might not fit is not started.
+_SPACE_MARGIN = 4 << 20
+
+
+def _free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def _write_failure_reason(exc: BaseException) -> str:
+    """The operating system's words from an HDF5 write error (its message is a page)."""
+    found = re.search(r"error message = '([^']*)'", str(exc))
+    if found:
+        return found.group(1)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def _reason_bytes(reason: str) -> bytes:
@@ -111,10 +133,17 @@ class FeatureStoreWriter:
         self.planned_paths = [str(p) for p in planned_paths]
         self.resumed_rows = 0
         self.items_done = 0
+        if self.partial.is_symlink() or (self.partial.exists() and not self.partial.is_file()):
+            raise UserInputError(
+                f"{self.partial} exists and is not a file tlearn left (a link, folder or "
+                "special file); remove it or choose another --out")
         if self.partial.exists():
             self._file = self._reopen(settings_key)
         else:
-            self._file = self._create(attrs, settings_key, feature_dim, label_names, compression)
+            self._file = None
+            with self._writing():
+                self._file = self._create(attrs, settings_key, feature_dim, label_names,
+                                          compression)
 
     def _reopen(self, settings_key: str) -> h5py.File:
         try:
@@ -174,6 +203,53 @@ class FeatureStoreWriter:
         f.flush()
         return f
 
+    def _check_space(self, nbytes: int) -> None:
+        """Refuse, before writing anything, ``nbytes`` the disk might not hold.
+
+        Everything committed stays readable, so a rerun after freeing space resumes.
+        """
+        free = _free_bytes(self.partial.parent)
+        need = nbytes + _SPACE_MARGIN
+        if free < need:
+            raise UserInputError(
+                f"the disk of {self.partial} is almost full ({free / 2**20:.1f} MiB free, about "
+                f"{need / 2**20:.1f} MiB needed to go on); free some space and run the same "
+                "command again to resume")
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn a write HDF5 could not do (a disk full after all) into one line.
+
+        HDF5 cannot be trusted to have left the file consistent, so the unfinished
+        store is removed and a rerun starts cleanly, instead of resuming from it.
+        """
+        try:
+            yield
+            return
+        except (OSError, RuntimeError) as exc:
+            reason = _write_failure_reason(exc)
+            exc.__traceback__ = None  # frees the failed HDF5 objects it holds, below
+        self._discard()
+        raise UserInputError(
+            f"could not write {self.partial} ({reason}); the unfinished store was removed: "
+            "free some space (or choose another --out) and run the same command again")
+
+    def _discard(self) -> None:
+        # Closing a file HDF5 failed to write reports the failure again from every
+        # object freed: those reports say nothing new, so they are not printed.
+        saved = sys.unraisablehook
+        sys.unraisablehook = lambda _unraisable: None
+        try:
+            if self._file is not None:
+                with contextlib.suppress(Exception):
+                    self._file.close()
+            import gc
+
+            gc.collect()
+        finally:
+            sys.unraisablehook = saved
+        self.partial.unlink(missing_ok=True)
+
     @staticmethod
     def _append(dataset, values) -> None:
         n = dataset.shape[0]
@@ -187,29 +263,35 @@ class FeatureStoreWriter:
         """
         if len(features) == 0:
             return
-        self._append(self._file["features"], np.asarray(features, dtype=np.float32))
-        self._append(self._file["labels"], np.asarray(labels, dtype=np.int32))
-        self._append(self._file["split"], np.asarray(split, dtype=np.uint8))
-        self._append(self._file["source_index"], np.asarray(source_index, dtype=np.int64))
-        self._append(self._file["groups"], np.asarray(
-            source_index if groups is None else groups, dtype=np.int64))
+        features = np.asarray(features, dtype=np.float32)
+        self._check_space(features.nbytes + 32 * len(features))
+        with self._writing():
+            self._append(self._file["features"], features)
+            self._append(self._file["labels"], np.asarray(labels, dtype=np.int32))
+            self._append(self._file["split"], np.asarray(split, dtype=np.uint8))
+            self._append(self._file["source_index"], np.asarray(source_index, dtype=np.int64))
+            self._append(self._file["groups"], np.asarray(
+                source_index if groups is None else groups, dtype=np.int64))
 
     def skip(self, source_index, reasons) -> None:
         """Record planned items that could not be used, and why."""
         if len(source_index) == 0:
             return
-        self._append(self._file[_SKIPPED_INDEX], np.asarray(source_index, dtype=np.int64))
-        self._append(self._file[_SKIPPED_REASON],
-                     np.array([_reason_bytes(r) for r in reasons], dtype=f"S{_REASON_BYTES}"))
+        self._check_space((8 + _REASON_BYTES) * len(source_index))
+        with self._writing():
+            self._append(self._file[_SKIPPED_INDEX], np.asarray(source_index, dtype=np.int64))
+            self._append(self._file[_SKIPPED_REASON], np.array(
+                [_reason_bytes(r) for r in reasons], dtype=f"S{_REASON_BYTES}"))
 
     def commit(self, items_done: int) -> None:
         """Make everything written so far durable; ``items_done`` input items are accounted for."""
         f = self._file
-        f.attrs["rows_committed"] = f["features"].shape[0]
-        f.attrs["skipped_committed"] = f[_SKIPPED_INDEX].shape[0]
-        f.attrs["items_done"] = items_done
+        with self._writing():
+            f.attrs["rows_committed"] = f["features"].shape[0]
+            f.attrs["skipped_committed"] = f[_SKIPPED_INDEX].shape[0]
+            f.attrs["items_done"] = items_done
+            f.flush()
         self.items_done = items_done
-        f.flush()
 
     def skipped_items(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of every file skipped so far."""
@@ -224,19 +306,22 @@ class FeatureStoreWriter:
         """Write the paths, mark complete, close, and atomically move the file into place."""
         f = self._file
         rows = f["source_index"][:]
-        f.create_dataset("paths", data=np.array([self.planned_paths[i] for i in rows],
-                                                dtype=object), dtype=_STR)
+        paths = [self.planned_paths[i] for i in rows]
         skipped = self.skipped_items()
-        f.create_dataset("skipped/paths", data=np.array([p for p, _ in skipped], dtype=object),
-                         dtype=_STR)
-        f.create_dataset("skipped/reasons", data=np.array([r for _, r in skipped],
-                                                          dtype=object), dtype=_STR)
-        for key, value in (extra_attrs or {}).items():
-            self._file.attrs[key] = value
-        self._file.attrs["complete"] = True
-        self._file.flush()
-        self._file.close()
-        publish_file(self.partial, self.path)
+        self._check_space(2 * sum(len(p) + 16 for p in paths + [p for p, _ in skipped])
+                          + _REASON_BYTES * len(skipped))
+        with self._writing():
+            f.create_dataset("paths", data=np.array(paths, dtype=object), dtype=_STR)
+            f.create_dataset("skipped/paths", data=np.array([p for p, _ in skipped],
+                                                            dtype=object), dtype=_STR)
+            f.create_dataset("skipped/reasons", data=np.array([r for _, r in skipped],
+                                                              dtype=object), dtype=_STR)
+            for key, value in (extra_attrs or {}).items():
+                self._file.attrs[key] = value
+            self._file.attrs["complete"] = True
+            self._file.flush()
+            self._file.close()
+            publish_file(self.partial, self.path)
         return self.path
 
     def close(self) -> None:
@@ -300,7 +385,17 @@ class FeatureStore:
         except (OSError, KeyError) as exc:
             self._file.close()
             raise UserInputError(f"{self.path} is damaged ({exc}); extract it again") from exc
-        self.split_names: tuple[str, ...] = tuple(json.loads(attrs["split_names"]))
+        try:
+            split_names = json.loads(attrs["split_names"])
+            if not (isinstance(split_names, list) and split_names
+                    and all(isinstance(n, str) for n in split_names)
+                    and int(self._split.max(initial=0)) < len(split_names)):
+                raise ValueError(f"not a list of split names: {attrs['split_names']!r}"[:200])
+        except (KeyError, TypeError, ValueError) as exc:
+            self._file.close()
+            raise UserInputError(f"{self.path} is damaged (its split_names attribute: {exc}); "
+                                 "extract it again") from exc
+        self.split_names: tuple[str, ...] = tuple(split_names)
 
     # context manager -------------------------------------------------------
     def __enter__(self) -> FeatureStore:
