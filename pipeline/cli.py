@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -58,6 +59,16 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+# A file that cannot be written (or read) for these reasons is for the user to fix;
+# any other operating-system error is a fault that needs its traceback.
+_DISK_FULL = "free some space and run the command again"
+_NO_ACCESS = ("check its permissions, or choose another folder (--out) for what the command "
+              "writes, and run it again")
+_OS_ERROR_FIX = {errno.ENOSPC: _DISK_FULL, errno.EDQUOT: _DISK_FULL,
+                 errno.EROFS: "choose another folder (--out) for what the command writes",
+                 errno.EACCES: _NO_ACCESS, errno.EPERM: _NO_ACCESS}
+
+
 def user_errors(func):
     """Turn a user mistake into one clear line and exit code 2, never a traceback."""
 
@@ -67,6 +78,10 @@ def user_errors(func):
             return func(*args, **kwargs)
         except UserInputError as exc:
             _fail(str(exc))
+        except OSError as exc:
+            if exc.errno not in _OS_ERROR_FIX or exc.filename is None:
+                raise
+            _fail(f"{exc.filename}: {exc.strerror}; {_OS_ERROR_FIX[exc.errno]}")
         except KeyboardInterrupt:
             _fail("interrupted; finished work is saved and a rerun of the same command "
                   "resumes where it stopped", code=130)
