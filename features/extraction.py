@@ -299,8 +299,9 @@ def extract_features(
                     f"{out} already exists with other settings or images; pass --overwrite to "
                     "replace it, or --out to write elsewhere"
                 )
-        if overwrite and partial_path(out).exists():
-            partial_path(out).unlink()
+        stale = partial_path(out)
+        if overwrite and stale.is_file() and not stale.is_symlink():
+            stale.unlink()  # anything else there is refused by the writer, not removed
 
         attrs = {
             **extractor.spec.to_dict(),

@@ -23,6 +23,7 @@ whole; the partial file is resumable.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -59,6 +60,19 @@ _SPACE_MARGIN = 4 << 20
 
 def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Give the file ``fd`` ``size`` bytes of real disk space."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except (AttributeError, OSError) as exc:  # not on macOS; refused by some file systems
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        block = b"\xff" * (1 << 20)  # not zeros, which a compressing file system would drop
+        for _ in range(size >> 20):
+            os.write(fd, block)
+        os.fsync(fd)
 
 
 def _write_failure_reason(exc: BaseException) -> str:
@@ -276,7 +290,7 @@ class FeatureStoreWriter:
             fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
                          0o600)
             try:
-                os.posix_fallocate(fd, 0, _SPACE_MARGIN)
+                _allocate(fd, _SPACE_MARGIN)
             finally:
                 os.close(fd)
         except OSError as exc:
