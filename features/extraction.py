@@ -24,7 +24,7 @@ from features.batches import Compute, ComputedBatch, iter_computed_batches
 from features.errors import UserInputError
 from features.factory import create_extractor
 from features.images import DEFAULT_MAX_PIXELS
-from features.integrity import file_digest, settings_key
+from features.integrity import check_output_path, file_digest, output_lock, settings_key
 from features.networks import normalize_weights
 from features.runtimes import (
     DEFAULT_CALIBRATION_IMAGES,
@@ -33,7 +33,7 @@ from features.runtimes import (
     resolve_runtime,
     runtime_versions,
 )
-from features.spec import FeatureExtractor
+from features.spec import FeatureExtractor, predict_in_buckets
 from features.store import (
     H5PY_VERSION,
     SPLIT_NAMES,
@@ -52,10 +52,19 @@ ProgressCallback = Callable[[int, int], None]
 FeatureBatches = Callable[..., Iterator[ComputedBatch]]
 
 
+def _features_in_buckets(extractor: FeatureExtractor, batch_size: int, x: np.ndarray
+                         ) -> np.ndarray:
+    return np.concatenate(predict_in_buckets(extractor.predict_preprocessed, x, batch_size))
+
+
 def feature_compute(extractor: FeatureExtractor, batch_size: int) -> Compute:
-    """The per-batch work of extraction: features of a preprocessed batch, padded to
-    ``batch_size`` rows so every batch runs the same compiled graph."""
-    return partial(extractor.predict_preprocessed, batch_size=batch_size)
+    """The per-batch work of extraction: features of a preprocessed batch.
+
+    A short batch is padded to the next power of two, not to ``batch_size``, so
+    memory follows the images (4 images at ``--batch-size 512`` run as 4), while
+    at most log2(batch_size) + 1 batch shapes are ever compiled.
+    """
+    return partial(_features_in_buckets, extractor, batch_size)
 
 
 def local_feature_batches(extractor: FeatureExtractor, paths: Sequence[str], *, start: int,
@@ -254,6 +263,7 @@ def extract_features(
     if len(images) == 0:
         raise UserInputError("no images to extract")
     out = Path(out)
+    check_output_path(out)
     calibration_attrs: dict = {}
     fingerprint = images.fingerprint()  # stats every file: once per run
     request_attrs: dict = {}
@@ -293,75 +303,79 @@ def extract_features(
             calibration_paths=calibration_paths)
     key = _settings_key(fingerprint, images, extractor, compression)
 
-    if out.exists():
-        existing = read_store_attrs(out)
-        if existing is not None and existing.get("settings_key") == key and not overwrite:
-            return ExtractionResult(out, int(existing["rows_committed"]),
-                                    extractor.spec.feature_dim, up_to_date=True)
-        if not overwrite:
-            raise UserInputError(
-                f"{out} already exists with other settings or images; pass --overwrite to "
-                "replace it, or --out to write elsewhere"
-            )
-    if overwrite and partial_path(out).exists():
-        partial_path(out).unlink()
+    # Held until the store is in place: a second run on this --out is refused at once
+    # instead of resuming, discarding or publishing the partial file this one writes.
+    with output_lock(out):
+        if out.exists():
+            existing = read_store_attrs(out)
+            if existing is not None and existing.get("settings_key") == key and not overwrite:
+                return ExtractionResult(out, int(existing["rows_committed"]),
+                                        extractor.spec.feature_dim, up_to_date=True)
+            if not overwrite:
+                raise UserInputError(
+                    f"{out} already exists with other settings or images; pass --overwrite to "
+                    "replace it, or --out to write elsewhere"
+                )
+        stale = partial_path(out)
+        if overwrite and stale.is_file() and not stale.is_symlink():
+            stale.unlink()  # anything else there is refused by the writer, not removed
 
-    attrs = {
-        **extractor.spec.to_dict(),
-        "fingerprint": fingerprint,
-        "source": images.source,
-        "n_images_listed": len(images),
-        "library_versions": json.dumps(library_versions() | (
-            runtime_versions(int8=extractor.spec.precision == "int8")
-            if extractor.spec.runtime == OPENVINO else {})),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **calibration_attrs,
-        **request_attrs,
-        **(extra_attrs or {}),
-    }
-    writer = FeatureStoreWriter(
-        out, planned_paths=images.paths, attrs=attrs, settings_key=key,
-        feature_dim=extractor.spec.feature_dim, label_names=list(images.label_names),
-        compression=compression,
-    )
-    start_item = writer.items_done
-    resumed_rows = writer.resumed_rows
-    total = len(images)
-    source = feature_batches or local_feature_batches
-    paths = list(images.paths)
-    groups = images.group_ids
-    t0 = time.perf_counter()
-    try:
-        if progress:
-            progress(start_item, total)
-        for batch in source(extractor, paths, start=start_item, batch_size=batch_size,
-                            workers=workers, max_pixels=max_pixels):
-            if batch.good:
-                idx = batch.good_positions
-                writer.append(batch.values, images.labels[idx], images.split[idx], idx,
-                              groups[idx])
-            writer.skip([batch.begin + i for i, _ in batch.bad], [r for _, r in batch.bad])
-            writer.commit(batch.end)
+        attrs = {
+            **extractor.spec.to_dict(),
+            "fingerprint": fingerprint,
+            "source": images.source,
+            "n_images_listed": len(images),
+            "library_versions": json.dumps(library_versions() | (
+                runtime_versions(int8=extractor.spec.precision == "int8")
+                if extractor.spec.runtime == OPENVINO else {})),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **calibration_attrs,
+            **request_attrs,
+            **(extra_attrs or {}),
+        }
+        writer = FeatureStoreWriter(
+            out, planned_paths=images.paths, attrs=attrs, settings_key=key,
+            feature_dim=extractor.spec.feature_dim, label_names=list(images.label_names),
+            compression=compression,
+        )
+        start_item = writer.items_done
+        resumed_rows = writer.resumed_rows
+        total = len(images)
+        source = feature_batches or local_feature_batches
+        paths = list(images.paths)
+        groups = images.group_ids
+        t0 = time.perf_counter()
+        try:
             if progress:
-                progress(batch.end, total)
-        if writer.rows == 0:
+                progress(start_item, total)
+            for batch in source(extractor, paths, start=start_item, batch_size=batch_size,
+                                workers=workers, max_pixels=max_pixels):
+                if batch.good:
+                    idx = batch.good_positions
+                    writer.append(batch.values, images.labels[idx], images.split[idx], idx,
+                                  groups[idx])
+                writer.skip([batch.begin + i for i, _ in batch.bad], [r for _, r in batch.bad])
+                writer.commit(batch.end)
+                if progress:
+                    progress(batch.end, total)
+            if writer.rows == 0:
+                writer.close()
+                partial_path(out).unlink(missing_ok=True)
+                raise UserInputError(
+                    f"none of the {total} images could be read; check the files "
+                    "(see 'tlearn extract' output for reasons)"
+                )
+            elapsed = time.perf_counter() - t0
+            skipped_store = writer.skipped_items()
+            rows = writer.rows
+            # the rate of this run's images (decoded and through the network), for 'compare'
+            rate = (total - start_item) / elapsed if elapsed > 0 else 0.0
+            writer.finalize({"extraction_seconds": elapsed, "n_skipped": len(skipped_store),
+                             "extraction_images_per_second": rate})
+        except BaseException:
             writer.close()
-            partial_path(out).unlink(missing_ok=True)
-            raise UserInputError(
-                f"none of the {total} images could be read; check the files "
-                "(see 'tlearn extract' output for reasons)"
-            )
-        elapsed = time.perf_counter() - t0
-        skipped_store = writer.skipped_items()
-        rows = writer.rows
-        # the rate of this run's images (decoded and through the network), for 'compare'
-        rate = (total - start_item) / elapsed if elapsed > 0 else 0.0
-        writer.finalize({"extraction_seconds": elapsed, "n_skipped": len(skipped_store),
-                         "extraction_images_per_second": rate})
-    except BaseException:
-        writer.close()
-        raise
-    return ExtractionResult(
-        path=out, rows=rows, feature_dim=extractor.spec.feature_dim, skipped=skipped_store,
-        seconds=elapsed, images_processed=total - start_item, resumed_rows=resumed_rows,
-    )
+            raise
+        return ExtractionResult(
+            path=out, rows=rows, feature_dim=extractor.spec.feature_dim, skipped=skipped_store,
+            seconds=elapsed, images_processed=total - start_item, resumed_rows=resumed_rows,
+        )

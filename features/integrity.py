@@ -10,13 +10,17 @@ becomes the key that decides whether earlier work can be reused or resumed.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from features.errors import UserInputError
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
@@ -72,6 +76,87 @@ def _new_file_mode(path: Path) -> int:
         return 0o666 & ~_UMASK
 
 
+def check_output_path(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse, in one line, an output path that can never be written as a file.
+
+    A folder at ``path`` (a rename would fail at the very end, after all the work)
+    or a file where one of its parent folders should be.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{option} {path} is a folder; pass the path of a file "
+                             f"to write, not a folder")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserInputError(f"{option} {path}: {parent} is a file, not a folder; "
+                                     f"choose another {option}")
+            return
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file a run writing ``path`` holds: ``<path>.lock``."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike, option: str = "--out") -> Iterator[Path]:
+    """Hold ``<path>.lock`` while this process writes ``path`` (and its ``.partial``).
+
+    A second run on the same output is refused at once with one line, instead of
+    both writing one partial file; the lock goes with the process however it ends
+    (an advisory ``flock``), so a killed run never blocks the next one.
+    """
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserInputError(
+                f"another tlearn run is writing {path} (it holds {lock}); wait for it to "
+                f"finish, or choose another {option}") from None
+        # The holder before us may have removed the file between our open and our lock:
+        # then we hold a lock nobody else can see, and must take the file that is there.
+        try:
+            here = os.stat(lock)
+            mine = os.fstat(fd)
+            if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield lock
+    finally:
+        Path(lock).unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _new_partial_file(tmp: str, mode: int) -> None:
+    """Create ``tmp`` exclusively, replacing only a regular file an interrupted run left.
+
+    Never follows a link at ``tmp`` (writing through it would replace another
+    file's content and mode) and never opens a FIFO or device found there.
+    """
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        if not stat.S_ISREG(os.lstat(tmp).st_mode):
+            raise UserInputError(
+                f"{tmp} exists and is not a file tlearn left (a link, folder or special file); "
+                "remove it or choose another --out") from None
+        os.unlink(tmp)  # left by an interrupted run: the caller holds the output's lock
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *,
                  suffix: str = ".tmp", partial: bool = False) -> Path:
     """Create or replace ``path`` atomically: ``write(tmp)`` fills a temporary file beside it.
@@ -80,31 +165,36 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *,
     rename on one file system), is flushed to disk before the rename, and is
     removed if ``write`` fails. ``suffix`` keeps an extension some writers insist
     on (Keras wants ``.keras`` or ``.weights.h5``). With ``partial=True`` the
-    temporary file is the visible ``<path>.partial`` (long writes a user may watch).
+    temporary file is the visible ``<path>.partial`` (long writes a user may watch),
+    created exclusively under :func:`output_lock`.
     The file gets the mode a plain ``open`` would give it (the umask's, or the
     replaced file's), not the owner-only mode of a private temporary file.
+    An ``OSError`` without a file name (a full disk met by ``write``) gets ``path``'s.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if partial:
-        tmp = str(path.with_name(path.name + ".partial"))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600)
+    with contextlib.ExitStack() as stack:
+        if partial:
+            stack.enter_context(output_lock(path))
+            tmp = str(path.with_name(path.name + ".partial"))
+            _new_partial_file(tmp, _new_file_mode(path))
+        else:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+            try:
+                os.fchmod(fd, _new_file_mode(path))
+            finally:
+                os.close(fd)
         try:
-            os.fchmod(fd, _new_file_mode(path))
-        finally:
-            os.close(fd)
-    else:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-        try:
-            os.fchmod(fd, _new_file_mode(path))
-        finally:
-            os.close(fd)
-    try:
-        write(tmp)
-        publish_file(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            write(tmp)
+            publish_file(tmp, path)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            if exc.filename is None and exc.errno is not None:
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
+            raise
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 

@@ -22,8 +22,13 @@ whole; the partial file is resumable.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
+import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +52,37 @@ _ROW_DATASETS = ("features", "labels", "split", "source_index", "groups")
 _SKIPPED_INDEX, _SKIPPED_REASON = "skipped/source_index", "skipped/reason_bytes"
 _REASON_BYTES = 512
 _FINAL_DATASETS = ("paths", "skipped/paths", "skipped/reasons")
+# Room kept free beyond the rows being written: HDF5 allocates whole chunks (up to
+# 1 MiB here) and rewrites its metadata at every flush. A full disk met inside HDF5
+# leaves the file inconsistent, so a batch that might not fit is not started.
+_SPACE_MARGIN = 4 << 20
+
+
+def _free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Give the file ``fd`` ``size`` bytes of real disk space."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except (AttributeError, OSError) as exc:  # not on macOS; refused by some file systems
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        block = b"\xff" * (1 << 20)  # not zeros, which a compressing file system would drop
+        for _ in range(size >> 20):
+            os.write(fd, block)
+        os.fsync(fd)
+
+
+def _write_failure_reason(exc: BaseException) -> str:
+    """The operating system's words from an HDF5 write error (its message is a page)."""
+    found = re.search(r"error message = '([^']*)'", str(exc))
+    if found:
+        return found.group(1)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def _reason_bytes(reason: str) -> bytes:
@@ -108,13 +144,28 @@ class FeatureStoreWriter:
             )
         self.path = Path(path)
         self.partial = partial_path(self.path)
+        self.reserve = self.partial.with_name(self.partial.name + ".reserve")
         self.planned_paths = [str(p) for p in planned_paths]
         self.resumed_rows = 0
         self.items_done = 0
-        if self.partial.exists():
-            self._file = self._reopen(settings_key)
-        else:
-            self._file = self._create(attrs, settings_key, feature_dim, label_names, compression)
+        if self.partial.is_symlink() or (self.partial.exists() and not self.partial.is_file()):
+            raise UserInputError(
+                f"{self.partial} exists and is not a file tlearn left (a link, folder or "
+                "special file); remove it or choose another --out")
+        self._file = None
+        self._dsets: dict[str, h5py.Dataset] = {}
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self._reserve_space()
+        try:
+            if self.partial.exists():
+                self._file = self._reopen(settings_key)
+            else:
+                with self._writing():
+                    self._file = self._create(attrs, settings_key, feature_dim, label_names,
+                                              compression)
+        except BaseException:
+            self.reserve.unlink(missing_ok=True)
+            raise
 
     def _reopen(self, settings_key: str) -> h5py.File:
         try:
@@ -144,7 +195,6 @@ class FeatureStoreWriter:
         return f
 
     def _create(self, attrs, settings_key, feature_dim, label_names, compression) -> h5py.File:
-        self.partial.parent.mkdir(parents=True, exist_ok=True)
         f = h5py.File(self.partial, "w")
         chunk_rows = _rows_per_chunk(feature_dim)
         f.create_dataset(
@@ -174,6 +224,107 @@ class FeatureStoreWriter:
         f.flush()
         return f
 
+    def _check_space(self, nbytes: int) -> None:
+        """Refuse, before writing anything, ``nbytes`` the disk might not hold.
+
+        Everything committed stays readable, so a rerun after freeing space resumes.
+        """
+        free = _free_bytes(self.partial.parent)
+        need = nbytes + _SPACE_MARGIN
+        if free < need:
+            raise UserInputError(
+                f"the disk of {self.partial} is almost full ({free / 2**20:.1f} MiB free, about "
+                f"{need / 2**20:.1f} MiB needed to go on); free some space and run the same "
+                "command again to resume")
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn a write HDF5 could not do (a disk full after all) into one line.
+
+        HDF5 cannot be trusted to have left the file consistent, so the unfinished
+        store is removed and a rerun starts cleanly, instead of resuming from it.
+        HDF5 also meets a full disk where h5py cannot raise (freeing a dataset flushes
+        its chunks, and h5py prints the error): those are caught here too.
+        """
+        failures: list[BaseException] = []
+        saved_unraisable, saved_except = sys.unraisablehook, sys.excepthook
+
+        def unraisable(report) -> None:
+            if isinstance(report.exc_value, (OSError, RuntimeError)):
+                failures.append(report.exc_value)
+            else:
+                saved_unraisable(report)
+
+        def printed(kind, value, tb) -> None:
+            if isinstance(value, (OSError, RuntimeError)):
+                failures.append(value)
+            else:
+                saved_except(kind, value, tb)
+
+        sys.unraisablehook, sys.excepthook = unraisable, printed
+        try:
+            yield
+        except (OSError, RuntimeError) as exc:
+            failures.insert(0, exc)
+        finally:
+            sys.unraisablehook, sys.excepthook = saved_unraisable, saved_except
+        if not failures:
+            return
+        reason = _write_failure_reason(failures[0])
+        for failure in failures:
+            failure.__traceback__ = None  # frees the failed HDF5 objects they hold
+        failures.clear()
+        self._discard()
+        raise UserInputError(
+            f"could not write {self.partial} ({reason}); the unfinished store was removed: "
+            "free some space (or choose another --out) and run the same command again")
+
+    def _reserve_space(self) -> None:
+        """Hold :data:`_SPACE_MARGIN` bytes of the disk in ``<partial>.reserve``.
+
+        HDF5 keeps what it failed to write and tries again at every close, and at exit
+        (where a file it still cannot write crashes the process): freeing the reserve
+        gives it the room to finish, into a file then removed.
+        """
+        try:
+            fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                         0o600)
+            try:
+                _allocate(fd, _SPACE_MARGIN)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.reserve.unlink(missing_ok=True)
+            raise UserInputError(
+                f"cannot keep {_SPACE_MARGIN >> 20} MiB free beside {self.partial} "
+                f"({exc.strerror or exc}); free some space and run the same command again"
+            ) from exc
+
+    def _discard(self) -> None:
+        self.reserve.unlink(missing_ok=True)
+        # Reports of the failure already met say nothing new: not printed.
+        saved = sys.unraisablehook, sys.excepthook
+        sys.unraisablehook, sys.excepthook = (lambda _report: None), (lambda *_exc: None)
+        try:
+            if self._file is not None:
+                with contextlib.suppress(Exception):
+                    self._file.close()
+            self._dsets.clear()
+            import gc
+
+            gc.collect()
+        finally:
+            sys.unraisablehook, sys.excepthook = saved
+        self.partial.unlink(missing_ok=True)
+
+    def _dset(self, name: str) -> h5py.Dataset:
+        # Kept open while the writer is: freeing a dataset flushes its chunks, and a
+        # flush failing there (a full disk) cannot be raised and leaves HDF5 a dataset
+        # it crashes on at exit.
+        if name not in self._dsets:
+            self._dsets[name] = self._file[name]
+        return self._dsets[name]
+
     @staticmethod
     def _append(dataset, values) -> None:
         n = dataset.shape[0]
@@ -187,62 +338,72 @@ class FeatureStoreWriter:
         """
         if len(features) == 0:
             return
-        self._append(self._file["features"], np.asarray(features, dtype=np.float32))
-        self._append(self._file["labels"], np.asarray(labels, dtype=np.int32))
-        self._append(self._file["split"], np.asarray(split, dtype=np.uint8))
-        self._append(self._file["source_index"], np.asarray(source_index, dtype=np.int64))
-        self._append(self._file["groups"], np.asarray(
-            source_index if groups is None else groups, dtype=np.int64))
+        features = np.asarray(features, dtype=np.float32)
+        self._check_space(features.nbytes + 32 * len(features))
+        with self._writing():
+            self._append(self._dset("features"), features)
+            self._append(self._dset("labels"), np.asarray(labels, dtype=np.int32))
+            self._append(self._dset("split"), np.asarray(split, dtype=np.uint8))
+            self._append(self._dset("source_index"), np.asarray(source_index, dtype=np.int64))
+            self._append(self._dset("groups"), np.asarray(
+                source_index if groups is None else groups, dtype=np.int64))
 
     def skip(self, source_index, reasons) -> None:
         """Record planned items that could not be used, and why."""
         if len(source_index) == 0:
             return
-        self._append(self._file[_SKIPPED_INDEX], np.asarray(source_index, dtype=np.int64))
-        self._append(self._file[_SKIPPED_REASON],
-                     np.array([_reason_bytes(r) for r in reasons], dtype=f"S{_REASON_BYTES}"))
+        self._check_space((8 + _REASON_BYTES) * len(source_index))
+        with self._writing():
+            self._append(self._dset(_SKIPPED_INDEX), np.asarray(source_index, dtype=np.int64))
+            self._append(self._dset(_SKIPPED_REASON), np.array(
+                [_reason_bytes(r) for r in reasons], dtype=f"S{_REASON_BYTES}"))
 
     def commit(self, items_done: int) -> None:
         """Make everything written so far durable; ``items_done`` input items are accounted for."""
         f = self._file
-        f.attrs["rows_committed"] = f["features"].shape[0]
-        f.attrs["skipped_committed"] = f[_SKIPPED_INDEX].shape[0]
-        f.attrs["items_done"] = items_done
+        with self._writing():
+            f.attrs["rows_committed"] = self._dset("features").shape[0]
+            f.attrs["skipped_committed"] = self._dset(_SKIPPED_INDEX).shape[0]
+            f.attrs["items_done"] = items_done
+            f.flush()
         self.items_done = items_done
-        f.flush()
 
     def skipped_items(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of every file skipped so far."""
         return [(self.planned_paths[i], r) for i, r in zip(
-            self._file[_SKIPPED_INDEX][:], _decode(self._file[_SKIPPED_REASON][:]), strict=True)]
+            self._dset(_SKIPPED_INDEX)[:], _decode(self._dset(_SKIPPED_REASON)[:]), strict=True)]
 
     @property
     def rows(self) -> int:
-        return int(self._file["features"].shape[0])
+        return int(self._dset("features").shape[0])
 
     def finalize(self, extra_attrs: dict[str, Any] | None = None) -> Path:
         """Write the paths, mark complete, close, and atomically move the file into place."""
         f = self._file
-        rows = f["source_index"][:]
-        f.create_dataset("paths", data=np.array([self.planned_paths[i] for i in rows],
-                                                dtype=object), dtype=_STR)
+        rows = self._dset("source_index")[:]
+        paths = [self.planned_paths[i] for i in rows]
         skipped = self.skipped_items()
-        f.create_dataset("skipped/paths", data=np.array([p for p, _ in skipped], dtype=object),
-                         dtype=_STR)
-        f.create_dataset("skipped/reasons", data=np.array([r for _, r in skipped],
-                                                          dtype=object), dtype=_STR)
-        for key, value in (extra_attrs or {}).items():
-            self._file.attrs[key] = value
-        self._file.attrs["complete"] = True
-        self._file.flush()
-        self._file.close()
-        publish_file(self.partial, self.path)
+        self._check_space(2 * sum(len(p) + 16 for p in paths + [p for p, _ in skipped])
+                          + _REASON_BYTES * len(skipped))
+        with self._writing():
+            for name, values in (("paths", paths), ("skipped/paths", [p for p, _ in skipped]),
+                                 ("skipped/reasons", [r for _, r in skipped])):
+                self._dsets[name] = f.create_dataset(name, data=np.array(values, dtype=object),
+                                                     dtype=_STR)
+            for key, value in (extra_attrs or {}).items():
+                self._file.attrs[key] = value
+            self._file.attrs["complete"] = True
+            self._file.flush()
+            self._file.close()
+            publish_file(self.partial, self.path)
+        self.reserve.unlink(missing_ok=True)
         return self.path
 
     def close(self) -> None:
         """Close without finishing (the partial file stays, resumable)."""
-        if self._file.id.valid:
+        if self._file is not None and self._file.id.valid:
             self._file.close()
+        self.reserve.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -304,7 +465,17 @@ class FeatureStore:
         except (OSError, KeyError) as exc:
             self._file.close()
             raise UserInputError(f"{self.path} is damaged ({exc}); extract it again") from exc
-        self.split_names: tuple[str, ...] = tuple(json.loads(attrs["split_names"]))
+        try:
+            split_names = json.loads(attrs["split_names"])
+            if not (isinstance(split_names, list) and split_names
+                    and all(isinstance(n, str) for n in split_names)
+                    and int(self._split.max(initial=0)) < len(split_names)):
+                raise ValueError(f"not a list of split names: {attrs['split_names']!r}"[:200])
+        except (KeyError, TypeError, ValueError) as exc:
+            self._file.close()
+            raise UserInputError(f"{self.path} is damaged (its split_names attribute: {exc}); "
+                                 "extract it again") from exc
+        self.split_names: tuple[str, ...] = tuple(split_names)
 
     # context manager -------------------------------------------------------
     def __enter__(self) -> FeatureStore:

@@ -77,6 +77,18 @@ def _permission_line(exc: OSError) -> str | None:
             "or make it writable")
 
 
+# Out of space is for the user to fix, like a folder they cannot write: one line.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _os_error_line(exc: OSError) -> str | None:
+    """One line for an operating-system error the user can fix, None for a fault."""
+    if exc.errno in _DISK_FULL and exc.filename is not None:
+        return (f"{os.fsdecode(exc.filename)}: {exc.strerror}; free some space and run the "
+                "command again")
+    return _permission_line(exc)
+
+
 def user_errors(func):
     """Turn a user mistake into one clear line and exit code 2, never a traceback."""
 
@@ -87,7 +99,7 @@ def user_errors(func):
         except UserInputError as exc:
             _fail(str(exc))
         except OSError as exc:
-            line = _permission_line(exc)
+            line = _os_error_line(exc)
             if line is None:
                 raise
             _fail(line)

@@ -13,6 +13,7 @@ import csv
 import hashlib
 import json
 import os
+import stat
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,27 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+NOT_UTF8 = "file name is not valid UTF-8; rename it"
+
+
+def _is_utf8(name: str) -> bool:
+    """Whether a name read from the file system is valid UTF-8.
+
+    Python carries undecodable bytes as lone surrogates; such a name cannot be
+    written to a store, a CSV or a digest, so it is passed over with a reason.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_path(path: str) -> str:
+    """``path`` with undecodable bytes shown as ``\\xff`` escapes (safe to print or write)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def walk_images(folder: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
     """Image files below ``folder`` (any depth, sorted), and the files passed over, with why.
 
@@ -103,7 +125,9 @@ def walk_images(folder: str | os.PathLike) -> tuple[list[str], list[tuple[str, s
             if _is_hidden(name):
                 continue
             full = os.path.abspath(os.path.join(dirpath, name))
-            if is_image_file(name):
+            if not _is_utf8(full):
+                ignored.append((printable_path(full), NOT_UTF8))
+            elif is_image_file(name):
                 paths.append(full)
             else:
                 ignored.append((full, "not an image file extension"))
@@ -116,6 +140,9 @@ def _scan_folder(root: Path) -> Dataset:
     ignored: list[tuple[str, str]] = []
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if _is_hidden(entry.name):
+            continue
+        if not _is_utf8(entry.path):
+            ignored.append((printable_path(entry.path), NOT_UTF8))
             continue
         if entry.name in TOOL_FOLDERS:
             ignored.append((os.path.abspath(entry.path), TOOL_FOLDERS[entry.name]))
@@ -288,8 +315,9 @@ def _content_digest(path: str) -> str | None:
 def group_images(dataset: Dataset) -> Grouping:
     """Group augmented copies with their source and byte-identical files together.
 
-    Only files whose size is shared by another file are read (hashed), so a
-    dataset without duplicates costs one ``stat`` per file.
+    Only regular files whose size is shared by another file are read (hashed), so
+    a dataset without duplicates costs one ``stat`` per file; a FIFO or device
+    named like an image (size 0, endless or blocking to read) is never opened.
     """
     n = len(dataset.paths)
     parent = list(range(n))
@@ -316,9 +344,11 @@ def group_images(dataset: Dataset) -> Grouping:
     by_size: dict[int, list[int]] = defaultdict(list)
     for i, path in enumerate(dataset.paths):
         try:
-            by_size[os.path.getsize(path)].append(i)
+            info = os.stat(path)
         except OSError:
             continue  # unreadable: extraction skips it with its reason
+        if stat.S_ISREG(info.st_mode):
+            by_size[info.st_size].append(i)
     duplicates = 0
     duplicate_groups = set()
     for same_size in by_size.values():
@@ -445,14 +475,17 @@ def images_to_predict(inputs: list[str | os.PathLike]) -> tuple[list[str], list[
         paths = []
         for item in inputs:
             path = Path(item).expanduser()
+            if not _is_utf8(str(path)):
+                ignored.append((printable_path(str(path)), NOT_UTF8))
+                continue
             if path.is_dir():
                 raise UserInputError(f"{path} is a folder; pass one folder alone, or files")
             if not path.exists():
                 raise UserInputError(f"{path} does not exist; check the path")
             paths.append(str(path.resolve()))
     if not paths:
-        raise UserInputError(f"no images found in {first}; expected image files "
-                             f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise UserInputError(f"no images found in {printable_path(str(first))}; expected "
+                             f"image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return paths, ignored
 
 

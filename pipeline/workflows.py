@@ -11,7 +11,7 @@ from pathlib import Path
 from features.backbones import get_backbone
 from features.errors import UserInputError
 from features.extraction import ExtractionResult, ProgressCallback, extract_features
-from features.integrity import atomic_write
+from features.integrity import atomic_write, check_output_path
 from features.runtimes import DEFAULT_CALIBRATION_IMAGES
 from pipeline.config import (
     DEFAULT_BACKBONE,
@@ -695,6 +695,7 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
 
     _check_predict_args(top, batch_size)
     out = Path(out)
+    check_output_path(out)
     if out.exists() and not overwrite:
         raise UserInputError(f"{out} already exists; pass --overwrite to replace it, or "
                              "another --out")

@@ -163,3 +163,37 @@ def headless_chromium(profile: Path, *flags: str, window: str = "1100,800",
     for name, value in (capabilities or {}).items():
         options.set_capability(name, value)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+# -- small file systems (a disk that fills up, a read-only folder) -----------------------------
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``mount(name, size="16m", options="")``: a fresh tmpfs at ``tmp_path / name``.
+
+    Real ENOSPC and EROFS come from a real file system; mounting one needs root (or
+    the permission), so without it the test is skipped, saying why.
+    """
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str = "16m", options: str = "") -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        opts = ",".join(o for o in (f"size={size}", options) if o)
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(point)],
+                                  capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            pytest.skip(f"cannot mount a tmpfs here ({exc}); this test needs a real small "
+                        "file system (run it as root)")
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); this test needs "
+                        "a real small file system (run it as root)")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=30)

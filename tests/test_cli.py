@@ -109,6 +109,9 @@ def test_a_joined_backbone_extracts_trains_and_classifies_images(tmp_path, artif
     (["train", "{data}"], "is a folder, not a feature store; if it holds images, run "
      "'tlearn extract {data}' first"),
     (["inspect", "{data}"], "run 'tlearn extract {data}' first"),
+    (["extract", "{data}", *BASE, "--out", "{tmp}", "--overwrite"], "is a folder"),
+    (["extract", "{data}", *BASE, "--out", "{data}/cat/cat_000.jpg/x.h5"],
+     "cat_000.jpg is a file, not a folder"),
 ])
 def test_user_mistakes_exit_2_with_one_line(tmp_path, artifacts, args, message):
     data = make_image_folder(tmp_path / "d", per_class=2)
@@ -513,3 +516,36 @@ def test_other_os_errors_are_not_taken_for_permission_problems(tmp_path):
 
     with pytest.raises(FileNotFoundError):
         fails()
+
+
+def _fill(folder):
+    fd = os.open(folder / "ballast", os.O_WRONLY | os.O_CREAT)
+    for block in (1 << 16, 4096, 512, 1):
+        try:
+            while True:
+                os.write(fd, b"x" * block)
+        except OSError:
+            pass
+    os.close(fd)
+
+
+def test_outputs_on_a_read_only_or_full_disk_are_one_line(tmp_path, trained, tmpfs,
+                                                         monkeypatch):
+    store, model, data = trained
+    read_only = tmpfs("ro", size="1m", options="ro")
+    result = runner.invoke(app, ["extract", str(data), *TINY, "--out", str(read_only / "f.h5")])
+    assert result.exit_code == 2, result.output
+    assert "read-only file system" in _one_error_line(result)
+    full = tmpfs("full", size="1m")
+    _fill(full)
+    result = runner.invoke(app, ["predict", str(model), str(data), "--out", str(full / "p.csv")])
+    assert result.exit_code == 2, result.output
+    assert "No space left on device" in _one_error_line(result)
+    assert sorted(p.name for p in full.iterdir()) == ["ballast"]
+    monkeypatch.setenv("TLEARN_ARTIFACTS", str(full))
+    result = runner.invoke(app, ["train", str(store), "--classifier", "logreg", "--cv", "2"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output  # progress lines, then the one error line
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error:") and "No space left on device" in last
+    assert [p for p in (full / "classifiers").iterdir()] == []

@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -168,3 +173,35 @@ def test_a_nul_byte_in_the_path_column_of_a_csv_to_predict_is_named(tmp_path):
     csv.write_text("path\na.jpg\n\nb\0.jpg\n")
     with pytest.raises(UserInputError, match=r"todo\.csv, row 4: holds a NUL byte"):
         images_to_predict([csv])
+
+
+def test_a_file_name_that_is_not_utf8_is_passed_over_with_its_reason(tmp_path):
+    from pipeline.datasets import NOT_UTF8, images_to_predict
+
+    root = make_image_folder(tmp_path / "d", per_class=3)
+    bad = root / "dog" / os.fsdecode(b"bad\xffbytes.jpg")
+    write_image(bad, (1, 2, 3))
+    images, dataset = load_dataset(root, seed=1)
+    assert len(images) == 6 and str(bad) not in images.paths
+    assert dataset.ignored == [(str(root / "dog" / "bad\\xffbytes.jpg"), NOT_UTF8)]
+    assert len(images.fingerprint()) == 64  # it raised UnicodeEncodeError
+    paths, ignored = images_to_predict([root / "dog"])
+    assert len(paths) == 3 and [r for _, r in ignored] == [NOT_UTF8]
+    paths, ignored = images_to_predict([root / "dog" / "dog_000.jpg", bad])
+    assert paths == [str(root / "dog" / "dog_000.jpg")] and [r for _, r in ignored] == [NOT_UTF8]
+
+
+def test_duplicate_detection_never_opens_a_fifo_or_a_device_named_like_an_image(tmp_path):
+    # Special files report size 0, like an empty image: reading a FIFO blocks and
+    # /dev/zero never ends, so grouping hung for ever. A child process, to fail, not hang.
+    root = make_image_folder(tmp_path / "d", per_class=3)
+    (root / "cat" / "empty.jpg").write_bytes(b"")
+    os.mkfifo(root / "cat" / "pipe.jpg")
+    (root / "dog" / "zeros.jpg").symlink_to("/dev/zero")
+    script = ("import sys; from pipeline.datasets import load_dataset; "
+              "images, ds = load_dataset(sys.argv[1]); print(len(images), ds.grouping.duplicates)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, "-c", script, str(root)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["9", "0"]  # listed (extraction skips them, with why)

@@ -2,6 +2,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +226,157 @@ def test_store_survives_sigkill_mid_batch_and_resumes_to_the_same_rows(tmp_path,
         np.testing.assert_allclose(a.load()[0], b.load()[0], rtol=1e-6, atol=1e-6)
         assert [(s.path, s.reason) for s in a.skipped] == [(s.path, s.reason)
                                                             for s in b.skipped]
+
+
+# A real 'tlearn extract' process that, before appending the rows of batch number N,
+# pauses until told to go on ("pause"), or fills the disk of its --out ("fill"; with
+# "fill-unchecked" the free-space check is switched off, so HDF5 itself meets the full disk).
+_HOOKED = """
+import os, sys, time
+from pathlib import Path
+from features import store
+
+action, at, folder = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+calls = [0]
+original_append = store.FeatureStoreWriter.append
+
+def fill_disk():
+    fd = os.open(folder / "ballast", os.O_WRONLY | os.O_CREAT)
+    for block in (1 << 16, 4096, 512, 1):
+        try:
+            while True:
+                os.write(fd, b"x" * block)
+        except OSError:
+            pass
+    os.close(fd)
+
+def append(self, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == at:
+        if action == "pause":
+            (folder / "ready").touch()
+            while not (folder / "go").exists():
+                time.sleep(0.05)
+        else:
+            fill_disk()
+    original_append(self, *args, **kwargs)
+
+store.FeatureStoreWriter.append = append
+if action == "fill-unchecked":
+    store._free_bytes = lambda folder: 1 << 62
+from pipeline.cli import main
+sys.argv = ["tlearn", "extract", *sys.argv[4:]]
+main()
+"""
+
+
+def _extract_command(tmp_path, root, out, *extra, hook=("none", "0")):
+    args = [str(root), "--weights", "none", "--input-size", "32", "--pooling", "avg",
+            "--batch-size", "4", "--backbone", "vgg16", "--workers", "1", "--out", str(out),
+            *extra]
+    env = {**os.environ, "TLEARN_ARTIFACTS": str(tmp_path / "artifacts"),
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    return [sys.executable, "-c", _HOOKED, *hook[:2], str(Path(out).parent), *args], env
+
+
+def _run_extract(tmp_path, root, out, *extra, hook=("none", "0")):
+    command, env = _extract_command(tmp_path, root, out, *extra, hook=hook)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _error_line(done) -> str:
+    assert "Traceback" not in done.stderr and "HDF5" not in done.stderr, done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_a_second_extract_on_the_same_out_is_refused_and_the_first_finishes(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=8)  # 16 images, 4 batches
+    out = tmp_path / "f.h5"
+    command, env = _extract_command(tmp_path, root, out, hook=("pause", "2"))
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        while not (tmp_path / "ready").exists():  # the first run is mid-store
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.1)
+        for extra in ((), ("--overwrite",)):
+            second = _run_extract(tmp_path, root, out, *extra)
+            assert second.returncode == 2, second.stderr
+            line = _error_line(second)
+            assert "another tlearn run is writing" in line and "--overwrite" not in line
+        (tmp_path / "go").touch()
+        _stdout, stderr = first.communicate(timeout=300)
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == 0, stderr
+    assert not partial_path(out).exists()
+    with FeatureStore(out) as store:
+        assert store.n_rows == 16 and len(set(store.paths)) == 16
+
+
+def test_a_full_disk_stops_extract_with_one_line_and_a_resumable_store(tmp_path, tmpfs):
+    root = make_image_folder(tmp_path / "data", per_class=8)
+    disk = tmpfs("disk", size="16m")
+    out = disk / "f.h5"
+    full = _run_extract(tmp_path, root, out, hook=("fill", "3"))
+    assert full.returncode == 2, full.stderr
+    line = _error_line(full)
+    assert "almost full" in line and "resume" in line
+    assert not out.exists() and partial_path(out).exists()
+    (disk / "ballast").unlink()
+    again = _run_extract(tmp_path, root, out)
+    assert again.returncode == 0, again.stderr
+    assert "resumed an interrupted run after 8 rows" in again.stdout
+    with FeatureStore(out) as store:
+        assert store.n_rows == 16 and sorted(store.paths) == sorted(
+            str(p) for p in root.rglob("*") if p.is_file())
+
+
+def test_a_disk_full_inside_hdf5_is_one_line_and_a_clean_restart(tmp_path, tmpfs):
+    root = make_image_folder(tmp_path / "data", per_class=8)
+    disk = tmpfs("disk", size="16m")
+    out = disk / "f.h5"
+    full = _run_extract(tmp_path, root, out, hook=("fill-unchecked", "1"))
+    assert full.returncode == 2, full.stderr  # not a crash (it was a segmentation fault)
+    line = _error_line(full)
+    assert "No space left on device" in line and "removed" in line
+    assert not out.exists() and not partial_path(out).exists()
+    (disk / "ballast").unlink()
+    again = _run_extract(tmp_path, root, out)
+    assert again.returncode == 0, again.stderr
+    with FeatureStore(out) as store:
+        assert store.n_rows == 16
+
+
+def test_a_short_batch_runs_at_its_own_size_not_the_batch_size(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=2)  # 4 images
+    imgs, _ = load_dataset(root, test_size=0.25, seed=1)
+    settings = {k: v for k, v in SETTINGS.items() if k != "batch_size"}
+    extractor = create_extractor(**settings)
+    shapes = []
+    model = extractor.model
+
+    class Recording:
+        def predict_on_batch(self, x):
+            shapes.append(x.shape)
+            return model.predict_on_batch(x)
+
+    extractor.model = Recording()
+    result = extract_features(imgs, tmp_path / "f.h5", extractor=extractor, batch_size=512)
+    assert result.rows == 4
+    assert shapes and max(s[0] for s in shapes) <= 4  # was padded to 512
+
+
+def test_out_that_is_a_folder_or_below_a_file_is_refused_before_any_work(tmp_path, images):
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    with pytest.raises(UserInputError, match="is a folder"):
+        extract_features(images, folder, overwrite=True, **SETTINGS)
+    assert not (tmp_path / "outdir.partial").exists() and folder.is_dir()
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(UserInputError, match="afile is a file, not a folder"):
+        extract_features(images, tmp_path / "afile" / "x.h5", **SETTINGS)
+    assert (tmp_path / "afile").read_text() == "mine"

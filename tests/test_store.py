@@ -144,3 +144,30 @@ def test_sparse_selection_reads_only_the_rows_asked_for(tmp_path, monkeypatch):
         X, _ = store.load("test")
     np.testing.assert_array_equal(X, feats[::20])
     assert sum(read_rows) == 5  # the covering slab would be 81 rows
+
+
+@pytest.mark.parametrize("damage", ["not json", '{"a": 1}', '["train"]', None])
+def test_a_damaged_split_names_attribute_is_one_clear_error(tmp_path, damage):
+    out = tmp_path / "s.h5"
+    w = _writer(out)
+    feats, labels = _rows(0, 4)
+    w.append(feats, labels, [0, 1, 0, 1], np.arange(4))
+    w.commit(4)
+    w.finalize()
+    with h5py.File(out, "r+") as f:
+        if damage is None:
+            del f.attrs["split_names"]
+        else:
+            f.attrs["split_names"] = damage  # '["train"]': rows of split 1 have no name
+    with pytest.raises(UserInputError, match=r"damaged.*split_names.*extract it again"):
+        FeatureStore(out)
+
+
+def test_a_link_at_the_partial_path_is_refused_not_written_through(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("mine")
+    out = tmp_path / "s.h5"
+    partial_path(out).symlink_to(target)
+    with pytest.raises(UserInputError, match="not a file tlearn left"):
+        _writer(out)
+    assert target.read_text() == "mine" and partial_path(out).is_symlink()

@@ -444,3 +444,35 @@ def test_a_damaged_test_row_is_named_with_its_store(store, artifacts):
     with pytest.raises(UserInputError, match=rf"{store_path.name}: row\(s\) {row} hold NaN, "
                                              "infinite or absurd values"):
         train_store(store_path, classifier="logreg", cv=2)
+
+
+def test_predict_never_writes_through_a_link_and_passes_over_names_not_utf8(tmp_path, store):
+    import csv
+    import os
+
+    from pipeline.datasets import NOT_UTF8
+    from pipeline.workflows import write_predictions
+
+    store_path, data = store
+    model = train_store(store_path, classifier="logreg", cv=2)[0].model_path
+    folder = tmp_path / "to_classify"
+    folder.mkdir()
+    for path in sorted(data.rglob("*.*"))[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    bad = folder / os.fsdecode(b"bad\xffbytes.jpg")
+    bad.write_bytes(next(data.rglob("*.jpg")).read_bytes())
+    target = tmp_path / "precious.txt"
+    target.write_text("mine")
+    target.chmod(0o600)
+    out = tmp_path / "pred.csv"
+    (tmp_path / "pred.csv.partial").symlink_to(target)
+    with pytest.raises(UserInputError, match="not a file tlearn left"):
+        write_predictions(model, [folder], out)
+    assert target.read_text() == "mine" and target.stat().st_mode & 0o777 == 0o600
+    assert not out.exists()
+    (tmp_path / "pred.csv.partial").unlink()
+    report = write_predictions(model, [folder], out)  # it raised UnicodeEncodeError
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert len(rows) == 3 and not any(r["error"] for r in rows)
+    assert [r for _, r in report.ignored] == [NOT_UTF8]
+    assert not (tmp_path / "pred.csv.lock").exists()
