@@ -20,6 +20,7 @@ import math
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -195,49 +196,19 @@ def block_names(variant: str | LiteVariant = LITE0) -> list[str]:
     return names
 
 
-def EfficientNetLite0(
-    include_top: bool = True,
-    weights: str | Path | None = "imagenet",
-    input_shape: tuple[int | None, int | None, int] | None = None,
-    pooling: str | None = None,
-    classes: int = NUM_CLASSES,
-    classifier_activation: str | None = "softmax",
-    dropout_rate: float | None = None,
-    name: str = "efficientnet_lite0",
-):
-    """EfficientNet-Lite0 (width 1.0, depth 1.0, 224 px); see :func:`EfficientNetLite`."""
-    return EfficientNetLite(LITE0, include_top, weights, input_shape, pooling, classes,
-                              classifier_activation, dropout_rate, name)
+def EfficientNetLite0(**kwargs: Any):
+    """EfficientNet-Lite0 (width 1.0, depth 1.0, 224 px): see :func:`EfficientNetLite`."""
+    return EfficientNetLite(LITE0, **kwargs)
 
 
-def EfficientNetLite1(
-    include_top: bool = True,
-    weights: str | Path | None = "imagenet",
-    input_shape: tuple[int | None, int | None, int] | None = None,
-    pooling: str | None = None,
-    classes: int = NUM_CLASSES,
-    classifier_activation: str | None = "softmax",
-    dropout_rate: float | None = None,
-    name: str = "efficientnet_lite1",
-):
-    """EfficientNet-Lite1 (width 1.0, depth 1.1, 240 px); see :func:`EfficientNetLite`."""
-    return EfficientNetLite(LITE1, include_top, weights, input_shape, pooling, classes,
-                              classifier_activation, dropout_rate, name)
+def EfficientNetLite1(**kwargs: Any):
+    """EfficientNet-Lite1 (width 1.0, depth 1.1, 240 px): see :func:`EfficientNetLite`."""
+    return EfficientNetLite(LITE1, **kwargs)
 
 
-def EfficientNetLite2(
-    include_top: bool = True,
-    weights: str | Path | None = "imagenet",
-    input_shape: tuple[int | None, int | None, int] | None = None,
-    pooling: str | None = None,
-    classes: int = NUM_CLASSES,
-    classifier_activation: str | None = "softmax",
-    dropout_rate: float | None = None,
-    name: str = "efficientnet_lite2",
-):
-    """EfficientNet-Lite2 (width 1.1, depth 1.2, 260 px); see :func:`EfficientNetLite`."""
-    return EfficientNetLite(LITE2, include_top, weights, input_shape, pooling, classes,
-                              classifier_activation, dropout_rate, name)
+def EfficientNetLite2(**kwargs: Any):
+    """EfficientNet-Lite2 (width 1.1, depth 1.2, 260 px): see :func:`EfficientNetLite`."""
+    return EfficientNetLite(LITE2, **kwargs)
 
 
 def EfficientNetLite(

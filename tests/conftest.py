@@ -167,6 +167,18 @@ def headless_chromium(profile: Path, *flags: str, window: str = "1100,800",
 
 # -- small file systems (a disk that fills up, a read-only folder) -----------------------------
 
+def fill_disk(folder: Path) -> None:
+    """Fill the file system of ``folder`` to the last byte (a file ``ballast`` in it)."""
+    fd = os.open(folder / "ballast", os.O_WRONLY | os.O_CREAT)
+    for block in (1 << 16, 4096, 512, 1):
+        try:
+            while True:
+                os.write(fd, b"x" * block)
+        except OSError:
+            pass
+    os.close(fd)
+
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """``mount(name, size="16m", options="")``: a fresh tmpfs at ``tmp_path / name``.

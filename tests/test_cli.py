@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from features.store import FeatureStore
 from pipeline.cli import app
-from tests.conftest import REPO_ROOT, make_image_folder
+from tests.conftest import REPO_ROOT, fill_disk, make_image_folder
 
 runner = CliRunner()
 TINY = ["--backbone", "vgg16", "--weights", "none", "--input-size", "32", "--pooling", "avg",
@@ -518,17 +518,6 @@ def test_other_os_errors_are_not_taken_for_permission_problems(tmp_path):
         fails()
 
 
-def _fill(folder):
-    fd = os.open(folder / "ballast", os.O_WRONLY | os.O_CREAT)
-    for block in (1 << 16, 4096, 512, 1):
-        try:
-            while True:
-                os.write(fd, b"x" * block)
-        except OSError:
-            pass
-    os.close(fd)
-
-
 def test_outputs_on_a_read_only_or_full_disk_are_one_line(tmp_path, trained, tmpfs,
                                                          monkeypatch):
     store, model, data = trained
@@ -537,7 +526,7 @@ def test_outputs_on_a_read_only_or_full_disk_are_one_line(tmp_path, trained, tmp
     assert result.exit_code == 2, result.output
     assert "read-only file system" in _one_error_line(result)
     full = tmpfs("full", size="1m")
-    _fill(full)
+    fill_disk(full)
     result = runner.invoke(app, ["predict", str(model), str(data), "--out", str(full / "p.csv")])
     assert result.exit_code == 2, result.output
     assert "No space left on device" in _one_error_line(result)

@@ -235,20 +235,11 @@ _HOOKED = """
 import os, sys, time
 from pathlib import Path
 from features import store
+from tests.conftest import fill_disk
 
 action, at, folder = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 calls = [0]
 original_append = store.FeatureStoreWriter.append
-
-def fill_disk():
-    fd = os.open(folder / "ballast", os.O_WRONLY | os.O_CREAT)
-    for block in (1 << 16, 4096, 512, 1):
-        try:
-            while True:
-                os.write(fd, b"x" * block)
-        except OSError:
-            pass
-    os.close(fd)
 
 def append(self, *args, **kwargs):
     calls[0] += 1
@@ -258,7 +249,7 @@ def append(self, *args, **kwargs):
             while not (folder / "go").exists():
                 time.sleep(0.05)
         else:
-            fill_disk()
+            fill_disk(folder)
     original_append(self, *args, **kwargs)
 
 store.FeatureStoreWriter.append = append
