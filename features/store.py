@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import json
 import os
 import re
@@ -310,8 +311,6 @@ class FeatureStoreWriter:
                 with contextlib.suppress(Exception):
                     self._file.close()
             self._dsets.clear()
-            import gc
-
             gc.collect()
         finally:
             sys.unraisablehook, sys.excepthook = saved
@@ -402,7 +401,8 @@ class FeatureStoreWriter:
     def close(self) -> None:
         """Close without finishing (the partial file stays, resumable)."""
         if self._file is not None and self._file.id.valid:
-            self._file.close()
+            with self._writing():  # closing writes what HDF5 still holds
+                self._file.close()
         self.reserve.unlink(missing_ok=True)
 
 
