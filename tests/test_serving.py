@@ -563,3 +563,38 @@ def test_a_small_image_never_waits_behind_large_decodes(live_server, monkeypatch
         for t in threads:
             t.join(60)
     assert answers == [200, 200, 200] and most[0] == 2  # the third large one took its turn
+
+
+def test_a_pipelined_request_keeps_its_connection_past_the_header_deadline(live_server,
+                                                                          monkeypatch):
+    import threading
+
+    import pipeline.serving as serving
+
+    real_decode = serving.decode_image
+    decoding = threading.Event()
+
+    def slow_decode(*args, **kwargs):
+        decoding.set()
+        threading.Event().wait(2.5)  # past the 1 s deadline for the next request's headers
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(serving, "decode_image", slow_decode)
+    limits = ServeLimits(body_timeout=1.0)
+    base = live_server(create_app(_toy_model(), limits), limits)
+    body = _multipart([("a.png", _png())])
+    second = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+              b"boundary=XX\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    sock = _raw(base, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + second)
+    try:
+        answer = b""
+        sock.settimeout(30)
+        while answer.count(b"HTTP/1.1 ") < 2 or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    finally:
+        sock.close()
+    assert decoding.is_set()
+    assert answer.count(b"HTTP/1.1 200 OK") == 2, answer
