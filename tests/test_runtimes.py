@@ -13,6 +13,7 @@ from features import runtimes
 from features.backbones import BACKBONES
 from features.errors import UserInputError
 from features.factory import create_extractor
+from features.registries import Registry
 from features.runtimes import (
     MIXING_TOLERANCE,
     OpenVINONetwork,
@@ -142,8 +143,11 @@ def test_without_openvino_the_error_names_the_extra_to_install(monkeypatch, imag
 
     from pipeline.cli import app
 
-    monkeypatch.setitem(runtimes.RUNTIMES, "openvino",
-                        replace(runtimes.RUNTIMES["openvino"], package="no_such_openvino"))
+    missing = Registry("runtime")
+    for name, entry in runtimes.RUNTIMES.items():
+        missing.register(name, replace(entry, package="no_such_openvino")
+                         if name == "openvino" else entry)
+    monkeypatch.setattr(runtimes, "RUNTIMES", missing)
     with pytest.raises(UserInputError, match=r"pip install 'tlearn\[openvino\]'"):
         get_runtime("openvino")
     assert runtimes.default_runtime() == "tensorflow"
