@@ -7,16 +7,20 @@ from rich.table import Table
 
 from pipeline.progress import make_console, print_table
 
-# One pair for every command module, which imports them by name: --no-color sets them
-# (plain_output), never replaces them.
+# One pair for every command module, which imports them by name: each run makes them
+# again in place (plain_output), never replaces them.
 console = make_console()
 err_console = make_console(stderr=True)
 
 
 def plain_output(no_color: bool) -> None:
-    """Set both consoles for this run: ``no_color`` or rich's own rules (``NO_COLOR``)."""
-    console.no_color = make_console(no_color=no_color).no_color
-    err_console.no_color = make_console(stderr=True, no_color=no_color).no_color
+    """Make both consoles again for this run, in place, with ``--no-color``.
+
+    In place, as new consoles would read them now: the environment (``NO_COLOR``,
+    ``COLUMNS``) and whether output is a terminal.
+    """
+    console.__dict__.update(make_console(no_color=no_color).__dict__)
+    err_console.__dict__.update(make_console(stderr=True, no_color=no_color).__dict__)
 
 
 def warn(line: str) -> None:
