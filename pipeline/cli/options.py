@@ -74,8 +74,7 @@ MAX_SEED = 2**32 - 1
 
 
 def check_seed(value: int) -> int:
-    """A ``--seed`` callback: the value, or one error line that gives the whole range."""
-    # a callback, not min/max: one error line that gives the whole range
+    """A ``--seed`` callback (not min/max: one error line that gives the whole range)."""
     if not 0 <= value <= MAX_SEED:
         fail(f"--seed must be an integer from 0 to {MAX_SEED}, got {value}")
     return value
