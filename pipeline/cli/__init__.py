@@ -4,7 +4,7 @@ One module per group of commands, each a Typer app merged into :data:`app` (type
 "one file per command"), listed in --help under its panel: :mod:`~pipeline.cli.data`,
 :mod:`~pipeline.cli.stage1`, :mod:`~pipeline.cli.stage2`, :mod:`~pipeline.cli.stage3`
 and :mod:`~pipeline.cli.use`. Commands import heavy libraries (TensorFlow,
-scikit-learn, h5py...) in their bodies, so that ``tlearn --help`` starts in an instant.
+scikit-learn, h5py...) in their bodies, so that ``tlearn --help`` imports none of them.
 """
 
 from __future__ import annotations
