@@ -1,26 +1,37 @@
-"""Stage 1: backbones, feature extraction and the HDF5 feature store."""
+"""Stage 1: backbones, feature extraction and the HDF5 feature store.
 
-from features.backbones import BACKBONES, BackboneConfig, get_backbone, register_backbone
-from features.errors import UserInputError, WeightsUnavailableError
-from features.extraction import ExtractionResult, LabeledImages, extract_features
-from features.factory import create_extractor
-from features.networks import build_base_model
-from features.spec import FeatureExtractor, FeatureSpec
-from features.store import FeatureStore
+The names below are imported on first use (PEP 562): a light submodule such as
+``features.errors``, which the command line imports to start, does not pull in h5py
+and the network code through this package.
+"""
 
-__all__ = [
-    "BACKBONES",
-    "BackboneConfig",
-    "ExtractionResult",
-    "FeatureExtractor",
-    "FeatureSpec",
-    "FeatureStore",
-    "LabeledImages",
-    "UserInputError",
-    "WeightsUnavailableError",
-    "build_base_model",
-    "create_extractor",
-    "extract_features",
-    "get_backbone",
-    "register_backbone",
-]
+import importlib
+
+_HOMES = {
+    "BACKBONES": "features.backbones",
+    "BackboneConfig": "features.backbones",
+    "get_backbone": "features.backbones",
+    "register_backbone": "features.backbones",
+    "UserInputError": "features.errors",
+    "WeightsUnavailableError": "features.errors",
+    "ExtractionResult": "features.extraction",
+    "LabeledImages": "features.extraction",
+    "extract_features": "features.extraction",
+    "create_extractor": "features.factory",
+    "build_base_model": "features.networks",
+    "FeatureExtractor": "features.spec",
+    "FeatureSpec": "features.spec",
+    "FeatureStore": "features.store",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'features' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

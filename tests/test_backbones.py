@@ -159,7 +159,7 @@ def test_preprocessing_agrees_with_keras_applications(name):
 
 # -- one default backbone -----------------------------------------------------------------------
 def _cli_extract_default() -> str:
-    from pipeline.cli import extract
+    from pipeline.cli.stage1 import extract
 
     return inspect.signature(extract).parameters["backbone"].default
 
