@@ -13,6 +13,7 @@ can rebuild the backbone and classify raw image files.
 
 from __future__ import annotations
 
+import json
 import numbers
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from classifiers.search import (
 )
 from classifiers.streaming_sgd import ChunkSource, array_chunks, search_sgd
 from features.errors import UserInputError
+from features.prediction import ImageScorer
 
 SOLVER_SPACES = ("auto", "rowspace", "centred", "features")
 
@@ -166,6 +168,10 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         ``classes_`` (class indices for a model fitted on a store); ``label_names_``
         turns them into names, as :meth:`predict_images` does itself.
     feature_spec_ : dict or None
+    calibration_paths_ : list of str or None
+        The training images an int8 backbone was calibrated on (from the store, by
+        :meth:`fit_store`): :meth:`image_scorer` quantizes the network again from them
+        when it is no longer in the OpenVINO cache. None for other features.
     best_params_ : dict
         The chosen hyperparameter.
     search_ : SearchResult
@@ -269,8 +275,8 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         return self._fit(X, y, self.feature_spec, self.label_names, progress=None)
 
     def _fit(self, X, y, feature_spec: dict | None, label_names: Sequence[str] | None,
-             progress: Progress | None, fold_runner: FoldRunner | None = None
-             ) -> FeatureClassifier:
+             progress: Progress | None, fold_runner: FoldRunner | None = None,
+             calibration_paths: list[str] | None = None) -> FeatureClassifier:
         t0 = time.perf_counter()
         config, grid = self._validate_params()
         X, y = self._validate_training_data(X, y)
@@ -281,7 +287,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             self._fit_out_of_core(config, lambda: array_chunks(X, y), y, grid, seed)
         else:
             self._fit_in_memory(config, X, y, grid, seed, progress, fold_runner)
-        self._finish(y, names, feature_spec, t0)
+        self._finish(y, names, feature_spec, calibration_paths, t0)
         return self
 
     def _solver_space(self, config: ClassifierConfig, X: np.ndarray) -> str:
@@ -353,11 +359,12 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.estimator_ = self._scaled(config, final.fit_chunks(chunks, classes=np.unique(y)))
 
     def _finish(self, y: np.ndarray, names: list[str], feature_spec: dict | None,
-                t0: float) -> None:
+                calibration_paths: list[str] | None, t0: float) -> None:
         self.best_params_ = {self.search_.param: self.search_.best_value}
         self.classes_ = np.unique(y)
         self.label_names_ = names
         self.feature_spec_ = dict(feature_spec) if feature_spec else None
+        self.calibration_paths_ = calibration_paths
         self.fit_seconds_ = time.perf_counter() - t0
 
     def fit_store(self, store, split: str = "train", progress: Progress | None = None, *,
@@ -365,8 +372,9 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
                   fold_runner: FoldRunner | None = None) -> FeatureClassifier:
         """Fit on a split of a :class:`features.FeatureStore`, recording its specification.
 
-        The feature specification and the class names come from the store (the
-        ``feature_spec`` and ``label_names`` parameters are not used). ``sgd``
+        The feature specification, the class names and the int8 calibration images come
+        from the store (the ``feature_spec`` and ``label_names`` parameters are not used),
+        so that a saved model can rebuild its backbone without the store. ``sgd``
         streams the store chunk by chunk (memory bounded by the chunk size); the
         other families read the split into one float32 array.
 
@@ -390,12 +398,15 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self
         """
         spec, label_names = store.spec.to_dict(), store.label_names
+        calibration = store.attrs.get("calibration_paths")
+        calibration_paths = list(json.loads(calibration)) if calibration else None
         config, grid = self._validate_params()
         store_rows = np.flatnonzero(store.split_mask(split))
         if not config.out_of_core:
             X, y = loaded if loaded is not None else store.load(split)
             check_feature_values(X, str(store.path), store_rows)
-            return self._fit(X, y, spec, label_names, progress, fold_runner)
+            return self._fit(X, y, spec, label_names, progress, fold_runner,
+                             calibration_paths)
         t0 = time.perf_counter()
         y = store.labels[store.split_mask(split)]
         check_folds(y, self.cv)
@@ -408,7 +419,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
 
         self.n_features_in_ = store.feature_dim
         self._fit_out_of_core(config, chunks, y, grid, _int_seed(self.random_state))
-        self._finish(y, names, spec, t0)
+        self._finish(y, names, spec, calibration_paths, t0)
         return self
 
     # prediction -----------------------------------------------------------------------------
@@ -480,10 +491,16 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         return np.column_stack([-scores, scores]) if scores.ndim == 1 else scores
 
     # images ---------------------------------------------------------------------------------
-    def feature_extractor(self):
-        """The backbone that makes this model's features (built on first use, then cached)."""
-        cached = getattr(self, "_extractor_cache", None)
-        if cached is None:
+    def feature_extractor(self, runtime: str | None = None):
+        """The backbone that makes this model's features, run by ``runtime``.
+
+        Built on first use for each runtime, then cached. An int8 network that is no
+        longer in the OpenVINO cache is quantized again from ``calibration_paths_``.
+        """
+        cache = getattr(self, "_extractor_cache", None)
+        if not isinstance(cache, dict):
+            cache = self._extractor_cache = {}
+        if runtime not in cache:
             from features.factory import create_extractor
             from features.spec import FeatureSpec
 
@@ -493,12 +510,35 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
                     "this classifier was fitted without a feature specification; fit it with "
                     "fit_store() or pass feature_spec= so it can rebuild the backbone"
                 )
-            cached = create_extractor(FeatureSpec.from_dict(self.feature_spec_))
-            self._extractor_cache = cached
-        return cached
+            spec = FeatureSpec.from_dict(FeatureSpec.fill_defaults(self.feature_spec_))
+            cache[runtime] = create_extractor(
+                spec, runtime=runtime,
+                calibration_paths=getattr(self, "calibration_paths_", None))
+        return cache[runtime]
+
+    def image_scorer(self, runtime: str | None = None) -> ImageScorer:
+        """This model as scores of image pixels: backbone, then :meth:`class_scores`.
+
+        What :meth:`predict_images`, ``tlearn predict``, ``tlearn serve`` and the
+        engines classify images with.
+
+        Parameters
+        ----------
+        runtime : {"tensorflow", "openvino"}, optional
+            What runs the backbone (:func:`features.runtimes.resolve_runtime` for the
+            features' precision by default).
+        """
+        extractor = self.feature_extractor(runtime)
+
+        def scores(images: np.ndarray) -> np.ndarray:
+            return self.class_scores(extractor(images))
+
+        return ImageScorer(extractor.spec.input_size, scores, list(self.label_names_),
+                           _has_predict_proba(self), extractor.spec.runtime,
+                           extractor.spec.precision)
 
     def predict_images(self, paths: Sequence[str], top: int = 1) -> list[dict]:
-        """Classify image files.
+        """Classify image files (through :meth:`image_scorer`, as ``tlearn predict`` does).
 
         Returns
         -------
@@ -507,16 +547,11 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             with labels from ``label_names_``, or ``{"path", "error"}`` for a file that
             could not be read. Scores are probabilities.
         """
-        from features.prediction import classify_files
-
-        extractor = self.feature_extractor()
-        return classify_files(paths, extractor.spec.input_size,
-                              lambda images: self.class_scores(extractor(images)),
-                              self.label_names_, top)
+        return self.image_scorer().classify_files(paths, top)
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state.pop("_extractor_cache", None)  # a Keras model: rebuilt lazily after loading
+        state.pop("_extractor_cache", None)  # Keras models: rebuilt lazily after loading
         return state
 
     def __setstate__(self, state: dict) -> None:

@@ -1,5 +1,7 @@
+import json
 import pickle
 from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from classifiers.estimators import FeatureClassifier
 from classifiers.registry import CLASSIFIERS
 from features.errors import UserInputError
+from features.spec import FeatureSpec
 from tests.conftest import CLASS_COLOURS, write_image
 from tests.test_rowspace import assert_same_decisions, wide_data
 
@@ -197,6 +200,7 @@ class ArrayStore:
     """What :meth:`FeatureClassifier.fit_store` reads from a feature store, over arrays."""
 
     path = "features/pets.h5"
+    attrs: ClassVar[dict] = {}  # float32 features: no int8 calibration images recorded
 
     def __init__(self, X, y, label_names):
         self.X, self.labels, self.label_names = X, y, label_names
@@ -243,10 +247,30 @@ def test_fitting_leaves_the_parameters_alone(kind):
 class MeanColour:
     """Stands for a backbone: the mean colour of each image, as three features."""
 
-    spec = SimpleNamespace(input_size=16)
+    spec = SimpleNamespace(input_size=16, runtime="tensorflow", precision="float32")
 
     def __call__(self, images):
         return images.reshape(len(images), -1, 3).mean(axis=1).astype(np.float32)
+
+
+def test_a_model_fitted_on_an_int8_store_rebuilds_its_backbone_from_its_own_calibration(
+        monkeypatch):
+    # A saved model is self-contained: its int8 network can be quantized again without
+    # the store it was trained on.
+    import features.factory
+
+    calibration = ["data/red/red_001.png", "data/blue/blue_004.png"]
+    store = ArrayStore(*tall_data(), ["a", "b", "c"])
+    store.attrs = {"calibration_paths": json.dumps(calibration)}
+    store.spec = FeatureSpec("vgg16", "block5_pool", "avg", 16, "caffe", "random", "", 6,
+                             precision="int8", runtime="openvino", calibration="c0ffee")
+    model = pickle.loads(pickle.dumps(FeatureClassifier(cv=2).fit_store(store)))
+    assert model.calibration_paths_ == calibration
+    built = []
+    monkeypatch.setattr(features.factory, "create_extractor",
+                        lambda spec, **options: built.append(options) or MeanColour())
+    assert model.image_scorer().input_size == MeanColour.spec.input_size
+    assert built == [{"runtime": None, "calibration_paths": calibration}]
 
 
 @pytest.mark.parametrize("labels,label_names,expected", [
@@ -265,7 +289,7 @@ def test_labels_of_any_type(tmp_path, monkeypatch, kind, labels, label_names, ex
     np.testing.assert_array_equal(model.predict(X[:3]), y[:3])
     assert dict(zip(model.classes_.tolist(), model.label_names_, strict=True)) == \
         dict(zip(labels, expected, strict=True))
-    monkeypatch.setattr(model, "feature_extractor", MeanColour)
+    monkeypatch.setattr(model, "feature_extractor", lambda runtime=None: MeanColour())
     paths = [write_image(tmp_path / f"{i}.png", CLASS_COLOURS[i]) for i in range(3)]
     results = model.predict_images(paths, top=3)
     assert [r["label"] for r in results] == expected
