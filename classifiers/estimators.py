@@ -17,11 +17,13 @@ import json
 import numbers
 import time
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -43,6 +45,14 @@ from features.prediction import ImageScorer
 SOLVER_SPACES = ("auto", "rowspace", "centred", "features")
 
 Progress = Callable[[int, int], None]
+
+
+class InvalidParameter(UserInputError, InvalidParameterError):
+    """A bad parameter of :class:`FeatureClassifier`, in scikit-learn's words.
+
+    Both scikit-learn's ``InvalidParameterError`` (what its tooling expects) and a
+    :class:`features.errors.UserInputError`, which the command line shows as one line.
+    """
 
 
 def _has_predict_proba(model: FeatureClassifier) -> bool:
@@ -208,35 +218,52 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.n_repeats = n_repeats
 
     # fitting --------------------------------------------------------------------------------
-    def _validate_params(self) -> tuple[ClassifierConfig, list[float]]:
+    _parameter_constraints: ClassVar[dict] = {
+        "kind": [str],  # the name is judged by the registry, which suggests the nearest
+        "grid": [None, "array-like"],
+        "cv": [Interval(numbers.Integral, 2, None, closed="left")],
+        "random_state": ["random_state"],
+        "n_jobs": [None, Interval(numbers.Integral, None, -1, closed="right"),
+                   Interval(numbers.Integral, 1, None, closed="left")],
+        "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
+        "epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "solver_space": [StrOptions(set(SOLVER_SPACES))],
+        "feature_spec": [None, dict],
+        "label_names": [None, "array-like"],
+        "n_repeats": [Interval(numbers.Integral, 1, None, closed="left")],
+    }
+
+    def _checked_params(self) -> tuple[ClassifierConfig, list[float]]:
+        """The family's configuration and the grid, once every parameter is checked.
+
+        Each parameter alone by scikit-learn (:attr:`_parameter_constraints`), then what
+        depends on the family, in the same words.
+        """
+        try:
+            self._validate_params()
+        except InvalidParameterError as exc:
+            raise InvalidParameter(str(exc)) from None
         config = get_classifier_config(self.kind)
-        for name in ("cv", "n_repeats", "max_iter", "epochs"):
-            value = getattr(self, name)
-            least = 2 if name == "cv" else 1
-            if not isinstance(value, numbers.Integral) or value < least:
-                raise UserInputError(f"{name} must be an integer >= {least}, got {value!r}")
-        if self.n_jobs is not None and (not isinstance(self.n_jobs, numbers.Integral)
-                                        or self.n_jobs == 0):
-            raise UserInputError(f"n_jobs must be None or a non-zero integer (-1: every CPU), "
-                                 f"got {self.n_jobs!r}")
-        if self.solver_space not in SOLVER_SPACES:
-            raise UserInputError(f"solver_space must be one of {', '.join(SOLVER_SPACES)}; "
-                                 f"got {self.solver_space!r}")
         if self.solver_space == "rowspace" and not config.rowspace:
-            raise UserInputError(f"solver_space='rowspace' is exact only for L2 linear models "
-                                 f"fitted in memory; kind {self.kind!r} takes 'auto' or "
-                                 "'features'")
+            self._refuse("solver_space", "a str among {'auto', 'features'} for kind "
+                         f"{self.kind!r} ('rowspace' is exact only for L2 linear models "
+                         "fitted in memory)")
         if self.solver_space == "centred" and (not config.rowspace
                                                or config.penalised_intercept):
-            raise UserInputError(f"solver_space='centred' is exact only for L2 linear models "
-                                 f"whose intercept is not penalised (logreg, ovr); kind "
-                                 f"{self.kind!r} takes 'auto', 'features'"
-                                 + ("" if not config.rowspace else " or 'rowspace'"))
+            allowed = "'auto', 'features', 'rowspace'" if config.rowspace else "'auto', 'features'"
+            self._refuse("solver_space", f"a str among {{{allowed}}} for kind {self.kind!r} "
+                         "('centred' is exact only for L2 linear models whose intercept is "
+                         "not penalised: logreg, ovr)")
         grid = list(config.param_grid if self.grid is None else self.grid)
         if not grid or not all(isinstance(v, numbers.Real) and v > 0 for v in grid):
-            raise UserInputError(f"grid must hold positive values of {config.param_name}, "
-                                 f"got {self.grid!r}")
+            self._refuse("grid", f"None or a non-empty array-like of positive values of "
+                         f"{config.param_name}")
         return config, grid
+
+    def _refuse(self, name: str, allowed: str) -> None:
+        """Raise scikit-learn's error for parameter ``name``, which must be ``allowed``."""
+        raise InvalidParameter(f"The {name!r} parameter of {type(self).__name__} must be "
+                               f"{allowed}. Got {getattr(self, name)!r} instead.")
 
     def _validate_training_data(self, X, y) -> tuple[np.ndarray, np.ndarray]:
         if y is None:
@@ -278,7 +305,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
              progress: Progress | None, fold_runner: FoldRunner | None = None,
              calibration_paths: list[str] | None = None) -> FeatureClassifier:
         t0 = time.perf_counter()
-        config, grid = self._validate_params()
+        config, grid = self._checked_params()
         X, y = self._validate_training_data(X, y)
         check_folds(y, self.cv)
         names = _class_names(np.unique(y), label_names)
@@ -400,7 +427,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         spec, label_names = store.spec.to_dict(), store.label_names
         calibration = store.attrs.get("calibration_paths")
         calibration_paths = list(json.loads(calibration)) if calibration else None
-        config, grid = self._validate_params()
+        config, grid = self._checked_params()
         store_rows = np.flatnonzero(store.split_mask(split))
         if not config.out_of_core:
             X, y = loaded if loaded is not None else store.load(split)
