@@ -524,9 +524,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         Built on first use for each runtime, then cached. An int8 network that is no
         longer in the OpenVINO cache is quantized again from ``calibration_paths_``.
         """
-        cache = getattr(self, "_extractor_cache", None)
-        if not isinstance(cache, dict):
-            cache = self._extractor_cache = {}
+        cache = self.__dict__.setdefault("_extractor_cache", {})
         if runtime not in cache:
             from features.factory import create_extractor
             from features.spec import FeatureSpec
