@@ -13,14 +13,17 @@ can rebuild the backbone and classify raw image files.
 
 from __future__ import annotations
 
+import json
 import numbers
 import time
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -37,10 +40,19 @@ from classifiers.search import (
 )
 from classifiers.streaming_sgd import ChunkSource, array_chunks, search_sgd
 from features.errors import UserInputError
+from features.prediction import ImageScorer
 
 SOLVER_SPACES = ("auto", "rowspace", "centred", "features")
 
 Progress = Callable[[int, int], None]
+
+
+class InvalidParameter(UserInputError, InvalidParameterError):
+    """A bad parameter of :class:`FeatureClassifier`, in scikit-learn's words.
+
+    Both scikit-learn's ``InvalidParameterError`` (what its tooling expects) and a
+    :class:`features.errors.UserInputError`, which the command line shows as one line.
+    """
 
 
 def _has_predict_proba(model: FeatureClassifier) -> bool:
@@ -166,6 +178,10 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         ``classes_`` (class indices for a model fitted on a store); ``label_names_``
         turns them into names, as :meth:`predict_images` does itself.
     feature_spec_ : dict or None
+    calibration_paths_ : list of str or None
+        The training images an int8 backbone was calibrated on (from the store, by
+        :meth:`fit_store`): :meth:`image_scorer` quantizes the network again from them
+        when it is no longer in the OpenVINO cache. None for other features.
     best_params_ : dict
         The chosen hyperparameter.
     search_ : SearchResult
@@ -202,35 +218,52 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.n_repeats = n_repeats
 
     # fitting --------------------------------------------------------------------------------
-    def _validate_params(self) -> tuple[ClassifierConfig, list[float]]:
+    _parameter_constraints: ClassVar[dict] = {
+        "kind": [str],  # the name is judged by the registry, which suggests the nearest
+        "grid": [None, "array-like"],
+        "cv": [Interval(numbers.Integral, 2, None, closed="left")],
+        "random_state": ["random_state"],
+        "n_jobs": [None, Interval(numbers.Integral, None, -1, closed="right"),
+                   Interval(numbers.Integral, 1, None, closed="left")],
+        "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
+        "epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "solver_space": [StrOptions(set(SOLVER_SPACES))],
+        "feature_spec": [None, dict],
+        "label_names": [None, "array-like"],
+        "n_repeats": [Interval(numbers.Integral, 1, None, closed="left")],
+    }
+
+    def _checked_params(self) -> tuple[ClassifierConfig, list[float]]:
+        """The family's configuration and the grid, once every parameter is checked.
+
+        Each parameter alone by scikit-learn (:attr:`_parameter_constraints`), then what
+        depends on the family, in the same words.
+        """
+        try:
+            self._validate_params()
+        except InvalidParameterError as exc:
+            raise InvalidParameter(str(exc)) from None
         config = get_classifier_config(self.kind)
-        for name in ("cv", "n_repeats", "max_iter", "epochs"):
-            value = getattr(self, name)
-            least = 2 if name == "cv" else 1
-            if not isinstance(value, numbers.Integral) or value < least:
-                raise UserInputError(f"{name} must be an integer >= {least}, got {value!r}")
-        if self.n_jobs is not None and (not isinstance(self.n_jobs, numbers.Integral)
-                                        or self.n_jobs == 0):
-            raise UserInputError(f"n_jobs must be None or a non-zero integer (-1: every CPU), "
-                                 f"got {self.n_jobs!r}")
-        if self.solver_space not in SOLVER_SPACES:
-            raise UserInputError(f"solver_space must be one of {', '.join(SOLVER_SPACES)}; "
-                                 f"got {self.solver_space!r}")
         if self.solver_space == "rowspace" and not config.rowspace:
-            raise UserInputError(f"solver_space='rowspace' is exact only for L2 linear models "
-                                 f"fitted in memory; kind {self.kind!r} takes 'auto' or "
-                                 "'features'")
+            self._refuse("solver_space", "a str among {'auto', 'features'} for kind "
+                         f"{self.kind!r} ('rowspace' is exact only for L2 linear models "
+                         "fitted in memory)")
         if self.solver_space == "centred" and (not config.rowspace
                                                or config.penalised_intercept):
-            raise UserInputError(f"solver_space='centred' is exact only for L2 linear models "
-                                 f"whose intercept is not penalised (logreg, ovr); kind "
-                                 f"{self.kind!r} takes 'auto', 'features'"
-                                 + ("" if not config.rowspace else " or 'rowspace'"))
+            allowed = "'auto', 'features', 'rowspace'" if config.rowspace else "'auto', 'features'"
+            self._refuse("solver_space", f"a str among {{{allowed}}} for kind {self.kind!r} "
+                         "('centred' is exact only for L2 linear models whose intercept is "
+                         "not penalised: logreg, ovr)")
         grid = list(config.param_grid if self.grid is None else self.grid)
         if not grid or not all(isinstance(v, numbers.Real) and v > 0 for v in grid):
-            raise UserInputError(f"grid must hold positive values of {config.param_name}, "
-                                 f"got {self.grid!r}")
+            self._refuse("grid", f"None or a non-empty array-like of positive values of "
+                         f"{config.param_name}")
         return config, grid
+
+    def _refuse(self, name: str, allowed: str) -> None:
+        """Raise scikit-learn's error for parameter ``name``, which must be ``allowed``."""
+        raise InvalidParameter(f"The {name!r} parameter of {type(self).__name__} must be "
+                               f"{allowed}. Got {getattr(self, name)!r} instead.")
 
     def _validate_training_data(self, X, y) -> tuple[np.ndarray, np.ndarray]:
         if y is None:
@@ -269,10 +302,10 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         return self._fit(X, y, self.feature_spec, self.label_names, progress=None)
 
     def _fit(self, X, y, feature_spec: dict | None, label_names: Sequence[str] | None,
-             progress: Progress | None, fold_runner: FoldRunner | None = None
-             ) -> FeatureClassifier:
+             progress: Progress | None, fold_runner: FoldRunner | None = None,
+             calibration_paths: list[str] | None = None) -> FeatureClassifier:
         t0 = time.perf_counter()
-        config, grid = self._validate_params()
+        config, grid = self._checked_params()
         X, y = self._validate_training_data(X, y)
         check_folds(y, self.cv)
         names = _class_names(np.unique(y), label_names)
@@ -281,7 +314,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             self._fit_out_of_core(config, lambda: array_chunks(X, y), y, grid, seed)
         else:
             self._fit_in_memory(config, X, y, grid, seed, progress, fold_runner)
-        self._finish(y, names, feature_spec, t0)
+        self._finish(y, names, feature_spec, calibration_paths, t0)
         return self
 
     def _solver_space(self, config: ClassifierConfig, X: np.ndarray) -> str:
@@ -353,11 +386,12 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.estimator_ = self._scaled(config, final.fit_chunks(chunks, classes=np.unique(y)))
 
     def _finish(self, y: np.ndarray, names: list[str], feature_spec: dict | None,
-                t0: float) -> None:
+                calibration_paths: list[str] | None, t0: float) -> None:
         self.best_params_ = {self.search_.param: self.search_.best_value}
         self.classes_ = np.unique(y)
         self.label_names_ = names
         self.feature_spec_ = dict(feature_spec) if feature_spec else None
+        self.calibration_paths_ = calibration_paths
         self.fit_seconds_ = time.perf_counter() - t0
 
     def fit_store(self, store, split: str = "train", progress: Progress | None = None, *,
@@ -365,8 +399,9 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
                   fold_runner: FoldRunner | None = None) -> FeatureClassifier:
         """Fit on a split of a :class:`features.FeatureStore`, recording its specification.
 
-        The feature specification and the class names come from the store (the
-        ``feature_spec`` and ``label_names`` parameters are not used). ``sgd``
+        The feature specification, the class names and the int8 calibration images come
+        from the store (the ``feature_spec`` and ``label_names`` parameters are not used),
+        so that a saved model can rebuild its backbone without the store. ``sgd``
         streams the store chunk by chunk (memory bounded by the chunk size); the
         other families read the split into one float32 array.
 
@@ -390,12 +425,15 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self
         """
         spec, label_names = store.spec.to_dict(), store.label_names
-        config, grid = self._validate_params()
+        calibration = store.attrs.get("calibration_paths")
+        calibration_paths = list(json.loads(calibration)) if calibration else None
+        config, grid = self._checked_params()
         store_rows = np.flatnonzero(store.split_mask(split))
         if not config.out_of_core:
             X, y = loaded if loaded is not None else store.load(split)
             check_feature_values(X, str(store.path), store_rows)
-            return self._fit(X, y, spec, label_names, progress, fold_runner)
+            return self._fit(X, y, spec, label_names, progress, fold_runner,
+                             calibration_paths)
         t0 = time.perf_counter()
         y = store.labels[store.split_mask(split)]
         check_folds(y, self.cv)
@@ -408,7 +446,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
 
         self.n_features_in_ = store.feature_dim
         self._fit_out_of_core(config, chunks, y, grid, _int_seed(self.random_state))
-        self._finish(y, names, spec, t0)
+        self._finish(y, names, spec, calibration_paths, t0)
         return self
 
     # prediction -----------------------------------------------------------------------------
@@ -480,10 +518,14 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         return np.column_stack([-scores, scores]) if scores.ndim == 1 else scores
 
     # images ---------------------------------------------------------------------------------
-    def feature_extractor(self):
-        """The backbone that makes this model's features (built on first use, then cached)."""
-        cached = getattr(self, "_extractor_cache", None)
-        if cached is None:
+    def feature_extractor(self, runtime: str | None = None):
+        """The backbone that makes this model's features, run by ``runtime``.
+
+        Built on first use for each runtime, then cached. An int8 network that is no
+        longer in the OpenVINO cache is quantized again from ``calibration_paths_``.
+        """
+        cache = self.__dict__.setdefault("_extractor_cache", {})
+        if runtime not in cache:
             from features.factory import create_extractor
             from features.spec import FeatureSpec
 
@@ -493,12 +535,35 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
                     "this classifier was fitted without a feature specification; fit it with "
                     "fit_store() or pass feature_spec= so it can rebuild the backbone"
                 )
-            cached = create_extractor(FeatureSpec.from_dict(self.feature_spec_))
-            self._extractor_cache = cached
-        return cached
+            spec = FeatureSpec.from_dict(FeatureSpec.fill_defaults(self.feature_spec_))
+            cache[runtime] = create_extractor(
+                spec, runtime=runtime,
+                calibration_paths=getattr(self, "calibration_paths_", None))
+        return cache[runtime]
+
+    def image_scorer(self, runtime: str | None = None) -> ImageScorer:
+        """This model as scores of image pixels: backbone, then :meth:`class_scores`.
+
+        What :meth:`predict_images`, ``tlearn predict``, ``tlearn serve`` and the
+        engines classify images with.
+
+        Parameters
+        ----------
+        runtime : {"tensorflow", "openvino"}, optional
+            What runs the backbone (:func:`features.runtimes.resolve_runtime` for the
+            features' precision by default).
+        """
+        extractor = self.feature_extractor(runtime)
+
+        def scores(images: np.ndarray) -> np.ndarray:
+            return self.class_scores(extractor(images))
+
+        return ImageScorer(extractor.spec.input_size, scores, list(self.label_names_),
+                           _has_predict_proba(self), extractor.spec.runtime,
+                           extractor.spec.precision)
 
     def predict_images(self, paths: Sequence[str], top: int = 1) -> list[dict]:
-        """Classify image files.
+        """Classify image files (through :meth:`image_scorer`, as ``tlearn predict`` does).
 
         Returns
         -------
@@ -507,16 +572,11 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             with labels from ``label_names_``, or ``{"path", "error"}`` for a file that
             could not be read. Scores are probabilities.
         """
-        from features.prediction import classify_files
-
-        extractor = self.feature_extractor()
-        return classify_files(paths, extractor.spec.input_size,
-                              lambda images: self.class_scores(extractor(images)),
-                              self.label_names_, top)
+        return self.image_scorer().classify_files(paths, top)
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state.pop("_extractor_cache", None)  # a Keras model: rebuilt lazily after loading
+        state.pop("_extractor_cache", None)  # Keras models: rebuilt lazily after loading
         return state
 
     def __setstate__(self, state: dict) -> None:

@@ -243,7 +243,7 @@ def load_classifier(path: str | os.PathLike, *, verify: bool = True) -> FeatureC
     other = _what_else(path)
     if other is not None:
         raise UserInputError(other)
-    data, _ = read_verified(path, current_versions=classifier_versions(), verify=verify)
+    data, sidecar = read_verified(path, current_versions=classifier_versions(), verify=verify)
     try:
         model = joblib.load(io.BytesIO(data))
     except Exception as exc:
@@ -251,7 +251,30 @@ def load_classifier(path: str | os.PathLike, *, verify: bool = True) -> FeatureC
                              ) from exc
     if not isinstance(model, FeatureClassifier):
         raise UserInputError(f"{path} holds a {type(model).__name__}, not a tlearn classifier")
+    if getattr(model, "calibration_paths_", None) is None and hasattr(model, "estimator_"):
+        model.calibration_paths_ = _store_calibration_paths(model, sidecar)
     return model
+
+
+def _store_calibration_paths(model: FeatureClassifier, sidecar: dict) -> list[str] | None:
+    """The int8 calibration images recorded in the store a model was trained on, if any.
+
+    For models saved before they learnt them at fit time; needed only when the
+    quantized network is no longer in the cache. None when the store is gone (the
+    runtime then says what to do).
+    """
+    from features.store import read_store_attrs
+
+    spec = model.feature_spec_ or {}
+    if spec.get("precision") != "int8" or not sidecar.get("store"):
+        return None
+    try:
+        attrs = read_store_attrs(sidecar["store"])
+    except (OSError, UserInputError):
+        return None
+    if not attrs or "calibration_paths" not in attrs:
+        return None
+    return list(json.loads(attrs["calibration_paths"]))
 
 
 def _extract_option(key: str, value) -> str:

@@ -1,15 +1,20 @@
 """Classify image files with any model given as a scoring function of decoded pixels.
 
-Files are decoded through the one image reader, ahead of the model in threads (the
-same :func:`features.batches.iter_computed_batches` extraction uses), and scored a
-batch at a time, so memory stays bounded by a few batches whatever the number of
-files; results come back in input order, with unreadable files reported, not fatal.
+Every model that classifies images (a stage 2 classifier with its backbone, a stage 3
+Keras model) describes itself as one :class:`ImageScorer`, and every entry point
+(``predict_images``, ``tlearn predict``, serving, export checks, Ray) classifies files
+through it and :func:`iter_image_predictions`. Files are decoded through the one image
+reader, ahead of the model in threads (the same
+:func:`features.batches.iter_computed_batches` extraction uses), and scored a batch at a
+time, so memory stays bounded by a few batches whatever the number of files; results
+come back in input order, with unreadable files reported, not fatal.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +27,45 @@ ClassScores = Callable[[np.ndarray], np.ndarray]
 #: :class:`features.batches.ComputedBatch` of scores for every batch of ``paths[start:]``
 #: (an engine of ``pipeline``, such as Ray, computing them elsewhere).
 ScoreBatches = Callable[..., Iterator[ComputedBatch]]
+
+
+@dataclass(frozen=True)
+class ImageScorer:
+    """What a model needs to classify image files: its input size, scores and class names.
+
+    Built by the model itself (``image_scorer()`` of
+    :class:`classifiers.estimators.FeatureClassifier` and of
+    :class:`pipeline.stage3.KerasImageClassifier`), its network compiled for ``runtime``.
+
+    Attributes
+    ----------
+    input_size : int
+        Side of the square images the model takes.
+    class_scores : callable
+        Maps RGB uint8 images ``(n, size, size, 3)`` to scores ``(n, classes)``.
+    label_names : list of str
+        Name of each score column.
+    scores_are_probabilities : bool
+        False where scores are decision values (models saved before Platt scaling).
+    runtime : str
+        What runs the network (``"tensorflow"``, ``"openvino"``).
+    precision : str
+        The precision the network computes in (``"float32"``, ``"bfloat16"``, ``"int8"``).
+    """
+
+    input_size: int
+    class_scores: ClassScores
+    label_names: list[str]
+    scores_are_probabilities: bool
+    runtime: str
+    precision: str
+
+    def classify_files(self, paths: Sequence[str | os.PathLike], top: int = 1, *,
+                       batch_size: int = 32, workers: int = 2) -> list[dict]:
+        """All results of :func:`iter_image_predictions` for ``paths``, in their order."""
+        return list(iter_image_predictions(paths, self.input_size, self.class_scores,
+                                           self.label_names, top, batch_size=batch_size,
+                                           workers=workers))
 
 
 def rank_scores(scores: np.ndarray, label_names: Sequence[str], top: int
@@ -84,14 +128,6 @@ def iter_image_predictions(paths: Sequence[str | os.PathLike], input_size: int,
                 entries[i] = {"path": names[batch.begin + i], "label": ranked[0][0],
                               "score": ranked[0][1], "top": ranked}
         yield from entries
-
-
-def classify_files(paths: Sequence[str | os.PathLike], input_size: int,
-                   class_scores: ClassScores, label_names: Sequence[str], top: int = 1, *,
-                   batch_size: int = 32, workers: int = 2) -> list[dict]:
-    """All results of :func:`iter_image_predictions` as a list (same order as ``paths``)."""
-    return list(iter_image_predictions(paths, input_size, class_scores, label_names, top,
-                                       batch_size=batch_size, workers=workers))
 
 
 def raw_pixels(images: np.ndarray) -> np.ndarray:

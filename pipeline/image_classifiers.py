@@ -97,6 +97,9 @@ def load_image_classifier(model_path: str | os.PathLike, *, runtime: str | None 
                           ) -> ImageClassifier:
     """Load a saved model of either stage, ready to classify images (backbone built now).
 
+    The scores are the model's own ``image_scorer(runtime)``, what its
+    ``predict_images`` uses too.
+
     Parameters
     ----------
     model_path : path-like
@@ -112,63 +115,16 @@ def load_image_classifier(model_path: str | os.PathLike, *, runtime: str | None 
         As the loaders, or a runtime that cannot compute the model's features.
     """
     from classifiers.persistence import read_sidecar
-    from features.factory import create_extractor
-    from features.runtimes import (
-        TENSORFLOW,
-        compile_keras_model,
-        resolve_runtime,
-    )
-    from features.spec import FeatureSpec
     from pipeline.stage3 import KerasImageClassifier
 
     path = Path(model_path)
     model = load_model_file(path)
-    if isinstance(model, KerasImageClassifier):
-        size = int(model.info["input_size"])
-        chosen = resolve_runtime(runtime, "float32")
-        if chosen != TENSORFLOW:
-            network = compile_keras_model(model.model, size, runtime=chosen,
-                                          identity={"sha256": model.info.get("sha256")})
-            model = KerasImageClassifier(network, model.info)
-        info = public_info(model.info, path) | {"runtime": chosen, "precision": "float32"}
-        return ImageClassifier(path.stem, size, list(model.label_names_), True, info,
-                               model.class_scores_of_images)
-    if not model.feature_spec_:
-        model.feature_extractor()  # raises the error that says how to fit it with a spec
-    sidecar = read_sidecar(path)
-    spec = FeatureSpec.from_dict(FeatureSpec.fill_defaults(model.feature_spec_))
-    extractor = create_extractor(
-        spec, runtime=runtime, calibration_paths=_calibration_paths(sidecar, spec))
-    names = [model.label_names_[i] for i in range(len(model.classes_))]
-
-    def scores(images):
-        return model.class_scores(extractor(images))
-
-    info = public_info(sidecar, path) | {"runtime": extractor.spec.runtime,
-                                         "precision": extractor.spec.precision}
-    return ImageClassifier(path.stem, extractor.spec.input_size, names,
-                           hasattr(model, "predict_proba"), info, scores)
-
-
-def _calibration_paths(sidecar: dict, spec) -> list[str] | None:
-    """The int8 calibration images recorded in the store the model was trained on, if any.
-
-    Needed only when the quantized network is no longer in the cache; None when the
-    store is gone (the runtime then says what to do).
-    """
-    import json
-
-    from features.store import read_store_attrs
-
-    if spec.precision != "int8" or not sidecar.get("store"):
-        return None
-    try:
-        attrs = read_store_attrs(sidecar["store"])
-    except (OSError, UserInputError):
-        return None
-    if not attrs or "calibration_paths" not in attrs:
-        return None
-    return list(json.loads(attrs["calibration_paths"]))
+    scorer = model.image_scorer(runtime)
+    sidecar = model.info if isinstance(model, KerasImageClassifier) else read_sidecar(path)
+    info = public_info(sidecar, path) | {"runtime": scorer.runtime,
+                                         "precision": scorer.precision}
+    return ImageClassifier(path.stem, scorer.input_size, scorer.label_names,
+                           scorer.scores_are_probabilities, info, scorer.class_scores)
 
 
 def public_info(info: dict, path: Path) -> dict:

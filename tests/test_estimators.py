@@ -1,5 +1,7 @@
+import json
 import pickle
 from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -7,11 +9,13 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.svm import LinearSVC
+from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from classifiers.estimators import FeatureClassifier
 from classifiers.registry import CLASSIFIERS
 from features.errors import UserInputError
+from features.spec import FeatureSpec
 from tests.conftest import CLASS_COLOURS, write_image
 from tests.test_rowspace import assert_same_decisions, wide_data
 
@@ -128,22 +132,37 @@ def test_constant_features_fall_back_to_the_feature_space(kind, d, value):
 
 @pytest.mark.parametrize("params,message", [
     ({"solver_space": True},
-     "solver_space must be one of auto, rowspace, centred, features; got True"),
+     # every allowed value, in whatever order scikit-learn lists its set
+     r"(?=.*'auto')(?=.*'centred')(?=.*'features')(?=.*'rowspace')The 'solver_space' "
+     r"parameter of FeatureClassifier must be a str among \{[^}]*\}\. Got True instead\."),
     ({"kind": "linear_svm", "solver_space": "centred"},
-     "intercept is not penalised.*'linear_svm' takes 'auto', 'features' or 'rowspace'"),
-    ({"kind": "sgd", "solver_space": "rowspace"}, "kind 'sgd' takes 'auto' or 'features'"),
+     r"'solver_space' parameter .* must be a str among \{'auto', 'features', 'rowspace'\} "
+     r"for kind 'linear_svm' .*intercept is not penalised.*Got 'centred' instead"),
+    ({"kind": "sgd", "solver_space": "rowspace"},
+     r"'solver_space' parameter .* must be a str among \{'auto', 'features'\} for kind "
+     r"'sgd' .*Got 'rowspace' instead"),
     ({"kind": "knn"}, "unknown classifier 'knn'; choose one of"),
-    ({"grid": []}, r"grid must hold positive values of C, got \[\]"),
-    ({"cv": 1}, "cv must be an integer >= 2, got 1"),
-    ({"n_repeats": 0}, "n_repeats must be an integer >= 1, got 0"),
-    ({"n_jobs": 0}, "n_jobs must be None or a non-zero integer"),
-    ({"max_iter": 0}, "max_iter must be an integer >= 1, got 0"),
+    ({"grid": []}, r"The 'grid' parameter of FeatureClassifier must be None or a non-empty "
+                   r"array-like of positive values of C\. Got \[\] instead"),
+    ({"grid": [1.0, -2.0]}, r"'grid' parameter .* positive values of C\. Got \[1\.0, -2\.0\]"),
+    ({"cv": 1}, r"The 'cv' parameter of FeatureClassifier must be an int in the range "
+                r"\[2, inf\)\. Got 1 instead\."),
+    ({"n_repeats": 0}, r"'n_repeats' parameter .* must be an int in the range \[1, inf\)\. "
+                       r"Got 0 instead"),
+    ({"n_jobs": 0}, r"'n_jobs' parameter .* must be None, an int in the range \(-inf, -1\] or "
+                    r"an int in the range \[1, inf\)\. Got 0 instead"),
+    ({"max_iter": 0}, r"'max_iter' parameter .* must be an int in the range \[1, inf\)\. "
+                      r"Got 0 instead"),
+    ({"epochs": 1.5}, r"'epochs' parameter .* must be an int in the range \[1, inf\)\. "
+                      r"Got 1\.5 instead"),
 ])
 def test_bad_parameters_are_named_in_fit(params, message):
     X, y = tall_data()
     model = FeatureClassifier(**params)  # __init__ only stores
-    with pytest.raises(UserInputError, match=message):
+    with pytest.raises(UserInputError, match=message) as raised:
         model.fit(X, y)
+    # scikit-learn's tooling recognises its own error; tlearn's command line, its own
+    assert isinstance(raised.value, InvalidParameterError) or "kind" in params
 
 
 @pytest.mark.parametrize("kind", list(CLASSIFIERS))
@@ -197,6 +216,7 @@ class ArrayStore:
     """What :meth:`FeatureClassifier.fit_store` reads from a feature store, over arrays."""
 
     path = "features/pets.h5"
+    attrs: ClassVar[dict] = {}  # float32 features: no int8 calibration images recorded
 
     def __init__(self, X, y, label_names):
         self.X, self.labels, self.label_names = X, y, label_names
@@ -243,10 +263,30 @@ def test_fitting_leaves_the_parameters_alone(kind):
 class MeanColour:
     """Stands for a backbone: the mean colour of each image, as three features."""
 
-    spec = SimpleNamespace(input_size=16)
+    spec = SimpleNamespace(input_size=16, runtime="tensorflow", precision="float32")
 
     def __call__(self, images):
         return images.reshape(len(images), -1, 3).mean(axis=1).astype(np.float32)
+
+
+def test_a_model_fitted_on_an_int8_store_rebuilds_its_backbone_from_its_own_calibration(
+        monkeypatch):
+    # A saved model is self-contained: its int8 network can be quantized again without
+    # the store it was trained on.
+    import features.factory
+
+    calibration = ["data/red/red_001.png", "data/blue/blue_004.png"]
+    store = ArrayStore(*tall_data(), ["a", "b", "c"])
+    store.attrs = {"calibration_paths": json.dumps(calibration)}
+    store.spec = FeatureSpec("vgg16", "block5_pool", "avg", 16, "caffe", "random", "", 6,
+                             precision="int8", runtime="openvino", calibration="c0ffee")
+    model = pickle.loads(pickle.dumps(FeatureClassifier(cv=2).fit_store(store)))
+    assert model.calibration_paths_ == calibration
+    built = []
+    monkeypatch.setattr(features.factory, "create_extractor",
+                        lambda spec, **options: built.append(options) or MeanColour())
+    assert model.image_scorer().input_size == MeanColour.spec.input_size
+    assert built == [{"runtime": None, "calibration_paths": calibration}]
 
 
 @pytest.mark.parametrize("labels,label_names,expected", [
@@ -265,7 +305,7 @@ def test_labels_of_any_type(tmp_path, monkeypatch, kind, labels, label_names, ex
     np.testing.assert_array_equal(model.predict(X[:3]), y[:3])
     assert dict(zip(model.classes_.tolist(), model.label_names_, strict=True)) == \
         dict(zip(labels, expected, strict=True))
-    monkeypatch.setattr(model, "feature_extractor", MeanColour)
+    monkeypatch.setattr(model, "feature_extractor", lambda runtime=None: MeanColour())
     paths = [write_image(tmp_path / f"{i}.png", CLASS_COLOURS[i]) for i in range(3)]
     results = model.predict_images(paths, top=3)
     assert [r["label"] for r in results] == expected

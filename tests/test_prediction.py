@@ -1,6 +1,6 @@
 import numpy as np
 
-from features.prediction import classify_files, rank_scores
+from features.prediction import iter_image_predictions, rank_scores
 from tests.conftest import write_image
 
 
@@ -17,7 +17,8 @@ def test_files_are_scored_in_bounded_batches_and_returned_in_order(tmp_path, bro
         red = images[:, 0, 0, 0].astype(np.float32)
         return np.column_stack([red, 255 - red])
 
-    results = classify_files(paths, 8, scores, ["red", "dark"], top=2, batch_size=3)
+    results = list(iter_image_predictions(paths, 8, scores, ["red", "dark"], top=2,
+                                          batch_size=3))
     assert max(seen) <= 3 and sum(seen) == 7
     assert [r["path"] for r in results] == [str(p) for p in paths]
     assert results[4]["error"] == "truncated image"
@@ -31,10 +32,11 @@ def test_rank_scores_best_first():
                                                                           ("c", 0.2)]
 
 
-def test_classify_files_keeps_order_and_repeated_broken_paths(tmp_path, broken_files):
+def test_predictions_keep_order_and_repeated_broken_paths(tmp_path, broken_files):
     good = write_image(tmp_path / "g.png", (1, 2, 3))
     bad = broken_files["truncated"]
-    out = classify_files([bad, good, bad], 8, lambda x: np.tile([0.2, 0.8], (len(x), 1)),
-                         ["a", "b"], top=2)
+    out = list(iter_image_predictions([bad, good, bad], 8,
+                                      lambda x: np.tile([0.2, 0.8], (len(x), 1)), ["a", "b"],
+                                      top=2))
     assert [r.get("error") for r in out] == ["truncated image", None, "truncated image"]
     assert out[1]["label"] == "b" and out[1]["top"] == [("b", 0.8), ("a", 0.2)]

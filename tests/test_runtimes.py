@@ -292,7 +292,58 @@ def test_an_int8_network_gone_from_the_cache_is_quantized_again_the_same(
     assert np.max(np.abs(from_files - from_store)) < 1e-4
 
 
-def test_an_int8_network_that_cannot_be_rebuilt_says_why(int8_setup, fresh_cache):
+def test_a_saved_int8_model_predicts_images_from_the_library_with_an_empty_cache(
+        int8_setup, fresh_cache):
+    # The README's path: the model learnt its calibration images when it was fitted, so
+    # load_classifier(...).predict_images needs neither the cache nor the store, and
+    # answers what tlearn predict answers.
+    from classifiers.persistence import load_classifier
+    from pipeline.workflows import predict_files
+
+    paths = [str(p) for p in sorted(Path(int8_setup["data"]).rglob("*_00[0-2].*"))]
+    store = Path(int8_setup["int8"])
+    store.rename(store.with_suffix(".away"))
+    try:
+        from_library = load_classifier(int8_setup["model"]).predict_images(paths, top=3)
+        from_cli = predict_files(int8_setup["model"], paths, top=3)
+    finally:
+        store.with_suffix(".away").rename(store)
+    assert len(entries(fresh_cache)) == 2  # float32, then int8 quantized again
+    assert [r["label"] for r in from_library] == [r["label"] for r in from_cli]
+    for mine, theirs in zip(from_library, from_cli, strict=True):
+        assert [name for name, _ in mine["top"]] == [name for name, _ in theirs["top"]]
+        np.testing.assert_allclose([v for _, v in mine["top"]], [v for _, v in theirs["top"]],
+                                   atol=1e-6)
+
+
+@pytest.fixture
+def int8_model_saved_before(int8_setup, tmp_path):
+    """The int8 model as saved before classifiers learnt their calibration images."""
+    from classifiers.persistence import load_classifier, read_sidecar, save_classifier
+
+    model = load_classifier(int8_setup["model"])
+    del model.calibration_paths_
+    sidecar = read_sidecar(int8_setup["model"])
+    return save_classifier(model, tmp_path / "old.joblib",
+                           metadata={"store": sidecar["store"]})
+
+
+def test_an_int8_model_saved_before_finds_its_calibration_images_in_its_store(
+        int8_setup, int8_model_saved_before, fresh_cache):
+    from classifiers.persistence import load_classifier
+    from features.store import FeatureStore
+
+    model = load_classifier(int8_model_saved_before)
+    with FeatureStore(int8_setup["int8"]) as store:
+        assert model.calibration_paths_ == json.loads(store.attrs["calibration_paths"])
+    from_files, from_store = scores_from_files_and_from_store(
+        {**int8_setup, "model": int8_model_saved_before})
+    assert np.max(np.abs(from_files - from_store)) < 1e-4
+
+
+def test_an_int8_network_that_cannot_be_rebuilt_says_why(int8_setup, int8_model_saved_before,
+                                                         fresh_cache):
+    from features.store import FeatureStore
     from pipeline.image_classifiers import load_image_classifier
 
     store = Path(int8_setup["int8"])
@@ -300,9 +351,17 @@ def test_an_int8_network_that_cannot_be_rebuilt_says_why(int8_setup, fresh_cache
     try:
         with pytest.raises(UserInputError, match=r"is not in the cache .* extract the int8 "
                                                  r"features again"):
-            load_image_classifier(int8_setup["model"])
+            load_image_classifier(int8_model_saved_before)
     finally:
         store.with_suffix(".away").rename(store)
+    with FeatureStore(int8_setup["int8"]) as opened:
+        first = Path(json.loads(opened.attrs["calibration_paths"])[0])
+    first.rename(first.with_suffix(".away"))  # a calibration image the model names
+    try:
+        with pytest.raises(UserInputError, match=rf"calibration image {first} cannot be read"):
+            load_image_classifier(int8_setup["model"])
+    finally:
+        first.with_suffix(".away").rename(first)
 
 
 def test_int8_and_float32_features_are_not_mixed(int8_setup):

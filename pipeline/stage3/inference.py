@@ -14,6 +14,7 @@ from classifiers.calibration import apply_temperature
 from features.errors import UserInputError
 from features.integrity import atomic_write_bytes
 from features.networks import import_tensorflow_quietly
+from features.prediction import ImageScorer
 from pipeline.stage3.models import scale_to_unit
 
 
@@ -55,11 +56,34 @@ class KerasImageClassifier:
         # the temperature fitted on validation images at training time (1: none)
         return apply_temperature(np.concatenate(parts), float(self.info.get("temperature", 1.0)))
 
-    def predict_images(self, paths: Sequence[str | os.PathLike], top: int = 1) -> list[dict]:
-        from features.prediction import classify_files
+    def image_scorer(self, runtime: str | None = None) -> ImageScorer:
+        """This model as scores of image pixels, its network run by ``runtime``.
 
-        return classify_files(paths, int(self.info["input_size"]), self.class_scores_of_images,
-                              self.label_names_, top)
+        What :meth:`predict_images`, ``tlearn predict``, ``tlearn serve`` and the
+        engines classify images with; ``runtime`` as in
+        :func:`features.runtimes.resolve_runtime` (float32).
+        """
+        from features.runtimes import TENSORFLOW, compile_keras_model, resolve_runtime
+
+        size = int(self.info["input_size"])
+        chosen = resolve_runtime(runtime, "float32")
+        model = self
+        if chosen != TENSORFLOW:
+            network = compile_keras_model(self.model, size, runtime=chosen,
+                                          identity={"sha256": self.info.get("sha256")})
+            model = KerasImageClassifier(network, self.info)
+        return ImageScorer(size, model.class_scores_of_images, list(self.label_names_), True,
+                           chosen, "float32")
+
+    def predict_images(self, paths: Sequence[str | os.PathLike], top: int = 1) -> list[dict]:
+        """Classify image files (through :meth:`image_scorer`, as ``tlearn predict`` does).
+
+        Returns
+        -------
+        list of dict
+            As :meth:`classifiers.estimators.FeatureClassifier.predict_images`.
+        """
+        return self.image_scorer().classify_files(paths, top)
 
 
 def _load_keras_bytes(data: bytes) -> Any:
