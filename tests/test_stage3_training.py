@@ -181,10 +181,11 @@ def test_killed_after_the_last_warmup_epoch_resumes_with_phase_two(tmp_path, art
     import keras
 
     data = make_image_folder(tmp_path / "data", per_class=6)
-    # warm-up at learning rate 0 cannot improve after its first epoch, so patience 1
-    # stops it after epoch 2: that is the last warm-up epoch, not epoch 3
+    # warm-up at a learning rate of 1e-9 moves the head by far less than the 1e-6 of
+    # val_loss an improvement needs, so patience 1 stops it after epoch 2: that is the
+    # last warm-up epoch, not epoch 3 (a rate of 0 is refused as a user mistake)
     kwargs = {"backbone": "efficientnet_lite0", "weights": "none", "input_size": 32,
-              "warmup_epochs": 3, "finetune_epochs": 1, "warmup_lr": 0.0,
+              "warmup_epochs": 3, "finetune_epochs": 1, "warmup_lr": 1e-9,
               "finetune_lr": 0.05, "patience": 1, "batch_size": 4, "val_share": 0.2,
               "unfreeze": "block6a", "augmentation": AugmentationConfig(enabled=False),
               "workers": 1}
