@@ -12,7 +12,7 @@ import json
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -271,6 +271,8 @@ def extract_features(
         weights_name = normalize_weights(network.weights)
         config = get_backbone(network.backbone)
         request_attrs = {"request_key": settings_key({
+            # every network setting, so a new one is part of the request without a word here
+            **{f.name: getattr(network, f.name) for f in fields(network)},
             "fingerprint": fingerprint, "label_names": list(images.label_names),
             "compression": compression, "backbone": config.name,
             # The facts that settle what None asks for: a changed default is a new request.
@@ -278,9 +280,7 @@ def extract_features(
                          for c in (config, *config.members)],
             "weights": weights_name, "weights_sha256": file_digest(weights_name)
             if weights_name not in ("imagenet", "random") else "",
-            "input_size": network.input_size, "layer": network.layer,
-            "pooling": network.pooling, "taps": network.taps, "mirror": network.mirror,
-            "precision": precision, "runtime": runtime,
+            "runtime": runtime,
             "calibration": [calibration_images, calibration_seed] if precision == "int8"
             else None})}
         existing = read_store_attrs(out) if out.exists() and not overwrite else None

@@ -388,3 +388,26 @@ def test_settings_and_a_ready_extractor_together_are_refused(tmp_path, images):
     with pytest.raises(TypeError, match="network settings or a ready extractor, not both"):
         extract_features(images, tmp_path / "f.h5", NETWORK, extractor=create_extractor(NETWORK))
     assert not (tmp_path / "f.h5").exists()
+
+
+def test_every_network_setting_is_part_of_the_request_key(tmp_path, images, monkeypatch):
+    # A store answers "up to date" from its request key: a setting left out of it would
+    # let a store of other features pass for this one.
+    import dataclasses
+
+    import features.extraction as extraction
+
+    @dataclasses.dataclass(frozen=True)
+    class WithANewSetting(NetworkSettings):
+        sharpen: float = 0.5
+
+    class Stop(Exception):
+        pass
+
+    def record(payload):
+        raise Stop(payload)
+
+    monkeypatch.setattr(extraction, "settings_key", record)
+    with pytest.raises(Stop) as stopped:
+        extract_features(images, tmp_path / "f.h5", WithANewSetting("vgg16", weights="none"))
+    assert stopped.value.args[0]["sharpen"] == 0.5
