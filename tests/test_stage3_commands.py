@@ -165,3 +165,24 @@ def test_a_damaged_stage3_sidecar_reads_as_no_record(tmp_path, damage):
     side = tmp_path / "m.json"
     side.write_bytes(damage)
     assert _read_json(side) == {}
+
+
+def test_recorded_settings_keep_their_form_and_a_new_setting_is_recorded_by_itself():
+    # The sidecar's settings and the run key are made of them: the form sidecars were
+    # written in keeps their models up to date, and a setting left out would let a model
+    # trained otherwise pass for up to date.
+    import dataclasses
+
+    from pipeline.stage3.commands import _recorded_settings
+
+    assert _recorded_settings(ScratchSettings("s", epochs=3, seed=1)) == {
+        "input_size": 64, "epochs": 3, "learning_rate": 0.01, "batch_size": 32,
+        "patience": 5, "seed": 1, "augmentation": AugmentationConfig().to_dict()}
+
+    @dataclasses.dataclass(frozen=True)
+    class WithANewSetting(FinetuneSettings):
+        label_smoothing: float = 0.1
+
+    recorded = _recorded_settings(WithANewSetting("s"))
+    assert recorded["label_smoothing"] == 0.1
+    assert recorded["head"] == {"pooling": "avg", "units": 256, "dropout": 0.5}

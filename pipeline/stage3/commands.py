@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +329,23 @@ class ScratchSettings(TrainingSettings):
                                 patience=self.patience)
 
 
+# Where the data comes from and how the run goes: the run key covers the data and its
+# split itself, and these never change the model.
+_NOT_RECORDED = ("source", "val_share", "test_size", "overwrite", "workers")
+
+
+def _recorded_settings(settings: TrainingSettings) -> dict[str, Any]:
+    """The settings a stage 3 sidecar records and its run key digests, as they always were
+    (every field but :data:`_NOT_RECORDED`, head and augmentation as plain dicts): a new
+    setting is recorded, and keyed, by itself. The caller adds the defaults it resolved."""
+    recorded = {f.name: getattr(settings, f.name) for f in fields(settings)
+                if f.name not in _NOT_RECORDED}
+    recorded["augmentation"] = settings.augmentation.to_dict()
+    if "head" in recorded:
+        recorded["head"] = asdict(recorded["head"])
+    return recorded
+
+
 def finetune(settings: FinetuneSettings, *, log: Log | None = None,
              on_batch: Callable[[int, int], None] | None = None,
              verbose: int = 0) -> StageThreeResult:
@@ -386,14 +403,8 @@ def finetune(settings: FinetuneSettings, *, log: Log | None = None,
         Phase("finetune", s.finetune_epochs, s.finetune_lr, second_optimizer,
               lambda model: unfreeze_base_from(model, unfreeze)),
     ) if p.epochs > 0]
-    # What the sidecar records and the run key digests: the settings as resolved (the
-    # store's backbone, input size...), under the names and in the form they always had.
-    recorded = {"backbone": backbone, "weights": weights, "input_size": input_size,
-                "head": asdict(head), "unfreeze": unfreeze, "warmup_epochs": s.warmup_epochs,
-                "finetune_epochs": s.finetune_epochs, "warmup_lr": s.warmup_lr,
-                "finetune_lr": s.finetune_lr, "optimizer": optimizer,
-                "batch_size": s.batch_size, "patience": s.patience, "seed": seed,
-                "augmentation": augmentation.to_dict()}
+    recorded = _recorded_settings(s) | {"backbone": backbone, "weights": weights,
+                                        "input_size": input_size, "unfreeze": unfreeze}
     name = f"{images.store_name}__finetune_{backbone}"
     info = {"stage": "finetune", "backbone": backbone, "classifier": "finetune",
             "preprocessing": config.preprocessing, "weights": weights}
@@ -426,9 +437,7 @@ def train_from_scratch(settings: ScratchSettings, *, log: Log | None = None,
     phases = [Phase("scratch", s.epochs, s.learning_rate,
                     lambda lr: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
                     lambda model: None)]
-    recorded = {"input_size": input_size, "epochs": s.epochs,
-                "learning_rate": s.learning_rate, "batch_size": s.batch_size,
-                "patience": s.patience, "seed": seed, "augmentation": augmentation.to_dict()}
+    recorded = _recorded_settings(s)
     name = f"{images.store_name}__scratch_minivggnet"
     info = {"stage": "scratch", "backbone": "minivggnet", "classifier": "scratch",
             "preprocessing": "scale_to_unit"}
