@@ -94,8 +94,9 @@ def build(backbone: str, weights: str, runtime: str, precision: str,
           images: LabeledImages):
     """The extractor of one variant and the seconds spent converting (fresh cache)."""
     if runtime == "tensorflow":
-        return build_network(backbone, weights=weights, precision=precision), 0.0
-    base = build_network(backbone, weights=weights)
+        return build_network(NetworkSettings(backbone, weights=weights,
+                                             precision=precision)), 0.0
+    base = build_network(NetworkSettings(backbone, weights=weights))
     t0 = time.perf_counter()
     calibration = None
     if precision == "int8":

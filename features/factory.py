@@ -92,10 +92,7 @@ def create_extractor(
         precision = settings.precision
         runtime = resolve_runtime(settings.runtime, precision)
         network_precision = precision if runtime == TENSORFLOW else "float32"
-        built = build_network(settings.backbone, weights=settings.weights,
-                              input_size=settings.input_size, layer=settings.layer,
-                              pooling=settings.pooling, precision=network_precision,
-                              taps=settings.taps, mirror=settings.mirror)
+        built = build_network(replace(settings, precision=network_precision))
         calibration = ""
     return compile_extractor(
         built, runtime, precision, calibration_paths=calibration_paths,

@@ -33,6 +33,7 @@ from features.backbones import (
 from features.errors import UserInputError, WeightsUnavailableError
 from features.integrity import file_digest
 from features.registries import check_choice
+from features.settings import NetworkSettings
 from features.spec import POOLINGS, PRECISIONS, VIEWS, FeatureExtractor, FeatureSpec
 
 RANDOM_WEIGHTS_SEED = 0
@@ -219,17 +220,7 @@ def _mirrored(spec: FeatureSpec) -> bool:
     return spec.views == VIEWS[1]
 
 
-def build_network(
-    backbone: str,
-    *,
-    weights: str | Path | None = "imagenet",
-    input_size: int | None = None,
-    layer: str | None = None,
-    pooling: str | None = None,
-    precision: str = "float32",
-    taps: str | Sequence[str] | None = None,
-    mirror: bool = False,
-) -> FeatureExtractor:
+def build_network(settings: NetworkSettings) -> FeatureExtractor:
     """Build the TensorFlow network that turns images into features.
 
     :func:`features.factory.create_extractor` is the entry point that also compiles it
@@ -237,10 +228,10 @@ def build_network(
 
     Parameters
     ----------
-    backbone, weights, input_size, layer, pooling, taps, mirror
-        See :class:`features.settings.NetworkSettings`.
-    precision : {"float32", "bfloat16"}, default="float32"
-        Compute precision of the TensorFlow network (OpenVINO quantizes its float32 one).
+    settings : NetworkSettings
+        What to build (:class:`features.settings.NetworkSettings`); its ``precision`` is
+        the TensorFlow network's own, float32 or bfloat16 (OpenVINO quantizes a float32
+        network), and its ``runtime`` is not this function's business.
 
     Returns
     -------
@@ -257,6 +248,9 @@ def build_network(
     import_tensorflow_quietly()
     import keras
 
+    s = settings
+    backbone, weights, input_size, layer, pooling, precision, taps, mirror = (
+        s.backbone, s.weights, s.input_size, s.layer, s.pooling, s.precision, s.taps, s.mirror)
     config = get_backbone(backbone)
     check_choice("precision", precision, PRECISIONS)
     weights = normalize_weights(weights)
@@ -416,11 +410,11 @@ def rebuild_network(spec: FeatureSpec) -> FeatureExtractor:
         If the rebuilt network does not give features of ``spec.feature_dim`` values,
         or a weights file changed since the features were made.
     """
-    extractor = build_network(
+    extractor = build_network(NetworkSettings(
         spec.backbone, weights="none" if spec.weights == "random" else spec.weights,
         input_size=spec.input_size, layer=spec.layer, pooling=spec.pooling,
         precision=spec.precision, taps=spec.taps or None, mirror=_mirrored(spec),
-    )
+    ))
     if extractor.spec.feature_dim != spec.feature_dim:
         raise UserInputError(
             f"rebuilt {spec.backbone} gives {extractor.spec.feature_dim} features, "
