@@ -49,8 +49,9 @@ from rich.table import Table  # noqa: E402
 from bench.machine import cpu_info, describe  # noqa: E402
 from classifiers import FeatureClassifier  # noqa: E402
 from features.backbones import get_backbone  # noqa: E402
+from features.settings import NetworkSettings  # noqa: E402
 from features.store import FeatureStore  # noqa: E402
-from pipeline.workflows import extract_dataset, repeated_splits  # noqa: E402
+from pipeline.workflows import ExtractSettings, extract_dataset, repeated_splits  # noqa: E402
 
 DATASETS = REPO.parent / "shared" / "datasets"
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -73,9 +74,10 @@ def run_case(dataset: str, backbone: str, recipe: str, store_dir: Path,
     input_size, taps, mirror = RECIPES[recipe]
     out = store_dir / f"{dataset}__{backbone}.h5"
     t0 = time.perf_counter()
-    report = extract_dataset(DATASETS / dataset, out=out, backbone=backbone,
-                             input_size=input_size, taps=taps, mirror=mirror,
-                             batch_size=batch_size, runtime=runtime, overwrite=True)
+    report = extract_dataset(ExtractSettings(
+        DATASETS / dataset, out=out, batch_size=batch_size, overwrite=True,
+        network=NetworkSettings(backbone, input_size=input_size, taps=taps, mirror=mirror,
+                                runtime=runtime)))
     wall = time.perf_counter() - t0
     result = report.result
     with FeatureStore(result.path) as store:

@@ -52,8 +52,9 @@ OLD_ALPHA_GRID = [10.0 ** e for e in range(-6, 0)]
 
 def ensure_store(name: str) -> Path:
     """The Lite0 store of ``name`` (extracted on first use, like bench/train.py's)."""
+    from features.settings import NetworkSettings
     from pipeline.catalog import export_digits
-    from pipeline.workflows import extract_dataset
+    from pipeline.workflows import ExtractSettings, extract_dataset
 
     out = CACHE / f"{name}.h5"
     if out.exists():
@@ -61,7 +62,8 @@ def ensure_store(name: str) -> Path:
     dataset = name.removesuffix("-lite0")
     data = export_digits(CACHE / "digits-images") if dataset == "digits" \
         else SHARED / dataset
-    extract_dataset(data, out=out, backbone="efficientnet_lite0", test_size=0.25, seed=42)
+    extract_dataset(ExtractSettings(data, out=out, test_size=0.25, seed=42,
+                                    network=NetworkSettings("efficientnet_lite0")))
     return out
 
 

@@ -52,8 +52,9 @@ def subset_csv(dataset: str, per_class: int, out: Path) -> Path:
 
 def run_dataset(dataset: str, per_class: int, seed: int, args, log) -> list[dict]:
     """The three stages on one seeded split of ``dataset``; rows carry report directories."""
-    from pipeline.stage3 import finetune, train_from_scratch
-    from pipeline.workflows import extract_dataset, train_store
+    from features.settings import NetworkSettings
+    from pipeline.stage3 import FinetuneSettings, ScratchSettings, finetune, train_from_scratch
+    from pipeline.workflows import ExtractSettings, extract_dataset, train_store
 
     listing = subset_csv(dataset, per_class, REPO / "artifacts" / "bench_stages" /
                          f"{dataset}{per_class}.csv")
@@ -61,20 +62,22 @@ def run_dataset(dataset: str, per_class: int, seed: int, args, log) -> list[dict
         f"{dataset}{per_class}_seed{seed}__efficientnet_lite0.h5"
     rows = []
     t0 = time.perf_counter()
-    store = extract_dataset(listing, backbone="efficientnet_lite0", seed=seed, out=store_path,
-                            overwrite=True).result.path
+    store = extract_dataset(ExtractSettings(
+        listing, network=NetworkSettings("efficientnet_lite0"), seed=seed, out=store_path,
+        overwrite=True)).result.path
     outcome = train_store(store, classifier="logreg", overwrite=True)[0]
     rows.append({"dataset": dataset, "seed": seed, "method": "features+logreg",
                  "report": outcome.report, "wall_seconds": time.perf_counter() - t0})
     log(f"{dataset} seed {seed}: features+logreg {outcome.report['test']['accuracy']:.4f}")
     t0 = time.perf_counter()
-    tuned = finetune(store, warmup_epochs=args.warmup_epochs, seed=seed,
-                     finetune_epochs=args.finetune_epochs, overwrite=True, log=log)
+    tuned = finetune(FinetuneSettings(store, warmup_epochs=args.warmup_epochs, seed=seed,
+                                      finetune_epochs=args.finetune_epochs, overwrite=True),
+                     log=log)
     rows.append({"dataset": dataset, "seed": seed, "method": "finetune", "report": tuned.report,
                  "wall_seconds": time.perf_counter() - t0, "epochs": len(tuned.history)})
     t0 = time.perf_counter()
-    scratch = train_from_scratch(store, epochs=args.scratch_epochs, seed=seed, overwrite=True,
-                                 log=log)
+    scratch = train_from_scratch(ScratchSettings(store, epochs=args.scratch_epochs, seed=seed,
+                                                 overwrite=True), log=log)
     rows.append({"dataset": dataset, "seed": seed, "method": "scratch (MiniVGGNet 64px)",
                  "report": scratch.report, "wall_seconds": time.perf_counter() - t0,
                  "epochs": len(scratch.history)})

@@ -43,11 +43,13 @@ from machine import cpu_info  # noqa: E402
 from report import engines_table  # noqa: E402
 
 from features.extraction import LabeledImages, extract_features  # noqa: E402
+from features.settings import NetworkSettings  # noqa: E402
 from features.store import FeatureStoreWriter  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
-BACKBONE = {"backbone": "efficientnet_lite0", "weights": "imagenet", "runtime": "tensorflow",
-            "precision": "float32", "batch_size": 32}
+NETWORK = NetworkSettings("efficientnet_lite0", weights="imagenet", runtime="tensorflow",
+                          precision="float32")
+BATCH_SIZE = 32
 
 
 def images_for(n: int):
@@ -65,9 +67,10 @@ def timed_extraction(images, out: Path, feature_batches=None) -> dict:
     """Images/s over the whole run, and when the first batch was committed."""
     marks: list[tuple[float, int]] = []
     t0 = time.perf_counter()
-    result = extract_features(images, out, feature_batches=feature_batches,
+    result = extract_features(images, out, NETWORK, batch_size=BATCH_SIZE,
+                              feature_batches=feature_batches,
                               progress=lambda done, total: marks.append(
-                                  (time.perf_counter(), done)), **BACKBONE)
+                                  (time.perf_counter(), done)))
     total_s = time.perf_counter() - t0
     t_first = next(t for t, n in marks if n > 0)
     return {"images": len(images), "rows": result.rows, "seconds": total_s,
@@ -137,7 +140,9 @@ def main() -> None:
                          "load": os.getloadavg()})
         actors = engine.actors
     writer = writer_rate(args.writer_rows)
-    data = {"backbone": BACKBONE, "runs": runs, "ray_actors": actors,
+    data = {"backbone": {"backbone": NETWORK.backbone, "weights": NETWORK.weights,
+                         "runtime": NETWORK.runtime, "precision": NETWORK.precision,
+                         "batch_size": BATCH_SIZE}, "runs": runs, "ray_actors": actors,
             "marginal": marginal_rates(runs) if len(runs) > 1 else None,
             "ray_start_s": ray_start_s, "writer": writer, "machine": cpu_info(),
             "load_before": load_before, "load_after": os.getloadavg()}

@@ -51,6 +51,7 @@ from features.backbones import BACKBONES  # noqa: E402
 from features.extraction import LabeledImages, extract_features  # noqa: E402
 from features.networks import build_network  # noqa: E402
 from features.runtimes import RUNTIMES, calibration_sample, compile_extractor  # noqa: E402
+from features.settings import NetworkSettings  # noqa: E402
 from features.store import SPLIT_NAMES  # noqa: E402
 from pipeline.datasets import discover_images, stratified_split  # noqa: E402
 
@@ -93,8 +94,9 @@ def build(backbone: str, weights: str, runtime: str, precision: str,
           images: LabeledImages):
     """The extractor of one variant and the seconds spent converting (fresh cache)."""
     if runtime == "tensorflow":
-        return build_network(backbone, weights=weights, precision=precision), 0.0
-    base = build_network(backbone, weights=weights)
+        return build_network(NetworkSettings(backbone, weights=weights,
+                                             precision=precision)), 0.0
+    base = build_network(NetworkSettings(backbone, weights=weights))
     t0 = time.perf_counter()
     calibration = None
     if precision == "int8":
@@ -127,12 +129,12 @@ def peak_rss_mb(n: int, tmp: Path) -> float:
 
 def accuracy(dataset: str, runtime: str, precision: str, tmp: Path) -> dict:
     """Extract Lite0 features of a whole dataset with one variant, train logreg, test it."""
-    from pipeline.workflows import extract_dataset, train_store
+    from pipeline.workflows import ExtractSettings, extract_dataset, train_store
 
     os.environ["TLEARN_ARTIFACTS"] = str(tmp / f"artifacts_{dataset}_{runtime}_{precision}")
     t0 = time.perf_counter()
-    report = extract_dataset(DATASETS / dataset, backbone="efficientnet_lite0",
-                             weights="imagenet", runtime=runtime, precision=precision)
+    report = extract_dataset(ExtractSettings(DATASETS / dataset, network=NetworkSettings(
+        "efficientnet_lite0", weights="imagenet", runtime=runtime, precision=precision)))
     seconds = time.perf_counter() - t0
     outcome = train_store(report.result.path, classifier="logreg")[0]
     test = outcome.report["test"]

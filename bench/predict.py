@@ -63,14 +63,16 @@ def main() -> None:
     from rich.table import Table
 
     from features.extraction import LabeledImages, extract_features
-    from pipeline.workflows import extract_dataset, train_store, write_predictions
+    from features.settings import NetworkSettings
+    from pipeline.workflows import ExtractSettings, extract_dataset, train_store, write_predictions
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         os.environ["TLEARN_ARTIFACTS"] = str(tmp / "artifacts")
         store = REPO / "artifacts" / "bench" / "animals-lite0.h5"
         if not store.exists():
-            store = extract_dataset(DATA, backbone="efficientnet_lite0").result.path
+            store = extract_dataset(ExtractSettings(
+                DATA, network=NetworkSettings("efficientnet_lite0"))).result.path
         model = train_store(store, classifier="logreg")[0].model_path
 
         paths = first_images(args.images)
@@ -80,10 +82,10 @@ def main() -> None:
         warm = paths[:64]
         extract_features(LabeledImages(warm, np.zeros(64, np.int64), ["x"],
                                        np.zeros(64, np.uint8)), tmp / "warm.h5",
-                         backbone="efficientnet_lite0", overwrite=True)
+                         NetworkSettings("efficientnet_lite0"), overwrite=True)
         write_predictions(model, warm, tmp / "warm.csv", overwrite=True)
-        extraction = extract_features(images, tmp / "speed.h5", backbone="efficientnet_lite0",
-                                      overwrite=True)
+        extraction = extract_features(images, tmp / "speed.h5",
+                                      NetworkSettings("efficientnet_lite0"), overwrite=True)
         extract_rate = extraction.images_processed / extraction.seconds
         prediction = write_predictions(model, paths, tmp / "speed.csv", overwrite=True)
         predict_rate = prediction.images_per_second

@@ -302,14 +302,16 @@ def run_attacks(model: Path, code: Path, normal_image: Path, args) -> dict:
 
 def attack_model(tmp: Path) -> Path:
     """A logreg on efficientnet_lite0 features of 12 animals per class (minutes, not hours)."""
-    from pipeline.workflows import extract_dataset, train_store
+    from features.settings import NetworkSettings
+    from pipeline.workflows import ExtractSettings, extract_dataset, train_store
 
     small = tmp / "animals12"
     for folder in sorted(p for p in DATA.iterdir() if p.is_dir()):
         (small / folder.name).mkdir(parents=True)
         for image in sorted(folder.glob("*.jpg"))[:12]:
             (small / folder.name / image.name).symlink_to(image)
-    store = extract_dataset(small, backbone="efficientnet_lite0").result.path
+    store = extract_dataset(ExtractSettings(
+        small, network=NetworkSettings("efficientnet_lite0"))).result.path
     return train_store(store, classifier="logreg", cv=2, grid=[1.0])[0].model_path
 
 
@@ -419,11 +421,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TLEARN_ARTIFACTS"] = tmp
-        from pipeline.workflows import extract_dataset, train_store
+        from features.settings import NetworkSettings
+        from pipeline.workflows import ExtractSettings, extract_dataset, train_store
 
         store = REPO / "artifacts" / "bench" / "animals-lite0.h5"
         if not store.exists():
-            store = extract_dataset(DATA, backbone="efficientnet_lite0").result.path
+            store = extract_dataset(ExtractSettings(
+                DATA, network=NetworkSettings("efficientnet_lite0"))).result.path
         model = train_store(store, classifier="logreg")[0].model_path
         images = sorted((DATA / "cats").glob("*.jpg"))[:24]
         variants = [run_variant(model, runtime, batching, images, args)

@@ -128,14 +128,16 @@ def worker(recipe: str, store_path: str) -> None:
 
 
 def ensure_store(name: str) -> Path:
+    from features.settings import NetworkSettings
     from pipeline.progress import progress_bar
-    from pipeline.workflows import extract_dataset
+    from pipeline.workflows import ExtractSettings, extract_dataset
 
     dataset, backbone, options = SETS[name]
     out = CACHE / f"{name}.h5"
     with progress_bar(f"extract {name}") as progress:
-        extract_dataset(SHARED / dataset, out=out, backbone=backbone, test_size=0.25, seed=42,
-                        progress=progress, **options)
+        extract_dataset(ExtractSettings(SHARED / dataset, out=out, test_size=0.25, seed=42,
+                                        network=NetworkSettings(backbone, **options)),
+                        progress=progress)
     return out
 
 

@@ -12,14 +12,14 @@ import json
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from features.backbones import DEFAULT_BACKBONE, get_backbone
+from features.backbones import get_backbone
 from features.batches import Compute, ComputedBatch, iter_computed_batches
 from features.errors import UserInputError
 from features.factory import create_extractor
@@ -33,6 +33,7 @@ from features.runtimes import (
     resolve_runtime,
     runtime_versions,
 )
+from features.settings import NetworkSettings
 from features.spec import FeatureExtractor, predict_in_buckets
 from features.store import (
     H5PY_VERSION,
@@ -177,16 +178,9 @@ def _settings_key(fingerprint: str, images: LabeledImages, extractor: FeatureExt
 def extract_features(
     images: LabeledImages,
     out: str | Path,
+    network: NetworkSettings | None = None,
     *,
-    backbone: str = DEFAULT_BACKBONE,
-    weights: str | Path | None = "imagenet",
-    input_size: int | None = None,
-    layer: str | None = None,
-    pooling: str | None = None,
-    taps: str | Sequence[str] | None = None,
-    mirror: bool = False,
-    precision: str = "float32",
-    runtime: str | None = None,
+    extractor: FeatureExtractor | None = None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     calibration_seed: int = 0,
     batch_size: int = 32,
@@ -195,7 +189,6 @@ def extract_features(
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     extra_attrs: dict | None = None,
-    extractor: FeatureExtractor | None = None,
     progress: ProgressCallback | None = None,
     feature_batches: FeatureBatches | None = None,
 ) -> ExtractionResult:
@@ -212,13 +205,11 @@ def extract_features(
         Paths, labels, class names and split of every image.
     out : path-like
         Store to write (``.h5``).
-    backbone, weights, input_size, layer, pooling, taps, mirror
-        See :func:`features.factory.create_extractor`.
-    precision : {"float32", "bfloat16", "int8"}, default="float32"
-        bfloat16 runs in TensorFlow only, int8 in OpenVINO only.
-    runtime : {"tensorflow", "openvino"}, optional
-        What runs the network (:mod:`features.runtimes`); recorded in the spec.
-        Default: :func:`features.runtimes.resolve_runtime`.
+    network : NetworkSettings, optional
+        The network to build (:class:`features.settings.NetworkSettings`; its defaults
+        when neither it nor ``extractor`` is given).
+    extractor : FeatureExtractor, optional
+        A network already built, instead of ``network`` (not with it).
     calibration_images : int, default=300
         For int8: training-split images (never test ones) the quantization is
         calibrated on, chosen at random with ``calibration_seed``; their paths are
@@ -237,8 +228,6 @@ def extract_features(
         Larger images are refused as possible decompression bombs.
     extra_attrs : dict, optional
         More attributes to record (dataset source, split settings...).
-    extractor : FeatureExtractor, optional
-        A prebuilt extractor (its settings win over the backbone arguments).
     progress : callable, optional
         Called as ``progress(done, total)`` after every batch.
     feature_batches : callable, optional
@@ -257,7 +246,12 @@ def extract_features(
     UserInputError
         Bad settings, an existing store made differently (without ``overwrite``),
         or no usable image at all. Nothing is written in these cases.
+    TypeError
+        Both ``network`` and ``extractor``: one decides the network.
     """
+    if network is not None and extractor is not None:
+        raise TypeError("extract_features() takes network settings or a ready extractor, "
+                        "not both")
     if batch_size < 1:
         raise UserInputError(f"batch size must be at least 1, got {batch_size}")
     if len(images) == 0:
@@ -268,13 +262,17 @@ def extract_features(
     fingerprint = images.fingerprint()  # stats every file: once per run
     request_attrs: dict = {}
     if extractor is None:
-        runtime = resolve_runtime(runtime, precision)
+        network = network or NetworkSettings()
+        precision = network.precision
+        runtime = resolve_runtime(network.runtime, precision)
         # The request as given, answered before the network is built (seconds, and
         # TensorFlow's import): a store made by the same request over the same files is
         # up to date. The settings key below stays the authority for everything else.
-        weights_name = normalize_weights(weights)
-        config = get_backbone(backbone)
+        weights_name = normalize_weights(network.weights)
+        config = get_backbone(network.backbone)
         request_attrs = {"request_key": settings_key({
+            # every network setting, so a new one is part of the request without a word here
+            **{f.name: getattr(network, f.name) for f in fields(network)},
             "fingerprint": fingerprint, "label_names": list(images.label_names),
             "compression": compression, "backbone": config.name,
             # The facts that settle what None asks for: a changed default is a new request.
@@ -282,8 +280,7 @@ def extract_features(
                          for c in (config, *config.members)],
             "weights": weights_name, "weights_sha256": file_digest(weights_name)
             if weights_name not in ("imagenet", "random") else "",
-            "input_size": input_size, "layer": layer, "pooling": pooling, "taps": taps,
-            "mirror": mirror, "precision": precision, "runtime": runtime,
+            "runtime": runtime,
             "calibration": [calibration_images, calibration_seed] if precision == "int8"
             else None})}
         existing = read_store_attrs(out) if out.exists() and not overwrite else None
@@ -297,10 +294,9 @@ def extract_features(
                 calibration_seed)
             calibration_attrs = {"calibration_paths": json.dumps(calibration_paths),
                                  "calibration_seed": calibration_seed}
-        extractor = create_extractor(
-            backbone, weights=weights, input_size=input_size, layer=layer, pooling=pooling,
-            taps=taps, mirror=mirror, precision=precision, runtime=runtime,
-            calibration_paths=calibration_paths)
+        # The runtime resolved above: the store is made by the runtime its request names.
+        extractor = create_extractor(replace(network, runtime=runtime),
+                                     calibration_paths=calibration_paths)
     key = _settings_key(fingerprint, images, extractor, compression)
 
     # Held until the store is in place: a second run on this --out is refused at once

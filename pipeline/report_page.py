@@ -39,6 +39,7 @@ from pipeline.reports import (
     recommend,
     report_dataset,
 )
+from pipeline.templates import read_template
 
 PAGE_FILE = "index.html"
 # Written into every page: a page that lacks it was not written by tlearn and is never replaced.
@@ -198,7 +199,10 @@ def render_page(dataset: str, reports: list[dict[str, Any]]) -> str:
         "</section>",
     ]
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (_PAGE_HEAD.format(title=_e(f"{dataset}: tlearn report"), generator=GENERATOR)
+    head = read_template("report_page.html").format(
+        title=_e(f"{dataset}: tlearn report"), generator=GENERATOR,
+        style=read_template("report_page.css"))
+    return (head
             + "\n".join(parts)
             + f'\n<footer>Written by <code>tlearn report</code> on {generated} from '
             f"the reports in this folder's parent.</footer>\n</main>\n</body>\n</html>\n")
@@ -559,111 +563,3 @@ def _model_section(report: dict[str, Any], row: dict[str, Any], *, open_: bool) 
         f'<div class="plots">{"".join(plots)}</div>',
         "</details>",
     ])
-
-
-_PAGE_HEAD = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="generator" content="{generator}">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; \
-style-src 'unsafe-inline'">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-:root {{ --ink: #1b1f24; --muted: #5b6470; --line: #d8dde3; --best: #1f5aaa;
-        --tie: #4f9bd9; --worse: #c0392b; --unpaired: #8a8f96; }}
-* {{ box-sizing: border-box; }}
-body {{ margin: 0; background: #f5f6f8; color: var(--ink);
-       font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans",
-       sans-serif; }}
-main {{ max-width: 1080px; margin: 0 auto; padding: 18px 20px 40px; }}
-header, section {{ background: #fff; border: 1px solid var(--line); border-radius: 8px;
-                   padding: 14px 18px; margin-bottom: 16px; }}
-h1 {{ margin: 0 0 8px; font-size: 26px; }}
-h2 {{ margin: 0 0 8px; font-size: 19px; }}
-a {{ color: var(--best); }}
-.facts {{ display: grid; grid-template-columns: 110px 1fr; gap: 3px 12px; margin: 0; }}
-.facts dt {{ color: var(--muted); }}
-.facts dd {{ margin: 0; }}
-.note {{ color: var(--muted); margin: 4px 0 10px; }}
-.chart-box {{ margin: 0; overflow-x: auto; }}
-svg.chart {{ display: block; max-width: 100%; height: auto; font-size: 13px; }}
-svg.chart .grid {{ stroke: #e6e9ed; }}
-svg.chart .tick {{ fill: var(--muted); font-size: 12px; }}
-svg.chart .name {{ fill: var(--ink); }}
-svg.chart .value {{ fill: var(--ink); font-variant-numeric: tabular-nums; }}
-svg.chart .interval, svg.chart .cap {{ stroke-width: 3; stroke-linecap: round; }}
-svg.chart .best .interval, svg.chart .best .cap {{ stroke: var(--best); }}
-svg.chart .best .dot {{ fill: var(--best); }}
-svg.chart .best .name {{ font-weight: 600; }}
-svg.chart .tie .interval, svg.chart .tie .cap {{ stroke: var(--tie); }}
-svg.chart .tie .dot {{ fill: var(--tie); }}
-svg.chart .worse .interval, svg.chart .worse .cap {{ stroke: var(--worse); }}
-svg.chart .worse .dot {{ fill: var(--worse); }}
-svg.chart .unpaired .interval, svg.chart .unpaired .cap {{ stroke: var(--unpaired); }}
-svg.chart .unpaired .dot {{ fill: var(--unpaired); }}
-figcaption .key {{ margin-right: 18px; color: var(--muted); font-size: 13px;
-                   white-space: nowrap; }}
-figcaption .key i {{ display: inline-block; width: 11px; height: 11px; border-radius: 50%;
-                     margin-right: 5px; vertical-align: -1px; }}
-.key.best i {{ background: var(--best); }} .key.tie i {{ background: var(--tie); }}
-.key.worse i {{ background: var(--worse); }} .key.unpaired i {{ background: var(--unpaired); }}
-table {{ border-collapse: collapse; font-size: 13px; }}
-th, td {{ padding: 4px 8px; border-bottom: 1px solid var(--line); text-align: left; }}
-td.num {{ text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }}
-.table-box {{ max-width: 100%; overflow-x: auto; margin-top: 12px; }}
-table.compare {{ width: 100%; }}
-table.compare th {{ white-space: nowrap; }}
-table.compare td.model {{ overflow-wrap: anywhere; min-width: 9em; }}
-table.compare .ci {{ display: block; }}
-.advice {{ margin: 10px 0 4px; padding: 8px 12px; border-left: 4px solid var(--best);
-           background: #f0f5fb; }}
-code.full {{ color: var(--muted); font-weight: 400; font-size: 12px;
-             overflow-wrap: anywhere; }}
-table.compare tr.best td {{ font-weight: 600; }}
-.ci {{ color: var(--muted); font-weight: 400; }}
-ul.verdicts {{ margin: 0; padding-left: 20px; font-size: 13px; }}
-.gallery {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr));
-            gap: 12px; }}
-figure.mistake {{ margin: 0; padding: 8px; border: 1px solid var(--line); border-radius: 6px;
-                  background: #fafbfc; text-align: center; }}
-figure.mistake img {{ display: block; margin: 0 auto 6px; border-radius: 4px;
-                      image-rendering: auto; }}
-figure.mistake figcaption {{ font-size: 12.5px; line-height: 1.35; text-align: left;
-                             overflow-wrap: anywhere; }}
-figure.mistake figcaption span {{ display: block; }}
-figure.mistake .true b {{ color: #1e7b34; }}
-figure.mistake .said b {{ color: var(--worse); }}
-figure.mistake .file {{ color: var(--muted); font-size: 11.5px; white-space: nowrap;
-                        overflow: hidden; text-overflow: ellipsis; }}
-details.model {{ border-top: 1px solid var(--line); padding: 8px 0; }}
-details.model summary {{ cursor: pointer; font-weight: 600; }}
-.mname {{ overflow-wrap: anywhere; }}
-.badge {{ display: inline-block; padding: 0 8px; border-radius: 10px; color: #fff;
-          font-size: 12.5px; margin-left: 6px; }}
-.badge.best {{ background: var(--best); }} .badge.tie {{ background: var(--tie); }}
-.badge.worse {{ background: var(--worse); }} .badge.unpaired {{ background: var(--unpaired); }}
-.facts-line {{ color: var(--muted); font-size: 13.5px; margin: 6px 0 10px; }}
-.tables {{ display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }}
-.tables caption {{ caption-side: top; text-align: left; color: var(--muted);
-                   padding-bottom: 4px; font-size: 12.5px; }}
-table.confusion th, table.confusion td {{ border: 1px solid #e2e6ea; }}
-table.confusion th {{ max-width: 110px; overflow: hidden; text-overflow: ellipsis;
-                      white-space: nowrap; font-weight: 500; }}
-table.confusion td.diag {{ outline: 2px solid rgba(0,0,0,.25); outline-offset: -2px; }}
-.plots {{ display: flex; flex-wrap: wrap; gap: 18px; margin-top: 12px;
-          align-items: flex-start; }}
-.plots figure {{ margin: 0; }}
-.plots img, img.plot {{ max-width: 100%; height: auto; border: 1px solid var(--line); }}
-.plots figure.curves img {{ max-width: 620px; }}
-.plots figure.reliability img {{ max-width: 300px; }}
-.confusion-box {{ max-width: 100%; overflow-x: auto; flex: 0 1 auto; }}
-.caption {{ color: var(--muted); font-size: 12.5px; margin: 0 0 4px; }}
-.plots figcaption {{ color: var(--muted); font-size: 12.5px; }}
-footer {{ color: var(--muted); font-size: 12.5px; text-align: center; }}
-</style>
-</head>
-<body>
-<main>
-"""

@@ -37,6 +37,7 @@ from features.errors import UserInputError
 from features.images import ImageDecodeError, decode_image
 from features.prediction import rank_scores
 from pipeline.image_classifiers import ImageClassifier, load_image_classifier
+from pipeline.templates import read_template
 
 # -- the model ----------------------------------------------------------------------------------
 
@@ -454,7 +455,7 @@ def upload_page(model_name: str, limits: ServeLimits) -> tuple[str, str]:
     thumbnails (``blob:``) and requests to this server: even a name that slipped
     past the escaping could not run a script or send data elsewhere.
     """
-    page = UPLOAD_PAGE.replace("__MODEL__", html.escape(model_name)).replace(
+    page = read_template("serve_page.html").replace("__MODEL__", html.escape(model_name)).replace(
         "__LIMITS__", json.dumps({"max_images": limits.max_images,
                                   "max_upload_bytes": limits.max_upload_bytes}))
 
@@ -563,80 +564,3 @@ def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
                      batching=batching)
     uvicorn.Server(server_config(app, limits, host=host, port=port,
                                  log_level=log_level)).run()
-
-
-UPLOAD_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>tlearn: __MODEL__</title>
-<style>
- body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:60rem;padding:0 1rem;color:#222}
- #drop{border:2px dashed #888;border-radius:8px;padding:2rem;text-align:center;cursor:pointer}
- #drop.over{background:#eef5ff;border-color:#36c}
- .card{display:flex;gap:1rem;margin:1rem 0;padding:1rem;border:1px solid #ddd;border-radius:8px}
- .card img{width:160px;height:160px;object-fit:cover;border-radius:4px}
- .label{font-size:1.3rem;font-weight:600;margin-bottom:.5rem}
- .name{font-size:.85rem;color:#555;overflow-wrap:anywhere}
- .row{display:flex;align-items:center;gap:.5rem;margin:.15rem 0;font-size:.9rem}
- .row span:first-child{width:9rem;overflow:hidden;text-overflow:ellipsis}
- .bar{height:.8rem;background:#36c;border-radius:3px}
- .error{color:#b00}
- .visually-hidden{position:absolute;width:1px;height:1px;opacity:0;overflow:hidden}
-</style></head><body>
-<h1>tlearn</h1>
-<p>Model <code>__MODEL__</code>. Choose or drop images to classify them.</p>
-<div id="drop">Drop images here, or <label><u>choose files</u>
- <input id="files" class="visually-hidden" type="file" accept="image/*" multiple></label>
-</div>
-<p id="status"></p><div id="results"></div>
-<script>
-const limits = __LIMITS__;
-const drop = document.getElementById("drop"), input = document.getElementById("files");
-const statusLine = document.getElementById("status"), out = document.getElementById("results");
-drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", e => { e.preventDefault(); drop.classList.remove("over");
-  send([...e.dataTransfer.files]); });
-input.addEventListener("change", () => send([...input.files]));
-function el(tag, cls, text) { const n = document.createElement(tag);
-  if (cls) n.className = cls; if (text !== undefined) n.textContent = text; return n; }
-async function send(files) {
-  if (!files.length) return;
-  if (files.length > limits.max_images) {
-    statusLine.textContent = `At most ${limits.max_images} images at a time.`; return; }
-  const form = new FormData(); files.forEach(f => form.append("files", f, f.name));
-  statusLine.textContent = "Classifying " + files.length + " image(s)...";
-  const info = await (await fetch("model")).json();
-  const response = await fetch("predict?top=" + info.classes.length,
-                               {method: "POST", body: form});
-  const data = await response.json();
-  out.innerHTML = "";
-  (data.errors || []).forEach(
-    e => out.appendChild(el("p", "error", e.filename + ": " + e.error)));
-  if (!response.ok) { statusLine.textContent = data.detail; return; }
-  statusLine.textContent = `Done in ${data.ms.toFixed(0)} ms. ` + (data.errors.length
-    ? `${data.errors.length} of ${files.length} files skipped (listed above). ` : "")
-    + (data.scores === "probability"
-    ? "Scores are probabilities (they sum to 1 over the classes)."
-    : "Scores are margins (SVM decision values), not probabilities: larger means more likely.");
-  data.results.forEach(r => {
-    const card = el("div", "card"); const img = el("img");
-    img.src = URL.createObjectURL(files[r.index]); img.alt = r.filename; card.appendChild(img);
-    const right = el("div"); right.appendChild(el("div", "name", r.filename));
-    right.lastChild.setAttribute("data-testid", "filename");
-    right.appendChild(el("div", "label", r.label + (
-      data.scores === "probability" ? ` (${(100 * r.score).toFixed(1)} % probability)`
-                                    : ` (margin ${r.score.toFixed(3)})`)));
-    right.lastChild.setAttribute("data-testid", "label");
-    const scores = r.top.map(t => t.score), lo = Math.min(...scores), hi = Math.max(...scores);
-    r.top.forEach(t => {
-      const share = data.scores === "probability" ? t.score
-                  : (hi > lo ? (t.score - lo) / (hi - lo) : 1);
-      const row = el("div", "row"); row.appendChild(el("span", "", t.label));
-      const bar = el("span", "bar"); bar.style.width = (share * 15).toFixed(2) + "rem";
-      row.appendChild(bar); row.appendChild(el("span", "", t.score.toFixed(3)));
-      right.appendChild(row); });
-    card.appendChild(right); out.appendChild(card); });
-}
-</script></body></html>
-"""

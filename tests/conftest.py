@@ -88,13 +88,19 @@ TINY_EXTRACT = {"backbone": "vgg16", "weights": "none", "input_size": 32, "pooli
                 "batch_size": 8}
 
 
+def extract(data, **options):
+    """:func:`pipeline.workflows.extract_dataset` of flat options, as ``tlearn extract``
+    hands over its flags (:meth:`pipeline.workflows.ExtractSettings.from_options`)."""
+    from pipeline.workflows import ExtractSettings, extract_dataset
+
+    return extract_dataset(ExtractSettings.from_options({"data": data, **options}))
+
+
 @pytest.fixture
 def shapes_store(tmp_path, artifacts):
     """A store of three colour classes x 10 tiny images, and the image folder."""
-    from pipeline.workflows import extract_dataset
-
     data = make_image_folder(tmp_path / "shapes", classes=("red", "green", "blue"), per_class=10)
-    return extract_dataset(data, **TINY_EXTRACT).result.path, data
+    return extract(data, **TINY_EXTRACT).result.path, data
 
 
 @pytest.fixture(scope="session", autouse=True)

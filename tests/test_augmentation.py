@@ -97,14 +97,13 @@ def test_augmented_copies_follow_their_source_into_its_split(tmp_path, artifacts
     import numpy as np
 
     from features.store import FeatureStore
-    from pipeline.workflows import extract_dataset
-    from tests.conftest import TINY_EXTRACT
+    from tests.conftest import TINY_EXTRACT, extract
 
     data = make_image_folder(tmp_path / "d", per_class=8)
     augment_folder(data, tmp_path / "aug", per_class=40, seed=3,
                    config=AugmentationConfig(rotation=0, width_shift=0, height_shift=0,
                                              shear=0, zoom=0.1, horizontal_flip=True))
-    report = extract_dataset(tmp_path / "aug", **TINY_EXTRACT)
+    report = extract(tmp_path / "aug", **TINY_EXTRACT)
     with FeatureStore(report.result.path) as store:
         split_of = {p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1]: s
                     for p, s in zip(store.paths, store.split, strict=True)}

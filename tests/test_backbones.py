@@ -185,10 +185,11 @@ def _pipeline_config() -> str:
     return config.DEFAULT_BACKBONE
 
 
-def _extract_dataset() -> str:
-    from pipeline.workflows import extract_dataset
+def _network_settings() -> str:
+    # extract_dataset and extract_features take their network from these settings
+    from features.settings import NetworkSettings
 
-    return _library_default(extract_dataset)
+    return NetworkSettings().backbone
 
 
 def _run_demo() -> str:
@@ -197,18 +198,11 @@ def _run_demo() -> str:
     return _library_default(run_demo)
 
 
-def _extract_features() -> str:
-    from features.extraction import extract_features
-
-    return _library_default(extract_features)
-
-
 DEFAULT_SOURCES = {
     "pipeline.config.DEFAULT_BACKBONE": _pipeline_config,
     "tlearn extract --backbone": _cli_extract_default,
-    "pipeline.workflows.extract_dataset": _extract_dataset,
+    "features.settings.NetworkSettings": _network_settings,
     "pipeline.workflows.run_demo": _run_demo,
-    "features.extraction.extract_features": _extract_features,
     "Makefile BACKBONE": _makefile_default,
 }
 

@@ -91,6 +91,32 @@ def test_a_joined_backbone_extracts_trains_and_classifies_images(tmp_path, artif
     assert "pass --backbone with one of them" in _one_error_line(refused)
 
 
+def test_extract_finetune_and_scratch_flags_are_their_settings_fields():
+    # A new option is a settings field and its flag, nothing between: a field without a
+    # flag, or a flag the settings do not know, fails here.
+    import dataclasses
+    import inspect
+
+    from features.settings import NetworkSettings
+    from pipeline.cli import stage1, stage3
+    from pipeline.stage3 import FinetuneSettings, ScratchSettings
+    from pipeline.workflows import ExtractSettings
+
+    def flags(command):
+        return set(inspect.signature(command).parameters)
+
+    def names(cls):
+        return {f.name for f in dataclasses.fields(cls)}
+
+    assert flags(stage1.extract) == names(ExtractSettings) - {"network"} | names(NetworkSettings)
+    augmentation = {"no_augment", "rotation", "shift", "shear", "zoom", "flip"}
+    head = {"head_pooling", "head_units", "head_dropout"}
+    not_flags = {"augmentation", "workers"}
+    assert flags(stage3.finetune) - augmentation - head == names(FinetuneSettings) - not_flags - {
+        "head"}
+    assert flags(stage3.scratch) - augmentation == names(ScratchSettings) - not_flags
+
+
 @pytest.mark.parametrize("args,message", [
     (["extract", "{tmp}/missing", *BASE], "does not exist"),
     (["extract", "{data}", "--backbone", "alexnet", *BASE], "unknown backbone 'alexnet'"),

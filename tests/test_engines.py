@@ -75,7 +75,8 @@ def test_cli_hands_engine_and_address_to_every_workflow(tmp_path, monkeypatch):
 
     def stop(name):
         def record(*args, **kwargs):
-            seen[name] = (kwargs["engine"], kwargs["address"])
+            given = vars(args[0]) if name == "extract_dataset" else kwargs  # its settings
+            seen[name] = (given["engine"], given["address"])
             raise UserInputError(f"{name} stopped by the test")
         return record
 
@@ -110,11 +111,11 @@ def test_ray_connects_only_when_work_is_handed_to_it(tmp_path, artifacts, monkey
     # Bad settings, an up-to-date store and a refused overwrite answer before Ray starts.
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'tlearn[ray]')")
     import pipeline.ray_engine as ray_engine
-    from pipeline.workflows import extract_dataset, train_store
-    from tests.conftest import TINY_EXTRACT, make_image_folder
+    from pipeline.workflows import train_store
+    from tests.conftest import TINY_EXTRACT, extract, make_image_folder
 
     data = make_image_folder(tmp_path / "pets", per_class=4)
-    store = extract_dataset(data, **TINY_EXTRACT).result.path
+    store = extract(data, **TINY_EXTRACT).result.path
     train_store(store, classifier="logreg", cv=2)
     connections = []
 
@@ -124,10 +125,10 @@ def test_ray_connects_only_when_work_is_handed_to_it(tmp_path, artifacts, monkey
 
     monkeypatch.setattr(ray_engine, "connect", no_cluster)
     with pytest.raises(UserInputError, match="unknown pooling 'mean'"):
-        extract_dataset(data, engine="ray", **{**TINY_EXTRACT, "pooling": "mean"})
-    assert extract_dataset(data, engine="ray", **TINY_EXTRACT).result.up_to_date
+        extract(data, engine="ray", **{**TINY_EXTRACT, "pooling": "mean"})
+    assert extract(data, engine="ray", **TINY_EXTRACT).result.up_to_date
     with pytest.raises(UserInputError, match="already exists with other settings"):
-        extract_dataset(data, engine="ray", out=store, **{**TINY_EXTRACT, "pooling": "max"})
+        extract(data, engine="ray", out=store, **{**TINY_EXTRACT, "pooling": "max"})
     assert train_store(store, classifier="logreg", cv=2, engine="ray")[0].up_to_date
     assert connections == []
     with pytest.raises(AssertionError, match="connected to Ray"):

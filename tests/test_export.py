@@ -30,13 +30,14 @@ assert not loaded & {"tensorflow", "keras", "features", "classifiers", "pipeline
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A three-class store, its logreg, linear_svm and sgd models, and some image files."""
-    from pipeline.workflows import extract_dataset, train_store
+    from pipeline.workflows import train_store
+    from tests.conftest import extract
 
     tmp = tmp_path_factory.mktemp("export")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TLEARN_ARTIFACTS", str(tmp / "artifacts"))
         data = make_image_folder(tmp / "data", classes=("red", "green", "blue"), per_class=8)
-        store = extract_dataset(data, runtime="tensorflow", **TINY_EXTRACT).result.path
+        store = extract(data, runtime="tensorflow", **TINY_EXTRACT).result.path
         models = {kind: train_store(store, classifier=kind)[0].model_path
                   for kind in ("logreg", "linear_svm", "sgd")}
     images = sorted(str(p) for p in data.rglob("*") if p.is_file())[::3]
@@ -155,10 +156,11 @@ def test_taps_mirror_and_joined_networks_are_inside_the_exported_network(
     if fmt == "onnx":
         pytest.importorskip("tf2onnx", reason="tf2onnx is not installed "
                                               "(pip install 'tlearn[onnx]')")
-    from pipeline.workflows import extract_dataset, predict_files, train_store
+    from pipeline.workflows import predict_files, train_store
+    from tests.conftest import extract
 
     data = make_image_folder(tmp_path / "data", classes=("red", "green", "blue"), per_class=8)
-    store = extract_dataset(data, runtime="tensorflow", **features).result.path
+    store = extract(data, runtime="tensorflow", **features).result.path
     model = train_store(store, classifier="logreg")[0].model_path
     images = sorted(str(p) for p in data.rglob("*") if p.is_file())[::3]
     export_model(model, tmp_path / "out", format=fmt)

@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,14 @@ import pytest
 from features.errors import UserInputError
 from features.extraction import extract_features
 from features.factory import create_extractor
+from features.settings import NetworkSettings
 from features.store import FeatureStore, partial_path
 from pipeline.datasets import load_dataset
 from tests.conftest import make_image_folder
 
-SETTINGS = {"backbone": "vgg16", "weights": "none", "input_size": 32, "pooling": "avg",
-            "batch_size": 4}
+NETWORK = NetworkSettings("vgg16", weights="none", input_size=32, pooling="avg")
+SETTINGS = {"network": NETWORK, "batch_size": 4}
+MAX_POOLED = replace(NETWORK, pooling="max")
 
 
 @pytest.fixture
@@ -40,8 +43,7 @@ def test_extract_writes_good_rows_and_lists_broken(tmp_path, images):
         assert len(store.skipped) == 3
         X, _y = store.load()
         assert np.isfinite(X).all() and X.std() > 0
-        ext = create_extractor(**{k: v for k, v in SETTINGS.items()
-                                         if k != "batch_size"})
+        ext = create_extractor(NETWORK)
         from features.images import load_image
         first = load_image(store.paths[0], 32)[None]
         np.testing.assert_allclose(X[0], ext(first)[0], rtol=1e-4, atol=1e-4)
@@ -86,9 +88,9 @@ def test_finished_store_is_never_overwritten_silently(tmp_path, images):
     again = extract_features(images, out, **SETTINGS)
     assert again.up_to_date
     with pytest.raises(UserInputError, match="--overwrite"):
-        extract_features(images, out, **{**SETTINGS, "pooling": "max"})
+        extract_features(images, out, **{**SETTINGS, "network": MAX_POOLED})
     assert out.read_bytes() == before
-    replaced = extract_features(images, out, overwrite=True, **{**SETTINGS, "pooling": "max"})
+    replaced = extract_features(images, out, overwrite=True, **{**SETTINGS, "network": MAX_POOLED})
     assert not replaced.up_to_date
     with FeatureStore(out) as store:
         assert store.spec.pooling == "max"
@@ -109,8 +111,8 @@ def test_partial_with_other_settings_reported(tmp_path, images):
 
     _interrupt_after(4, images, out)
     with pytest.raises(UserInputError, match="other settings"):
-        extract_features(images, out, **{**SETTINGS, "pooling": "max"})
-    assert extract_features(images, out, overwrite=True, **{**SETTINGS, "pooling": "max"}).rows
+        extract_features(images, out, **{**SETTINGS, "network": MAX_POOLED})
+    assert extract_features(images, out, overwrite=True, **{**SETTINGS, "network": MAX_POOLED}).rows
 
 
 def test_all_images_broken_writes_nothing(tmp_path, broken_files):
@@ -127,7 +129,7 @@ def test_all_images_broken_writes_nothing(tmp_path, broken_files):
 def test_bad_settings_write_nothing(tmp_path, images):
     out = tmp_path / "f.h5"
     with pytest.raises(UserInputError):
-        extract_features(images, out, **{**SETTINGS, "layer": "nope"})
+        extract_features(images, out, **{**SETTINGS, "network": replace(NETWORK, layer="nope")})
     assert not out.exists() and not partial_path(out).exists()
 
 
@@ -345,8 +347,7 @@ def test_a_disk_full_inside_hdf5_is_one_line_and_a_clean_restart(tmp_path, tmpfs
 def test_a_short_batch_runs_at_its_own_size_not_the_batch_size(tmp_path):
     root = make_image_folder(tmp_path / "data", per_class=2)  # 4 images
     imgs, _ = load_dataset(root, test_size=0.25, seed=1)
-    settings = {k: v for k, v in SETTINGS.items() if k != "batch_size"}
-    extractor = create_extractor(**settings)
+    extractor = create_extractor(NETWORK)
     shapes = []
     model = extractor.model
 
@@ -371,3 +372,33 @@ def test_out_that_is_a_folder_or_below_a_file_is_refused_before_any_work(tmp_pat
     with pytest.raises(UserInputError, match="afile is a file, not a folder"):
         extract_features(images, tmp_path / "afile" / "x.h5", **SETTINGS)
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_settings_and_a_ready_extractor_together_are_refused(tmp_path, images):
+    # with both, one of them would silently decide the network and the other be ignored
+    with pytest.raises(TypeError, match="network settings or a ready extractor, not both"):
+        extract_features(images, tmp_path / "f.h5", NETWORK, extractor=create_extractor(NETWORK))
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_every_network_setting_is_part_of_the_request_key(tmp_path, images, monkeypatch):
+    # A store answers "up to date" from its request key: a setting left out of it would
+    # let a store of other features pass for this one.
+    import dataclasses
+
+    import features.extraction as extraction
+
+    @dataclasses.dataclass(frozen=True)
+    class WithANewSetting(NetworkSettings):
+        sharpen: float = 0.5
+
+    class Stop(Exception):
+        pass
+
+    def record(payload):
+        raise Stop(payload)
+
+    monkeypatch.setattr(extraction, "settings_key", record)
+    with pytest.raises(Stop) as stopped:
+        extract_features(images, tmp_path / "f.h5", WithANewSetting("vgg16", weights="none"))
+    assert stopped.value.args[0]["sharpen"] == 0.5

@@ -39,12 +39,13 @@ def test_specs_written_before_precision_are_float32():
 
 def test_model_trained_on_bfloat16_features_keeps_bfloat16(tmp_path, artifacts):
     from classifiers.persistence import load_classifier
-    from pipeline.workflows import evaluate_model, extract_dataset, train_store
+    from pipeline.workflows import evaluate_model, train_store
+    from tests.conftest import extract
 
     data = make_image_folder(tmp_path / "shapes", classes=("red", "green", "blue"), per_class=6)
-    bf16 = extract_dataset(data, out=tmp_path / "bf16.h5", precision="bfloat16",
+    bf16 = extract(data, out=tmp_path / "bf16.h5", precision="bfloat16",
                            **TINY_EXTRACT).result.path
-    f32 = extract_dataset(data, out=tmp_path / "f32.h5", **TINY_EXTRACT).result.path
+    f32 = extract(data, out=tmp_path / "f32.h5", **TINY_EXTRACT).result.path
     model_path = train_store(bf16, classifier="logreg", cv=2)[0].model_path
 
     rebuilt = load_classifier(model_path).feature_extractor()  # what predict and serve use

@@ -26,14 +26,16 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'tlea
 from classifiers.estimators import FeatureClassifier  # noqa: E402
 from features.errors import UserInputError  # noqa: E402
 from features.extraction import extract_features  # noqa: E402
+from features.settings import NetworkSettings  # noqa: E402
 from features.store import FeatureStore, partial_path  # noqa: E402
 from pipeline.datasets import load_dataset  # noqa: E402
 from pipeline.ray_engine import BatchWork, connect, extractor_work, ray_batches  # noqa: E402
-from pipeline.workflows import extract_dataset, train_store, write_predictions  # noqa: E402
-from tests.conftest import REPO_ROOT, make_image_folder  # noqa: E402
+from pipeline.workflows import train_store, write_predictions  # noqa: E402
+from tests.conftest import REPO_ROOT, extract, make_image_folder  # noqa: E402
 
 SETTINGS = {"backbone": "vgg16", "weights": "none", "input_size": 32, "pooling": "avg",
             "batch_size": 4}
+NETWORK = NetworkSettings("vgg16", weights="none", input_size=32, pooling="avg")
 RAY = Path(sys.executable).parent / "ray"
 # Loopback only, started and stopped by the test: without token authentication, so that
 # a token another Ray run left in ~/.ray does not decide whether the drivers may connect.
@@ -154,9 +156,9 @@ def _assert_same_store(a_path: Path, b_path: Path) -> None:
 
 def test_extract_train_predict_on_a_two_node_cluster(tmp_path, data, cluster, monkeypatch):
     monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "artifacts"))
-    local = extract_dataset(data, out=tmp_path / "local.h5", **SETTINGS).result
-    remote = extract_dataset(data, out=tmp_path / "ray.h5", engine="ray", address=cluster,
-                             **SETTINGS).result
+    local = extract(data, out=tmp_path / "local.h5", **SETTINGS).result
+    remote = extract(data, out=tmp_path / "ray.h5", engine="ray", address=cluster,
+                     **SETTINGS).result
     assert remote.rows == local.rows == 14 and len(remote.skipped) == 3
     assert not partial_path(tmp_path / "ray.h5").exists()
     _assert_same_store(tmp_path / "local.h5", tmp_path / "ray.h5")
@@ -210,7 +212,7 @@ def _killing_work(marker: str, spec: dict, batch_size: int) -> BatchWork:
 def test_a_killed_worker_is_replaced_and_the_store_is_the_local_one(tmp_path, data, cluster):
     images, _ = load_dataset(data, test_size=0.25, seed=1)
     reference = tmp_path / "local.h5"
-    extract_features(images, reference, **SETTINGS)
+    extract_features(images, reference, NETWORK, batch_size=4)
     marker = str(tmp_path / "killed")
 
     def on_cluster(extractor, paths, *, start, batch_size, workers, max_pixels):
@@ -219,7 +221,8 @@ def test_a_killed_worker_is_replaced_and_the_store_is_the_local_one(tmp_path, da
 
     out = tmp_path / "ray.h5"
     with connect(cluster):
-        result = extract_features(images, out, feature_batches=on_cluster, **SETTINGS)
+        result = extract_features(images, out, NETWORK, batch_size=4,
+                                  feature_batches=on_cluster)
     assert os.path.exists(marker), "no worker was killed: the test tested nothing"
     assert result.rows == 14 and not partial_path(out).exists()
     _assert_same_store(reference, out)

@@ -198,13 +198,14 @@ def test_train_and_compare_update_the_page(shapes_store, artifacts):
 
 def test_stage3_from_a_store_joins_its_datasets_page(shapes_store, artifacts):
     from pipeline.augmentation import AugmentationConfig
-    from pipeline.stage3 import train_from_scratch
+    from pipeline.stage3 import ScratchSettings, train_from_scratch
     from pipeline.workflows import train_store
 
     store_path, _ = shapes_store
     train_store(store_path, classifier="logreg", cv=2)
-    result = train_from_scratch(store_path, input_size=16, epochs=1, batch_size=8,
-                                val_share=0.2, augmentation=AugmentationConfig(enabled=False))
+    result = train_from_scratch(ScratchSettings(
+        store_path, input_size=16, epochs=1, batch_size=8, val_share=0.2,
+        augmentation=AugmentationConfig(enabled=False)))
     assert result.report["dataset"] == "shapes"
     page = (artifacts / "reports" / "shapes" / "index.html").read_text()
     section = page.split('<code class="full">shapes__vgg16__avg__scratch_minivggnet</code>')[1]

@@ -98,12 +98,13 @@ def test_stores_of_both_runtimes_agree_and_a_model_of_one_classifies_the_other(
         tmp_path, artifacts):
     from classifiers.persistence import check_same_features, load_classifier
     from features.store import FeatureStore
-    from pipeline.workflows import evaluate_model, extract_dataset, train_store
+    from pipeline.workflows import evaluate_model, train_store
+    from tests.conftest import extract
 
     data = make_image_folder(tmp_path / "mix", classes=("red", "green", "blue"), per_class=8)
     tiny = {**TINY_EXTRACT, "pooling": "max"}
-    tf_store = extract_dataset(data, runtime="tensorflow", **tiny).result.path
-    ov_store = extract_dataset(data, runtime="openvino", out=tmp_path / "ov.h5",
+    tf_store = extract(data, runtime="tensorflow", **tiny).result.path
+    ov_store = extract(data, runtime="openvino", out=tmp_path / "ov.h5",
                                **tiny).result.path
     with FeatureStore(tf_store) as a, FeatureStore(ov_store) as b:
         assert (a.spec.runtime, b.spec.runtime) == ("tensorflow", "openvino")
@@ -225,15 +226,16 @@ def int8_setup(tmp_path_factory):
 
     Shared by the tests of this module (quantizing takes seconds); none of them changes it.
     """
-    from pipeline.workflows import extract_dataset, train_store
+    from pipeline.workflows import train_store
+    from tests.conftest import extract
 
     tmp = tmp_path_factory.mktemp("int8")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TLEARN_ARTIFACTS", str(tmp / "artifacts"))
         data = make_image_folder(tmp / "q", classes=("red", "green", "blue"), per_class=10)
-        int8 = extract_dataset(data, runtime="openvino", precision="int8",
+        int8 = extract(data, runtime="openvino", precision="int8",
                                calibration_images=12, **TINY_EXTRACT).result.path
-        float32 = extract_dataset(data, out=tmp / "f32.h5", runtime="openvino",
+        float32 = extract(data, out=tmp / "f32.h5", runtime="openvino",
                                   **TINY_EXTRACT).result.path
         model = train_store(int8, classifier="logreg")[0].model_path
     return {"data": data, "int8": int8, "float32": float32, "model": model}
@@ -373,11 +375,11 @@ def test_int8_and_float32_features_are_not_mixed(int8_setup):
 
 
 def test_int8_is_refused_with_tensorflow(image_folder, artifacts):
-    from pipeline.workflows import extract_dataset
+    from tests.conftest import extract
 
     with pytest.raises(UserInputError, match="precision 'int8' is not available with "
                                              "--runtime tensorflow"):
-        extract_dataset(image_folder, runtime="tensorflow", precision="int8", **TINY_EXTRACT)
+        extract(image_folder, runtime="tensorflow", precision="int8", **TINY_EXTRACT)
 
 
 # -- stage 3 models and serving -------------------------------------------------------------------
@@ -402,10 +404,11 @@ def test_a_stage3_model_runs_in_openvino(keras_model, fresh_cache):
 
 
 def test_a_stage3_model_is_evaluated_on_the_files_of_a_split(keras_model, tmp_path, artifacts):
-    from pipeline.workflows import evaluate_model, extract_dataset
+    from pipeline.workflows import evaluate_model
+    from tests.conftest import extract
 
     data = make_image_folder(tmp_path / "abc", classes=("a", "b", "c"), per_class=4)
-    store = extract_dataset(data, **TINY_EXTRACT).result.path
+    store = extract(data, **TINY_EXTRACT).result.path
     runs = {runtime: evaluate_model(keras_model, store, runtime=runtime).report["test"]
             for runtime in ("tensorflow", "openvino")}
     assert runs["openvino"]["n_samples"] == runs["tensorflow"]["n_samples"] == 3

@@ -9,8 +9,8 @@ from PIL import Image
 
 from pipeline.image_classifiers import load_image_classifier
 from pipeline.serving import ServeLimits, create_app, parse_multipart
-from pipeline.workflows import extract_dataset, train_store
-from tests.conftest import make_image_folder
+from pipeline.workflows import train_store
+from tests.conftest import extract, make_image_folder
 
 TINY = {"backbone": "vgg16", "weights": "none", "input_size": 32, "pooling": "avg",
         "batch_size": 8}
@@ -25,7 +25,7 @@ def model_path(tmp_path_factory):
     os.environ["TLEARN_ARTIFACTS"] = str(root / "artifacts")
     try:
         data = make_image_folder(root / "pets", per_class=8)
-        store = extract_dataset(data, **TINY).result.path
+        store = extract(data, **TINY).result.path
         # a decisive model: on 12 images every C ties and the tie rule picks the weakest fit
         path = train_store(store, classifier="logreg", cv=2, grid=[1.0])[0].model_path
     finally:

@@ -5,7 +5,13 @@ import pytest
 
 from features.errors import UserInputError
 from pipeline.augmentation import AugmentationConfig
-from pipeline.stage3 import finetune, images_from_store, train_from_scratch
+from pipeline.stage3 import (
+    FinetuneSettings,
+    ScratchSettings,
+    finetune,
+    images_from_store,
+    train_from_scratch,
+)
 from pipeline.workflows import compare_models, predict_files, train_store
 from tests.conftest import TINY_EXTRACT, make_image_folder
 from tests.test_stage3_training import eager  # noqa: F401 - fixture
@@ -18,8 +24,9 @@ def store(shapes_store):
 
 def test_finetune_two_phases_on_the_store_split(store, artifacts):
     store_path, data = store
-    result = finetune(store_path, warmup_epochs=1, finetune_epochs=1, batch_size=8,
-                      val_share=0.2, unfreeze="block5")
+    settings = FinetuneSettings(store_path, warmup_epochs=1, finetune_epochs=1, batch_size=8,
+                                val_share=0.2, unfreeze="block5")
+    result = finetune(settings)
     assert result.model_path.suffix == ".keras" and result.model_path.exists()
     assert [r["phase"] for r in result.history] == ["warmup", "finetune"]
     assert result.report["stage"] == "finetune"
@@ -45,8 +52,7 @@ def test_finetune_two_phases_on_the_store_split(store, artifacts):
     rows, _, _ = compare_models([store_path])
     assert {r["stage"] for r in rows} == {"features", "finetune"}
     # rerun with the same settings: nothing to do
-    again = finetune(store_path, warmup_epochs=1, finetune_epochs=1, batch_size=8,
-                     val_share=0.2, unfreeze="block5")
+    again = finetune(settings)
     assert again.history == result.history
 
 
@@ -61,12 +67,12 @@ def test_interrupted_epoch_resumes_from_the_last_completed_one(store, artifacts)
 
     kwargs = {"input_size": 16, "epochs": 3, "batch_size": 8, "val_share": 0.2, "patience": 5}
     with pytest.raises(KeyboardInterrupt):
-        train_from_scratch(store_path, on_batch=interrupt, **kwargs)
+        train_from_scratch(ScratchSettings(store_path, **kwargs), on_batch=interrupt)
     state = json.loads((artifacts / "training" / "shapes__vgg16__avg__scratch_minivggnet"
                         / "state.json").read_text())["state"]
     assert len(state["history"]) == 1
     first_epoch = state["history"][0]
-    result = train_from_scratch(store_path, **kwargs)
+    result = train_from_scratch(ScratchSettings(store_path, **kwargs))
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     assert result.history[0] == first_epoch  # epoch 1 was not redone
 
@@ -75,17 +81,18 @@ def test_same_seed_same_training(tmp_path, store, monkeypatch):
     store_path, _ = store
     kwargs = {"input_size": 16, "epochs": 2, "batch_size": 8, "val_share": 0.2}
     monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "a1"))
-    first = train_from_scratch(store_path, **kwargs)
+    first = train_from_scratch(ScratchSettings(store_path, **kwargs))
     monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "a2"))
-    second = train_from_scratch(store_path, **kwargs)
+    second = train_from_scratch(ScratchSettings(store_path, **kwargs))
     np.testing.assert_allclose([r["loss"] for r in first.history],
                                [r["loss"] for r in second.history], rtol=1e-5)
 
 
 def test_scratch_without_augmentation_from_folder(store, artifacts):
     _, data = store
-    result = train_from_scratch(data, input_size=16, epochs=1, batch_size=8, val_share=0.2,
-                                augmentation=AugmentationConfig(enabled=False))
+    result = train_from_scratch(ScratchSettings(
+        data, input_size=16, epochs=1, batch_size=8, val_share=0.2,
+        augmentation=AugmentationConfig(enabled=False)))
     assert result.report["stage"] == "scratch"
     assert result.model_path.exists()
 
@@ -93,12 +100,13 @@ def test_scratch_without_augmentation_from_folder(store, artifacts):
 def test_bad_inputs_are_clear_and_train_nothing(store, artifacts):
     store_path, data = store
     with pytest.raises(UserInputError, match="--unfreeze 'block9' is not a layer"):
-        finetune(store_path, unfreeze="block9", warmup_epochs=1, finetune_epochs=1)
+        finetune(FinetuneSettings(store_path, unfreeze="block9", warmup_epochs=1,
+                                  finetune_epochs=1))
     with pytest.raises(UserInputError, match="too few training images for a validation"):
-        finetune(store_path, val_share=0.01)
+        finetune(FinetuneSettings(store_path, val_share=0.01))
     (data / "red" / "red_000.jpg").rename(data / "moved.jpg")
     with pytest.raises(UserInputError, match=r"1 of 30 images .* missing.*red_000\.jpg"):
-        finetune(store_path)
+        finetune(FinetuneSettings(store_path))
     assert not (artifacts / "training").exists()
     assert not list((artifacts / "classifiers").glob("*.keras")) if (
         artifacts / "classifiers").exists() else True
@@ -106,11 +114,11 @@ def test_bad_inputs_are_clear_and_train_nothing(store, artifacts):
 
 @pytest.mark.usefixtures("eager")
 def test_store_extracted_again_with_another_split_is_not_reused(tmp_path, artifacts):
-    from pipeline.workflows import extract_dataset
+    from tests.conftest import extract
 
     data = make_image_folder(tmp_path / "shapes", classes=("red", "green", "blue"),
                              per_class=10)
-    store = extract_dataset(data, **TINY_EXTRACT, seed=1).result.path
+    store = extract(data, **TINY_EXTRACT, seed=1).result.path
     old_test = images_from_store(store, val_share=0.2).test[0]
     kwargs = {"input_size": 16, "epochs": 2, "batch_size": 8, "val_share": 0.2}
 
@@ -119,32 +127,33 @@ def test_store_extracted_again_with_another_split_is_not_reused(tmp_path, artifa
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_from_scratch(store, on_batch=interrupt, **kwargs)
+        train_from_scratch(ScratchSettings(store, **kwargs), on_batch=interrupt)
     # the same store path, extracted again with another split seed: same counts per
     # class, other test images
-    assert extract_dataset(data, **TINY_EXTRACT, seed=2, overwrite=True).result.path == store
+    assert extract(data, **TINY_EXTRACT, seed=2, overwrite=True).result.path == store
     assert images_from_store(store, val_share=0.2).test[0] != old_test
     with pytest.raises(UserInputError, match="unfinished run with other settings or data"):
-        train_from_scratch(store, **kwargs)  # epoch 1 was trained on the old split
-    result = train_from_scratch(store, overwrite=True, **kwargs)
+        train_from_scratch(ScratchSettings(store, **kwargs))  # epoch 1 was trained on the old split
+    result = train_from_scratch(ScratchSettings(store, overwrite=True, **kwargs))
     assert [r["epoch"] for r in result.history] == [1, 2]
 
-    extract_dataset(data, **TINY_EXTRACT, seed=1, overwrite=True)
+    extract(data, **TINY_EXTRACT, seed=1, overwrite=True)
     with pytest.raises(UserInputError, match="trained with other settings or data"):
-        train_from_scratch(store, **kwargs)  # not "up to date": the model saw other images
+        # not "up to date": the model saw other images
+        train_from_scratch(ScratchSettings(store, **kwargs))
 
 
-@pytest.mark.parametrize("command,option,value", [
-    (finetune, "warmup_lr", -1e-3), (finetune, "finetune_lr", -1.0),
-    (finetune, "finetune_lr", 0.0), (finetune, "warmup_lr", float("nan")),
-    (train_from_scratch, "learning_rate", -0.01), (train_from_scratch, "learning_rate", 0.0),
-    (finetune, "batch_size", 0), (train_from_scratch, "patience", -1),
+@pytest.mark.parametrize("settings,option,value", [
+    (FinetuneSettings, "warmup_lr", -1e-3), (FinetuneSettings, "finetune_lr", -1.0),
+    (FinetuneSettings, "finetune_lr", 0.0), (FinetuneSettings, "warmup_lr", float("nan")),
+    (ScratchSettings, "learning_rate", -0.01), (ScratchSettings, "learning_rate", 0.0),
+    (FinetuneSettings, "batch_size", 0), (ScratchSettings, "patience", -1),
 ])
-def test_learning_rates_and_counts_are_checked_before_any_work(tmp_path, artifacts, command,
+def test_learning_rates_and_counts_are_checked_before_any_work(tmp_path, artifacts, settings,
                                                                option, value):
     flag = "--" + option.replace("_", "-")
     with pytest.raises(UserInputError, match=rf"^{flag} must be .*got {value}$"):
-        command(tmp_path / "no-such-folder", **{option: value})
+        settings(tmp_path / "no-such-folder", **{option: value})
     assert not artifacts.exists()
 
 
@@ -156,3 +165,24 @@ def test_a_damaged_stage3_sidecar_reads_as_no_record(tmp_path, damage):
     side = tmp_path / "m.json"
     side.write_bytes(damage)
     assert _read_json(side) == {}
+
+
+def test_recorded_settings_keep_their_form_and_a_new_setting_is_recorded_by_itself():
+    # The sidecar's settings and the run key are made of them: the form sidecars were
+    # written in keeps their models up to date, and a setting left out would let a model
+    # trained otherwise pass for up to date.
+    import dataclasses
+
+    from pipeline.stage3.commands import _recorded_settings
+
+    assert _recorded_settings(ScratchSettings("s", epochs=3, seed=1)) == {
+        "input_size": 64, "epochs": 3, "learning_rate": 0.01, "batch_size": 32,
+        "patience": 5, "seed": 1, "augmentation": AugmentationConfig().to_dict()}
+
+    @dataclasses.dataclass(frozen=True)
+    class WithANewSetting(FinetuneSettings):
+        label_smoothing: float = 0.1
+
+    recorded = _recorded_settings(WithANewSetting("s"))
+    assert recorded["label_smoothing"] == 0.1
+    assert recorded["head"] == {"pooling": "avg", "units": 256, "dropout": 0.5}

@@ -14,6 +14,8 @@ import pytest
 from features.images import load_image
 from pipeline.augmentation import AugmentationConfig
 from pipeline.stage3 import (
+    FinetuneSettings,
+    ScratchSettings,
     finetune,
     load_keras_classifier,
     load_split_images,
@@ -85,10 +87,10 @@ def on_batch(epoch_number, batch):
 
 os.replace, keras.Model.fit = replace, fit
 from pipeline.augmentation import AugmentationConfig
-from pipeline.stage3 import train_from_scratch
+from pipeline.stage3 import ScratchSettings, train_from_scratch
 
-train_from_scratch(data, on_batch=on_batch, augmentation=AugmentationConfig(enabled=False),
-                   **kwargs)
+train_from_scratch(ScratchSettings(data, augmentation=AugmentationConfig(enabled=False),
+                                   **kwargs), on_batch=on_batch)
 """
 
 SCRATCH = {"input_size": 16, "epochs": 3, "batch_size": 4, "val_share": 0.2, "patience": 10,
@@ -126,8 +128,8 @@ def test_sigkill_at_any_moment_resumes_after_the_last_completed_epoch(tmp_path, 
     data = make_image_folder(tmp_path / "data", per_class=8)
     reference_dir = tmp_path / "reference"
     monkeypatch.setenv("TLEARN_ARTIFACTS", str(reference_dir))
-    reference = train_from_scratch(data, augmentation=AugmentationConfig(enabled=False),
-                                   **SCRATCH)
+    reference = train_from_scratch(ScratchSettings(
+        data, augmentation=AugmentationConfig(enabled=False), **SCRATCH))
     assert [r["epoch"] for r in reference.history] == [1, 2, 3]
 
     artifacts = tmp_path / "killed"
@@ -201,14 +203,15 @@ def test_killed_after_the_last_warmup_epoch_resumes_with_phase_two(tmp_path, art
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(Killed):
-        finetune(data, **kwargs)
+        finetune(FinetuneSettings(data, **kwargs))
     monkeypatch.setattr(os, "replace", real_replace)
     workdir = artifacts / "training" / "data__finetune_efficientnet_lite0"
     state, _, _ = saved_run(workdir)
     assert [r["epoch"] for r in state["history"]] == [1, 2]
 
     trained = []
-    result = finetune(data, on_batch=lambda epoch, batch: trained.append(epoch), **kwargs)
+    result = finetune(FinetuneSettings(data, **kwargs),
+                      on_batch=lambda epoch, batch: trained.append(epoch))
     assert set(trained) == {4}  # straight into phase 2, epoch 1 (epoch 4 overall)
     assert [(r["epoch"], r["phase"]) for r in result.history] == \
         [(1, "warmup"), (2, "warmup"), (4, "finetune")]

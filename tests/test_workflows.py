@@ -14,11 +14,10 @@ from pipeline.reports import collect_reports
 from pipeline.workflows import (
     compare_models,
     evaluate_model,
-    extract_dataset,
     predict_files,
     train_store,
 )
-from tests.conftest import REPO_ROOT, TINY_EXTRACT
+from tests.conftest import REPO_ROOT, TINY_EXTRACT, extract
 
 TINY = TINY_EXTRACT
 
@@ -80,7 +79,7 @@ def test_a_refusal_names_each_differing_setting_with_both_values(store):
     assert "grid: [1.0] here, the default in the saved model" in message
     assert "repeats" not in message and "--overwrite" in message and "\n" not in message
     # the same store name extracted again with other settings: other features
-    extract_dataset(data, out=store_path, overwrite=True, **{**TINY, "pooling": "max"})
+    extract(data, out=store_path, overwrite=True, **{**TINY, "pooling": "max"})
     with pytest.raises(UserInputError, match=r"features \(store settings key\): [0-9a-f]{12} "
                                              r"here, [0-9a-f]{12} in the saved model"):
         train_store(store_path, classifier="logreg", cv=2)
@@ -214,7 +213,7 @@ def test_unreadable_image_is_reported_not_fatal(store, broken_files):
 def test_model_and_store_mismatch(tmp_path, store):
     store_path, data = store
     model = train_store(store_path, classifier="logreg", cv=2)[0].model_path
-    other = extract_dataset(data, out=tmp_path / "other.h5", **{**TINY, "pooling": "max"})
+    other = extract(data, out=tmp_path / "other.h5", **{**TINY, "pooling": "max"})
     with pytest.raises(UserInputError, match="pooling 'max'"):
         evaluate_model(model, other.result.path)
 
@@ -309,7 +308,7 @@ def test_compare_pairs_models_on_the_same_test_images_only(tmp_path, store, arti
     store_path, data = store
     train_store(store_path, classifier="logreg", cv=2)
     train_store(store_path, classifier="linear_svm", cv=2)
-    other = extract_dataset(data, **{**TINY_EXTRACT, "pooling": "max"}, seed=7,
+    other = extract(data, **{**TINY_EXTRACT, "pooling": "max"}, seed=7,
                             out=tmp_path / "other.h5").result.path
     train_store(other, classifier="logreg", cv=2)
     rows, md, _ = compare_models([])
@@ -355,7 +354,7 @@ def _relabelled_store(tmp_path, data, labels: dict[str, str]):
     listing.write_text("path,label\n" + "".join(
         f"{p},{label}\n" for folder, label in labels.items()
         for p in sorted((data / folder).iterdir())))
-    return extract_dataset(listing, out=tmp_path / "relabelled.h5", test_size=0.5,
+    return extract(listing, out=tmp_path / "relabelled.h5", test_size=0.5,
                            **TINY).result.path
 
 
@@ -476,3 +475,14 @@ def test_predict_never_writes_through_a_link_and_passes_over_names_not_utf8(tmp_
     assert len(rows) == 3 and not any(r["error"] for r in rows)
     assert [r for _, r in report.ignored] == [NOT_UTF8]
     assert not (tmp_path / "pred.csv.lock").exists()
+
+
+def test_extract_settings_from_flat_options_route_each_to_its_object(tmp_path):
+    from features.settings import NetworkSettings
+    from pipeline.workflows import ExtractSettings
+
+    settings = ExtractSettings.from_options({"data": tmp_path, "mirror": True, "seed": 3,
+                                             "backbone": "vgg16"})
+    assert settings.network == NetworkSettings("vgg16", mirror=True) and settings.seed == 3
+    with pytest.raises(TypeError, match="mirrored"):
+        ExtractSettings.from_options({"data": tmp_path, "mirrored": True})

@@ -7,7 +7,7 @@ word is written ``\\[`` ('[default: ...]', 'tlearn[ray]'), or rich takes it for 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -103,6 +103,14 @@ def augmentation_options(no_augment: bool, rotation: float, shift: float, shear:
     return AugmentationConfig(rotation=rotation, width_shift=shift, height_shift=shift,
                               shear=shear, zoom=zoom, horizontal_flip=flip,
                               enabled=not no_augment)
+
+
+def training_settings(cls: type, options: dict[str, Any]) -> Any:
+    """``cls`` (a stage 3 command's settings) of its flags, named as its fields but for
+    the augmentation's."""
+    flags = ("no_augment", "rotation", "shift", "shear", "zoom", "flip")
+    augmentation = augmentation_options(*(options.pop(flag) for flag in flags))
+    return cls(**options, augmentation=augmentation)
 
 
 AUG_HELP = "Augmentation (on the fly): "

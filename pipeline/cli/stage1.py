@@ -99,17 +99,13 @@ def extract(
     address: AddressOption = None,
 ) -> None:
     """Stage 1: stream images through a headless pretrained CNN into an HDF5 feature store."""
-    from pipeline.workflows import extract_dataset  # h5py, the feature store's
+    # The flags are named as the settings' fields: a new option is a field and its flag.
+    options = dict(locals())
+    from pipeline.workflows import ExtractSettings, extract_dataset  # h5py, the store's
 
+    settings = ExtractSettings.from_options(options)
     with progress_bar(f"extract {backbone}", console=err_console) as progress:
-        report = extract_dataset(
-            data, out=out, backbone=backbone, weights=weights, input_size=input_size,
-            layer=layer, pooling=pooling, taps=taps, mirror=mirror, precision=precision,
-            runtime=runtime, calibration_images=calibration_images, batch_size=batch_size,
-            compression=compression, test_size=test_size, val_size=val_size, seed=seed,
-            overwrite=overwrite, workers=workers, progress=progress, engine=engine,
-            address=address,
-        )
+        report = extract_dataset(settings, progress=progress)
     result = report.result
     if report.grouping is not None and report.grouping.describe():
         console.print(report.grouping.describe(), highlight=False)

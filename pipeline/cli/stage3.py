@@ -24,7 +24,7 @@ from pipeline.cli.options import (
     Shift,
     ValShare,
     Zoom,
-    augmentation_options,
+    training_settings,
 )
 from pipeline.cli.output import console, print_rows
 
@@ -81,19 +81,16 @@ def finetune(
     shear: Shear = 0.2, zoom: Zoom = 0.2, flip: Flip = True, overwrite: Restart = False,
 ) -> None:
     """Stage 3: fine-tune a pretrained backbone under a new head, in two phases."""
+    # The flags are named as the settings' fields: a new option is a field and its flag.
+    options = dict(locals())
     # pipeline.stage3: scikit-learn, and TensorFlow when it trains
-    from pipeline.stage3 import HeadConfig
+    from pipeline.stage3 import FinetuneSettings, HeadConfig
     from pipeline.stage3 import finetune as run_finetune
 
-    result = run_finetune(
-        source, backbone=backbone, weights=weights, input_size=input_size, unfreeze=unfreeze,
-        head=HeadConfig(head_pooling, head_units, head_dropout), warmup_epochs=warmup_epochs,
-        finetune_epochs=finetune_epochs, warmup_lr=warmup_lr, finetune_lr=finetune_lr,
-        optimizer=optimizer, batch_size=batch_size, patience=patience, val_share=val_share,
-        test_size=test_size, seed=seed, overwrite=overwrite,
-        augmentation=augmentation_options(no_augment, rotation, shift, shear, zoom, flip),
-        log=lambda line: console.print(line, highlight=False), verbose=1 if sys.stdout.isatty()
-        else 0)
+    head = HeadConfig(*(options.pop(f"head_{part}") for part in ("pooling", "units", "dropout")))
+    settings = training_settings(FinetuneSettings, {**options, "head": head})
+    result = run_finetune(settings, log=lambda line: console.print(line, highlight=False),
+                          verbose=1 if sys.stdout.isatty() else 0)
     _print_stage3(result)
 
 
@@ -116,14 +113,11 @@ def scratch(
     shear: Shear = 0.2, zoom: Zoom = 0.2, flip: Flip = True, overwrite: Restart = False,
 ) -> None:
     """Baseline without transfer: MiniVGGNet from random weights on the same split."""
-    from pipeline.stage3 import train_from_scratch  # scikit-learn, TensorFlow
+    options = dict(locals())
+    from pipeline.stage3 import ScratchSettings, train_from_scratch  # scikit-learn, TensorFlow
 
-    result = train_from_scratch(
-        source, input_size=input_size, epochs=epochs, learning_rate=learning_rate,
-        batch_size=batch_size, patience=patience, val_share=val_share, test_size=test_size,
-        seed=seed, overwrite=overwrite,
-        augmentation=augmentation_options(no_augment, rotation, shift, shear, zoom, flip),
-        log=lambda line: console.print(line, highlight=False),
-        verbose=1 if sys.stdout.isatty() else 0)
+    result = train_from_scratch(training_settings(ScratchSettings, options),
+                                log=lambda line: console.print(line, highlight=False),
+                                verbose=1 if sys.stdout.isatty() else 0)
     _print_stage3(result)
 

@@ -17,10 +17,19 @@ Modules, one trade each:
 ``inference``
     Loading a saved ``.keras`` model (checked against its sidecar) to classify images.
 ``commands``
-    :func:`finetune` and :func:`train_from_scratch`.
+    :func:`finetune` and :func:`train_from_scratch`, each taking its settings
+    (:class:`FinetuneSettings`, :class:`ScratchSettings`).
 """
 
-from pipeline.stage3.commands import StageThreeResult, finetune, run_key, train_from_scratch
+from pipeline.stage3.commands import (
+    FinetuneSettings,
+    ScratchSettings,
+    StageThreeResult,
+    TrainingSettings,
+    finetune,
+    run_key,
+    train_from_scratch,
+)
 from pipeline.stage3.data import (
     SplitImages,
     image_batches_class,
@@ -45,11 +54,14 @@ from pipeline.stage3.models import (
 from pipeline.stage3.training import Phase, TrainingState, checkpointed_settings_key, train_phases
 
 __all__ = [
+    "FinetuneSettings",
     "HeadConfig",
     "KerasImageClassifier",
     "Phase",
+    "ScratchSettings",
     "SplitImages",
     "StageThreeResult",
+    "TrainingSettings",
     "TrainingState",
     "base_of",
     "build_finetune_model",

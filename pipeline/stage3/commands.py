@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -203,30 +203,159 @@ def fit_validation_temperature(model: Any, val_data: Any, val_labels: np.ndarray
     return out
 
 
-def finetune(source: str | os.PathLike, *, backbone: str | None = None,
-             weights: str = "imagenet", input_size: int | None = None,
-             head: HeadConfig | None = None, unfreeze: str | None = None,
-             warmup_epochs: int = 5, finetune_epochs: int = 10, warmup_lr: float = 1e-3,
-             finetune_lr: float = 1e-4, optimizer: str = "sgd", batch_size: int = 32,
-             patience: int = 3, val_share: float = 0.1, test_size: float = 0.25,
-             seed: int = 42, augmentation: AugmentationConfig | None = None,
-             overwrite: bool = False, workers: int = 2, log: Log | None = None,
+@dataclass(frozen=True)
+class TrainingSettings:
+    """What both stage 3 commands are asked besides their network and schedule.
+
+    Attributes
+    ----------
+    source : path-like
+        A stage 1 store (its images, labels and split are reused) or a dataset folder.
+    batch_size : int
+        Images per training step.
+    patience : int
+        Early stopping: epochs without a better validation loss before a phase stops.
+    val_share : float
+        Share of the training images held out for validation.
+    test_size : float
+        For a folder: share of each class held out for test (a store has its own split).
+    seed : int
+        Seed of the split, the weights, the shuffling and the augmentation.
+    augmentation : AugmentationConfig
+        Random changes of the training images (:mod:`pipeline.augmentation`).
+    overwrite : bool
+        Train again, replacing a model (and an unfinished run) of other settings.
+    workers : int
+        Threads decoding images ahead of the network.
+    """
+
+    source: str | os.PathLike
+    batch_size: int = 32
+    patience: int = 3
+    val_share: float = 0.1
+    test_size: float = 0.25
+    seed: int = 42
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    overwrite: bool = False
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class FinetuneSettings(TrainingSettings):
+    """Everything ``tlearn finetune`` is asked (:func:`finetune`).
+
+    Attributes
+    ----------
+    backbone : str, optional
+        Network to fine-tune; the store's backbone by default (``efficientnet_lite0``
+        for a folder).
+    weights : str
+        ``"imagenet"``, ``"none"`` (random) or a weights file; a store of random-weight
+        features keeps random weights.
+    input_size : int, optional
+        Side of the square input; the store's, else the backbone's.
+    head : HeadConfig
+        The new head (pooling, dense units, dropout).
+    unfreeze : str, optional
+        Phase 2 trains the base from this layer, block prefix or ``"all"``; the
+        backbone's last block by default.
+    warmup_epochs, finetune_epochs : int
+        Epochs of phase 1 (the head alone, RMSprop) and phase 2 (with the base's top).
+    warmup_lr, finetune_lr : float
+        Learning rates of the two phases.
+    optimizer : {"sgd", "adam"}
+        Phase 2's optimizer (SGD with momentum 0.9, or Adam).
+
+    Raises
+    ------
+    UserInputError
+        On construction, for an unknown optimizer, no epochs, or a learning rate, batch
+        size or patience out of range.
+    """
+
+    backbone: str | None = None
+    weights: str = "imagenet"
+    input_size: int | None = None
+    head: HeadConfig = field(default_factory=HeadConfig)
+    unfreeze: str | None = None
+    warmup_epochs: int = 5
+    finetune_epochs: int = 10
+    warmup_lr: float = 1e-3
+    finetune_lr: float = 1e-4
+    optimizer: str = "sgd"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise UserInputError(f"unknown optimizer {self.optimizer!r}; choose sgd or adam")
+        if (self.warmup_epochs < 0 or self.finetune_epochs < 0
+                or self.warmup_epochs + self.finetune_epochs == 0):
+            raise UserInputError("epochs must be >= 0 and at least one phase must have epochs")
+        _check_training_numbers(warmup_lr=self.warmup_lr, finetune_lr=self.finetune_lr,
+                                batch_size=self.batch_size, patience=self.patience)
+
+
+@dataclass(frozen=True)
+class ScratchSettings(TrainingSettings):
+    """Everything ``tlearn scratch`` is asked (:func:`train_from_scratch`).
+
+    Attributes
+    ----------
+    input_size : int
+        Side of the square input of MiniVGGNet (at least 8).
+    epochs : int
+        Most training epochs (early stopping may end sooner).
+    learning_rate : float
+        Starting learning rate of SGD with Nesterov momentum 0.9, halved on plateaus.
+
+    Raises
+    ------
+    UserInputError
+        On construction, for no epochs, an input under 8 pixels, or a learning rate,
+        batch size or patience out of range.
+    """
+
+    patience: int = 5
+    input_size: int = 64
+    epochs: int = 20
+    learning_rate: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UserInputError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.input_size < 8:
+            raise UserInputError(
+                f"--input-size must be at least 8 for MiniVGGNet, got {self.input_size}")
+        _check_training_numbers(learning_rate=self.learning_rate, batch_size=self.batch_size,
+                                patience=self.patience)
+
+
+# Where the data comes from and how the run goes: the run key covers the data and its
+# split itself, and these never change the model.
+_NOT_RECORDED = ("source", "val_share", "test_size", "overwrite", "workers")
+
+
+def _recorded_settings(settings: TrainingSettings) -> dict[str, Any]:
+    """The settings a stage 3 sidecar records and its run key digests, as they always were
+    (every field but :data:`_NOT_RECORDED`, head and augmentation as plain dicts): a new
+    setting is recorded, and keyed, by itself. The caller adds the defaults it resolved."""
+    recorded = {f.name: getattr(settings, f.name) for f in fields(settings)
+                if f.name not in _NOT_RECORDED}
+    recorded["augmentation"] = settings.augmentation.to_dict()
+    if "head" in recorded:
+        recorded["head"] = asdict(recorded["head"])
+    return recorded
+
+
+def finetune(settings: FinetuneSettings, *, log: Log | None = None,
              on_batch: Callable[[int, int], None] | None = None,
              verbose: int = 0) -> StageThreeResult:
     """Fine-tune a pretrained backbone under a new head, in two phases, on a store's split.
 
     Phase 1 (warm-up) trains only the head with RMSprop (``warmup_lr``) on a frozen
-    base; phase 2 unfreezes the base from ``unfreeze`` (a layer name, a block prefix
-    or ``"all"``; the backbone's last block by default) and trains with a small
+    base; phase 2 unfreezes the base from ``unfreeze`` and trains with a small
     learning rate (SGD with momentum 0.9, or Adam). BatchNorm layers stay in
-    inference mode throughout.
-
-    Parameters
-    ----------
-    source : path-like
-        A stage 1 store (its images, labels and split are reused) or a dataset folder.
-    backbone : str, optional
-        Defaults to the store's backbone (``efficientnet_lite0`` for a folder).
+    inference mode throughout. The settings (:class:`FinetuneSettings`) are recorded
+    in the model's sidecar with the defaults they resolved to.
 
     Returns
     -------
@@ -238,25 +367,21 @@ def finetune(source: str | os.PathLike, *, backbone: str | None = None,
     from features.networks import build_base_model
     from features.store import FeatureStore
 
-    if optimizer not in ("sgd", "adam"):
-        raise UserInputError(f"unknown optimizer {optimizer!r}; choose sgd or adam")
-    if warmup_epochs < 0 or finetune_epochs < 0 or warmup_epochs + finetune_epochs == 0:
-        raise UserInputError("epochs must be >= 0 and at least one phase must have epochs")
-    _check_training_numbers(warmup_lr=warmup_lr, finetune_lr=finetune_lr,
-                            batch_size=batch_size, patience=patience)
+    s = settings
+    source, head, augmentation, seed, optimizer = (s.source, s.head, s.augmentation, s.seed,
+                                                   s.optimizer)
     store_attrs: dict = {}
     if Path(source).suffix == ".h5":
         with FeatureStore(source) as store:
             store_attrs = store.attrs
-    backbone = backbone or store_attrs.get("backbone") or "efficientnet_lite0"
+    backbone = s.backbone or store_attrs.get("backbone") or "efficientnet_lite0"
     config = get_single_backbone(backbone)
+    weights = s.weights
     if weights == "imagenet" and store_attrs.get("weights") == "random":
         weights = "none"  # a store of random-weight features: keep the experiment consistent
-    input_size = int(input_size or store_attrs.get("input_size") or config.input_size)
-    head = head or HeadConfig()
-    augmentation = augmentation or AugmentationConfig()
-    unfreeze = unfreeze or config.default_unfreeze
-    images = load_split_images(source, test_size=test_size, val_share=val_share, seed=seed)
+    input_size = int(s.input_size or store_attrs.get("input_size") or config.input_size)
+    unfreeze = s.unfreeze or config.default_unfreeze
+    images = load_split_images(source, test_size=s.test_size, val_share=s.val_share, seed=seed)
 
     def build():
         model, _ = build_finetune_model(backbone, len(images.label_names), weights=weights,
@@ -274,30 +399,23 @@ def finetune(source: str | os.PathLike, *, backbone: str | None = None,
         return keras.optimizers.SGD(lr, momentum=0.9)
 
     phases = [p for p in (
-        Phase("warmup", warmup_epochs, warmup_lr, keras.optimizers.RMSprop, freeze_base),
-        Phase("finetune", finetune_epochs, finetune_lr, second_optimizer,
+        Phase("warmup", s.warmup_epochs, s.warmup_lr, keras.optimizers.RMSprop, freeze_base),
+        Phase("finetune", s.finetune_epochs, s.finetune_lr, second_optimizer,
               lambda model: unfreeze_base_from(model, unfreeze)),
     ) if p.epochs > 0]
-    settings = {"backbone": backbone, "weights": weights, "input_size": input_size,
-                "head": asdict(head), "unfreeze": unfreeze, "warmup_epochs": warmup_epochs,
-                "finetune_epochs": finetune_epochs, "warmup_lr": warmup_lr,
-                "finetune_lr": finetune_lr, "optimizer": optimizer, "batch_size": batch_size,
-                "patience": patience, "seed": seed, "augmentation": augmentation.to_dict()}
+    recorded = _recorded_settings(s) | {"backbone": backbone, "weights": weights,
+                                        "input_size": input_size, "unfreeze": unfreeze}
     name = f"{images.store_name}__finetune_{backbone}"
     info = {"stage": "finetune", "backbone": backbone, "classifier": "finetune",
             "preprocessing": config.preprocessing, "weights": weights}
     return _train_and_report(
         kind="finetune", name=name, images=images, build=build, phases=phases,
-        preprocess=config.preprocess_input, input_size=input_size, batch_size=batch_size,
-        seed=seed, patience=patience, overwrite=overwrite, settings=settings, info=info,
-        log=log, on_batch=on_batch, verbose=verbose, workers=workers)
+        preprocess=config.preprocess_input, input_size=input_size, batch_size=s.batch_size,
+        seed=seed, patience=s.patience, overwrite=s.overwrite, settings=recorded, info=info,
+        log=log, on_batch=on_batch, verbose=verbose, workers=s.workers)
 
 
-def train_from_scratch(source: str | os.PathLike, *, input_size: int = 64, epochs: int = 20,
-                       learning_rate: float = 0.01, batch_size: int = 32, patience: int = 5,
-                       val_share: float = 0.1, test_size: float = 0.25, seed: int = 42,
-                       augmentation: AugmentationConfig | None = None, overwrite: bool = False,
-                       workers: int = 2, log: Log | None = None,
+def train_from_scratch(settings: ScratchSettings, *, log: Log | None = None,
                        on_batch: Callable[[int, int], None] | None = None,
                        verbose: int = 0) -> StageThreeResult:
     """Train MiniVGGNet from random weights on the same split (the no-transfer baseline).
@@ -307,30 +425,24 @@ def train_from_scratch(source: str | os.PathLike, *, input_size: int = 64, epoch
     """
     import keras
 
-    if epochs < 1:
-        raise UserInputError(f"--epochs must be at least 1, got {epochs}")
-    if input_size < 8:
-        raise UserInputError(f"--input-size must be at least 8 for MiniVGGNet, got {input_size}")
-    _check_training_numbers(learning_rate=learning_rate, batch_size=batch_size,
-                            patience=patience)
-    augmentation = augmentation or AugmentationConfig()
-    images = load_split_images(source, test_size=test_size, val_share=val_share, seed=seed)
+    s = settings
+    input_size, augmentation, seed = s.input_size, s.augmentation, s.seed
+    images = load_split_images(s.source, test_size=s.test_size, val_share=s.val_share,
+                               seed=seed)
 
     def build():
         return build_minivggnet(len(images.label_names), input_size=input_size,
                                 augmentation=augmentation, seed=seed)
 
-    phases = [Phase("scratch", epochs, learning_rate,
+    phases = [Phase("scratch", s.epochs, s.learning_rate,
                     lambda lr: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
                     lambda model: None)]
-    settings = {"input_size": input_size, "epochs": epochs, "learning_rate": learning_rate,
-                "batch_size": batch_size, "patience": patience, "seed": seed,
-                "augmentation": augmentation.to_dict()}
+    recorded = _recorded_settings(s)
     name = f"{images.store_name}__scratch_minivggnet"
     info = {"stage": "scratch", "backbone": "minivggnet", "classifier": "scratch",
             "preprocessing": "scale_to_unit"}
     return _train_and_report(
         kind="scratch", name=name, images=images, build=build, phases=phases,
-        preprocess=scale_to_unit, input_size=input_size, batch_size=batch_size, seed=seed,
-        patience=patience, overwrite=overwrite, settings=settings, info=info, log=log,
-        on_batch=on_batch, verbose=verbose, workers=workers)
+        preprocess=scale_to_unit, input_size=input_size, batch_size=s.batch_size, seed=seed,
+        patience=s.patience, overwrite=s.overwrite, settings=recorded, info=info, log=log,
+        on_batch=on_batch, verbose=verbose, workers=s.workers)
