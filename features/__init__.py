@@ -21,6 +21,7 @@ _HOMES = {
     "build_base_model": "features.networks",
     "FeatureExtractor": "features.spec",
     "FeatureSpec": "features.spec",
+    "NetworkSettings": "features.settings",
     "FeatureStore": "features.store",
 }
 

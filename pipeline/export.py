@@ -20,6 +20,8 @@ against tlearn's own scores on random images.
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -30,8 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import expit, softmax
 
+from features import images
+from features.backbones import get_backbone
 from features.errors import UserInputError
+from features.factory import create_extractor
+from features.integrity import atomic_write_json, atomic_write_text, file_digest
+from features.spec import FeatureSpec
+from pipeline.image_classifiers import load_image_classifier, load_model_file
+from pipeline.stage3 import KerasImageClassifier
 
 EXPORT_FORMATS = ("openvino", "onnx")
 INPUT_NAME = "pixels"
@@ -60,8 +70,6 @@ def _check_format(fmt: str) -> None:
     if fmt not in EXPORT_FORMATS:
         raise UserInputError(f"unknown export format {fmt!r}; choose one of: "
                              f"{', '.join(EXPORT_FORMATS)}")
-    import importlib.util
-
     needed = {"openvino": ("openvino",), "onnx": ("onnx", "tf2onnx", "onnxruntime")}[fmt]
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
@@ -118,8 +126,6 @@ def _score_function(model: Any, W: np.ndarray, b: np.ndarray
     each on probe features, so the head follows whatever the classifier family
     computes; nothing is guessed.
     """
-    from scipy.special import expit, softmax
-
     # Probes around a point where every margin is zero, spread so margins are of order
     # one: there no activation saturates, and the candidates differ.
     rng = np.random.default_rng(0)
@@ -198,12 +204,6 @@ def build_export_network(model_path: str | os.PathLike):
     """
     import keras
 
-    from features.backbones import get_backbone
-    from features.factory import create_extractor
-    from features.spec import FeatureSpec
-    from pipeline.image_classifiers import load_model_file
-    from pipeline.stage3 import KerasImageClassifier
-
     loaded = load_model_file(model_path)
     if isinstance(loaded, KerasImageClassifier):
         size = int(loaded.info["input_size"])
@@ -251,8 +251,6 @@ def _temperature_layer(temperature: float):
 
 
 def _check_against_tlearn(composed, model_path, size: int, scores_kind: str) -> None:
-    from pipeline.image_classifiers import load_image_classifier
-
     images = np.random.default_rng(0).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
     expected = load_image_classifier(model_path, runtime="tensorflow").class_scores(images)
     got = np.asarray(composed.predict_on_batch(images))
@@ -405,11 +403,6 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, *,
         Unknown format or missing package, ``out`` exists, or a model that cannot be
         exported (int8 or bfloat16 features).
     """
-    import inspect
-
-    from features import images
-    from features.integrity import atomic_write_json, atomic_write_text, file_digest
-
     _check_format(format)
     out = Path(out)
     if out.exists() and not overwrite:

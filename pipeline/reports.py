@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from classifiers.evaluation import Evaluation
+from classifiers.statistics import mcnemar_exact
 from features.integrity import atomic_write, atomic_write_json, atomic_write_text
+from pipeline.datasets import source_dataset_name
 
 REPORT_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -135,8 +138,6 @@ def plot_reliability(reliability: dict, ece: float | None, path: Path, title: st
 
 def plot_mistakes(per_image: dict, path: Path, most: int = 16) -> Path | None:
     """A gallery of up to ``most`` test images the model got wrong, most confident first."""
-    from PIL import Image
-
     wrong = [i for i, (t, p) in enumerate(zip(per_image["true"], per_image["predicted"],
                                               strict=True)) if t != p]
     wrong = [i for i in sorted(wrong, key=lambda i: -per_image["score"][i])
@@ -355,8 +356,6 @@ def report_dataset(report: dict[str, Any]) -> str:
     split was made from). Reports written before it was recorded fall back on their
     store name, as :func:`pipeline.datasets.source_dataset_name` does without a source.
     """
-    from pipeline.datasets import source_dataset_name
-
     if report.get("dataset"):
         return str(report["dataset"])
     return source_dataset_name(None, str(report.get("store_name") or report.get("model") or ""))
@@ -368,8 +367,6 @@ def paired_comparison(best: dict[str, Any], other: dict[str, Any]) -> dict[str, 
     Returns ``{"verdict", "p_value", "paired"}``; models tested on different images
     (another split, another store) are never compared as if paired.
     """
-    from classifiers.statistics import mcnemar_exact
-
     a, b = read_predictions(best), read_predictions(other)
     if a is None or b is None:
         return {"paired": False, "p_value": None,

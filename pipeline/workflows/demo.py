@@ -8,6 +8,8 @@ from pathlib import Path
 
 from features.extraction import ProgressCallback
 from features.settings import NetworkSettings
+from features.store import FeatureStore
+from pipeline.catalog import datasets_dir, export_digits
 from pipeline.config import DEFAULT_BACKBONE
 from pipeline.workflows.evaluate import compare_models
 from pipeline.workflows.extract import ExtractSettings, extract_dataset
@@ -43,9 +45,6 @@ def run_demo(*, limit_per_class: int | None = None, backbone: str = DEFAULT_BACK
     limit_per_class : int, optional
         Use only this many images per digit (a quick look; the default uses all 1,797).
     """
-    from features.store import FeatureStore
-    from pipeline.catalog import datasets_dir, export_digits
-
     say = log or (lambda line: None)
     name = "digits" if limit_per_class is None else f"digits{limit_per_class}"
     say(f"1/4 exporting scikit-learn's handwritten digits to {datasets_dir() / name}")

@@ -6,9 +6,25 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
+from classifiers.evaluation import evaluate_predictions
+from classifiers.persistence import check_same_features, load_classifier
+from features.batches import iter_decoded_batches
 from features.errors import UserInputError
+from features.store import FeatureStore
 from pipeline.config import DEFAULT_BATCH_SIZE, reports_dir
 from pipeline.image_classifiers import load_image_classifier
+from pipeline.report_page import dataset_names, update_dataset_reports, write_dataset_report
+from pipeline.reports import (
+    collect_reports,
+    compare_reports,
+    filter_reports,
+    read_report,
+    report_dataset,
+    write_comparison,
+    write_report,
+)
 from pipeline.workflows.train import TrainOutcome, _evaluate_on_store, _refuse_unknown_classes
 
 
@@ -28,9 +44,6 @@ def evaluate_model(model_path: str | Path, store_path: str | Path, *, split: str
         Features of another specification, an empty split, classes the model does not
         know, or an image of the split that can no longer be read.
     """
-    from features.store import FeatureStore
-    from pipeline.reports import read_report, write_report
-
     model_path = Path(model_path)
     from_images = runtime is not None or model_path.suffix == ".keras"
     with FeatureStore(store_path) as store:
@@ -38,8 +51,6 @@ def evaluate_model(model_path: str | Path, store_path: str | Path, *, split: str
             evaluation, meta = _evaluate_from_images(model_path, store, split, runtime,
                                                      batch_size, workers)
         else:
-            from classifiers.persistence import check_same_features, load_classifier
-
             model = load_classifier(model_path)
             check_same_features(model, store.spec, where=str(store_path))
             _refuse_unknown_classes(model.label_names_, store, store.split_mask(split))
@@ -61,11 +72,6 @@ def evaluate_model(model_path: str | Path, store_path: str | Path, *, split: str
 def _evaluate_from_images(model_path: Path, store, split: str, runtime: str | None,
                           batch_size: int, workers: int):
     """Metrics of the model on the image files of a split, and what the report records."""
-    import numpy as np
-
-    from classifiers.evaluation import evaluate_predictions
-    from features.batches import iter_decoded_batches
-
     rows = np.flatnonzero(store.split_mask(split))
     if len(rows) == 0:
         raise UserInputError(
@@ -105,15 +111,6 @@ def compare_models(paths: list[str | Path] | None = None, *,
     ``.keras``); with none, every report under ``artifacts/reports`` is compared.
     Damaged reports are skipped, each named through ``warn``.
     """
-    from pipeline.report_page import update_dataset_reports
-    from pipeline.reports import (
-        collect_reports,
-        compare_reports,
-        filter_reports,
-        report_dataset,
-        write_comparison,
-    )
-
     paths = [Path(p) for p in paths or []]
     for p in paths:
         if not p.exists():
@@ -154,9 +151,6 @@ def write_report_pages(datasets: list[str] | None = None, *,
     UserInputError
         No reports at all, or a dataset without any (the known ones are named).
     """
-    from pipeline.report_page import dataset_names, write_dataset_report
-    from pipeline.reports import collect_reports
-
     reports = collect_reports(reports_dir(), warn=warn)
     if not reports:
         raise UserInputError(f"no model reports under {reports_dir()}; train a classifier "

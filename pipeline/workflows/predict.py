@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from dataclasses import dataclass
@@ -87,8 +88,6 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
         Bad arguments, no images, an ``out`` that exists (without ``overwrite``), or a
         model that cannot be loaded.
     """
-    import csv
-
     _check_predict_args(top, batch_size)
     out = Path(out)
     check_output_path(out)

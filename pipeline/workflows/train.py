@@ -7,10 +7,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from sklearn.base import clone
+
+from classifiers.estimators import FeatureClassifier, check_feature_values
+from classifiers.evaluation import evaluate_predictions
+from classifiers.persistence import load_classifier, read_sidecar, save_classifier, sidecar_path
+from classifiers.registry import resolve_classifier_names
+from classifiers.search import check_folds
 from features.errors import UserInputError
+from features.store import FeatureStore
 from pipeline.config import classifiers_dir, reports_dir
-from pipeline.datasets import source_dataset_name
+from pipeline.datasets import TEST, source_dataset_name, stratified_split
 from pipeline.engines import open_engine
+from pipeline.report_page import update_dataset_reports
+from pipeline.reports import REPORT_FILE, read_report, report_dataset, write_report
 
 
 @dataclass
@@ -26,10 +37,6 @@ class TrainOutcome:
 
 def _scores_by_chunks(model, store, split: str):
     """Class scores and labels of a split, computed chunk by chunk (bounded memory)."""
-    import numpy as np
-
-    from classifiers.estimators import check_feature_values
-
     scores, labels, seconds = [], [], 0.0
     for rows, X, y in store.iter_chunks(split):
         check_feature_values(X, str(store.path), rows)  # names the store and its rows
@@ -41,10 +48,6 @@ def _scores_by_chunks(model, store, split: str):
 
 
 def _evaluate_on_store(model, store, split: str):
-    import numpy as np
-
-    from classifiers.evaluation import evaluate_predictions
-
     if store.split_counts().get(split, 0) == 0:
         raise UserInputError(
             f"{store.path} has no {split} images; extract again with --test-size above 0"
@@ -63,8 +66,6 @@ def _evaluate_on_store(model, store, split: str):
 
 def _refuse_unknown_classes(known: list[str], store, rows) -> None:
     """Refuse a store whose rows ``rows`` have classes (by name) the model was not trained on."""
-    import numpy as np
-
     names = store.label_names
     unknown = sorted({names[c] for c in np.unique(store.labels[rows])} - set(known))
     if unknown:
@@ -111,9 +112,6 @@ def _saved_model_state(model_path: Path, report_dir: Path, settings: dict, repea
         A saved model made with other model settings, or one without its sidecar
         (without ``overwrite``).
     """
-    from classifiers.persistence import read_sidecar, sidecar_path
-    from pipeline.reports import read_report
-
     if overwrite or not model_path.exists():
         return "fit", None
     if not sidecar_path(model_path).exists():
@@ -144,10 +142,6 @@ def _fit_and_save(store, store_path: Path, model_path: Path, report_dir: Path, s
     Saved before the report is written, so an interrupted run keeps the model and a rerun
     only writes what is missing.
     """
-    from classifiers.estimators import FeatureClassifier
-    from classifiers.persistence import save_classifier
-    from pipeline.reports import REPORT_FILE
-
     name, kind, cv = model_path.stem, settings["kind"], settings["cv"]
     say(f"{name}: searching {'alpha' if kind == 'sgd' else 'C'} with {cv}-fold CV "
         f"on {store.split_counts()['train']} training images")
@@ -169,8 +163,6 @@ def _fit_and_save(store, store_path: Path, model_path: Path, report_dir: Path, s
 def _write_train_report(model, evaluation, store, store_path: Path, model_path: Path,
                         report_dir: Path, repeats: int, say: Callable[[str], None]) -> dict:
     """Write the report of a saved model (with ``repeats`` re-splits) and return it."""
-    from pipeline.reports import read_report, write_report
-
     name, store_name, attrs = model_path.stem, store_path.stem, store.attrs
     info = {
         "model": name, "stage": "features", "store": str(store_path.resolve()),
@@ -265,13 +257,6 @@ def train_store(
         saved model made with other model settings (without ``overwrite``; the message
         names each differing setting with both values).
     """
-    from classifiers.persistence import load_classifier
-    from classifiers.registry import resolve_classifier_names
-    from classifiers.search import check_folds
-    from features.store import FeatureStore
-    from pipeline.report_page import update_dataset_reports
-    from pipeline.reports import report_dataset
-
     say = log or (lambda line: None)
     if repeats < 0:
         raise UserInputError(f"--repeats must be 0 or more, got {repeats}")
@@ -321,13 +306,6 @@ def repeated_splits(store, params: dict, repeats: int, *, recorded=None) -> dict
     reproducible. Returns per-split and summary figures (mean, std, min, max) of
     accuracy, macro-F1 and, for probabilistic models, log-loss and ECE.
     """
-    import numpy as np
-    from sklearn.base import clone
-
-    from classifiers.estimators import FeatureClassifier
-    from classifiers.evaluation import evaluate_predictions
-    from pipeline.datasets import TEST, stratified_split
-
     counts = store.split_counts()
     rows = np.flatnonzero(store.split_mask("train") | store.split_mask("test"))
     share = counts["test"] / max(1, counts["train"] + counts["test"])
