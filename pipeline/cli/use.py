@@ -13,7 +13,6 @@ from pipeline.cli.errors import user_errors, uses_tensorflow
 from pipeline.cli.options import OUTPUT, RUNTIME, AddressOption, EngineOption, RuntimeOption
 from pipeline.cli.output import console, err_console, print_files, print_rows
 from pipeline.config import DEFAULT_BATCH_SIZE
-from pipeline.export import export_model
 from pipeline.progress import print_table, progress_bar
 
 PANEL = "Use a model"
@@ -146,6 +145,8 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
     """One deployable network, uint8 pixels to scores, runnable without tlearn."""
+    from pipeline.export import export_model  # scikit-learn, through the model loaders
+
     result = export_model(model, out, format=format, overwrite=overwrite)
     console.print(f"wrote {result.out}: {', '.join(result.files)} (input uint8 "
                   f"N x {result.input_size} x {result.input_size} x 3, {result.scores} "
