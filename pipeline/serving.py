@@ -378,9 +378,10 @@ def check_exposure(host: str, token: str | None) -> None:
     """Refuse to serve on an address other than loopback without a token."""
     if token is None and not is_loopback(host):
         raise UserInputError(
-            f"refusing to serve on {host} without a token: anyone who can reach it could use "
-            "the model; set TLEARN_TOKEN or pass --token-file FILE (token= from Python) with "
-            f"a token made by {MAKE_TOKEN} (chmod 600 the file), or serve on 127.0.0.1")
+            f"refusing to serve on {host or 'all addresses'} without a token: anyone who can "
+            "reach it could use the model; set TLEARN_TOKEN or pass --token-file FILE "
+            f"(token= from Python) with a token made by {MAKE_TOKEN} (chmod 600 the file), "
+            "or serve on 127.0.0.1")
 
 
 class BearerToken:
