@@ -483,7 +483,7 @@ def create_app(model: ImageClassifier, limits: ServeLimits | None = None, *,
 
     limits = limits or ServeLimits()
     if token is not None:
-        check_token(token, "token=")
+        check_token(token, "the token= argument")
     model.warm_up(max_batch)
     batcher = MicroBatcher(model, max_batch=max_batch, max_queued=limits.max_queued,
                            batching=batching)
