@@ -406,6 +406,53 @@ def token_check_cost(calls: int = 100_000) -> dict:
             "us_added": 1e6 * (checked - bare) / calls}
 
 
+def model_info_cost(calls: int = 500, runs: int = 40) -> dict:
+    """Microseconds of a whole ``GET /model`` through the app without and with a token,
+    in process (no sockets: the noise of a shared machine's network stack stays out);
+    best of ``runs`` alternating runs each."""
+    import asyncio
+
+    import numpy as np
+
+    from pipeline.image_classifiers import ImageClassifier
+    from pipeline.serving import create_app
+
+    model = ImageClassifier("toy", 8, ["a", "b"], True, {},
+                            lambda images: np.zeros((len(images), 2), np.float32))
+    token = secrets.token_urlsafe(32)
+    apps = {"off": create_app(model), "on": create_app(model, token=token)}
+    headers = [(b"host", b"127.0.0.1"), (b"user-agent", b"bench"), (b"accept", b"*/*")]
+    scopes = {name: {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                     "method": "GET", "scheme": "http", "path": "/model", "raw_path": b"/model",
+                     "root_path": "", "query_string": b"", "server": ("127.0.0.1", 8000),
+                     "client": ("127.0.0.1", 50000),
+                     "headers": headers + ([(b"authorization", f"Bearer {token}".encode())]
+                                           if name == "on" else [])} for name in apps}
+    statuses = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def seconds(name: str) -> float:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            await apps[name](dict(scopes[name]), receive, send)
+        return time.perf_counter() - t0
+
+    best = {"off": float("inf"), "on": float("inf")}
+    for _ in range(runs):
+        for name in best:
+            best[name] = min(best[name], asyncio.run(seconds(name)))
+    if set(statuses) != {200}:
+        raise RuntimeError(f"GET /model answered {sorted(set(statuses))}")
+    return {"calls": calls, "runs": runs, "us_without": 1e6 * best["off"] / calls,
+            "us_with": 1e6 * best["on"] / calls}
+
+
 def main_token(args) -> None:
     from machine import cpu_info, describe
     from rich.console import Console
@@ -465,6 +512,7 @@ def main_token(args) -> None:
             row["median_round_ratio_on_off"] = ratios[len(ratios) // 2]
             row["round_ratios_on_off"] = ratios
     check = token_check_cost()
+    whole = model_info_cost()
     machine = cpu_info()
     table = Table(title=f"tlearn serve without and with the token check, {runtime}, "
                         f"127.0.0.1, {args.rounds} alternating rounds of {args.requests} "
@@ -481,11 +529,14 @@ def main_token(args) -> None:
                       if ratios else "")
     Console().print(table)
     print(f"the check itself, in process: {check['us_added']:.2f} us per request "
-          f"({check['us_without']:.2f} -> {check['us_with']:.2f} us per call)")
+          f"({check['us_without']:.2f} -> {check['us_with']:.2f} us per call); a whole "
+          f"GET /model in process: {whole['us_without']:.0f} us without, "
+          f"{whole['us_with']:.0f} us with the token")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine, "runtime": runtime,
                                     "rounds": args.rounds, "requests_per_round": args.requests,
-                                    "rows": rows, "check_in_process": check}, indent=2))
+                                    "rows": rows, "check_in_process": check,
+                                    "model_info_in_process": whole}, indent=2))
     print(f"wrote {args.out}")
 
 
