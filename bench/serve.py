@@ -35,7 +35,8 @@ installed runtime: OpenVINO where installed) run side by side on loopback, one w
 a token and one with ``TLEARN_TOKEN`` (its clients send it). Rounds alternate between
 them, so load from other processes falls on both alike: one-image ``POST /predict`` from
 1 and 16 clients, and ``GET /model`` (no model work: the check's largest share) from 16.
-It also times the check itself in process. Writes ``bench/results/serve_token.json``.
+It also times, in process, the check alone and a whole ``GET /model`` without and with it.
+Writes ``bench/results/serve_token.json``.
 """
 
 from __future__ import annotations
