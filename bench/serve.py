@@ -28,6 +28,15 @@ loop bounded), with a logreg on efficientnet_lite0 features of 12 animals per cl
 ``--baseline DIR`` runs the same attacks against the code in DIR too (e.g. an earlier
 commit unpacked with ``git archive``), so both lines come from one machine and run.
 Writes ``bench/results/serve_attacks.json``.
+
+``--token`` instead measures what the bearer-token check costs: two servers of the same
+model (a logreg on efficientnet_lite0 features of 12 animals per class, the fastest
+installed runtime: OpenVINO where installed) run side by side on loopback, one without
+a token and one with ``TLEARN_TOKEN`` (its clients send it). Rounds alternate between
+them, so load from other processes falls on both alike: one-image ``POST /predict`` from
+1 and 16 clients, and ``GET /model`` (no model work: the check's largest share) from 16.
+It also times, in process, the check alone and a whole ``GET /model`` without and with it.
+Writes ``bench/results/serve_token.json``.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import argparse
 import http.client
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -71,12 +81,18 @@ def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def one_request(port: int, payload: tuple[bytes, str]) -> tuple[int, float]:
-    body, ctype = payload
+def one_request(port: int, payload: tuple[bytes, str] | None,
+                headers: dict | None = None) -> tuple[int, float]:
+    """``POST /predict`` of ``payload``, or ``GET /model`` when it is None: (status, seconds)."""
     t0 = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
-        conn.request("POST", "/predict", body=body, headers={"Content-Type": ctype})
+        if payload is None:
+            conn.request("GET", "/model", headers=headers or {})
+        else:
+            body, ctype = payload
+            conn.request("POST", "/predict", body=body,
+                         headers={"Content-Type": ctype, **(headers or {})})
         response = conn.getresponse()
         response.read()
         status = response.status
@@ -85,8 +101,16 @@ def one_request(port: int, payload: tuple[bytes, str]) -> tuple[int, float]:
     return status, time.perf_counter() - t0
 
 
-def load(port: int, payloads, requests: int, clients: int, time_limit: float) -> dict:
+def load(port: int, payloads, requests: int, clients: int, time_limit: float,
+         headers: dict | None = None) -> dict:
     """``clients`` threads share ``requests`` requests; none starts after ``time_limit``."""
+    return {"clients": clients, **summary(*run_load(port, payloads, requests, clients,
+                                                    time_limit, headers))}
+
+
+def run_load(port: int, payloads, requests: int, clients: int, time_limit: float,
+             headers: dict | None = None) -> tuple[list[tuple[int, float]], float]:
+    """The ``(status, seconds)`` of each request of :func:`load`, and the wall time."""
     results: list[tuple[int, float]] = []
     lock = threading.Lock()
     counter = iter(range(requests))
@@ -98,7 +122,7 @@ def load(port: int, payloads, requests: int, clients: int, time_limit: float) ->
                 i = next(counter, None)
             if i is None:
                 return
-            outcome = one_request(port, payloads[i % len(payloads)])
+            outcome = one_request(port, payloads[i % len(payloads)], headers)
             with lock:
                 results.append(outcome)
 
@@ -108,11 +132,15 @@ def load(port: int, payloads, requests: int, clients: int, time_limit: float) ->
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    return results, time.perf_counter() - t0
+
+
+def summary(results: list[tuple[int, float]], wall: float) -> dict:
+    """Requests/s and latency percentiles of the answered ``(status, seconds)`` results."""
     ok = sorted(1000 * s for status, s in results if status == 200)
     refused = sum(1 for status, _ in results if status == 503)
     other = len(results) - len(ok) - refused
-    return {"clients": clients, "requests": len(results), "answered": len(ok),
+    return {"requests": len(results), "answered": len(ok),
             "refused_503": refused, "other_errors": other, "seconds": wall,
             "requests_per_second": len(ok) / wall,
             "p50_ms": ok[len(ok) // 2] if ok else None,
@@ -140,13 +168,14 @@ def wait_healthy(port: int, seconds: float = 180) -> None:
     raise RuntimeError("server did not start")
 
 
-def start_server(model: Path, code: Path, extra: list[str] | None = None
-                 ) -> tuple[subprocess.Popen, int]:
+def start_server(model: Path, code: Path, extra: list[str] | None = None,
+                 env: dict | None = None) -> tuple[subprocess.Popen, int]:
     """``tlearn serve`` of ``model`` with the code in ``code``, once it answers /health."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "serve", str(model), "--port", str(port),
-         *(extra or [])], cwd=code, env={**os.environ, "PYTHONPATH": str(code)},
+         *(extra or [])], cwd=code,
+        env={**os.environ, "PYTHONPATH": str(code), **(env or {})},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_healthy(port)
@@ -350,6 +379,168 @@ def main_attacks(args) -> None:
     print(f"wrote {args.out}")
 
 
+def token_check_cost(calls: int = 100_000) -> dict:
+    """Microseconds the token layer adds to one request, in process (best of 5 runs)."""
+    import asyncio
+
+    from pipeline.serving import BearerToken
+
+    async def endpoint(scope, receive, send) -> None:
+        return None
+
+    token = secrets.token_urlsafe(32)
+    scope = {"type": "http", "path": "/predict", "headers": [
+        (b"host", b"127.0.0.1"), (b"user-agent", b"bench"), (b"accept", b"*/*"),
+        (b"content-type", b"multipart/form-data; boundary=x"),
+        (b"authorization", f"Bearer {token}".encode())]}
+    guarded = BearerToken(endpoint, token)
+
+    async def seconds(app) -> float:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            await app(scope, None, None)
+        return time.perf_counter() - t0
+
+    bare = min(asyncio.run(seconds(endpoint)) for _ in range(5))
+    checked = min(asyncio.run(seconds(guarded)) for _ in range(5))
+    return {"calls": calls, "us_without": 1e6 * bare / calls, "us_with": 1e6 * checked / calls,
+            "us_added": 1e6 * (checked - bare) / calls}
+
+
+def model_info_cost(calls: int = 500, runs: int = 40) -> dict:
+    """Microseconds of a whole ``GET /model`` through the app without and with a token,
+    in process (no sockets: the noise of a shared machine's network stack stays out);
+    best of ``runs`` alternating runs each."""
+    import asyncio
+
+    import numpy as np
+
+    from pipeline.image_classifiers import ImageClassifier
+    from pipeline.serving import create_app
+
+    model = ImageClassifier("toy", 8, ["a", "b"], True, {},
+                            lambda images: np.zeros((len(images), 2), np.float32))
+    token = secrets.token_urlsafe(32)
+    apps = {"off": create_app(model), "on": create_app(model, token=token)}
+    headers = [(b"host", b"127.0.0.1"), (b"user-agent", b"bench"), (b"accept", b"*/*")]
+    scopes = {name: {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                     "method": "GET", "scheme": "http", "path": "/model", "raw_path": b"/model",
+                     "root_path": "", "query_string": b"", "server": ("127.0.0.1", 8000),
+                     "client": ("127.0.0.1", 50000),
+                     "headers": headers + ([(b"authorization", f"Bearer {token}".encode())]
+                                           if name == "on" else [])} for name in apps}
+    statuses = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def seconds(name: str) -> float:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            await apps[name](dict(scopes[name]), receive, send)
+        return time.perf_counter() - t0
+
+    best = {"off": float("inf"), "on": float("inf")}
+    for _ in range(runs):
+        for name in best:
+            best[name] = min(best[name], asyncio.run(seconds(name)))
+    if set(statuses) != {200}:
+        raise RuntimeError(f"GET /model answered {sorted(set(statuses))}")
+    return {"calls": calls, "runs": runs, "us_without": 1e6 * best["off"] / calls,
+            "us_with": 1e6 * best["on"] / calls}
+
+
+def main_token(args) -> None:
+    from machine import cpu_info, describe
+    from rich.console import Console
+    from rich.table import Table
+
+    from features.runtimes import RUNTIMES
+
+    runtime = "openvino" if RUNTIMES["openvino"].is_available() else "tensorflow"
+    token = secrets.token_urlsafe(32)
+    images = sorted((DATA / "cats").glob("*.jpg"))[:24]
+    payloads = [multipart([(p.name, p.read_bytes())]) for p in images]
+    # (request, payloads, clients, requests per round): one JPEG per /predict; /model
+    # answers in about a millisecond, so it gets more requests per round
+    levels = [("POST /predict", payloads, 1, args.requests),
+              ("POST /predict", payloads, 16, args.requests),
+              ("GET /model", [None], 16, 5 * args.requests)]
+    pooled: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["TLEARN_ARTIFACTS"] = tmp
+        model = attack_model(Path(tmp))
+        servers = []
+        try:
+            for name, env in (("off", {}), ("on", {"TLEARN_TOKEN": token})):
+                servers.append((name, *start_server(model, REPO, ["--runtime", runtime], env)))
+            variants = [(name, port, {"Authorization": f"Bearer {token}"} if name == "on"
+                         else None) for name, _, port in servers]
+            for name, port, headers in variants:
+                for payload in payloads[:5] + [None] * 5:  # warm-up, and the token works
+                    status = one_request(port, payload, headers)[0]
+                    if status != 200:
+                        raise RuntimeError(f"token {name}: answered {status}")
+            for round_ in range(args.rounds):
+                for what, level_payloads, clients, requests in levels:
+                    # alternate which goes first, so a drift in load favours neither
+                    for name, port, headers in variants[::1 if round_ % 2 else -1]:
+                        results, wall = run_load(port, level_payloads, requests, clients,
+                                                 args.time_limit, headers)
+                        entry = pooled.setdefault((what, clients, name), [[], 0.0, []])
+                        entry[0] += results
+                        entry[1] += wall
+                        entry[2].append(summary(results, wall)["requests_per_second"])
+                print(f"round {round_ + 1} of {args.rounds} done", flush=True)
+        finally:
+            for _, server, _ in servers:
+                server.terminate()
+                server.wait(timeout=60)
+    rows = [{"request": what, "clients": clients, "token": name,
+             **summary(results, wall), "round_requests_per_second": per_round}
+            for (what, clients, name), (results, wall, per_round) in pooled.items()]
+    for row in rows:  # rounds ran in pairs: the ratio within each pair cancels slow drifts
+        if row["token"] == "on":
+            off = next(r for r in rows if r["token"] == "off" and
+                       (r["request"], r["clients"]) == (row["request"], row["clients"]))
+            ratios = sorted(a / b for a, b in zip(row["round_requests_per_second"],
+                                                   off["round_requests_per_second"],
+                                                   strict=True))
+            row["median_round_ratio_on_off"] = ratios[len(ratios) // 2]
+            row["round_ratios_on_off"] = ratios
+    check = token_check_cost()
+    whole = model_info_cost()
+    machine = cpu_info()
+    table = Table(title=f"tlearn serve without and with the token check, {runtime}, "
+                        f"127.0.0.1, {args.rounds} alternating rounds of {args.requests} "
+                        f"requests ({describe(machine)})")
+    for col in ("request", "clients", "token", "answered", "other", "req/s", "p50 ms",
+                "p99 ms", "on/off req/s, median (min-max) of rounds"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        ratios = r.get("round_ratios_on_off")
+        table.add_row(r["request"], str(r["clients"]), r["token"], str(r["answered"]),
+                      str(r["other_errors"]), f"{r['requests_per_second']:.1f}",
+                      f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+                      f"{r['median_round_ratio_on_off']:.3f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+                      if ratios else "")
+    Console().print(table)
+    print(f"the check itself, in process: {check['us_added']:.2f} us per request "
+          f"({check['us_without']:.2f} -> {check['us_with']:.2f} us per call); a whole "
+          f"GET /model in process: {whole['us_without']:.0f} us without, "
+          f"{whole['us_with']:.0f} us with the token")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine, "runtime": runtime,
+                                    "rounds": args.rounds, "requests_per_round": args.requests,
+                                    "rows": rows, "check_in_process": check,
+                                    "model_info_in_process": whole}, indent=2))
+    print(f"wrote {args.out}")
+
+
 def run_variant(model: Path, runtime: str, batching: bool, images: list[Path], args) -> dict:
     server, port = start_server(model, REPO, ["--runtime", runtime,
                                               "--batching" if batching else "--no-batching"])
@@ -398,7 +589,17 @@ def main() -> None:
                         help="with --attacks: also attack the code in this folder")
     parser.add_argument("--hold", type=float, default=45.0,
                         help="with --attacks: seconds a held connection waits to be dropped")
+    parser.add_argument("--token", action="store_true",
+                        help="measure the bearer-token check's cost instead")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="with --token: alternating rounds per level")
     args = parser.parse_args()
+    if args.token:
+        if not DATA.is_dir():
+            sys.exit(f"{DATA} is absent: this benchmark needs ../shared/datasets/animals")
+        args.out = args.out or REPO / "bench" / "results" / "serve_token.json"
+        main_token(args)
+        return
     if args.attacks:
         if not DATA.is_dir():
             sys.exit(f"{DATA} is absent: this benchmark needs ../shared/datasets/animals")

@@ -10,6 +10,10 @@ Hostile clients are bounded on every axis (see :class:`ServeLimits`): a few uplo
 are read and decoded at once (the rest wait, holding no body), a request's headers
 and body must arrive within a deadline, and each request may decode only so many
 pixels, counted from the image headers before any pixel is decoded.
+
+Off loopback the server needs a token (:func:`check_exposure`): every path but the
+page and ``/health`` then answers 401 unless the request carries
+``Authorization: Bearer <token>`` (:class:`BearerToken`), checked before any body is read.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import html
+import ipaddress
 import json
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -285,6 +292,130 @@ def decode_uploads(files: list[tuple[str, bytearray]], size: int, max_pixels: in
     return images, errors
 
 
+# -- access token -------------------------------------------------------------------------------
+
+TOKEN_MIN_CHARS = 16
+MAKE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+# Reachable without the token: the page (it asks for the token itself) and the health check.
+OPEN_PATHS = frozenset({"/", "/health"})
+_TOKEN_FILE_MAX_BYTES = 4096
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1) or ``localhost``.
+
+    Any other name counts as reachable from elsewhere: it may resolve to any interface.
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is loopback too
+    return (mapped or address).is_loopback
+
+
+def check_token(token: str, source: str) -> str:
+    """``token`` when it can serve as a bearer token; else one error naming ``source``."""
+    make = f"make one with {MAKE_TOKEN}"
+    if not token:
+        raise UserInputError(f"{source} is empty; {make}")
+    if len(token) < TOKEN_MIN_CHARS:
+        raise UserInputError(f"the token in {source} has {len(token)} characters, fewer than "
+                             f"{TOKEN_MIN_CHARS}: too easy to guess; {make}")
+    # What an HTTP header carries as is: printable ASCII, no spaces.
+    if not all("!" <= c <= "~" for c in token):
+        raise UserInputError(f"the token in {source} holds spaces or characters outside "
+                             f"printable ASCII, which an Authorization header cannot carry; "
+                             f"{make}")
+    return token
+
+
+def read_token_file(path: str | Path) -> str:
+    """The token in the file ``path``, read once, surrounding whitespace stripped.
+
+    Refused, like ssh refuses a private key, when the file's permissions admit its group
+    or other users (on POSIX systems): ``chmod 600`` it.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            data = f.read(_TOKEN_FILE_MAX_BYTES + 1)
+    except OSError as exc:
+        raise UserInputError(f"cannot read the token file {path}: {exc.strerror}; give a "
+                             f"readable file holding one token, made e.g. with {MAKE_TOKEN}"
+                             ) from exc
+    if os.name == "posix" and mode & 0o077:
+        raise UserInputError(f"the token file {path} is accessible by other users (permissions "
+                             f"{mode & 0o777:04o}); run chmod 600 {path}")
+    if len(data) > _TOKEN_FILE_MAX_BYTES:
+        raise UserInputError(f"the token file {path} is over {_TOKEN_FILE_MAX_BYTES} bytes: "
+                             "not a token; give a file holding one token")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", "replace")  # check_token names the problem
+    return check_token(text.strip(), f"the token file {path}")
+
+
+def token_from(token_file: str | Path | None, environ: dict | None = None) -> str | None:
+    """The token given by ``TLEARN_TOKEN`` or ``token_file`` (checked), None when neither is."""
+    environ = os.environ if environ is None else environ
+    variable = environ.get("TLEARN_TOKEN")
+    if variable is not None and token_file is not None:
+        raise UserInputError("both TLEARN_TOKEN and --token-file give a token; keep one of "
+                             "them")
+    if token_file is not None:
+        return read_token_file(token_file)
+    if variable is not None:
+        return check_token(variable.strip(), "TLEARN_TOKEN")
+    return None
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    """Refuse to serve on an address other than loopback without a token."""
+    if token is None and not is_loopback(host):
+        raise UserInputError(
+            f"refusing to serve on {host or 'all addresses'} without a token: anyone who can "
+            "reach it could use the model; set TLEARN_TOKEN or pass --token-file FILE "
+            f"(token= from Python) with a token made by {MAKE_TOKEN} (chmod 600 the file), "
+            "or serve on 127.0.0.1")
+
+
+class BearerToken:
+    """ASGI middleware: every path but :data:`OPEN_PATHS` needs ``Authorization: Bearer <token>``.
+
+    A plain ASGI layer (not Starlette's ``BaseHTTPMiddleware``): it costs one header scan
+    and one constant-time comparison per request, and refuses before any body is read, so
+    a client without the token holds no upload slot. Paths are refused by default, so a
+    route added later (the OpenAPI JSON, /docs, /redoc among them) is never left open.
+    """
+
+    def __init__(self, app, token: str) -> None:
+        self.app = app
+        self._token = token.encode("ascii")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        given = next((value for name, value in scope["headers"] if name == b"authorization"),
+                     None)
+        if given is None:
+            challenge, detail = 'Bearer realm="tlearn"', (
+                "this server needs its token: send the header Authorization: Bearer <token>")
+        else:
+            scheme, _, credentials = given.partition(b" ")
+            if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(),
+                                                                   self._token):
+                return await self.app(scope, receive, send)
+            challenge, detail = ('Bearer realm="tlearn", error="invalid_token"',
+                                 "the token was refused")
+        response = _refusal(401, detail, {"WWW-Authenticate": challenge})
+        await response(scope, receive, send)
+
+
 # -- the app ------------------------------------------------------------------------------------
 
 # Uploads are phone photos and scans, not gigapixel mosaics: 50 megapixels admits a
@@ -342,11 +473,17 @@ class ServeLimits:
 
 
 def create_app(model: ImageClassifier, limits: ServeLimits | None = None, *,
-               max_batch: int = 32, batching: bool = True):
-    """The FastAPI application serving ``model``."""
+               max_batch: int = 32, batching: bool = True, token: str | None = None):
+    """The FastAPI application serving ``model``.
+
+    With a ``token``, every path but the page and ``/health`` needs
+    ``Authorization: Bearer <token>`` (see :class:`BearerToken`).
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     limits = limits or ServeLimits()
+    if token is not None:
+        check_token(token, "the token= argument")
     model.warm_up(max_batch)
     batcher = MicroBatcher(model, max_batch=max_batch, max_queued=limits.max_queued,
                            batching=batching)
@@ -357,7 +494,9 @@ def create_app(model: ImageClassifier, limits: ServeLimits | None = None, *,
     uploads = asyncio.Semaphore(limits.max_uploads)
     app = FastAPI(title="tlearn", version="1",
                   description=f"Image classification with {model.name}")
-    page_html, page_policy = upload_page(model.name, limits)
+    page_html, page_policy = upload_page(model.name, limits, token_required=token is not None)
+    if token is not None:
+        app.add_middleware(BearerToken, token=token)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
@@ -448,8 +587,11 @@ def _refusal(status: int, detail: str, headers: dict | None = None) -> JSONRespo
                         headers={"Connection": "close", **(headers or {})})
 
 
-def upload_page(model_name: str, limits: ServeLimits) -> tuple[str, str]:
+def upload_page(model_name: str, limits: ServeLimits, *, token_required: bool = False
+                ) -> tuple[str, str]:
     """The upload page for ``model_name`` and its Content-Security-Policy.
+
+    ``token_required``: the page asks for the server's token and sends it with each request.
 
     The policy admits only this page's own inline script and style (by hash), its
     thumbnails (``blob:``) and requests to this server: even a name that slipped
@@ -457,7 +599,8 @@ def upload_page(model_name: str, limits: ServeLimits) -> tuple[str, str]:
     """
     page = read_template("serve_page.html").replace("__MODEL__", html.escape(model_name)).replace(
         "__LIMITS__", json.dumps({"max_images": limits.max_images,
-                                  "max_upload_bytes": limits.max_upload_bytes}))
+                                  "max_upload_bytes": limits.max_upload_bytes,
+                                  "token": token_required}))
 
     def digest(tag: str) -> str:
         body = page.split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0]
@@ -538,11 +681,13 @@ def check_limit(option: str, value: float, low: float, high: float) -> float:
     return value
 
 
-def check_serve_args(model_path: str | Path, port: int) -> None:
+def check_serve_args(model_path: str | Path, port: int, *, host: str = "127.0.0.1",
+                     token: str | None = None) -> None:
     """Cheap checks before the model is loaded, so mistakes fail at once."""
     path = Path(model_path)
     if not 0 < port < 65536:
         raise UserInputError(f"--port must be between 1 and 65535, got {port}")
+    check_exposure(host, token)
     if not path.is_file():
         raise UserInputError(f"model {path} does not exist; train one with 'tlearn train'")
     if path.suffix not in (".joblib", ".keras"):
@@ -551,16 +696,18 @@ def check_serve_args(model_path: str | Path, port: int) -> None:
 
 def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           limits: ServeLimits | None = None, batching: bool = True,
-          log_level: str = "info", runtime: str | None = None) -> None:
+          log_level: str = "info", runtime: str | None = None,
+          token: str | None = None) -> None:
     """Load ``model_path`` once and serve it with uvicorn until interrupted.
 
     ``runtime`` runs the network (see :func:`pipeline.image_classifiers.load_image_classifier`);
-    ``GET /model`` says which runtime and precision answer.
+    ``GET /model`` says which runtime and precision answer. A ``host`` other than loopback
+    needs a ``token`` (see :func:`check_exposure`); with one, requests must carry it.
     """
     import uvicorn
 
-    check_serve_args(model_path, port)
+    check_serve_args(model_path, port, host=host, token=token)
     app = create_app(load_image_classifier(model_path, runtime=runtime), limits,
-                     batching=batching)
+                     batching=batching, token=token)
     uvicorn.Server(server_config(app, limits, host=host, port=port,
                                  log_level=log_level)).run()

@@ -598,3 +598,187 @@ def test_a_pipelined_request_keeps_its_connection_past_the_header_deadline(live_
         sock.close()
     assert decoding.is_set()
     assert answer.count(b"HTTP/1.1 200 OK") == 2, answer
+
+
+# -- the token ----------------------------------------------------------------------------------
+
+TOKEN = "k3Y-" + "x" * 28
+
+
+def test_a_token_guards_everything_but_the_page_and_health_on_a_real_server(live_server):
+    import httpx
+
+    base = live_server(create_app(_toy_model(), token=TOKEN))
+    one = [("files", ("a.png", _png(), "image/png"))]
+    for headers, error in [({}, None), ({"Authorization": "Bearer " + TOKEN[:-1] + "y"},
+                                        "invalid_token"),
+                           ({"Authorization": "Basic " + TOKEN}, "invalid_token"),
+                           ({"Authorization": TOKEN}, "invalid_token")]:
+        for method, path in [("POST", "/predict"), ("GET", "/model"), ("GET", "/docs"),
+                             ("GET", "/openapi.json"), ("GET", "/redoc")]:
+            response = httpx.request(method, base + path, headers=headers, timeout=30,
+                                     files=one if method == "POST" else None)
+            assert response.status_code == 401, (path, headers, response.text)
+            challenge = response.headers["www-authenticate"]
+            assert challenge.startswith("Bearer") and (error is None) == (
+                "error=" not in challenge), challenge
+            assert TOKEN not in response.text
+    assert httpx.get(f"{base}/health", timeout=30).json()["status"] == "ok"
+    page = httpx.get(f"{base}/", timeout=30)
+    assert page.status_code == 200 and '"token": true' in page.text and TOKEN not in page.text
+    for scheme in ("Bearer", "bearer"):
+        headers = {"Authorization": f"{scheme} {TOKEN}"}
+        answer = httpx.post(f"{base}/predict", files=one, headers=headers, timeout=30)
+        assert answer.status_code == 200 and answer.json()["results"][0]["label"] == "red"
+        assert httpx.get(f"{base}/model", headers=headers, timeout=30).status_code == 200
+        assert httpx.get(f"{base}/docs", headers=headers, timeout=30).status_code == 200
+        assert "/predict" in httpx.get(f"{base}/openapi.json", headers=headers,
+                                       timeout=30).json()["paths"]
+
+
+def test_without_a_token_nothing_asks_for_one():
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(_toy_model())) as c:
+        assert c.get("/model").status_code == 200 and c.get("/docs").status_code == 200
+        assert '"token": false' in c.get("/").text
+
+
+def _serve_cli(monkeypatch, args, env=None):
+    """Run ``tlearn serve`` in-process; returns (result, the app it would have served)."""
+    from typer.testing import CliRunner
+
+    import pipeline.serving as serving
+    from pipeline.cli import app
+
+    monkeypatch.setattr(serving, "load_image_classifier", lambda *a, **k: _toy_model())
+    served = _catch_served_app(monkeypatch)
+    result = CliRunner().invoke(app, ["serve", *args], env=env)
+    return result, served
+
+
+def _catch_served_app(monkeypatch) -> list:
+    """Make ``serve`` put the app it would run in the returned list instead of running it.
+
+    uvicorn's Config is not built either: it points logging at the streams of the moment
+    (CliRunner's, closed once the command returns).
+    """
+    from types import SimpleNamespace
+
+    import uvicorn
+
+    import pipeline.serving as serving
+
+    served = []
+    monkeypatch.setattr(serving, "server_config", lambda app, *a, **k: app)
+    monkeypatch.setattr(uvicorn, "Server", lambda app: SimpleNamespace(
+        run=lambda: served.append(app)))
+    return served
+
+
+def _one_error_line(result) -> str:
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "example.org", ""])
+def test_serving_beyond_loopback_without_a_token_is_refused_before_loading(
+        model_path, monkeypatch, host):
+    result, served = _serve_cli(monkeypatch, [str(model_path[0]), "--host", host],
+                                env={"TLEARN_TOKEN": None})
+    line = _one_error_line(result)
+    assert "TLEARN_TOKEN" in line and "--token-file" in line
+    assert "secrets.token_urlsafe" in line and served == []
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "localhost",
+                                  "::ffff:127.0.0.1"])
+def test_loopback_needs_no_token_unless_one_is_given(model_path, monkeypatch, host):
+    from fastapi.testclient import TestClient
+
+    result, served = _serve_cli(monkeypatch, [str(model_path[0]), "--host", host],
+                                env={"TLEARN_TOKEN": None})
+    assert result.exit_code == 0, result.output
+    with TestClient(served[0]) as c:
+        assert c.get("/model").status_code == 200
+    result, served = _serve_cli(monkeypatch, [str(model_path[0]), "--host", host],
+                                env={"TLEARN_TOKEN": TOKEN})
+    assert result.exit_code == 0, result.output
+    with TestClient(served[0]) as c:
+        assert c.get("/model").status_code == 401
+        assert c.get("/model", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_a_token_file_is_read_once_and_stripped(model_path, monkeypatch, tmp_path):
+    from fastapi.testclient import TestClient
+
+    path = tmp_path / "token"
+    path.write_text(f"  {TOKEN}\n")
+    path.chmod(0o600)
+    result, served = _serve_cli(monkeypatch, [str(model_path[0]), "--host", "0.0.0.0",
+                                              "--token-file", str(path)],
+                                env={"TLEARN_TOKEN": None})
+    assert result.exit_code == 0, result.output
+    assert "TLS" in result.output  # plain HTTP off loopback: said at start
+    path.write_text("another-token-of-enough-length")  # read once: a change does not count
+    with TestClient(served[0]) as c:
+        assert c.get("/model", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+@pytest.mark.parametrize("content,mode,needle", [
+    (None, 0o600, "cannot read"),
+    ("", 0o600, "is empty"),
+    (" \n\n", 0o600, "is empty"),
+    ("short-token\n", 0o600, "fewer than 16"),
+    ("two words in one token", 0o600, "printable ASCII"),
+    ("ünïcødé-tøkèn-of-length", 0o600, "printable ASCII"),
+    (TOKEN, 0o644, "chmod 600"),
+    (TOKEN, 0o640, "chmod 600"),
+    ("a folder", 0o700, "cannot read"),
+])
+def test_a_bad_token_file_is_refused_in_one_line(model_path, monkeypatch, tmp_path, content,
+                                                 mode, needle):
+    path = tmp_path / "token"
+    if content == "a folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content)
+        path.chmod(mode)
+    result, served = _serve_cli(monkeypatch, [str(model_path[0]), "--token-file", str(path)],
+                                env={"TLEARN_TOKEN": None})
+    line = _one_error_line(result)
+    assert needle in line and str(path) in line and served == []
+
+
+@pytest.mark.parametrize("env,needle", [({"TLEARN_TOKEN": ""}, "TLEARN_TOKEN is empty"),
+                                        ({"TLEARN_TOKEN": "abc"}, "fewer than 16"),
+                                        ({"TLEARN_TOKEN": TOKEN, "file": True}, "keep one")])
+def test_a_bad_token_in_the_environment_is_refused_in_one_line(model_path, monkeypatch,
+                                                               tmp_path, env, needle):
+    args = [str(model_path[0])]
+    if env.pop("file", False):
+        path = tmp_path / "token"
+        path.write_text(TOKEN)
+        path.chmod(0o600)
+        args += ["--token-file", str(path)]
+    result, served = _serve_cli(monkeypatch, args, env=env)
+    assert needle in _one_error_line(result) and served == []
+
+
+def test_the_library_needs_a_token_beyond_loopback_too(model_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from features.errors import UserInputError
+    from pipeline.serving import serve
+
+    served = _catch_served_app(monkeypatch)
+    with pytest.raises(UserInputError, match="without a token"):
+        serve(model_path[0], host="0.0.0.0")
+    with pytest.raises(UserInputError, match="fewer than 16"):
+        create_app(_toy_model(), token="short")
+    serve(model_path[0], host="0.0.0.0", token=TOKEN)
+    with TestClient(served[0]) as c:
+        assert c.get("/model").status_code == 401
+        assert c.get("/model", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200

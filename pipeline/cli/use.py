@@ -93,8 +93,13 @@ def predict(
 @uses_tensorflow
 def serve(
     model: Annotated[Path, typer.Argument(help="A saved model (.joblib or .keras).")],
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(
+        help="Address to listen on; any but loopback needs a token (TLEARN_TOKEN or "
+             "--token-file).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    token_file: Annotated[Path | None, typer.Option(
+        help="A file holding the token requests must send (Authorization: Bearer); read "
+             "once, chmod 600. Or set TLEARN_TOKEN.")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body (413 beyond).")]
     = 20.0,
     max_images: Annotated[int, typer.Option(min=1, help="Most images per request.")] = 16,
@@ -120,7 +125,7 @@ def serve(
 ) -> None:
     """Serve a model: POST /predict, GET /health, GET /model, /docs and an upload page at /."""
     # pipeline.serving: FastAPI and uvicorn
-    from pipeline.serving import ServeLimits, check_limit, check_serve_args
+    from pipeline.serving import ServeLimits, check_limit, check_serve_args, is_loopback, token_from
     from pipeline.serving import serve as run_server
 
     limits = ServeLimits(
@@ -129,10 +134,15 @@ def serve(
         max_queued=max_queued, max_uploads=max_uploads,
         body_timeout=check_limit("--body-timeout", body_timeout, 0, 3600),
         max_connections=max_connections)
-    check_serve_args(model, port)
-    console.print(f"loading {model} ... then open http://{host}:{port}/ (Ctrl-C stops)",
+    token = token_from(token_file)
+    check_serve_args(model, port, host=host, token=token)
+    guard = "" if token is None else "; requests need the token"
+    if not is_loopback(host):
+        guard += " (plain HTTP: put TLS in front for anything public)"
+    console.print(f"loading {model} ... then open http://{host}:{port}/ (Ctrl-C stops){guard}",
                   highlight=False)
-    run_server(model, host=host, port=port, batching=batching, runtime=runtime, limits=limits)
+    run_server(model, host=host, port=port, batching=batching, runtime=runtime, limits=limits,
+               token=token)
 
 
 @app.command(rich_help_panel=PANEL)
