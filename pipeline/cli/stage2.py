@@ -60,6 +60,9 @@ def train(
         min=0, help="Also test on N seeded re-splits of the train+test rows (mean ± std).")]
     = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing models.")] = False,
+    class_weight: Annotated[str | None, typer.Option(
+        help="'balanced': weigh each class's images by n / (classes x its count), in the "
+             "search and the fit, for imbalanced classes \\[default: all alike].")] = None,
     engine: EngineOption = "local",
     address: AddressOption = None,
 ) -> None:
@@ -70,7 +73,7 @@ def train(
     with err_console.status("training...") as status:
         outcomes = train_store(
             store, classifier=classifier, cv=cv, grid=_parse_grid(grid), jobs=jobs, seed=seed,
-            repeats=repeats, overwrite=overwrite,
+            repeats=repeats, overwrite=overwrite, class_weight=class_weight,
             log=lambda line: (status.update(line), console.print(line)), engine=engine,
             address=address,
         )
