@@ -29,6 +29,12 @@ def _classifiers() -> list[str]:
     return [*CLASSIFIERS.names(), "all"]
 
 
+def _class_weights() -> tuple[str, ...]:
+    from classifiers.solvers import CLASS_WEIGHTS  # scikit-learn: only when the option is given
+
+    return CLASS_WEIGHTS
+
+
 def _parse_grid(grid: str | None) -> list[float] | None:
     if grid is None:
         return None
@@ -61,6 +67,7 @@ def train(
     = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing models.")] = False,
     class_weight: Annotated[str | None, typer.Option(
+        parser=RegistryChoice("class weight", _class_weights), metavar="[balanced]",
         help="'balanced': weigh each class's images by n / (classes x its count), in the "
              "search and the fit, for imbalanced classes \\[default: all alike].")] = None,
     engine: EngineOption = "local",
