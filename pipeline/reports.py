@@ -214,7 +214,8 @@ def write_report(directory: str | os.PathLike, evaluation: Evaluation, info: dic
         f"# {info.get('model', directory.name)}",
         "",
         f"- stage: {info.get('stage', '')}; backbone: {info.get('backbone', '')}; "
-        f"classifier: {info.get('classifier', '')}",
+        f"classifier: {info.get('classifier', '')}"
+        + (f"; class weight: {info['class_weight']}" if info.get("class_weight") else ""),
         f"- test images: {evaluation.n_samples}",
         f"- test accuracy: {evaluation.accuracy:.4f} {_ci(evaluation.accuracy_ci)}; "
         f"macro-F1: {evaluation.macro_f1:.4f} {_ci(evaluation.macro_f1_ci)}; "

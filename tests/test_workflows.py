@@ -101,6 +101,7 @@ def test_class_weight_is_a_model_setting_and_old_sidecars_count_as_unweighted(st
     weighted = train_store(store_path, classifier="logreg", cv=2, class_weight="balanced",
                            overwrite=True)[0]
     assert weighted.report["class_weight"] == "balanced"
+    assert "class weight: balanced" in (weighted.report_dir / "summary.md").read_text()
     assert json.loads(sidecar.read_text())["settings"]["class_weight"] == "balanced"
     with pytest.raises(UserInputError, match="--class-weight 'even' is not known"):
         train_store(store_path, classifier="logreg", cv=2, class_weight="even")
