@@ -38,6 +38,7 @@ from classifiers.search import (
     search_and_fit,
     stratified_folds,
 )
+from classifiers.solvers import CLASS_WEIGHTS
 from classifiers.streaming_sgd import ChunkSource, array_chunks, search_sgd
 from features.errors import UserInputError
 from features.prediction import ImageScorer
@@ -161,6 +162,12 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         Times the k-fold split is repeated, shuffled differently: every value is then
         judged on ``cv * n_repeats`` held-out folds (and the search takes as much longer).
         On the Lite0 benchmark sets more repeats did not change the choice.
+    class_weight : {None, "balanced"}, default=None
+        Weights of the training rows by class, for imbalanced classes. ``"balanced"``:
+        scikit-learn's ``n_samples / (n_classes * bincount(y))``, counted on the rows of
+        each fit (each cross-validation fold, then all rows). The search then scores
+        the held-out rows with the same weights (held-out accuracy becomes balanced
+        accuracy), and the Platt scales are fitted with them.
 
     Attributes
     ----------
@@ -204,7 +211,8 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
                  n_jobs: int | None = None, max_iter: int = 1000,
                  epochs: int = 5, solver_space: str = "auto",
                  feature_spec: dict | None = None,
-                 label_names: Sequence[str] | None = None, n_repeats: int = 1) -> None:
+                 label_names: Sequence[str] | None = None, n_repeats: int = 1,
+                 class_weight: str | None = None) -> None:
         self.kind = kind
         self.grid = grid
         self.cv = cv
@@ -216,6 +224,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.feature_spec = feature_spec
         self.label_names = label_names
         self.n_repeats = n_repeats
+        self.class_weight = class_weight
 
     # fitting --------------------------------------------------------------------------------
     _parameter_constraints: ClassVar[dict] = {
@@ -231,6 +240,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         "feature_spec": [None, dict],
         "label_names": [None, "array-like"],
         "n_repeats": [Interval(numbers.Integral, 1, None, closed="left")],
+        "class_weight": [None, StrOptions(set(CLASS_WEIGHTS))],
     }
 
     def _checked_params(self) -> tuple[ClassifierConfig, list[float]]:
@@ -348,14 +358,14 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
                 data, y_fit, splits = basis.train_coordinates_, y[order], laid_out
         self.solver_space_ = space
         self.used_rowspace_ = space == "rowspace"
-        template = config.make_estimator(seed, self.max_iter)
+        template = config.make_estimator(seed, self.max_iter, self.class_weight)
         key = config.param_key(template)
         # The final model comes along the folds' path (classifiers.search.walk_path).
         self.search_, final, caught = search_and_fit(
             template, key, grid, data, y_fit, cv=self.cv, repeats=self.n_repeats, seed=seed,
             n_jobs=self.n_jobs, name=config.param_name, fold_dtype=config.fit_dtype,
             scale_margins=config.platt, progress=progress, fold_runner=fold_runner,
-            splits=splits)
+            splits=splits, class_weight=self.class_weight)
         parts = getattr(final, "estimators_", [final])
         self.converged_ = not any(issubclass(w.category, ConvergenceWarning) for w in caught) \
             and all(getattr(part, "converged_", True) for part in parts)
@@ -380,8 +390,8 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_ = self.epochs
         self.search_ = search_sgd(chunks, y, grid, cv=self.cv, random_state=seed,
                                   epochs=self.epochs, repeats=self.n_repeats,
-                                  scale_margins=config.platt)
-        final = config.make_estimator(seed, self.max_iter).set_params(
+                                  scale_margins=config.platt, class_weight=self.class_weight)
+        final = config.make_estimator(seed, self.max_iter, self.class_weight).set_params(
             **{config.param_name: self.search_.best_value, "epochs": self.epochs})
         self.estimator_ = self._scaled(config, final.fit_chunks(chunks, classes=np.unique(y)))
 
@@ -587,4 +597,5 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             old = state.pop("rowspace")
             state["solver_space"] = {True: "rowspace", False: "features"}.get(old, "auto")
         state.setdefault("n_repeats", 1)  # the search had a single k-fold split then
+        state.setdefault("class_weight", None)  # every row weighed the same then
         super().__setstate__(state)

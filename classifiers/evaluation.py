@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix, f1_score
 
 from classifiers.calibration import ECE_BINS, expected_calibration_error, reliability_bins
-from classifiers.statistics import bootstrap_interval, wilson_interval
+from classifiers.statistics import balanced_accuracy, bootstrap_interval, wilson_interval
 
 
 @dataclass
@@ -24,9 +24,14 @@ class Evaluation:
     rank5 : float or None
         Share of rows whose true class is among the 5 best scores; only with more
         than 5 classes (otherwise it is trivially 1).
-    accuracy_ci, macro_f1_ci, rank5_ci : list of float or None
+    balanced_accuracy : float or None
+        Mean per-class recall (:func:`classifiers.statistics.balanced_accuracy`): what
+        accuracy is when every class weighs the same. None in reports written before it.
+    accuracy_ci, macro_f1_ci, rank5_ci, balanced_accuracy_ci : list of float or None
         95 % intervals: Wilson for accuracy and rank-5, a percentile bootstrap over
-        the test images (1,000 resamples, seeded) for macro-F1.
+        the test images (1,000 resamples, seeded) for macro-F1 and balanced accuracy
+        (a mean of per-class proportions, which Wilson's interval of one proportion
+        does not cover).
     per_class : dict
         ``sklearn.metrics.classification_report`` as a dict, keyed by class name.
     confusion : list of list of int
@@ -62,6 +67,8 @@ class Evaluation:
     log_loss: float | None = None
     ece: float | None = None
     reliability: dict | None = None
+    balanced_accuracy: float | None = None
+    balanced_accuracy_ci: list[float] | None = None
     per_image: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
@@ -171,6 +178,10 @@ def evaluate_predictions(y_true: np.ndarray, scores: np.ndarray, classes: np.nda
         log_loss=log_loss_value,
         ece=ece,
         reliability=reliability,
+        # unknown labels (-1) are left out: their recall is not a class of the model's
+        balanced_accuracy=balanced_accuracy(y_index[y_index >= 0], p_index[y_index >= 0]),
+        balanced_accuracy_ci=list(bootstrap_interval(
+            balanced_accuracy, y_index[y_index >= 0], p_index[y_index >= 0])),
         per_image={"id": list(sample_ids) if sample_ids is not None else [str(i)
                                                                          for i in range(n)],
                    "true": [label_names[i] if i >= 0 else str(t)

@@ -66,7 +66,8 @@ def _target_weights(y_index: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray
     return hit, (1 - hit) / (len(counts) - 1)
 
 
-def fit_margin_scale(columns: np.ndarray, y_index: np.ndarray) -> float:
+def fit_margin_scale(columns: np.ndarray, y_index: np.ndarray,
+                     weights: np.ndarray | None = None) -> float:
     """The scale ``a`` minimising the log-loss of ``softmax(a * columns)`` against Platt targets.
 
     Parameters
@@ -75,6 +76,8 @@ def fit_margin_scale(columns: np.ndarray, y_index: np.ndarray) -> float:
         Held-out margins (see :func:`margin_columns`).
     y_index : array of shape (n,)
         Column of each row's true class.
+    weights : array of shape (n,), optional
+        Weight of each row's loss (class weights); one each by default.
     """
     columns = np.asarray(columns, dtype=np.float64)
     spread = float(np.std(columns))
@@ -84,8 +87,8 @@ def fit_margin_scale(columns: np.ndarray, y_index: np.ndarray) -> float:
 
     # cross-entropy to fixed targets is convex in the scale; search its logarithm
     def loss(log_scale):
-        return -np.mean(np.sum(targets * log_softmax(np.exp(log_scale) * columns, axis=1),
-                               axis=1))
+        return -np.average(np.sum(targets * log_softmax(np.exp(log_scale) * columns, axis=1),
+                                  axis=1), weights=weights)
 
     centre = -np.log(spread)
     found = minimize_scalar(loss, bounds=(centre - _DECADES * np.log(10),
@@ -99,10 +102,12 @@ def scaled_probabilities(columns: np.ndarray, scale: float) -> np.ndarray:
     return softmax(scale * np.asarray(columns, dtype=np.float64), axis=1)
 
 
-def scaled_log_loss(columns: np.ndarray, y_index: np.ndarray, scale: float) -> float:
-    """Mean log-loss of ``softmax(scale * columns)`` on the true classes."""
+def scaled_log_loss(columns: np.ndarray, y_index: np.ndarray, scale: float,
+                    weights: np.ndarray | None = None) -> float:
+    """Mean log-loss of ``softmax(scale * columns)`` on the true classes, rows weighted by
+    ``weights`` (one each by default)."""
     logp = log_softmax(scale * np.asarray(columns, dtype=np.float64), axis=1)
-    return float(-np.mean(logp[np.arange(len(y_index)), y_index]))
+    return float(-np.average(logp[np.arange(len(y_index)), y_index], weights=weights))
 
 
 class StreamingScaleLoss:
@@ -128,18 +133,21 @@ class StreamingScaleLoss:
         self._platt = np.zeros(len(self.scales))
         self._neg_log = np.zeros((n_splits, len(self.scales)))
 
-    def add(self, columns: np.ndarray, y_index: np.ndarray, split: int) -> None:
-        """Held-out margins (see :func:`margin_columns`) of some rows of ``split``."""
+    def add(self, columns: np.ndarray, y_index: np.ndarray, split: int,
+            weights: np.ndarray | None = None) -> None:
+        """Held-out margins (see :func:`margin_columns`) of some rows of ``split``, each
+        row's loss weighted by ``weights`` (class weights; one each by default)."""
         columns = np.asarray(columns, dtype=np.float64)
         rows = np.arange(len(y_index))
+        weights = np.ones(len(y_index)) if weights is None else np.asarray(weights, float)
         for start in range(0, len(self.scales), 25):  # (25, rows, classes) at a time
             scales = self.scales[start:start + 25]
             logp = log_softmax(scales[:, None, None] * columns[None], axis=2)
             true = logp[:, rows, y_index]
             hit, other = _target_weights(y_index, self._counts)
-            self._neg_log[split, start:start + 25] -= true.sum(axis=1)
-            self._platt[start:start + 25] -= (hit * true + other * (logp.sum(axis=2) - true)
-                                              ).sum(axis=1)
+            self._neg_log[split, start:start + 25] -= (weights * true).sum(axis=1)
+            self._platt[start:start + 25] -= (weights * (hit * true + other * (
+                logp.sum(axis=2) - true))).sum(axis=1)
 
     def best(self) -> tuple[float, np.ndarray]:
         """The scale of least pooled loss, and the summed log-loss of each split at it."""

@@ -81,7 +81,8 @@ class ClassifierConfig:
     platt: bool = False
     fit_dtype: type | None = None
 
-    def make_estimator(self, random_state: int, max_iter: int) -> BaseEstimator:
+    def make_estimator(self, random_state: int, max_iter: int,
+                       class_weight: str | None = None) -> BaseEstimator:
         """An unfitted estimator of this family.
 
         Parameters
@@ -90,8 +91,11 @@ class ClassifierConfig:
             Seed of stochastic solvers.
         max_iter : int
             Iteration limit of iterative solvers.
+        class_weight : {None, "balanced"}, optional
+            Weights of the training rows by class: every family's estimator takes
+            scikit-learn's ``class_weight`` itself.
         """
-        return self.factory(random_state, max_iter)
+        return self.factory(random_state, max_iter).set_params(class_weight=class_weight)
 
     def param_key(self, estimator: BaseEstimator) -> str:
         """Key of :attr:`param_name` in ``estimator.get_params()`` (``C`` or ``estimator__C``)."""

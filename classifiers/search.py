@@ -46,7 +46,7 @@ from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from classifiers.platt import fit_margin_scale, margin_columns, scaled_log_loss
-from classifiers.solvers import PreconditionedLogisticRegression, RowSlabs
+from classifiers.solvers import PreconditionedLogisticRegression, RowSlabs, row_weights
 from features.errors import UserInputError
 
 #: Probabilities are clipped to [EPS, 1] before the log, as ``sklearn.metrics.log_loss`` does.
@@ -247,10 +247,12 @@ def _fold_rows(X: np.ndarray, rows: np.ndarray, dtype: np.dtype | None, slabs: b
     return _take_rows(X, rows, dtype)
 
 
-def held_out_log_loss(probabilities: np.ndarray, y_index: np.ndarray) -> float:
-    """Mean negative log-probability of the true class (columns in class order)."""
+def held_out_log_loss(probabilities: np.ndarray, y_index: np.ndarray,
+                      weights: np.ndarray | None = None) -> float:
+    """Mean negative log-probability of the true class (columns in class order), rows
+    weighted by ``weights`` (one each by default)."""
     true = probabilities[np.arange(len(y_index)), y_index]
-    return float(-np.mean(np.log(np.clip(true, EPS, 1.0))))
+    return float(-np.average(np.log(np.clip(true, EPS, 1.0)), weights=weights))
 
 
 def _take_rows(X: np.ndarray, rows: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
@@ -305,23 +307,32 @@ def walk_path(estimator, param: str, walk: Sequence[float], X: np.ndarray, y: np
 
 def _fold_scores(estimator, param: str, walk: Sequence[float], X: np.ndarray, y: np.ndarray,
                  classes: np.ndarray, train: np.ndarray, test: np.ndarray,
-                 dtype: np.dtype | None, scale_margins: bool = False
+                 dtype: np.dtype | None, scale_margins: bool = False,
+                 class_weight: str | None = None
                  ) -> tuple[list[float], list[float], list[np.ndarray]]:
-    """Accuracy, log-loss (NaN where margins get scaled) and held-out margins along ``walk``."""
+    """Accuracy, log-loss (NaN where margins get scaled) and held-out margins along ``walk``.
+
+    With ``class_weight`` (which ``estimator`` fits with too) the held-out rows weigh as
+    their class, counted on the held-out fold: ``"balanced"`` accuracy is then the
+    balanced accuracy, and every class counts as much in the log-loss.
+    """
     # Views of the fold's rows where they are contiguous, else one copy for the whole
     # walk (not one per grid value).
     slabs = isinstance(estimator, PreconditionedLogisticRegression)
     X_train, X_test = _fold_rows(X, train, dtype, slabs), _fold_rows(X, test, dtype, False)
     y_index = np.searchsorted(classes, y[test])
+    weights = row_weights(y_index, len(classes), class_weight)
     accuracy, log_loss, margins = [], [], []
     for _, fitted, _ in walk_path(estimator, param, walk, X_train, y[train]):
         if not scale_margins and hasattr(fitted, "predict_proba"):
             proba = fitted.predict_proba(X_test)
-            accuracy.append(float(np.mean(proba.argmax(axis=1) == y_index)))
-            log_loss.append(held_out_log_loss(proba, y_index))
+            accuracy.append(float(np.average(proba.argmax(axis=1) == y_index,
+                                              weights=weights)))
+            log_loss.append(held_out_log_loss(proba, y_index, weights))
         else:
             columns = margin_columns(fitted.decision_function(X_test))
-            accuracy.append(float(np.mean(columns.argmax(axis=1) == y_index)))
+            accuracy.append(float(np.average(columns.argmax(axis=1) == y_index,
+                                              weights=weights)))
             log_loss.append(float("nan"))
             margins.append(columns)
     return accuracy, log_loss, margins
@@ -372,6 +383,7 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
                    progress: Callable[[int, int], None] | None = None,
                    fold_runner: FoldRunner | None = None,
                    splits: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+                   class_weight: str | None = None,
                    ) -> tuple[SearchResult, object | None, list]:
     """Score every value of ``grid`` for ``param`` of ``estimator`` by repeated stratified k-fold,
     and fit the chosen model on all rows.
@@ -415,6 +427,10 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
     splits : sequence of (train, test) row indices, optional
         The folds, ``cv * repeats`` of them, e.g. :func:`stratified_folds` moved to a
         :func:`fold_layout`; ``stratified_folds(y, cv, seed, repeats)`` if None.
+    class_weight : {None, "balanced"}, optional
+        How the held-out rows weigh in the scores (and the Platt scales), as the
+        estimator weighs its training rows (its own ``class_weight``, which the caller
+        sets to the same value): each fold counted on its own rows.
 
     Returns
     -------
@@ -431,7 +447,7 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
     classes = np.unique(y)
     splits = list(splits) if splits is not None else stratified_folds(y, cv, seed, repeats)
     fold = partial(_fold_scores, estimator, param, walk, classes=classes, dtype=fold_dtype,
-                   scale_margins=scale_margins)
+                   scale_margins=scale_margins, class_weight=class_weight)
     results = []
     with single_threaded_blas():
         for outcome in (fold_runner or thread_folds)(fold, X, y, splits, n_jobs):
@@ -443,7 +459,8 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
         log_loss = np.array([r[1] for r in results]).T[order]
         scales = None
         if np.isnan(log_loss).any():
-            log_loss, scales = _platt_log_loss(results, splits, y, classes, len(grid), order)
+            log_loss, scales = _platt_log_loss(results, splits, y, classes, len(grid), order,
+                                               class_weight)
         best = choose(rule, log_loss, accuracy, regularisation_decreases=name == "C")
         result = SearchResult(name, grid, log_loss, accuracy, best, rule, cv, repeats, scales)
         final, caught = None, []
@@ -454,22 +471,25 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
     return result, final, caught
 
 
-def _platt_log_loss(results, splits, y, classes, n_values, order):
+def _platt_log_loss(results, splits, y, classes, n_values, order, class_weight=None):
     """Held-out log-loss of margin classifiers after Platt scaling, and the scales.
 
     One scale per grid value, fitted on the held-out margins of every fold pooled
-    (each row is held out once per repeat), then applied fold by fold.
+    (each row is held out once per repeat), then applied fold by fold; rows weighted
+    by ``class_weight`` counted on their held-out fold, as :func:`_fold_scores` does.
     """
     y_index = np.searchsorted(classes, y)
     tests = [te for _, te in splits]
+    weights = [row_weights(y_index[te], len(classes), class_weight) for te in tests]
+    pooled_weights = None if class_weight is None else np.concatenate(weights)
     log_loss = np.empty((n_values, len(splits)))
     scales = []
     for walk_pos in range(n_values):
         margins = [r[2][walk_pos] for r in results]
         pooled = np.concatenate(margins)
         truth = np.concatenate([y_index[te] for te in tests])
-        scale = fit_margin_scale(pooled, truth)
+        scale = fit_margin_scale(pooled, truth, pooled_weights)
         scales.append(scale)
-        log_loss[walk_pos] = [scaled_log_loss(m, y_index[te], scale)
-                              for m, te in zip(margins, tests, strict=True)]
+        log_loss[walk_pos] = [scaled_log_loss(m, y_index[te], scale, w)
+                              for m, te, w in zip(margins, tests, weights, strict=True)]
     return log_loss[order], list(np.array(scales)[order].tolist())

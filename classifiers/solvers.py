@@ -52,6 +52,29 @@ _ROWS_PER_BLOCK = 256
 #: the two were even (0.9 against 1.15 ms one way, 1.2 against 1.2 the other), at 16
 #: the matrix-matrix kernel won (1.5 against 2.2).
 GEMV_CLASSES = 6
+#: Values of ``class_weight`` the families take: every row weighs the same, or scikit-learn's
+#: ``"balanced"`` (a class of ``m`` of ``n`` rows weighs ``n / (n_classes * m)``).
+CLASS_WEIGHTS = ("balanced",)
+
+
+def row_weights(y_index: np.ndarray, n_classes: int, class_weight: str | None
+                ) -> np.ndarray | None:
+    """Weight of each row under ``class_weight``: None (all rows weigh one) or ``"balanced"``.
+
+    ``"balanced"`` is scikit-learn's ``n_samples / (n_classes * bincount(y))``, counted on
+    the rows given (a fold's own rows, as scikit-learn does when it fits that fold), so the
+    weights of each class sum to ``n / n_classes``.
+    """
+    if class_weight is None:
+        return None
+    if class_weight != "balanced":
+        raise ValueError(f"class_weight must be None or 'balanced', got {class_weight!r}")
+    y_index = np.asarray(y_index)
+    counts = np.bincount(y_index, minlength=n_classes).astype(np.float64)
+    present = np.count_nonzero(counts)  # scikit-learn counts the classes of y itself
+    per_class = np.divide(len(y_index), present * counts, out=np.zeros(n_classes),
+                          where=counts > 0)
+    return per_class[y_index]
 
 
 class RowSlabs:
@@ -128,10 +151,11 @@ def _weighted_column_squares(X: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return out
 
 
-def _binary_objective(X, sign, reg, p, q, d, k):
+def _binary_objective(X, sign, reg, p, q, d, k, weights):
     """Loss and gradient (in scaled variables) of k independent binary logistic problems.
 
-    ``sign`` is (n, k) of +-1; k = 1 is plain binary logistic regression.
+    ``sign`` is (n, k) of +-1; k = 1 is plain binary logistic regression. ``weights``:
+    (n, 1) or (n, k) row weights of the loss (scikit-learn's sample weights), or 1.
     """
     n = X.shape[0]
 
@@ -140,16 +164,17 @@ def _binary_objective(X, sign, reg, p, q, d, k):
         b = q * theta[d * k:]
         z = _times(X, W) + b
         margin = sign * z
-        loss = -np.sum(log_expit(margin)) / n + 0.5 * reg * np.sum(W * W)
-        G = -sign * expit(-margin) / n
+        loss = -np.sum(weights * log_expit(margin)) / n + 0.5 * reg * np.sum(W * W)
+        G = -sign * weights * expit(-margin) / n
         dW = _transposed_times(X, G) + reg * W
         return loss, np.concatenate([(p * dW).ravel(), q * G.sum(axis=0)])
 
     return objective
 
 
-def _multinomial_objective(X, y_index, reg, p, q, d, k):
-    """Loss and gradient (in scaled variables) of multinomial logistic regression."""
+def _multinomial_objective(X, y_index, reg, p, q, d, k, weights):
+    """Loss and gradient (in scaled variables) of multinomial logistic regression, rows
+    weighted by ``weights`` ((n, 1), or 1)."""
     n = X.shape[0]
     onehot = np.zeros((n, k))
     onehot[np.arange(n), y_index] = 1.0
@@ -159,8 +184,9 @@ def _multinomial_objective(X, y_index, reg, p, q, d, k):
         b = q * theta[d * k:]
         logits = _times(X, W) + b
         lse = logsumexp(logits, axis=1)
-        loss = np.mean(lse - logits[np.arange(n), y_index]) + 0.5 * reg * np.sum(W * W)
-        G = (np.exp(logits - lse[:, None]) - onehot) / n
+        loss = np.sum(np.ravel(weights) * (lse - logits[np.arange(n), y_index])) / n \
+            + 0.5 * reg * np.sum(W * W)
+        G = weights * (np.exp(logits - lse[:, None]) - onehot) / n
         dW = _transposed_times(X, G) + reg * W
         return loss, np.concatenate([(p * dW).ravel(), q * G.sum(axis=0)])
 
@@ -197,8 +223,10 @@ class PreconditionedLogisticRegression(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-4,
-                 warm_start: bool = False, one_vs_rest: bool = False) -> None:
+                 warm_start: bool = False, one_vs_rest: bool = False,
+                 class_weight: str | None = None) -> None:
         self.C = C
+        self.class_weight = class_weight
         self.max_iter = max_iter
         self.tol = tol
         self.warm_start = warm_start
@@ -229,6 +257,19 @@ class PreconditionedLogisticRegression(ClassifierMixin, BaseEstimator):
             curvature = np.maximum(fitted * (1 - fitted), _CURVATURE_FLOOR)
         else:
             curvature = np.full((n, k), _CURVATURE)
+        if self.one_vs_rest and k > 1:
+            # each binary problem balanced on its own two classes, as
+            # OneVsRestClassifier(LogisticRegression(class_weight=...)) does: (n, k)
+            weights = None if self.class_weight is None else np.column_stack(
+                [row_weights((y_index == c).astype(int), 2, self.class_weight)
+                 for c in range(k)])
+        else:
+            weights = row_weights(y_index, len(classes), self.class_weight)
+            weights = None if weights is None else weights[:, None]
+        if weights is not None:
+            curvature = curvature * weights  # the Hessian's diagonal of the weighted loss
+        else:
+            weights = 1.0
         p = 1.0 / np.sqrt(_weighted_column_squares(X, curvature) / n + reg)  # (d, k)
         q = 1.0 / np.sqrt(curvature.mean(axis=0))
         scale = np.concatenate([p.ravel(), q])
@@ -238,12 +279,12 @@ class PreconditionedLogisticRegression(ClassifierMixin, BaseEstimator):
             x0[d * k:] = self.intercept_ / q
         if k == 1:
             sign = np.where(y_index == 1, 1.0, -1.0)[:, None]
-            objective = _binary_objective(X, sign, reg, p, q, d, 1)
+            objective = _binary_objective(X, sign, reg, p, q, d, 1, weights)
         elif self.one_vs_rest:
             sign = np.where(y_index[:, None] == np.arange(k), 1.0, -1.0)
-            objective = _binary_objective(X, sign, reg, p, q, d, k)
+            objective = _binary_objective(X, sign, reg, p, q, d, k, weights)
         else:
-            objective = _multinomial_objective(X, y_index, reg, p, q, d, k)
+            objective = _multinomial_objective(X, y_index, reg, p, q, d, k, weights)
 
         last = {}
 

@@ -52,6 +52,22 @@ def bootstrap_interval(metric: Callable[[np.ndarray, np.ndarray], float], y_true
     return (float(lo), float(hi))
 
 
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean per-class recall over the classes present in ``y_true`` (scikit-learn's
+    ``balanced_accuracy_score``): every class counts the same, however many images it has.
+
+    Fast enough to bootstrap (one bincount per call); 0 for no rows.
+    """
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    if not len(y_true):
+        return 0.0
+    size = int(max(y_true.max(), y_pred.max())) + 1
+    totals = np.bincount(y_true, minlength=size)
+    hits = np.bincount(y_true[y_true == y_pred], minlength=size)
+    present = totals > 0
+    return float(np.mean(hits[present] / totals[present]))
+
+
 @dataclass(frozen=True)
 class McNemarResult:
     """McNemar's exact test on the paired predictions of two models.

@@ -23,6 +23,7 @@ from classifiers.search import (
     choose,
     stratified_folds,
 )
+from classifiers.solvers import row_weights
 
 ChunkSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 
@@ -38,6 +39,10 @@ class StreamingSGDClassifier(ClassifierMixin, BaseEstimator):
         Passes over the data after the pass that fits the scaler.
     random_state : int, default=0
         Seed of the shuffling within chunks and of SGD.
+    class_weight : {None, "balanced"}, default=None
+        Weights of each row's loss by its class (scikit-learn's definition, counted on
+        all the rows streamed, in the pass that fits the scaler), handed to SGD as the
+        per-class weights its ``partial_fit`` takes.
 
     Attributes
     ----------
@@ -47,14 +52,17 @@ class StreamingSGDClassifier(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     """
 
-    def __init__(self, alpha: float = 1e-4, epochs: int = 5, random_state: int = 0) -> None:
+    def __init__(self, alpha: float = 1e-4, epochs: int = 5, random_state: int = 0,
+                 class_weight: str | None = None) -> None:
         self.alpha = alpha
         self.epochs = epochs
         self.random_state = random_state
+        self.class_weight = class_weight
 
-    def _new_sgd(self, alpha: float) -> SGDClassifier:
+    def _new_sgd(self, alpha: float, class_weights: dict | None = None) -> SGDClassifier:
+        # partial_fit refuses "balanced" (it sees one chunk): the weights come counted
         return SGDClassifier(loss="log_loss", alpha=alpha, learning_rate="optimal",
-                             random_state=self.random_state)
+                             random_state=self.random_state, class_weight=class_weights)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> StreamingSGDClassifier:
         X, y = np.asarray(X), np.asarray(y)
@@ -63,8 +71,13 @@ class StreamingSGDClassifier(ClassifierMixin, BaseEstimator):
     def fit_chunks(self, chunks: ChunkSource, classes: np.ndarray) -> StreamingSGDClassifier:
         """Fit from a chunk source (a callable returning a fresh iterable of ``(X, y)``)."""
         self.classes_ = np.asarray(classes)
-        self.scaler_ = fit_scaler(chunks)
-        self.sgd_ = self._new_sgd(self.alpha)
+        self.scaler_ = StandardScaler()
+        counts = np.zeros(len(self.classes_), dtype=np.int64)
+        for X, y in chunks():
+            self.scaler_.partial_fit(X)
+            counts += np.bincount(np.searchsorted(self.classes_, y), minlength=len(counts))
+        self.sgd_ = self._new_sgd(self.alpha, class_weight_dict(self.classes_, counts,
+                                                                self.class_weight))
         rng = np.random.default_rng(self.random_state)
         for _ in range(self.epochs):
             for X, y in chunks():
@@ -93,6 +106,17 @@ def array_chunks(X: np.ndarray, y: np.ndarray, rows: int = 1024) -> Iterator:
         yield X[start:start + rows], y[start:start + rows]
 
 
+def class_weight_dict(classes: np.ndarray, counts: np.ndarray, class_weight: str | None
+                      ) -> dict | None:
+    """``{class: weight}`` under ``class_weight`` for classes of ``counts`` rows each."""
+    if class_weight is None:
+        return None
+    index = np.repeat(np.arange(len(classes)), counts)
+    per_class = np.zeros(len(classes))
+    per_class[index] = row_weights(index, len(classes), class_weight)
+    return {c: float(w) for c, w in zip(classes.tolist(), per_class, strict=True)}
+
+
 def fit_scaler(chunks: ChunkSource) -> StandardScaler:
     """Feature means and variances over one pass of ``chunks``."""
     scaler = StandardScaler()
@@ -103,7 +127,7 @@ def fit_scaler(chunks: ChunkSource) -> StandardScaler:
 
 def search_sgd(chunks: ChunkSource, y: np.ndarray, grid: Sequence[float], *, cv: int,
                random_state: int, epochs: int, repeats: int = 1, rule: str = "log_loss",
-               scale_margins: bool = False) -> SearchResult:
+               scale_margins: bool = False, class_weight: str | None = None) -> SearchResult:
     """Cross-validate ``alpha`` for :class:`StreamingSGDClassifier` in a few passes over the data.
 
     Every (alpha, fold) model is updated from the same chunk as it streams by, so
@@ -136,6 +160,11 @@ def search_sgd(chunks: ChunkSource, y: np.ndarray, grid: Sequence[float], *, cv:
     rule : {"log_loss", "log_loss_1se", "accuracy"}
     scale_margins : bool, default=False
         Also fit a Platt scale of the margins for each value (``margin_scale``).
+    class_weight : {None, "balanced"}, default=None
+        Each fold's models weigh their training rows by class, counted on that fold's
+        training rows, and the held-out scores weigh the held-out rows the same way,
+        counted on the held-out fold (with ``"balanced"`` the held-out accuracy is then
+        the balanced accuracy).
 
     Returns
     -------
@@ -151,7 +180,17 @@ def search_sgd(chunks: ChunkSource, y: np.ndarray, grid: Sequence[float], *, cv:
         fold_of[s // cv, held_out] = s % cv
     scaler = fit_scaler(chunks)
     template = StreamingSGDClassifier(random_state=random_state)
-    models = {(a, s): template._new_sgd(grid[a])
+    y_all = np.searchsorted(classes, y)
+
+    def weights_of(rows):
+        return class_weight_dict(classes, np.bincount(y_all[rows], minlength=len(classes)),
+                                 class_weight)
+
+    train_weights = [weights_of(train) for train, _ in splits]
+    # per split, the weight of each class of its held-out rows (ones without class weights)
+    test_weights = [np.ones(len(classes)) if class_weight is None
+                    else np.array(list(weights_of(test).values())) for _, test in splits]
+    models = {(a, s): template._new_sgd(grid[a], train_weights[s])
               for a in range(len(grid)) for s in range(len(splits))}
     rng = np.random.default_rng(random_state)
     for _ in range(epochs):
@@ -180,14 +219,15 @@ def search_sgd(chunks: ChunkSource, y: np.ndarray, grid: Sequence[float], *, cv:
             if not held.any():
                 continue
             truth = y_index[held]
+            weight = test_weights[s][truth]
             proba = model.predict_proba(Xs[held])
-            correct[a, s] += np.sum(proba.argmax(axis=1) == truth)
-            neg_log[a, s] += -np.sum(np.log(np.clip(
+            correct[a, s] += np.sum(weight * (proba.argmax(axis=1) == truth))
+            neg_log[a, s] += -np.sum(weight * np.log(np.clip(
                 proba[np.arange(len(truth)), truth], EPS, 1.0)))
             if scale_losses is not None:
                 scale_losses[a].add(margin_columns(model.decision_function(Xs[held])),
-                                    truth, s)
-    total = np.array([len(te) for _, te in splits], dtype=float)
+                                    truth, s, weight)
+    total = np.array([test_weights[s][y_all[te]].sum() for s, (_, te) in enumerate(splits)])
     accuracy, log_loss = correct / total, neg_log / total
     scales = scaled = None
     if scale_losses is not None:

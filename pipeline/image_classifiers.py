@@ -136,6 +136,9 @@ def public_info(info: dict, path: Path) -> dict:
         out["metrics"] = {k: v for k, v in out["metrics"].items()
                           if k in ("accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci",
                                    "rank1", "rank5", "rank5_ci", "n_samples", "scores",
-                                   "log_loss", "ece")}
+                                   "log_loss", "ece", "balanced_accuracy",
+                                   "balanced_accuracy_ci")}
+    if "class_weight" in (info.get("settings") or {}):
+        out["class_weight"] = info["settings"]["class_weight"]
     out["model"] = path.name
     return out

@@ -342,7 +342,9 @@ def _chart(rows: list[dict[str, Any]]) -> str:
 
 
 _TABLE_COLUMNS = (("model", "model"), ("stage", "stage"), ("test_images", "test images"),
-                  ("test_accuracy", "accuracy [95 % CI]"), ("resplit", "re-splits"),
+                  ("test_accuracy", "accuracy [95 % CI]"),
+                  ("balanced_accuracy", "balanced accuracy [95 % CI]"),
+                  ("resplit", "re-splits"),
                   ("macro_f1", "macro-F1"), ("rank5", "rank-5"), ("log_loss", "log-loss"),
                   ("ece", "ECE"), ("vs_best_p", "p vs best"),
                   ("images_per_second", "images/s"), ("chosen", "chosen"),
@@ -350,6 +352,9 @@ _TABLE_COLUMNS = (("model", "model"), ("stage", "stage"), ("test_images", "test 
 _TABLE_TITLES = {
     "resplit": "test accuracy over the seeded re-splits of --repeats: mean ± standard "
                "deviation (number of re-splits)",
+    "balanced_accuracy": "mean recall of the classes: every class counts the same however "
+                         "many test images it has (95 % interval: bootstrap over the test "
+                         "images; – in reports written before it)",
     "images_per_second": "images classified per second from the image files: the "
                          "extraction rate and the classifier's together (– where not recorded)",
 }
@@ -379,9 +384,11 @@ def _comparison_table(rows: list[dict[str, Any]]) -> str:
                              f'<span class="ci">(n={value[2]})</span></td>')
             elif key == "images_per_second" and value is not None:
                 cells.append(f'<td class="num">{_e(f"{value:,.0f}")}</td>')
-            elif key == "test_accuracy":
+            elif key in ("test_accuracy", "balanced_accuracy"):
+                ci = row.get("accuracy_ci" if key == "test_accuracy" else
+                             "balanced_accuracy_ci")
                 cells.append(f'<td class="num">{_num(value)} '
-                             f'<span class="ci">{_ci(row.get("accuracy_ci"))}</span></td>')
+                             f'<span class="ci">{_ci(ci)}</span></td>')
             elif key == "vs_best_p":
                 star = " *" if value is not None and value < 0.05 else ""
                 cells.append(f'<td class="num">{"–" if value is None else f"{value:.2g}"}'
@@ -538,7 +545,9 @@ def _model_section(report: dict[str, Any], row: dict[str, Any], *, open_: bool) 
              f"chosen {_e(row.get('chosen', '–'))}",
              f"{test.get('n_samples', '?')} test images",
              f"accuracy {_num(test.get('accuracy'))} {_ci(test.get('accuracy_ci'))}",
-             f"macro-F1 {_num(test.get('macro_f1'))} {_ci(test.get('macro_f1_ci'))}"]
+             f"macro-F1 {_num(test.get('macro_f1'))} {_ci(test.get('macro_f1_ci'))}",
+             f"balanced accuracy {_num(test.get('balanced_accuracy'))} "
+             f"{_ci(test.get('balanced_accuracy_ci'))}".rstrip()]
     if test.get("ece") is not None:
         facts.append(f"log-loss {_num(test.get('log_loss'))}, ECE {_num(test.get('ece'))}")
     plots = []

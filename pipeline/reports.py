@@ -26,7 +26,8 @@ from pipeline.datasets import source_dataset_name
 REPORT_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 COMPARE_COLUMNS = ("model", "stage", "backbone", "classifier", "test_images", "test_accuracy",
-                   "accuracy_95ci", "resplit_accuracy", "macro_f1", "rank5", "log_loss", "ece",
+                   "accuracy_95ci", "balanced_accuracy", "balanced_accuracy_95ci",
+                   "resplit_accuracy", "macro_f1", "rank5", "log_loss", "ece",
                    "vs_best_p", "vs_best", "chosen", "fit_seconds", "images_per_second",
                    "extraction_per_second", "predictions_per_second", "size_mb")
 # Two models whose McNemar p-value is at least this are "not significantly worse" apart.
@@ -213,14 +214,18 @@ def write_report(directory: str | os.PathLike, evaluation: Evaluation, info: dic
         f"# {info.get('model', directory.name)}",
         "",
         f"- stage: {info.get('stage', '')}; backbone: {info.get('backbone', '')}; "
-        f"classifier: {info.get('classifier', '')}",
+        f"classifier: {info.get('classifier', '')}"
+        + (f"; class weight: {info['class_weight']}" if info.get("class_weight") else ""),
         f"- test images: {evaluation.n_samples}",
         f"- test accuracy: {evaluation.accuracy:.4f} {_ci(evaluation.accuracy_ci)}; "
         f"macro-F1: {evaluation.macro_f1:.4f} {_ci(evaluation.macro_f1_ci)}; "
         f"rank-1: {evaluation.rank1:.4f}; rank-5: {format_value(evaluation.rank5)} "
         f"{_ci(evaluation.rank5_ci)}".rstrip(),
+        f"- balanced accuracy (mean per-class recall): "
+        f"{format_value(evaluation.balanced_accuracy)} "
+        f"{_ci(evaluation.balanced_accuracy_ci)}".rstrip(),
         "  (95 % intervals: Wilson for accuracy and rank-5, bootstrap over test images "
-        "for macro-F1)",
+        "for macro-F1 and balanced accuracy)",
         f"- scores: {evaluation.scores}"
         + (f"; log-loss {evaluation.log_loss:.4f}; expected calibration error "
            f"{evaluation.ece:.4f} (15 equal-width bins)" if evaluation.ece is not None
@@ -418,6 +423,10 @@ def comparison_row(report: dict[str, Any]) -> dict[str, Any]:
         "test_accuracy": test.get("accuracy"),
         "accuracy_95ci": _ci(test.get("accuracy_ci")),
         "accuracy_ci": test.get("accuracy_ci"),
+        # None in reports written before balanced accuracy: shown as missing
+        "balanced_accuracy": test.get("balanced_accuracy"),
+        "balanced_accuracy_95ci": _ci(test.get("balanced_accuracy_ci")),
+        "balanced_accuracy_ci": test.get("balanced_accuracy_ci"),
         "resplit_accuracy": (f"{report['repeats']['accuracy_mean']:.4f} ± "
                              f"{report['repeats']['accuracy_std']:.4f} "
                              f"(n={report['repeats']['n']})") if report.get("repeats") else "",

@@ -229,6 +229,8 @@ def test_help_lists_the_registries_choices():
     (["train", "s.h5", "--engine", "spark"], "unknown engine 'spark'; choose one of: local, "
      "ray"),
     (["train", "s.h5", "--classifier", "knn"], "unknown classifier 'knn'; choose one of: "),
+    (["train", "s.h5", "--class-weight", "even"], "unknown class weight 'even'; choose one "
+     "of: balanced"),
     (["datasets", "fetch", "mnist"], "unknown dataset 'mnist'; choose one of: digits, "),
 ])
 def test_a_wrong_choice_is_one_line_before_any_work(tmp_path, argv, line):

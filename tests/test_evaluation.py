@@ -158,3 +158,32 @@ def test_temperature_stays_finite_on_a_perfectly_classified_validation_split():
     assert t > 0.5
     top = apply_temperature(confident, t).max(axis=1)
     assert np.all(top <= 9 / 10 + 0.02)  # Platt's target for 8 images a class: 9 / 10
+
+
+def test_balanced_accuracy_hand_worked():
+    from classifiers.statistics import balanced_accuracy
+
+    # confusion (rows true, columns predicted):  a: [8, 2]  b: [1, 1]
+    # recall a = 8 / 10 = 0.8, recall b = 1 / 2 = 0.5 -> balanced accuracy (0.8 + 0.5) / 2
+    # = 0.65, while plain accuracy is (8 + 1) / 12 = 0.75
+    y = np.array([0] * 10 + [1] * 2)
+    p = np.array([0] * 8 + [1] * 2 + [0, 1])
+    assert balanced_accuracy(y, p) == 0.65
+    ev = evaluate_predictions(y, np.eye(2)[p], np.arange(2), ["a", "b"])
+    assert ev.balanced_accuracy == 0.65 and ev.accuracy == 0.75
+
+
+def test_balanced_accuracy_interval_covers_it_and_shrinks_with_more_images():
+    rng = np.random.default_rng(2)
+
+    def evaluated(n_per_class):
+        y = np.repeat([0, 1, 2], [n_per_class * 4, n_per_class, n_per_class])
+        scores = rng.random((len(y), 3))
+        scores[np.arange(len(y)), y] += 0.45
+        return evaluate_predictions(y, scores, np.arange(3), list("abc"))
+
+    small, large = evaluated(20), evaluated(200)
+    for ev in (small, large):
+        lo, hi = ev.balanced_accuracy_ci
+        assert lo < ev.balanced_accuracy < hi
+    assert np.diff(large.balanced_accuracy_ci) < np.diff(small.balanced_accuracy_ci)

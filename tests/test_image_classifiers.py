@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -45,3 +47,15 @@ def test_every_entry_point_gives_the_same_scores_for_the_same_images(model_and_i
             assert [label for label, _ in theirs["top"]] == [label for label, _ in mine["top"]]
             np.testing.assert_allclose([s for _, s in theirs["top"]],
                                        [s for _, s in mine["top"]], atol=1e-6, err_msg=name)
+
+
+def test_public_info_shows_balanced_accuracy_and_the_class_weight():
+    from pipeline.image_classifiers import public_info
+
+    info = public_info({"settings": {"class_weight": "balanced", "cv": 3},
+                        "metrics": {"accuracy": 0.9, "balanced_accuracy": 0.8,
+                                    "balanced_accuracy_ci": [0.7, 0.9], "per_class": {}}},
+                       Path("m.joblib"))
+    assert info["metrics"] == {"accuracy": 0.9, "balanced_accuracy": 0.8,
+                               "balanced_accuracy_ci": [0.7, 0.9]}
+    assert info["class_weight"] == "balanced" and "settings" not in info

@@ -298,3 +298,21 @@ def test_page_shows_resplits_speed_and_which_model_to_keep(tmp_path):
                              "significantly worse than the best, pets__vgg16__logreg")
     assert "2.5x faster" in advice
     assert '<dt>recommended</dt><dd>lite0 · logreg (<a href="#recommended">why</a>)' in page
+
+
+def test_balanced_accuracy_beside_accuracy_and_missing_in_old_reports(reports):
+    page = _page(reports)
+    test = json.loads((reports / "pets__vgg16__logreg" / "metrics.json").read_text())["test"]
+    lo, hi = test["balanced_accuracy_ci"]
+    assert "balanced accuracy [95 % CI]" in page
+    assert f'{test["balanced_accuracy"]:.3f} <span class="ci">[{lo:.3f}, {hi:.3f}]</span>' in page
+    assert f"balanced accuracy {test['balanced_accuracy']:.3f} [{lo:.3f}, {hi:.3f}]" in page
+    # a report written before balanced accuracy: its cell says so, the page still renders
+    for name in ("pets__vgg16__logreg", "pets__vgg16__sgd", "pets__vgg16__finetune_vgg16"):
+        path = reports / name / "metrics.json"
+        payload = json.loads(path.read_text())
+        del payload["test"]["balanced_accuracy"], payload["test"]["balanced_accuracy_ci"]
+        path.write_text(json.dumps(payload))
+    page = _page(reports)
+    assert "balanced accuracy [95 % CI]" not in page  # no model has one: no empty column
+    assert "balanced accuracy –" in page

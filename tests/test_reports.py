@@ -5,7 +5,13 @@ import numpy as np
 from PIL import Image
 
 from classifiers.evaluation import evaluate_predictions
-from pipeline.reports import collect_reports, comparison_row, write_comparison, write_report
+from pipeline.reports import (
+    collect_reports,
+    comparison_row,
+    read_report,
+    write_comparison,
+    write_report,
+)
 
 
 def _evaluation():
@@ -138,3 +144,33 @@ def test_a_tie_at_the_top_goes_to_the_faster_model(tmp_path):
     assert recommend(rows)["text"].startswith("Recommended: d__b__logreg (79 images/s), the "
                                               "best test accuracy; no model that is not "
                                               "significantly worse is faster.")
+
+
+def test_balanced_accuracy_in_metrics_summary_and_comparison(tmp_path):
+    ev = _evaluation()  # recalls cat 1, dog 1, fox 1/2: balanced accuracy 5/6
+    d = write_report(tmp_path / "m", ev, {"model": "m", "store_name": "s"})
+    test = json.loads((d / "metrics.json").read_text())["test"]
+    assert test["balanced_accuracy"] == 5 / 6
+    lo, hi = test["balanced_accuracy_ci"]
+    assert lo <= 5 / 6 <= hi
+    assert f"mean per-class recall): 0.8333 [{lo:.4f}, {hi:.4f}]" in (d / "summary.md").read_text()
+    md, csv_path = write_comparison([comparison_row(read_report(d))], tmp_path)
+    row = next(csv.DictReader(csv_path.open()))
+    assert float(row["balanced_accuracy"]) == 5 / 6
+    assert row["balanced_accuracy_95ci"] == f"[{lo:.4f}, {hi:.4f}]"
+    assert "balanced_accuracy" in md.read_text().splitlines()[0]
+
+
+def test_reports_written_before_balanced_accuracy_still_compare(tmp_path):
+    d = write_report(tmp_path / "old", _evaluation(), {"model": "old", "store_name": "s"})
+    payload = json.loads((d / "metrics.json").read_text())
+    for key in ("balanced_accuracy", "balanced_accuracy_ci"):
+        del payload["test"][key]
+    (d / "metrics.json").write_text(json.dumps(payload))
+    row = comparison_row(read_report(d))
+    assert row["balanced_accuracy"] is None and row["balanced_accuracy_95ci"] == ""
+    md, csv_path = write_comparison([row], tmp_path)
+    assert next(csv.DictReader(csv_path.open()))["balanced_accuracy"] == ""
+    header, _, cells = md.read_text().splitlines()[:3]
+    column = header.split(" | ").index("balanced_accuracy")
+    assert cells.split(" | ")[column] == "-"  # the table's mark of a missing value

@@ -316,6 +316,8 @@ def test_model_info_says_how_sure_its_accuracy_is(client):
     lo, hi = metrics["accuracy_ci"]
     assert lo <= metrics["accuracy"] <= hi
     assert metrics["scores"] == "probability" and metrics["ece"] is not None
+    lo, hi = metrics["balanced_accuracy_ci"]
+    assert lo <= metrics["balanced_accuracy"] <= hi
 
 
 def _multipart(files, boundary="XX"):

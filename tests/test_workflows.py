@@ -85,6 +85,28 @@ def test_a_refusal_names_each_differing_setting_with_both_values(store):
         train_store(store_path, classifier="logreg", cv=2)
 
 
+def test_class_weight_is_a_model_setting_and_old_sidecars_count_as_unweighted(store):
+    store_path, _ = store
+    plain = train_store(store_path, classifier="logreg", cv=2)[0]
+    # sidecars written before class weights existed do not record them: all rows weighed one
+    sidecar = plain.model_path.with_suffix(".json")
+    old = json.loads(sidecar.read_text())
+    del old["settings"]["class_weight"]
+    sidecar.write_text(json.dumps(old))
+    assert train_store(store_path, classifier="logreg", cv=2)[0].up_to_date
+    saved = _saved_files(plain.model_path)
+    with pytest.raises(UserInputError, match="class weight: balanced here, none in the saved"):
+        train_store(store_path, classifier="logreg", cv=2, class_weight="balanced")
+    assert _saved_files(plain.model_path) == saved
+    weighted = train_store(store_path, classifier="logreg", cv=2, class_weight="balanced",
+                           overwrite=True)[0]
+    assert weighted.report["class_weight"] == "balanced"
+    assert "class weight: balanced" in (weighted.report_dir / "summary.md").read_text()
+    assert json.loads(sidecar.read_text())["settings"]["class_weight"] == "balanced"
+    with pytest.raises(UserInputError, match="--class-weight 'even' is not known"):
+        train_store(store_path, classifier="logreg", cv=2, class_weight="even")
+
+
 def test_repeats_only_change_the_report_so_reruns_need_no_overwrite(store):
     store_path, _ = store
     plain = train_store(store_path, classifier="logreg", cv=2)[0]

@@ -45,6 +45,7 @@ def print_files(out: Console, what: str, items: list[tuple[str, str]], more: str
 # p for a single model) are left out, so the table fits an 80-column terminal.
 # Every column (macro-F1, log-loss, speed, size...) is in the comparison's markdown and CSV.
 _TERMINAL_COLUMNS = (("model", "model"), ("test_accuracy", "accuracy, 95% CI"),
+                     ("balanced_accuracy", "balanced acc., 95% CI"),
                      ("resplit_accuracy", "re-splits"), ("rank5", "rank-5"), ("ece", "ECE"),
                      ("vs_best_p", "p vs best"), ("images_per_second", "images/s"),
                      ("chosen", "chosen"))
@@ -85,8 +86,9 @@ def print_rows(rows: list[dict], title: str) -> None:
             value = row.get(key)
             if value is None or value == "":
                 cells.append("-")
-            elif key == "test_accuracy":
-                ci = row.get("accuracy_ci")
+            elif key in ("test_accuracy", "balanced_accuracy"):
+                ci = row.get("accuracy_ci" if key == "test_accuracy" else
+                             "balanced_accuracy_ci")
                 cells.append(f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
             elif key in ("macro_f1", "rank5", "log_loss", "ece"):
                 cells.append(f"{value:.3f}")

@@ -29,6 +29,12 @@ def _classifiers() -> list[str]:
     return [*CLASSIFIERS.names(), "all"]
 
 
+def _class_weights() -> tuple[str, ...]:
+    from classifiers.solvers import CLASS_WEIGHTS  # scikit-learn: only when the option is given
+
+    return CLASS_WEIGHTS
+
+
 def _parse_grid(grid: str | None) -> list[float] | None:
     if grid is None:
         return None
@@ -60,6 +66,10 @@ def train(
         min=0, help="Also test on N seeded re-splits of the train+test rows (mean ± std).")]
     = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing models.")] = False,
+    class_weight: Annotated[str | None, typer.Option(
+        parser=RegistryChoice("class weight", _class_weights), metavar="[balanced]",
+        help="'balanced': weigh each class's images by n / (classes x its count), in the "
+             "search and the fit, for imbalanced classes \\[default: all alike].")] = None,
     engine: EngineOption = "local",
     address: AddressOption = None,
 ) -> None:
@@ -70,7 +80,7 @@ def train(
     with err_console.status("training...") as status:
         outcomes = train_store(
             store, classifier=classifier, cv=cv, grid=_parse_grid(grid), jobs=jobs, seed=seed,
-            repeats=repeats, overwrite=overwrite,
+            repeats=repeats, overwrite=overwrite, class_weight=class_weight,
             log=lambda line: (status.update(line), console.print(line)), engine=engine,
             address=address,
         )

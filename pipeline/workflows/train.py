@@ -15,6 +15,7 @@ from classifiers.evaluation import evaluate_predictions
 from classifiers.persistence import load_classifier, read_sidecar, save_classifier, sidecar_path
 from classifiers.registry import resolve_classifier_names
 from classifiers.search import check_folds
+from classifiers.solvers import CLASS_WEIGHTS
 from features.errors import UserInputError
 from features.store import FeatureStore
 from pipeline.config import classifiers_dir, reports_dir
@@ -77,7 +78,10 @@ def _refuse_unknown_classes(known: list[str], store, rows) -> None:
 # setting (``repeats``) only changes the report: a rerun that changes it rewrites the report
 # from the saved model instead of refitting it or asking for --overwrite.
 _MODEL_SETTINGS = {"kind": "classifier", "cv": "cv", "grid": "grid", "seed": "seed",
+                   "class_weight": "class weight",
                    "store_settings_key": "features (store settings key)"}
+# What a setting was before sidecars recorded it: models saved then weighed every row alike.
+_UNRECORDED_DEFAULTS = {"class_weight": None}
 
 
 def _setting_text(key: str, value) -> str:
@@ -92,7 +96,9 @@ def _model_settings_differences(saved: dict, wanted: dict) -> list[str]:
     """``"cv: 3 here, 2 in the saved model"`` for each model setting that differs.
 
     Sidecars written before the split also hold ``repeats``: it is not compared.
+    Settings added since (:data:`_UNRECORDED_DEFAULTS`) count as what they were then.
     """
+    saved = _UNRECORDED_DEFAULTS | saved
     return [f"{label}: {_setting_text(key, wanted[key])} here, "
             f"{_setting_text(key, saved[key]) if key in saved else 'unrecorded'} "
             "in the saved model"
@@ -146,7 +152,8 @@ def _fit_and_save(store, store_path: Path, model_path: Path, report_dir: Path, s
     say(f"{name}: searching {'alpha' if kind == 'sgd' else 'C'} with {cv}-fold CV "
         f"on {store.split_counts()['train']} training images")
     model = FeatureClassifier(kind=kind, grid=settings["grid"], cv=cv,
-                              random_state=settings["seed"], n_jobs=jobs)
+                              random_state=settings["seed"], n_jobs=jobs,
+                              class_weight=settings["class_weight"])
     model.fit_store(store, "train", progress=lambda done, total: say(
         f"{name}: cross-validation fold {done}/{total} done"), loaded=loaded,
         fold_runner=fold_runner)
@@ -170,7 +177,8 @@ def _write_train_report(model, evaluation, store, store_path: Path, model_path: 
         "dataset": source_dataset_name(attrs.get("source"), store_name),
         "backbone": attrs.get("backbone"),
         "layer": attrs.get("layer"), "pooling": attrs.get("pooling"),
-        "classifier": model.kind, "chosen": model.best_params_,
+        "classifier": model.kind, "class_weight": model.class_weight,
+        "chosen": model.best_params_,
         "cv": model.search_.to_dict(), "fit_seconds": model.fit_seconds_,
         "rowspace_shortcut": model.used_rowspace_,
         "solver_space": getattr(model, "solver_space_", None),  # sgd has none
@@ -207,6 +215,7 @@ def train_store(
     seed: int = 0,
     repeats: int = 0,
     overwrite: bool = False,
+    class_weight: str | None = None,
     log: Callable[[str], None] | None = None,
     engine: str = "local",
     address: str | None = None,
@@ -239,6 +248,10 @@ def train_store(
         The saved model is always the one of the recorded split.
     overwrite : bool, default=False
         Retrain even when a model with these settings exists, replacing it.
+    class_weight : {None, "balanced"}, default=None
+        Weights of the training rows by class, in the search's folds and the final fit
+        (:class:`classifiers.FeatureClassifier`): a model setting, so a rerun with
+        another value is refused unless ``overwrite``.
     log : callable, optional
         Receives one line per step.
     engine, address : str
@@ -260,6 +273,10 @@ def train_store(
     say = log or (lambda line: None)
     if repeats < 0:
         raise UserInputError(f"--repeats must be 0 or more, got {repeats}")
+    if class_weight not in (None, *CLASS_WEIGHTS):
+        raise UserInputError(f"--class-weight {class_weight!r} is not known; use "
+                             f"{' or '.join(CLASS_WEIGHTS)}, or leave it out (every image "
+                             "weighs the same)")
     names = resolve_classifier_names(classifier)
     store_path = Path(store_path)
     outcomes = []
@@ -272,6 +289,7 @@ def train_store(
             model_path = classifiers_dir() / f"{name}.joblib"
             report_dir = reports_dir() / name
             settings = {"kind": kind, "cv": cv, "grid": grid, "seed": seed,
+                        "class_weight": class_weight,
                         "store_settings_key": store.attrs.get("settings_key")}
             todo, report = _saved_model_state(model_path, report_dir, settings, repeats,
                                               overwrite)
