@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from classifiers.novelty import DEFAULT_COVERAGE
 from features.errors import UserInputError
 from features.networks import import_tensorflow_quietly
 from pipeline.cli.errors import user_errors
@@ -59,6 +60,10 @@ def train(
     repeats: Annotated[int, typer.Option(
         min=0, help="Also test on N seeded re-splits of the train+test rows (mean ± std).")]
     = 0,
+    coverage: Annotated[float, typer.Option(
+        help="Share of new images of the trained classes accepted as known; the others "
+             "are predicted 'unknown' (threshold fitted on held-out folds of the train "
+             "split).")] = DEFAULT_COVERAGE,
     overwrite: Annotated[bool, typer.Option(help="Replace existing models.")] = False,
     engine: EngineOption = "local",
     address: AddressOption = None,
@@ -70,7 +75,7 @@ def train(
     with err_console.status("training...") as status:
         outcomes = train_store(
             store, classifier=classifier, cv=cv, grid=_parse_grid(grid), jobs=jobs, seed=seed,
-            repeats=repeats, overwrite=overwrite,
+            repeats=repeats, coverage=coverage, overwrite=overwrite,
             log=lambda line: (status.update(line), console.print(line)), engine=engine,
             address=address,
         )

@@ -31,7 +31,10 @@ def predict(
     out: Annotated[Path | None, typer.Option(
         help="Write one CSV row per image here (streamed; <out>.partial until done) "
              "instead of printing a table. Columns path, label, score, score_kind, top, "
-             "error; top is a JSON list of \\[label, score] pairs.", rich_help_panel=OUTPUT)]
+             "unknown, unknown_score, error; top is a JSON list of \\[label, score] pairs; "
+             "unknown is true for an image unlike every trained class (label still names "
+             "the best class), empty for models saved without the score.",
+        rich_help_panel=OUTPUT)]
     = None,
     top: Annotated[int, typer.Option(help="How many classes to keep per image.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
@@ -73,16 +76,24 @@ def predict(
     table.add_column("image", no_wrap=True)
     table.add_column("label")
     table.add_column(kind, justify="right")
+    has_unknown = any("unknown" in r for r in results)
+    if has_unknown:
+        table.add_column("unknown")
     if top > 1:
         table.add_column(f"top {top}")
     for r in results:
         if "error" in r:
-            row = [r["path"], "[red]unreadable[/]", "-", r["error"]]
+            row = [r["path"], "[red]unreadable[/]", "-", *(["-"] * has_unknown), r["error"]]
         else:
-            row = [r["path"], r["label"], f"{r['score']:.3f}",
+            flag = ["[yellow]yes[/]" if r["unknown"] else "no"] if has_unknown else []
+            row = [r["path"], r["label"], f"{r['score']:.3f}", *flag,
                    ", ".join(f"{lbl} {s:.3f}" for lbl, s in r["top"])]
-        table.add_row(*row[: 4 if top > 1 else 3])
+        table.add_row(*(row if top > 1 else row[:-1]))
     print_table(console, table)
+    if results and not has_unknown and any("label" in r for r in results):
+        err_console.print(f"{model.name} has no unknown score (saved before it existed, or "
+                          "an sgd or stage 3 model): images of no trained class get the "
+                          "nearest class; train it again to flag them", highlight=False)
     failed = [r for r in results if "error" in r]
     if failed:
         err_console.print(f"[yellow]{len(failed)} of {len(results)} image(s) could not be read[/]")

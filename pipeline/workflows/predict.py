@@ -53,7 +53,16 @@ class PredictionReport:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
-PREDICTION_COLUMNS = ("path", "label", "score", "score_kind", "top", "error")
+PREDICTION_COLUMNS = ("path", "label", "score", "score_kind", "top", "unknown",
+                      "unknown_score", "error")
+
+
+def unknown_cells(result: dict) -> list[str]:
+    """The ``unknown`` and ``unknown_score`` cells of a classified image: ``true``/``false``
+    and the score, or empty for a model without the score (saved before it existed)."""
+    if "unknown" not in result:
+        return ["", ""]
+    return ["true" if result["unknown"] else "false", f"{result['unknown_score']:.6g}"]
 
 
 def top_cell(top: list[tuple[str, float]]) -> str:
@@ -73,8 +82,9 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
                       address: str | None = None) -> PredictionReport:
     """Classify a folder, a CSV of paths or files, writing one CSV row per image as it goes.
 
-    Rows (``path, label, score, score_kind, top, error``; ``score_kind`` is
-    ``probability`` or ``margin``; ``top`` as in :func:`top_cell`)
+    Rows (``path, label, score, score_kind, top, unknown, unknown_score, error``;
+    ``score_kind`` is ``probability`` or ``margin``; ``top`` as in :func:`top_cell`;
+    ``unknown`` ``true`` for an image of no trained class, as :func:`unknown_cells`)
     are written in input order to ``<out>.partial``, which is renamed to ``out`` only
     when every image is done: a file at ``out`` is always complete.
     Memory stays bounded by a few batches, whatever the number of images. ``runtime``
@@ -111,10 +121,11 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
             for n, r in enumerate(results, start=1):
                 if "error" in r:
                     errors.append((r["path"], r["error"]))
-                    writer.writerow([r["path"], "", "", "", "", r["error"]])
+                    writer.writerow([r["path"], "", "", "", "", "", "", r["error"]])
                 else:
                     writer.writerow([r["path"], r["label"], f"{r['score']:.6g}",
-                                     r["score_kind"], top_cell(r["top"]), ""])
+                                     r["score_kind"], top_cell(r["top"]), *unknown_cells(r),
+                                     ""])
                 if progress and (n % batch_size == 0 or n == len(paths)):
                     f.flush()
                     progress(n, len(paths))
