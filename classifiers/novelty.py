@@ -77,7 +77,8 @@ class FeatureDistance:
         dim = X.shape[1]
         mean_variance = float(variances.sum()) / dim
         shrinkage = _ledoit_wolf_shrinkage(deviations, gram)
-        rank = max(1, min(rank, len(variances) - 1, dim - 1))
+        # at least one direction stays outside the axes, where new images vary unseen
+        rank = max(0, min(rank, len(variances), dim - 1))
         # the sample's variance outside the axes, shrunk toward the mean variance as
         # Ledoit-Wolf shrinks the whole covariance: with fewer rows than features the
         # sample has no variance at all in most directions, new images do
