@@ -574,7 +574,8 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
                 calibration_paths=getattr(self, "calibration_paths_", None))
         return cache[runtime]
 
-    def image_scorer(self, runtime: str | None = None) -> ImageScorer:
+    def image_scorer(self, runtime: str | None = None, coverage: float | None = None
+                     ) -> ImageScorer:
         """This model as scores of image pixels: backbone, then :meth:`class_scores`.
 
         What :meth:`predict_images`, ``tlearn predict``, ``tlearn serve`` and the
@@ -585,9 +586,17 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         runtime : {"tensorflow", "openvino"}, optional
             What runs the backbone (:func:`features.runtimes.resolve_runtime` for the
             features' precision by default).
+        coverage : float, optional
+            Accept about this share of images of the trained classes instead of the
+            coverage the threshold was fitted for (from the held-out scores).
         """
-        extractor = self.feature_extractor(runtime)
         unknown: UnknownScore | None = self.__dict__.get("unknown_")
+        if coverage is not None and unknown is None:
+            raise UserInputError("this model has no unknown score (saved before it existed, "
+                                 "or sgd): train it again to choose a coverage")
+        threshold = None if unknown is None else (
+            unknown.threshold if coverage is None else unknown.threshold_for(coverage))
+        extractor = self.feature_extractor(runtime)
 
         def scores(images: np.ndarray) -> np.ndarray:
             features = extractor(images)
@@ -598,8 +607,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
 
         return ImageScorer(extractor.spec.input_size, scores, list(self.label_names_),
                            _has_predict_proba(self), extractor.spec.runtime,
-                           extractor.spec.precision,
-                           None if unknown is None else unknown.threshold)
+                           extractor.spec.precision, threshold)
 
     def predict_images(self, paths: Sequence[str], top: int = 1) -> list[dict]:
         """Classify image files (through :meth:`image_scorer`, as ``tlearn predict`` does).

@@ -24,9 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from features.errors import UserInputError
+
 DEFAULT_COVERAGE = 0.95
 DEFAULT_RANK = 128
 DEFAULT_SAMPLE = 2048
+QUANTILES = 1001
 #: What :func:`pipeline.reports` and ``predict`` call the score.
 SCORE_NAME = "mahalanobis"
 
@@ -160,6 +163,9 @@ class UnknownScore:
         The share of held-out training rows the threshold accepts (its target).
     held_out_coverage : float
         The share of held-out training rows it does accept.
+    held_out_quantiles : array (QUANTILES,)
+        The held-out scores at evenly spaced levels from 0 to 1: the threshold of
+        another coverage (:meth:`threshold_for`) without the training rows.
     name : str
     """
 
@@ -167,7 +173,16 @@ class UnknownScore:
     threshold: float
     coverage: float
     held_out_coverage: float
+    held_out_quantiles: np.ndarray
     name: str = SCORE_NAME
+
+    def threshold_for(self, coverage: float) -> float:
+        """The threshold accepting about ``coverage`` of held-out training rows."""
+        if not 0 < coverage < 1:
+            raise UserInputError(f"--coverage must be between 0 and 1 (the share of known "
+                                 f"images accepted, e.g. 0.95), got {coverage}")
+        levels = np.linspace(0.0, 1.0, len(self.held_out_quantiles))
+        return float(np.interp(coverage, levels, self.held_out_quantiles))
 
     def score(self, X: np.ndarray) -> np.ndarray:
         return self.distance.score(X)
@@ -199,4 +214,5 @@ def fit_unknown_score(X: np.ndarray, y: np.ndarray,
             held_out[test[start:start + 4096]] = distance.score(X[test[start:start + 4096]])
     threshold = float(np.quantile(held_out, coverage, method="higher"))
     return UnknownScore(FeatureDistance.fit(X, y, rank=rank, seed=seed), threshold,
-                        coverage, float(np.mean(held_out <= threshold)))
+                        coverage, float(np.mean(held_out <= threshold)),
+                        np.quantile(held_out, np.linspace(0.0, 1.0, QUANTILES)))

@@ -107,8 +107,8 @@ def load_model_file(model_path: str | os.PathLike):
     return load_classifier(path)
 
 
-def load_image_classifier(model_path: str | os.PathLike, *, runtime: str | None = None
-                          ) -> ImageClassifier:
+def load_image_classifier(model_path: str | os.PathLike, *, runtime: str | None = None,
+                          coverage: float | None = None) -> ImageClassifier:
     """Load a saved model of either stage, ready to classify images (backbone built now).
 
     The scores are the model's own ``image_scorer(runtime)``, what its
@@ -122,6 +122,9 @@ def load_image_classifier(model_path: str | os.PathLike, *, runtime: str | None 
         What runs the network (:func:`features.runtimes.resolve_runtime` for the
         model's precision by default). A classifier trained on int8 features runs its
         backbone in OpenVINO int8, with the very network its features came from.
+    coverage : float, optional
+        The share of images of the trained classes to accept as known, instead of the
+        one the model's "unknown" threshold was fitted for (stage 2 models only).
 
     Raises
     ------
@@ -133,7 +136,13 @@ def load_image_classifier(model_path: str | os.PathLike, *, runtime: str | None 
 
     path = Path(model_path)
     model = load_model_file(path)
-    scorer = model.image_scorer(runtime)
+    if coverage is None:
+        scorer = model.image_scorer(runtime)
+    elif isinstance(model, KerasImageClassifier):
+        raise UserInputError(f"{path.name} is a stage 3 model, which has no unknown score: "
+                             "leave --coverage out")
+    else:
+        scorer = model.image_scorer(runtime, coverage=coverage)
     sidecar = model.info if isinstance(model, KerasImageClassifier) else read_sidecar(path)
     info = public_info(sidecar, path) | {"runtime": scorer.runtime,
                                          "precision": scorer.precision}

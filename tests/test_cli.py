@@ -644,3 +644,6 @@ def test_predict_with_a_model_saved_before_the_unknown_score_says_so(tmp_path):
 
     row = next(csv.DictReader(out.open()))
     assert row["unknown"] == "" and row["unknown_score"] == "" and row["label"]
+    refused = runner.invoke(app, ["predict", str(old), str(image), "--coverage", "0.9"])
+    assert refused.exit_code != 0 and "has no unknown score" in refused.output
+    assert "Traceback" not in refused.output

@@ -45,6 +45,12 @@ def test_strangers_are_flagged_and_known_rows_accepted_at_about_the_coverage():
     strict = FeatureClassifier(coverage=0.99).fit(*gaussian_classes(np.random.default_rng(0),
                                                                     200))
     assert strict.unknown_.threshold > model.unknown_.threshold
+    # another coverage at prediction time, from the held-out scores the model keeps
+    assert model.unknown_.threshold_for(0.9) == pytest.approx(model.unknown_.threshold,
+                                                              rel=0.05)
+    assert model.unknown_.threshold_for(0.5) < model.unknown_.threshold
+    with pytest.raises(UserInputError, match="--coverage must be between 0 and 1"):
+        model.unknown_.threshold_for(1.5)
 
 
 @pytest.mark.parametrize("coverage", [0, 1, 1.5, -0.2])

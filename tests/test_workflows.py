@@ -515,3 +515,7 @@ def test_predict_flags_images_of_no_trained_class(tmp_path, store):
     assert [r["unknown"] for r in rows[:len(odd)]] == ["true"] * len(odd)
     assert rows[-1]["unknown"] in {"true", "false"}
     assert all(float(r["unknown_score"]) > unknown["threshold"] for r in rows[:len(odd)])
+    # --coverage at predict: a lower one flags more of the known images
+    loose = predict_files(outcome.model_path, known, coverage=0.99)
+    strict = predict_files(outcome.model_path, known, coverage=0.3)
+    assert sum(r["unknown"] for r in strict) > sum(r["unknown"] for r in loose)

@@ -46,6 +46,9 @@ def predict(
     runtime: RuntimeOption = None,
     engine: EngineOption = "local",
     address: AddressOption = None,
+    coverage: Annotated[float | None, typer.Option(
+        help="Accept this share of images of the trained classes as known (the others "
+             "'unknown') instead of the coverage the model was trained for.")] = None,
 ) -> None:
     """Classify images with a saved model; unreadable files are reported, not fatal."""
     from pipeline.workflows import predict_files, write_predictions  # h5py
@@ -55,7 +58,8 @@ def predict(
         with progress_bar(f"predict {model.name}", console=err_console) as progress:
             report = write_predictions(model, images, out, top=top, batch_size=batch_size,
                                        workers=workers, overwrite=overwrite, progress=progress,
-                                       runtime=runtime, engine=engine, address=address)
+                                       runtime=runtime, engine=engine, address=address,
+                                       coverage=coverage)
         # Rows of unreadable files hold only an error: they are not classified images.
         skipped = (f", skipped {len(report.errors)} unreadable (their rows hold the error)"
                    if report.errors else "")
@@ -67,7 +71,8 @@ def predict(
             print_files(err_console, what, items, f"see {report.out}")
         return
     results = predict_files(model, images, top=top, batch_size=batch_size, workers=workers,
-                            runtime=runtime, engine=engine, address=address)
+                            runtime=runtime, engine=engine, address=address,
+                            coverage=coverage)
     if as_json:
         console.print_json(json.dumps(results))
         return

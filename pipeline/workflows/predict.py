@@ -20,18 +20,20 @@ from pipeline.image_classifiers import load_image_classifier
 def predict_files(model_path: str | Path, images: list[str | Path], *, top: int = 1,
                   batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 2,
                   runtime: str | None = None, engine: str = "local",
-                  address: str | None = None) -> list[dict]:
+                  address: str | None = None, coverage: float | None = None) -> list[dict]:
     """Classify images with a saved model; unreadable files get an ``error`` entry.
 
     ``images`` is a folder, a CSV of paths, or image files (see
     :func:`pipeline.datasets.images_to_predict`). Files are streamed through the
     model a batch at a time; the results come back in input order. ``runtime`` runs
     the network (see :func:`pipeline.image_classifiers.load_image_classifier`);
-    ``engine`` and ``address`` where the images are scored (as :func:`write_predictions`).
+    ``engine`` and ``address`` where the images are scored (as :func:`write_predictions`);
+    ``coverage`` another share of known images to accept than the model's threshold's
+    (:func:`pipeline.image_classifiers.load_image_classifier`).
     """
     _check_predict_args(top, batch_size)
     paths, _ = images_to_predict(list(images))
-    model = load_image_classifier(model_path, runtime=runtime)
+    model = load_image_classifier(model_path, runtime=runtime, coverage=coverage)
     with open_engine(engine, address) as chosen:
         return list(model.iter_predictions(
             paths, top=top, batch_size=batch_size, workers=workers,
@@ -79,7 +81,8 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
                       top: int = 1, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 2,
                       overwrite: bool = False, progress: ProgressCallback | None = None,
                       runtime: str | None = None, engine: str = "local",
-                      address: str | None = None) -> PredictionReport:
+                      address: str | None = None, coverage: float | None = None
+                      ) -> PredictionReport:
     """Classify a folder, a CSV of paths or files, writing one CSV row per image as it goes.
 
     Rows (``path, label, score, score_kind, top, unknown, unknown_score, error``;
@@ -91,6 +94,7 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
     runs the network, as in :func:`predict_files`. With ``engine="ray"`` the images are
     decoded and scored on the cluster at ``address`` (each worker loads the model once;
     it and the images must be at the same paths there), and this process writes the CSV.
+    ``coverage`` as in :func:`predict_files`.
 
     Raises
     ------
@@ -107,7 +111,7 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
     if out.suffix.lower() != ".csv":
         raise UserInputError(f"--out {out} must name a .csv file")
     paths, ignored = images_to_predict(list(images))
-    model = load_image_classifier(model_path, runtime=runtime)
+    model = load_image_classifier(model_path, runtime=runtime, coverage=coverage)
     errors: list[tuple[str, str]] = []
     t0 = time.perf_counter()
     score_batches = None
