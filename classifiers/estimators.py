@@ -28,6 +28,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from classifiers.novelty import DEFAULT_COVERAGE, UnknownScore, fit_unknown_score
 from classifiers.platt import PlattScaledClassifier
 from classifiers.registry import ClassifierConfig, get_classifier_config
 from classifiers.rowspace import CentredRows, RowSpaceBasis, lift_estimator
@@ -168,6 +169,10 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         each fit (each cross-validation fold, then all rows). The search then scores
         the held-out rows with the same weights (held-out accuracy becomes balanced
         accuracy), and the Platt scales are fitted with them.
+    coverage : float, default=0.95
+        Share of new images of the trained classes the "unknown" threshold should accept
+        (:mod:`classifiers.novelty`): fitted on the search's held-out folds of the
+        training rows, never on test rows. Families fitted in memory only.
 
     Attributes
     ----------
@@ -202,6 +207,10 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     n_iter_ : int
         Iterations of the final fit (of the last step of its warm-started path;
         epochs for ``sgd``).
+    unknown_ : classifiers.novelty.UnknownScore or None
+        How unlike the training rows a row is, and the threshold above which it is
+        "unknown" (:meth:`unknown_scores`); None for ``sgd`` (streamed) and for models
+        saved before it existed.
     fit_seconds_ : float
     n_features_in_ : int
     """
@@ -212,7 +221,8 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
                  epochs: int = 5, solver_space: str = "auto",
                  feature_spec: dict | None = None,
                  label_names: Sequence[str] | None = None, n_repeats: int = 1,
-                 class_weight: str | None = None) -> None:
+                 class_weight: str | None = None,
+                 coverage: float = DEFAULT_COVERAGE) -> None:
         self.kind = kind
         self.grid = grid
         self.cv = cv
@@ -225,6 +235,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.label_names = label_names
         self.n_repeats = n_repeats
         self.class_weight = class_weight
+        self.coverage = coverage
 
     # fitting --------------------------------------------------------------------------------
     _parameter_constraints: ClassVar[dict] = {
@@ -241,6 +252,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         "label_names": [None, "array-like"],
         "n_repeats": [Interval(numbers.Integral, 1, None, closed="left")],
         "class_weight": [None, StrOptions(set(CLASS_WEIGHTS))],
+        "coverage": [Interval(numbers.Real, 0, 1, closed="neither")],
     }
 
     def _checked_params(self) -> tuple[ClassifierConfig, list[float]]:
@@ -343,6 +355,10 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
                        fold_runner: FoldRunner | None = None) -> None:
         space = self._solver_space(config, X)
         splits = stratified_folds(y, self.cv, seed, self.n_repeats)
+        # on the features and the search's own first k-fold split, before the rows
+        # are laid out again: the threshold sees held-out training rows only
+        self.unknown_ = fit_unknown_score(X, y, splits[:self.cv], coverage=self.coverage,
+                                          seed=seed)
         basis, data, y_fit = None, X, y
         if space != "features":
             # tlearn's own copy of the rows, laid out so that every held-out fold of the
@@ -384,6 +400,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
 
     def _fit_out_of_core(self, config: ClassifierConfig, chunks: ChunkSource, y: np.ndarray,
                          grid: list[float], seed: int) -> None:
+        self.unknown_ = None  # the rows are streamed, never held: no statistics of them
         self.used_rowspace_ = False
         self.solver_space_ = "features"
         self.converged_ = True  # SGD runs a fixed number of epochs
@@ -527,6 +544,22 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         scores = self.decision_function(X)
         return np.column_stack([-scores, scores]) if scores.ndim == 1 else scores
 
+    def unknown_scores(self, X: np.ndarray) -> np.ndarray | None:
+        """How unlike the training rows each row of features is (higher: less like them).
+
+        Rows above ``unknown_.threshold`` are "unknown" (:meth:`predict_unknown`). None
+        for a model without the score (``sgd``, or saved before it existed).
+        """
+        X = self._validate_features(X)
+        score = self.__dict__.get("unknown_")
+        return None if score is None else score.score(X)
+
+    def predict_unknown(self, X: np.ndarray) -> np.ndarray | None:
+        """True for rows of no trained class (score above the threshold); None as
+        :meth:`unknown_scores`."""
+        scores = self.unknown_scores(X)
+        return None if scores is None else self.unknown_.is_unknown(scores)
+
     # images ---------------------------------------------------------------------------------
     def feature_extractor(self, runtime: str | None = None):
         """The backbone that makes this model's features, run by ``runtime``.
@@ -551,7 +584,8 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
                 calibration_paths=getattr(self, "calibration_paths_", None))
         return cache[runtime]
 
-    def image_scorer(self, runtime: str | None = None) -> ImageScorer:
+    def image_scorer(self, runtime: str | None = None, coverage: float | None = None
+                     ) -> ImageScorer:
         """This model as scores of image pixels: backbone, then :meth:`class_scores`.
 
         What :meth:`predict_images`, ``tlearn predict``, ``tlearn serve`` and the
@@ -562,15 +596,28 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         runtime : {"tensorflow", "openvino"}, optional
             What runs the backbone (:func:`features.runtimes.resolve_runtime` for the
             features' precision by default).
+        coverage : float, optional
+            Accept about this share of images of the trained classes instead of the
+            coverage the threshold was fitted for (from the held-out scores).
         """
+        unknown: UnknownScore | None = self.__dict__.get("unknown_")
+        if coverage is not None and unknown is None:
+            raise UserInputError("this model has no unknown score (saved before it existed, "
+                                 "or sgd): train it again to choose a coverage")
+        threshold = None if unknown is None else (
+            unknown.threshold if coverage is None else unknown.threshold_for(coverage))
         extractor = self.feature_extractor(runtime)
 
         def scores(images: np.ndarray) -> np.ndarray:
-            return self.class_scores(extractor(images))
+            features = extractor(images)
+            if unknown is None:
+                return self.class_scores(features)
+            return np.column_stack([self.class_scores(features),
+                                    self.unknown_scores(features)])
 
         return ImageScorer(extractor.spec.input_size, scores, list(self.label_names_),
                            _has_predict_proba(self), extractor.spec.runtime,
-                           extractor.spec.precision)
+                           extractor.spec.precision, threshold)
 
     def predict_images(self, paths: Sequence[str], top: int = 1) -> list[dict]:
         """Classify image files (through :meth:`image_scorer`, as ``tlearn predict`` does).
@@ -580,7 +627,9 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         list of dict
             One per path, in order: ``{"path", "label", "score", "top": [(label, score)...]}``
             with labels from ``label_names_``, or ``{"path", "error"}`` for a file that
-            could not be read. Scores are probabilities.
+            could not be read. Scores are probabilities. With the unknown score
+            (:attr:`unknown_`) also ``"unknown"`` (True for an image of no trained class;
+            ``label`` still names the best class) and ``"unknown_score"``.
         """
         return self.image_scorer().classify_files(paths, top)
 
@@ -598,4 +647,6 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             state["solver_space"] = {True: "rowspace", False: "features"}.get(old, "auto")
         state.setdefault("n_repeats", 1)  # the search had a single k-fold split then
         state.setdefault("class_weight", None)  # every row weighed the same then
+        state.setdefault("coverage", DEFAULT_COVERAGE)
+        state.setdefault("unknown_", None)  # saved before the unknown score existed
         super().__setstate__(state)

@@ -51,6 +51,10 @@ class ImageScorer:
         What runs the network (``"tensorflow"``, ``"openvino"``).
     precision : str
         The precision the network computes in (``"float32"``, ``"bfloat16"``, ``"int8"``).
+    unknown_threshold : float or None
+        Set when the model scores how unlike its training images an image is: then
+        ``class_scores`` has one column more, last, that score, and images scoring above
+        the threshold are "unknown" (:func:`image_verdict`). None for models without it.
     """
 
     input_size: int
@@ -59,13 +63,15 @@ class ImageScorer:
     scores_are_probabilities: bool
     runtime: str
     precision: str
+    unknown_threshold: float | None = None
 
     def classify_files(self, paths: Sequence[str | os.PathLike], top: int = 1, *,
                        batch_size: int = 32, workers: int = 2) -> list[dict]:
         """All results of :func:`iter_image_predictions` for ``paths``, in their order."""
         return list(iter_image_predictions(paths, self.input_size, self.class_scores,
                                            self.label_names, top, batch_size=batch_size,
-                                           workers=workers))
+                                           workers=workers,
+                                           unknown_threshold=self.unknown_threshold))
 
 
 def rank_scores(scores: np.ndarray, label_names: Sequence[str], top: int
@@ -75,10 +81,25 @@ def rank_scores(scores: np.ndarray, label_names: Sequence[str], top: int
     return [(label_names[j], float(scores[j])) for j in order]
 
 
+def image_verdict(scores: np.ndarray, label_names: Sequence[str], top: int,
+                  unknown_threshold: float | None = None) -> dict:
+    """``{"label", "score", "top"}`` of one row of scores, with ``"unknown"`` and
+    ``"unknown_score"`` when the row ends with the unknown score (``unknown_threshold``
+    set, see :class:`ImageScorer`); ``label`` still names the best class."""
+    n = len(label_names)
+    ranked = rank_scores(scores[:n], label_names, top)
+    verdict = {"label": ranked[0][0], "score": ranked[0][1], "top": ranked}
+    if unknown_threshold is not None:
+        verdict["unknown"] = bool(scores[n] > unknown_threshold)
+        verdict["unknown_score"] = float(scores[n])
+    return verdict
+
+
 def iter_image_predictions(paths: Sequence[str | os.PathLike], input_size: int,
                            class_scores: ClassScores, label_names: Sequence[str], top: int = 1,
                            *, batch_size: int = 32, workers: int = 2,
-                           score_batches: ScoreBatches | None = None) -> Iterator[dict]:
+                           score_batches: ScoreBatches | None = None,
+                           unknown_threshold: float | None = None) -> Iterator[dict]:
     """Classify image files one batch at a time, yielding one result per path, in order.
 
     Decoding runs ``workers`` threads ahead of the model (as in extraction), so at most
@@ -102,12 +123,16 @@ def iter_image_predictions(paths: Sequence[str | os.PathLike], input_size: int,
     score_batches : callable, optional
         Where the scores are computed (:data:`ScoreBatches`); by default here, with
         ``class_scores``, decoding ``workers`` threads ahead.
+    unknown_threshold : float, optional
+        The scores end with the unknown score, and this is its threshold
+        (:class:`ImageScorer`).
 
     Yields
     ------
     dict
         ``{"path", "label", "score", "top": [(label, score)...]}``, or
-        ``{"path", "error"}`` for a file that could not be read.
+        ``{"path", "error"}`` for a file that could not be read; with
+        ``unknown_threshold``, also ``"unknown"`` and ``"unknown_score"``.
     """
     names = [str(p) for p in paths]
     batch_size = max(1, batch_size)
@@ -124,9 +149,9 @@ def iter_image_predictions(paths: Sequence[str | os.PathLike], input_size: int,
         if batch.good:
             scores = np.asarray(batch.values)
             for row, i in enumerate(batch.good):
-                ranked = rank_scores(scores[row], label_names, top)
-                entries[i] = {"path": names[batch.begin + i], "label": ranked[0][0],
-                              "score": ranked[0][1], "top": ranked}
+                entries[i] = {"path": names[batch.begin + i],
+                              **image_verdict(scores[row], label_names, top,
+                                              unknown_threshold)}
         yield from entries
 
 

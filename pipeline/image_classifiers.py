@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from features.errors import UserInputError
-from features.prediction import ScoreBatches, iter_image_predictions
+from features.prediction import ScoreBatches, image_verdict, iter_image_predictions
 
 
 @dataclass
@@ -36,6 +36,9 @@ class ImageClassifier:
         False where scores are decision values (``linear_svm``).
     info : dict
         What the model's sidecar says about it (public fields only).
+    unknown_threshold : float or None
+        As :class:`features.prediction.ImageScorer`: set when :meth:`scores` ends with
+        the unknown score.
     """
 
     name: str
@@ -44,16 +47,26 @@ class ImageClassifier:
     scores_are_probabilities: bool
     info: dict[str, Any]
     _scores: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    unknown_threshold: float | None = None
+
+    def scores(self, images: np.ndarray) -> np.ndarray:
+        """Scores (n, classes), then the unknown score when the model has one, of RGB
+        uint8 images of shape (n, size, size, 3): what serving and engines pass along."""
+        return np.asarray(self._scores(images))
 
     def class_scores(self, images: np.ndarray) -> np.ndarray:
         """Scores (n, classes) of RGB uint8 images of shape (n, size, size, 3)."""
-        return np.asarray(self._scores(images))
+        return self.scores(images)[:, :len(self.label_names)]
+
+    def verdict(self, scores: np.ndarray, top: int) -> dict:
+        """Label, score, top (and unknown) of one row of :meth:`scores`."""
+        return image_verdict(scores, self.label_names, top, self.unknown_threshold)
 
     def warm_up(self, max_batch: int) -> None:
         """Compile the network for every batch size it will see (powers of two)."""
         size = 1
         while True:
-            self.class_scores(np.zeros((size, self.input_size, self.input_size, 3), np.uint8))
+            self.scores(np.zeros((size, self.input_size, self.input_size, 3), np.uint8))
             if size >= max_batch:
                 break
             size = min(max_batch, size * 2)
@@ -67,9 +80,10 @@ class ImageClassifier:
         :func:`features.prediction.iter_image_predictions`); here by default.
         """
         kind = self.score_kind
-        for result in iter_image_predictions(paths, self.input_size, self.class_scores,
+        for result in iter_image_predictions(paths, self.input_size, self.scores,
                                              self.label_names, top, batch_size=batch_size,
-                                             workers=workers, score_batches=score_batches):
+                                             workers=workers, score_batches=score_batches,
+                                             unknown_threshold=self.unknown_threshold):
             yield result if "error" in result else {**result, "score_kind": kind}
 
     @property
@@ -93,8 +107,8 @@ def load_model_file(model_path: str | os.PathLike):
     return load_classifier(path)
 
 
-def load_image_classifier(model_path: str | os.PathLike, *, runtime: str | None = None
-                          ) -> ImageClassifier:
+def load_image_classifier(model_path: str | os.PathLike, *, runtime: str | None = None,
+                          coverage: float | None = None) -> ImageClassifier:
     """Load a saved model of either stage, ready to classify images (backbone built now).
 
     The scores are the model's own ``image_scorer(runtime)``, what its
@@ -108,6 +122,9 @@ def load_image_classifier(model_path: str | os.PathLike, *, runtime: str | None 
         What runs the network (:func:`features.runtimes.resolve_runtime` for the
         model's precision by default). A classifier trained on int8 features runs its
         backbone in OpenVINO int8, with the very network its features came from.
+    coverage : float, optional
+        The share of images of the trained classes to accept as known, instead of the
+        one the model's "unknown" threshold was fitted for (stage 2 models only).
 
     Raises
     ------
@@ -119,12 +136,19 @@ def load_image_classifier(model_path: str | os.PathLike, *, runtime: str | None 
 
     path = Path(model_path)
     model = load_model_file(path)
-    scorer = model.image_scorer(runtime)
+    if coverage is None:
+        scorer = model.image_scorer(runtime)
+    elif isinstance(model, KerasImageClassifier):
+        raise UserInputError(f"{path.name} is a stage 3 model, which has no unknown score: "
+                             "leave --coverage out")
+    else:
+        scorer = model.image_scorer(runtime, coverage=coverage)
     sidecar = model.info if isinstance(model, KerasImageClassifier) else read_sidecar(path)
     info = public_info(sidecar, path) | {"runtime": scorer.runtime,
                                          "precision": scorer.precision}
     return ImageClassifier(path.stem, scorer.input_size, scorer.label_names,
-                           scorer.scores_are_probabilities, info, scorer.class_scores)
+                           scorer.scores_are_probabilities, info, scorer.class_scores,
+                           scorer.unknown_threshold)
 
 
 def public_info(info: dict, path: Path) -> dict:

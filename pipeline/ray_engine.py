@@ -105,7 +105,8 @@ def classifier_work(model_path: str, runtime: str | None, max_pixels: int) -> Ba
     from pipeline.image_classifiers import load_image_classifier
 
     model = load_image_classifier(model_path, runtime=runtime)
-    return BatchWork(model.input_size, raw_pixels, model.class_scores, len(model.label_names),
+    columns = len(model.label_names) + (model.unknown_threshold is not None)
+    return BatchWork(model.input_size, raw_pixels, model.scores, columns,
                      max_pixels)
 
 

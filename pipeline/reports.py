@@ -243,6 +243,15 @@ def write_report(directory: str | os.PathLike, evaluation: Evaluation, info: dic
         r = evaluation.per_class[name]
         lines.append(f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | "
                      f"{r['f1-score']:.3f} | {int(r['support'])} |")
+    unknown = info.get("unknown")
+    if unknown:
+        accepted = format_value(unknown.get("test_accepted"), 3)
+        lines += ["", f"Unknown images: a {unknown['score']} distance to the training "
+                  f"features (rank {unknown['rank']}) above {unknown['threshold']:.4g} "
+                  f"predicts 'unknown'; the threshold, fitted on held-out folds of the train "
+                  f"split for {unknown['coverage']:.0%} coverage, accepts "
+                  f"{unknown['held_out_coverage']:.3f} of those and {accepted} of the test "
+                  "images."]
     calibration = info.get("calibration")
     if calibration:
         lines += ["", f"Calibration: {calibration['note']}."]

@@ -42,7 +42,6 @@ from starlette.requests import ClientDisconnect
 
 from features.errors import UserInputError
 from features.images import ImageDecodeError, decode_image
-from features.prediction import rank_scores
 from pipeline.image_classifiers import ImageClassifier, load_image_classifier
 from pipeline.templates import read_template
 
@@ -125,7 +124,7 @@ class MicroBatcher:
                 self._take_more(jobs, len(jobs[0][0]))
             n = sum(len(j[0]) for j in jobs)
             try:
-                scores = self.model.class_scores(np.concatenate([j[0] for j in jobs]))
+                scores = self.model.scores(np.concatenate([j[0] for j in jobs]))
                 start = 0
                 for images, future in jobs:
                     future.set_result(scores[start:start + len(images)])
@@ -562,11 +561,10 @@ def create_app(model: ImageClassifier, limits: ServeLimits | None = None, *,
         elapsed_ms = 1000 * (time.perf_counter() - t0)
         results = []
         for (index, _), row in zip(decoded, scores, strict=True):
-            ranked = rank_scores(row, model.label_names, top)
+            verdict = model.verdict(row, top)
             results.append({
-                "index": index, "filename": names[index], "label": ranked[0][0],
-                "score": ranked[0][1],
-                "top": [{"label": label, "score": score} for label, score in ranked]})
+                "index": index, "filename": names[index], **verdict,
+                "top": [{"label": label, "score": score} for label, score in verdict["top"]]})
         return JSONResponse({"results": results, "errors": errors, "ms": elapsed_ms,
                              "scores": "probability" if model.scores_are_probabilities
                              else "decision"})

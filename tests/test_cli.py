@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -275,6 +276,10 @@ def test_train_compare_predict_evaluate(trained):
                                "--json"])
     assert pred.exit_code == 0
     assert json.loads(pred.output)[0]["label"] == "cat"
+    assert isinstance(json.loads(pred.output)[0]["unknown"], bool)
+    table = runner.invoke(app, ["predict", str(model), str(data / "cat" / "cat_000.jpg")])
+    assert table.exit_code == 0 and "unknown" in table.output
+    assert "no unknown score" not in table.output
     ev = runner.invoke(app, ["evaluate", str(model), str(store)])
     assert ev.exit_code == 0 and "summary.md" in ev.output
 
@@ -627,3 +632,20 @@ def test_outputs_on_a_read_only_or_full_disk_are_one_line(tmp_path, trained, tmp
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error:") and "No space left on device" in last
     assert [p for p in (full / "classifiers").iterdir()] == []
+
+
+def test_predict_with_a_model_saved_before_the_unknown_score_says_so(tmp_path):
+    old = Path(__file__).parent / "fixtures" / "models_v0" / "store__logreg.joblib"
+    image = make_image_folder(tmp_path / "data", per_class=1) / "cat" / "cat_000.jpg"
+    result = runner.invoke(app, ["predict", str(old), str(image)])
+    assert result.exit_code == 0, result.output
+    assert "has no unknown score" in result.output and "cat_000" in result.output
+    out = tmp_path / "p.csv"
+    assert runner.invoke(app, ["predict", str(old), str(image), "--out", str(out)]).exit_code == 0
+    import csv
+
+    row = next(csv.DictReader(out.open()))
+    assert row["unknown"] == "" and row["unknown_score"] == "" and row["label"]
+    refused = runner.invoke(app, ["predict", str(old), str(image), "--coverage", "0.9"])
+    assert refused.exit_code != 0 and "has no unknown score" in refused.output
+    assert "Traceback" not in refused.output

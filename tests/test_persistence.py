@@ -125,12 +125,14 @@ def test_models_saved_before_the_restructuring_load_and_predict(tmp_path, kind):
     paths = [str(root / row["image"]) for row in expected[kind]]
     for row, got in zip(expected[kind], model.predict_images(paths, top=2), strict=True):
         assert got["label"] == row["label"]
+        assert "unknown" not in got  # saved before the unknown score: none made up
         assert [label for label, _ in got["top"]] == [label for label, _ in row["top"]]
         np.testing.assert_allclose([s for _, s in got["top"]], [s for _, s in row["top"]],
                                    atol=1e-3)
     X = np.random.default_rng(0).normal(size=(3, 1280)).astype("float32")
     np.testing.assert_allclose(model.predict_proba(X),
                                expected[f"{kind}_features"]["predict_proba_seed0"], atol=1e-4)
+    assert model.unknown_scores(X) is None and model.predict_unknown(X) is None
 
 
 def test_a_file_that_is_no_model_is_named_for_what_it_is(tmp_path):

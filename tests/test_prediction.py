@@ -40,3 +40,24 @@ def test_predictions_keep_order_and_repeated_broken_paths(tmp_path, broken_files
                                       top=2))
     assert [r.get("error") for r in out] == ["truncated image", None, "truncated image"]
     assert out[1]["label"] == "b" and out[1]["top"] == [("b", 0.8), ("a", 0.2)]
+
+
+def test_a_last_unknown_column_flags_images_and_keeps_the_best_label(tmp_path):
+    from features.prediction import ImageScorer
+
+    paths = [write_image(tmp_path / f"img_{i}.png", (100 * i, 0, 0), (12, 9)) for i in range(3)]
+
+    def scores(images):
+        red = images[:, 0, 0, 0].astype(np.float32)
+        # two class columns, then how unlike the training images each one is: the red one
+        return np.column_stack([red, 255 - red, red / 100])
+
+    scorer = ImageScorer(8, scores, ["red", "dark"], True, "tensorflow", "float32", 1.5)
+    results = scorer.classify_files(paths, top=2)
+    assert [r["unknown"] for r in results] == [False, False, True]
+    assert [r["label"] for r in results] == ["dark", "dark", "red"]
+    assert all(len(r["top"]) == 2 for r in results)  # the unknown score is no class
+    np.testing.assert_allclose([r["unknown_score"] for r in results], [0, 1, 2], atol=0.1)
+    plain = ImageScorer(8, lambda images: scores(images)[:, :2], ["red", "dark"], True,
+                        "tensorflow", "float32")
+    assert all("unknown" not in r for r in plain.classify_files(paths))

@@ -75,6 +75,11 @@ def test_predict_several_images(client, model_path):
     assert len(results[0]["top"]) == 2
     assert abs(sum(t["score"] for t in results[0]["top"]) - 1) < 1e-5
     assert response.json()["ms"] > 0
+    assert all(isinstance(r["unknown"], bool) and r["unknown_score"] >= 0 for r in results)
+    # white noise of no trained colour: flagged, and still given its best class
+    odd = client.post("/predict", files=[("files", ("w.png", _png((255, 255, 255)),
+                                                    "image/png"))]).json()["results"][0]
+    assert odd["unknown"] is True and odd["label"] in {"cat", "dog"}
 
 
 @pytest.mark.parametrize("payload,status,needle", [

@@ -508,3 +508,36 @@ def test_extract_settings_from_flat_options_route_each_to_its_object(tmp_path):
     assert settings.network == NetworkSettings("vgg16", mirror=True) and settings.seed == 3
     with pytest.raises(TypeError, match="mirrored"):
         ExtractSettings.from_options({"data": tmp_path, "mirrored": True})
+
+
+def test_predict_flags_images_of_no_trained_class(tmp_path, store):
+    import csv
+
+    from pipeline.workflows import write_predictions
+    from tests.conftest import write_image
+
+    store_path, data = store
+    outcome = train_store(store_path, classifier="logreg", cv=2)[0]
+    unknown = outcome.report["unknown"]
+    assert unknown["coverage"] == 0.95 and unknown["threshold"] > 0
+    assert "Unknown images: a mahalanobis distance" in (outcome.report_dir
+                                                        / "summary.md").read_text()
+    # white, black, grey, yellow, magenta: no trained colour (red, green, blue)
+    odd = [write_image(tmp_path / "odd" / f"odd_{i}.png", colour, seed=99 + i)
+           for i, colour in enumerate([(255, 255, 255), (0, 0, 0), (128, 128, 128),
+                                       (255, 255, 0), (255, 0, 255)])]
+    known = sorted(data.rglob("*.*"))
+    results = predict_files(outcome.model_path, [*odd, *known])
+    assert all(r["unknown"] for r in results[:len(odd)])
+    assert all(r["label"] in {"red", "green", "blue"} for r in results)  # still the best class
+    assert np.mean([not r["unknown"] for r in results[len(odd):]]) >= 0.6
+    out = tmp_path / "pred.csv"
+    write_predictions(outcome.model_path, [*odd, known[0]], out)
+    rows = list(csv.DictReader(out.open()))
+    assert [r["unknown"] for r in rows[:len(odd)]] == ["true"] * len(odd)
+    assert rows[-1]["unknown"] in {"true", "false"}
+    assert all(float(r["unknown_score"]) > unknown["threshold"] for r in rows[:len(odd)])
+    # --coverage at predict: a lower one flags more of the known images
+    loose = predict_files(outcome.model_path, known, coverage=0.99)
+    strict = predict_files(outcome.model_path, known, coverage=0.3)
+    assert sum(r["unknown"] for r in strict) > sum(r["unknown"] for r in loose)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from classifiers.novelty import DEFAULT_COVERAGE
 from features.errors import UserInputError
 from features.networks import import_tensorflow_quietly
 from pipeline.cli.errors import user_errors
@@ -65,6 +66,10 @@ def train(
     repeats: Annotated[int, typer.Option(
         min=0, help="Also test on N seeded re-splits of the train+test rows (mean ± std).")]
     = 0,
+    coverage: Annotated[float, typer.Option(
+        help="Share of new images of the trained classes accepted as known; the others "
+             "are predicted 'unknown' (threshold fitted on held-out folds of the train "
+             "split).")] = DEFAULT_COVERAGE,
     overwrite: Annotated[bool, typer.Option(help="Replace existing models.")] = False,
     class_weight: Annotated[str | None, typer.Option(
         parser=RegistryChoice("class weight", _class_weights), metavar="[balanced]",
@@ -81,6 +86,7 @@ def train(
         outcomes = train_store(
             store, classifier=classifier, cv=cv, grid=_parse_grid(grid), jobs=jobs, seed=seed,
             repeats=repeats, overwrite=overwrite, class_weight=class_weight,
+            coverage=coverage,
             log=lambda line: (status.update(line), console.print(line)), engine=engine,
             address=address,
         )

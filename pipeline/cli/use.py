@@ -30,7 +30,10 @@ def predict(
     out: Annotated[Path | None, typer.Option(
         help="Write one CSV row per image here (streamed; <out>.partial until done) "
              "instead of printing a table. Columns path, label, score, score_kind, top, "
-             "error; top is a JSON list of \\[label, score] pairs.", rich_help_panel=OUTPUT)]
+             "unknown, unknown_score, error; top is a JSON list of \\[label, score] pairs; "
+             "unknown is true for an image unlike every trained class (label still names "
+             "the best class), empty for models saved without the score.",
+        rich_help_panel=OUTPUT)]
     = None,
     top: Annotated[int, typer.Option(help="How many classes to keep per image.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
@@ -42,6 +45,9 @@ def predict(
     runtime: RuntimeOption = None,
     engine: EngineOption = "local",
     address: AddressOption = None,
+    coverage: Annotated[float | None, typer.Option(
+        help="Accept this share of images of the trained classes as known (the others "
+             "'unknown') instead of the coverage the model was trained for.")] = None,
 ) -> None:
     """Classify images with a saved model; unreadable files are reported, not fatal."""
     from pipeline.workflows import predict_files, write_predictions  # h5py
@@ -51,7 +57,8 @@ def predict(
         with progress_bar(f"predict {model.name}", console=err_console) as progress:
             report = write_predictions(model, images, out, top=top, batch_size=batch_size,
                                        workers=workers, overwrite=overwrite, progress=progress,
-                                       runtime=runtime, engine=engine, address=address)
+                                       runtime=runtime, engine=engine, address=address,
+                                       coverage=coverage)
         # Rows of unreadable files hold only an error: they are not classified images.
         skipped = (f", skipped {len(report.errors)} unreadable (their rows hold the error)"
                    if report.errors else "")
@@ -63,7 +70,8 @@ def predict(
             print_files(err_console, what, items, f"see {report.out}")
         return
     results = predict_files(model, images, top=top, batch_size=batch_size, workers=workers,
-                            runtime=runtime, engine=engine, address=address)
+                            runtime=runtime, engine=engine, address=address,
+                            coverage=coverage)
     if as_json:
         console.print_json(json.dumps(results))
         return
@@ -72,16 +80,24 @@ def predict(
     table.add_column("image", no_wrap=True)
     table.add_column("label")
     table.add_column(kind, justify="right")
+    has_unknown = any("unknown" in r for r in results)
+    if has_unknown:
+        table.add_column("unknown")
     if top > 1:
         table.add_column(f"top {top}")
     for r in results:
         if "error" in r:
-            row = [r["path"], "[red]unreadable[/]", "-", r["error"]]
+            row = [r["path"], "[red]unreadable[/]", "-", *(["-"] * has_unknown), r["error"]]
         else:
-            row = [r["path"], r["label"], f"{r['score']:.3f}",
+            flag = ["[yellow]yes[/]" if r["unknown"] else "no"] if has_unknown else []
+            row = [r["path"], r["label"], f"{r['score']:.3f}", *flag,
                    ", ".join(f"{lbl} {s:.3f}" for lbl, s in r["top"])]
-        table.add_row(*row[: 4 if top > 1 else 3])
+        table.add_row(*(row if top > 1 else row[:-1]))
     print_table(console, table)
+    if results and not has_unknown and any("label" in r for r in results):
+        err_console.print(f"{model.name} has no unknown score (saved before it existed, or "
+                          "an sgd or stage 3 model): images of no trained class get the "
+                          "nearest class; train it again to flag them", highlight=False)
     failed = [r for r in results if "error" in r]
     if failed:
         err_console.print(f"[yellow]{len(failed)} of {len(results)} image(s) could not be read[/]")

@@ -20,18 +20,20 @@ from pipeline.image_classifiers import load_image_classifier
 def predict_files(model_path: str | Path, images: list[str | Path], *, top: int = 1,
                   batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 2,
                   runtime: str | None = None, engine: str = "local",
-                  address: str | None = None) -> list[dict]:
+                  address: str | None = None, coverage: float | None = None) -> list[dict]:
     """Classify images with a saved model; unreadable files get an ``error`` entry.
 
     ``images`` is a folder, a CSV of paths, or image files (see
     :func:`pipeline.datasets.images_to_predict`). Files are streamed through the
     model a batch at a time; the results come back in input order. ``runtime`` runs
     the network (see :func:`pipeline.image_classifiers.load_image_classifier`);
-    ``engine`` and ``address`` where the images are scored (as :func:`write_predictions`).
+    ``engine`` and ``address`` where the images are scored (as :func:`write_predictions`);
+    ``coverage`` another share of known images to accept than the model's threshold's
+    (:func:`pipeline.image_classifiers.load_image_classifier`).
     """
     _check_predict_args(top, batch_size)
     paths, _ = images_to_predict(list(images))
-    model = load_image_classifier(model_path, runtime=runtime)
+    model = load_image_classifier(model_path, runtime=runtime, coverage=coverage)
     with open_engine(engine, address) as chosen:
         return list(model.iter_predictions(
             paths, top=top, batch_size=batch_size, workers=workers,
@@ -53,7 +55,16 @@ class PredictionReport:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
-PREDICTION_COLUMNS = ("path", "label", "score", "score_kind", "top", "error")
+PREDICTION_COLUMNS = ("path", "label", "score", "score_kind", "top", "unknown",
+                      "unknown_score", "error")
+
+
+def unknown_cells(result: dict) -> list[str]:
+    """The ``unknown`` and ``unknown_score`` cells of a classified image: ``true``/``false``
+    and the score, or empty for a model without the score (saved before it existed)."""
+    if "unknown" not in result:
+        return ["", ""]
+    return ["true" if result["unknown"] else "false", f"{result['unknown_score']:.6g}"]
 
 
 def top_cell(top: list[tuple[str, float]]) -> str:
@@ -70,17 +81,20 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
                       top: int = 1, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 2,
                       overwrite: bool = False, progress: ProgressCallback | None = None,
                       runtime: str | None = None, engine: str = "local",
-                      address: str | None = None) -> PredictionReport:
+                      address: str | None = None, coverage: float | None = None
+                      ) -> PredictionReport:
     """Classify a folder, a CSV of paths or files, writing one CSV row per image as it goes.
 
-    Rows (``path, label, score, score_kind, top, error``; ``score_kind`` is
-    ``probability`` or ``margin``; ``top`` as in :func:`top_cell`)
+    Rows (``path, label, score, score_kind, top, unknown, unknown_score, error``;
+    ``score_kind`` is ``probability`` or ``margin``; ``top`` as in :func:`top_cell`;
+    ``unknown`` ``true`` for an image of no trained class, as :func:`unknown_cells`)
     are written in input order to ``<out>.partial``, which is renamed to ``out`` only
     when every image is done: a file at ``out`` is always complete.
     Memory stays bounded by a few batches, whatever the number of images. ``runtime``
     runs the network, as in :func:`predict_files`. With ``engine="ray"`` the images are
     decoded and scored on the cluster at ``address`` (each worker loads the model once;
     it and the images must be at the same paths there), and this process writes the CSV.
+    ``coverage`` as in :func:`predict_files`.
 
     Raises
     ------
@@ -97,7 +111,7 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
     if out.suffix.lower() != ".csv":
         raise UserInputError(f"--out {out} must name a .csv file")
     paths, ignored = images_to_predict(list(images))
-    model = load_image_classifier(model_path, runtime=runtime)
+    model = load_image_classifier(model_path, runtime=runtime, coverage=coverage)
     errors: list[tuple[str, str]] = []
     t0 = time.perf_counter()
     score_batches = None
@@ -111,10 +125,11 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
             for n, r in enumerate(results, start=1):
                 if "error" in r:
                     errors.append((r["path"], r["error"]))
-                    writer.writerow([r["path"], "", "", "", "", r["error"]])
+                    writer.writerow([r["path"], "", "", "", "", "", "", r["error"]])
                 else:
                     writer.writerow([r["path"], r["label"], f"{r['score']:.6g}",
-                                     r["score_kind"], top_cell(r["top"]), ""])
+                                     r["score_kind"], top_cell(r["top"]), *unknown_cells(r),
+                                     ""])
                 if progress and (n % batch_size == 0 or n == len(paths)):
                     f.flush()
                     progress(n, len(paths))

@@ -12,6 +12,7 @@ from sklearn.base import clone
 
 from classifiers.estimators import FeatureClassifier, check_feature_values
 from classifiers.evaluation import evaluate_predictions
+from classifiers.novelty import DEFAULT_COVERAGE
 from classifiers.persistence import load_classifier, read_sidecar, save_classifier, sidecar_path
 from classifiers.registry import resolve_classifier_names
 from classifiers.search import check_folds
@@ -79,7 +80,8 @@ def _refuse_unknown_classes(known: list[str], store, rows) -> None:
 # from the saved model instead of refitting it or asking for --overwrite.
 _MODEL_SETTINGS = {"kind": "classifier", "cv": "cv", "grid": "grid", "seed": "seed",
                    "class_weight": "class weight",
-                   "store_settings_key": "features (store settings key)"}
+                   "store_settings_key": "features (store settings key)",
+                   "coverage": "coverage"}
 # What a setting was before sidecars recorded it: models saved then weighed every row alike.
 _UNRECORDED_DEFAULTS = {"class_weight": None}
 
@@ -97,13 +99,16 @@ def _model_settings_differences(saved: dict, wanted: dict) -> list[str]:
 
     Sidecars written before the split also hold ``repeats``: it is not compared.
     Settings added since (:data:`_UNRECORDED_DEFAULTS`) count as what they were then.
+    ``coverage`` is not compared where unrecorded (models saved before the unknown
+    score): such a model is kept, and ``predict`` says it has no unknown score.
     """
     saved = _UNRECORDED_DEFAULTS | saved
     return [f"{label}: {_setting_text(key, wanted[key])} here, "
             f"{_setting_text(key, saved[key]) if key in saved else 'unrecorded'} "
             "in the saved model"
             for key, label in _MODEL_SETTINGS.items()
-            if key not in saved or saved[key] != wanted[key]]
+            if (key not in saved and key != "coverage")
+            or (key in saved and saved[key] != wanted[key])]
 
 
 def _saved_model_state(model_path: Path, report_dir: Path, settings: dict, repeats: int,
@@ -153,7 +158,8 @@ def _fit_and_save(store, store_path: Path, model_path: Path, report_dir: Path, s
         f"on {store.split_counts()['train']} training images")
     model = FeatureClassifier(kind=kind, grid=settings["grid"], cv=cv,
                               random_state=settings["seed"], n_jobs=jobs,
-                              class_weight=settings["class_weight"])
+                              class_weight=settings["class_weight"],
+                              coverage=settings["coverage"])
     model.fit_store(store, "train", progress=lambda done, total: say(
         f"{name}: cross-validation fold {done}/{total} done"), loaded=loaded,
         fold_runner=fold_runner)
@@ -165,6 +171,18 @@ def _fit_and_save(store, store_path: Path, model_path: Path, report_dir: Path, s
         "settings": settings, "metrics": evaluation.to_dict() | {"per_class": None},
         "store": str(store_path.resolve()), "store_name": store_path.stem})
     return model, evaluation
+
+
+def unknown_report(model, store) -> dict | None:
+    """The unknown score of ``model`` for the report: its threshold and the share of the
+    store's test images it accepts (the threshold was fitted on the train split only);
+    None for a model without it."""
+    score = getattr(model, "unknown_", None)
+    if score is None:
+        return None
+    accepted = [~score.is_unknown(score.score(X)) for _, X, _ in store.iter_chunks("test")]
+    test = np.concatenate(accepted) if accepted else np.empty(0, bool)
+    return score.summary() | {"test_accepted": float(test.mean()) if test.size else None}
 
 
 def _write_train_report(model, evaluation, store, store_path: Path, model_path: Path,
@@ -186,6 +204,7 @@ def _write_train_report(model, evaluation, store, store_path: Path, model_path: 
         "n_train": store.split_counts()["train"], "model_path": str(model_path),
         "size_bytes": model_path.stat().st_size,
         "extraction_images_per_second": attrs.get("extraction_images_per_second"),
+        "unknown": unknown_report(model, store),
     }
     if repeats:
         say(f"{name}: {repeats} seeded re-splits of the train and test rows")
@@ -214,6 +233,7 @@ def train_store(
     jobs: int = 1,
     seed: int = 0,
     repeats: int = 0,
+    coverage: float = DEFAULT_COVERAGE,
     overwrite: bool = False,
     class_weight: str | None = None,
     log: Callable[[str], None] | None = None,
@@ -246,6 +266,10 @@ def train_store(
         train and test rows (grouped and stratified like the recorded split), and
         report the mean and standard deviation beside the recorded split's figures.
         The saved model is always the one of the recorded split.
+    coverage : float, default=0.95
+        Share of new images of the trained classes the "unknown" threshold accepts,
+        fitted on held-out folds of the train split (:mod:`classifiers.novelty`); images
+        scoring above it are predicted "unknown".
     overwrite : bool, default=False
         Retrain even when a model with these settings exists, replacing it.
     class_weight : {None, "balanced"}, default=None
@@ -277,6 +301,9 @@ def train_store(
         raise UserInputError(f"--class-weight {class_weight!r} is not known; use "
                              f"{' or '.join(CLASS_WEIGHTS)}, or leave it out (every image "
                              "weighs the same)")
+    if not 0 < coverage < 1:
+        raise UserInputError(f"--coverage must be between 0 and 1 (the share of known "
+                             f"images accepted, e.g. 0.95), got {coverage}")
     names = resolve_classifier_names(classifier)
     store_path = Path(store_path)
     outcomes = []
@@ -290,7 +317,8 @@ def train_store(
             report_dir = reports_dir() / name
             settings = {"kind": kind, "cv": cv, "grid": grid, "seed": seed,
                         "class_weight": class_weight,
-                        "store_settings_key": store.attrs.get("settings_key")}
+                        "store_settings_key": store.attrs.get("settings_key"),
+                        "coverage": coverage}
             todo, report = _saved_model_state(model_path, report_dir, settings, repeats,
                                               overwrite)
             if todo == "up to date":
