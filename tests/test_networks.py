@@ -387,3 +387,33 @@ def test_the_library_imports_tensorflow_quietly():
     quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env=env, check=True)
     assert quiet.stderr.strip() == ""
+
+
+@pytest.mark.parametrize("name", [by_weight(name) for name in sorted(KERAS_NAMED)])
+def test_keras_named_rows_fine_tune_from_their_default_unfreeze(name):
+    import keras
+
+    from pipeline.stage3.models import (
+        build_finetune_model,
+        find_unfreeze_index,
+        unfreeze_base_from,
+    )
+
+    size = get_backbone(name).min_input_size
+    model, base = build_finetune_model(name, 3, weights="none", input_size=size)
+    unfreeze_base_from(model, get_backbone(name).default_unfreeze)
+    start = find_unfreeze_index(base, get_backbone(name).default_unfreeze)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    weighted = [i for i, layer in enumerate(base.layers) if layer.get_weights()
+                and not isinstance(layer, keras.layers.BatchNormalization)]
+    # the last weighted layer before the unfrozen ones, and the network's last
+    frozen, trained = (base.layers[max(i for i in weighted if i < start)],
+                       base.layers[weighted[-1]])
+    before = [[w.copy() for w in layer.get_weights()] for layer in (frozen, trained)]
+    x = np.random.default_rng(3).integers(0, 256, (4, size, size, 3)).astype(np.float32)
+    loss = model.train_on_batch(x, np.array([0, 1, 2, 0]))
+    assert np.isfinite(loss) and model.output.shape[-1] == 3
+    assert all(np.array_equal(b, a)
+               for b, a in zip(before[0], frozen.get_weights(), strict=True))
+    assert any(not np.array_equal(b, a)
+               for b, a in zip(before[1], trained.get_weights(), strict=True))
