@@ -197,9 +197,13 @@ def main() -> None:
                                                        tmp))
             for (runtime, precision), (fwds, e2es) in rates.items():
                 fwd, e2e = float(np.median(fwds)), float(np.median(e2es))
-                prepare = built[(runtime, precision)][1]
+                extractor, prepare = built[(runtime, precision)]
+                # The Keras network's weights, feature head included (none: pooling only).
+                parameters = (int(extractor.model.count_params()) if runtime == "tensorflow"
+                              else None)
                 rows.append({"backbone": backbone, "weights": weights, "runtime": runtime,
                              "precision": precision, "prepare_seconds": prepare,
+                             "parameters": parameters,
                              "forward_img_s": fwd, "end_to_end_img_s": e2e,
                              "forward_img_s_rounds": fwds, "end_to_end_img_s_rounds": e2es,
                              "end_to_end_over_forward": e2e / fwd})

@@ -6,7 +6,9 @@ A family is a constructor in the style of ``keras.applications`` (``include_top`
 with its facts (native and minimum input size, channels and grid of the last feature
 map, defaults). :data:`BACKBONES` is the one place those facts are written; the
 EfficientNet-Lite rows are read from the family's own table
-(:data:`features.efficientnet_lite.VARIANTS`).
+(:data:`features.efficientnet_lite.VARIANTS`); the ConvNeXt and EfficientNetV2 rows
+from the depths of their ``keras.applications`` definitions (:data:`CONVNEXT`,
+:data:`EFFICIENTNET_V2`).
 
 Backbone names joined by ``+`` (``efficientnet_lite0+efficientnet_lite2``) name a
 *joined* backbone: one network that runs each member on the image at the member's
@@ -28,7 +30,7 @@ import numpy as np
 
 from features.efficientnet_lite import HEAD_FILTERS, VARIANTS, EfficientNetLite, block_names
 from features.errors import UserInputError
-from features.preprocessing import CAFFE, LITE, TF, Preprocessing
+from features.preprocessing import CAFFE, LITE, NONE, TF, Preprocessing
 from features.registries import Registry, check_choice
 from features.spec import POOLINGS
 
@@ -77,6 +79,18 @@ def inception_v3(**kwargs: Any):
 def xception(**kwargs: Any):
     """``keras.applications.Xception``."""
     return _keras_application("Xception", **kwargs)
+
+
+def convnext(class_name: str, **kwargs: Any):
+    """``keras.applications.<class_name>`` (a ConvNeXt), its last layer named.
+
+    Without its top, a ConvNeXt ends in a layer normalisation that Keras names by a
+    process-wide counter (``layer_normalization_3``); a feature specification records
+    the layer it cut at, so that layer gets a name a rebuilt network also has.
+    """
+    model = _keras_application(class_name, **kwargs)
+    model.layers[-1].name = f"{model.name}_head_layernorm"
+    return model
 
 
 # -- the registry -------------------------------------------------------------------------------
@@ -179,6 +193,11 @@ def _keras_download(name: str, **facts: Any) -> BackboneConfig:
         **facts)
 
 
+def _keras_download_named(name: str, keras_name: str, **facts: Any) -> BackboneConfig:
+    # ConvNeXt and EfficientNetV2 name their headless ImageNet file after the model.
+    return BackboneConfig(name=name, imagenet_weights_file=f"{keras_name}_notop.h5", **facts)
+
+
 def _last_blocks(variant: str, stages: Sequence[int]) -> tuple[str, ...]:
     """The last MBConv block of each of ``stages`` of a Lite variant (``block4c``...)."""
     last: dict[str, str] = {}
@@ -220,6 +239,54 @@ for _variant in VARIANTS.values():
         channels=HEAD_FILTERS, native_grid=math.ceil(_variant.default_size / 32),
         default_pooling="avg", weights_package=_variant.weights_package,
         default_unfreeze="block6a", stage_taps=_last_blocks(_variant.name, LITE_TAP_STAGES)))
+
+# ConvNeXt (keras.applications.convnext): class, blocks per stage, channels of the last
+# stage. The stem divides the input by 4 and each of the three downsamplings by 2
+# (valid 2x2 stride-2 convolutions), so the grid is the side floored by 32 at every step.
+CONVNEXT = {
+    "convnext_tiny": ("ConvNeXtTiny", (3, 3, 9, 3), 768),
+    "convnext_small": ("ConvNeXtSmall", (3, 3, 27, 3), 768),
+    "convnext_base": ("ConvNeXtBase", (3, 3, 27, 3), 1024),
+}
+# Taps, as for Lite: the last block of each later stage, here stages 1 and 2 (of 0-3).
+# The last block of stage 3 is not tapped: only the head's layer normalisation follows
+# it, so its average is the features themselves before that normalisation.
+CONVNEXT_TAP_STAGES = (1, 2)
+
+for _name, (_class, _depths, _channels) in CONVNEXT.items():
+    register_backbone(_keras_download_named(
+        _name, _name, constructor=functools.partial(convnext, _class), preprocess=NONE,
+        input_size=224, min_input_size=32, channels=_channels, native_grid=224 // 32,
+        # The last stage begins with its downsampling (layer norm, 2x2 conv): trained too.
+        default_pooling="avg", default_unfreeze=f"{_name}_downsampling_block_2",
+        stage_taps=tuple(f"{_name}_stage_{stage}_block_{_depths[stage] - 1}"
+                         for stage in CONVNEXT_TAP_STAGES)))
+
+# EfficientNetV2 (keras.applications.efficientnet_v2): class, native size, channels of
+# the head (1280 times the width multiplier, rounded to 8) and blocks per stage (stages
+# 1-6, and 7 for M; the B variants' depth multiplier already applied). Five stride-2
+# "same" convolutions: the grid is the side divided by 32, rounded up.
+EFFICIENTNET_V2 = {
+    "efficientnetv2_b0": ("EfficientNetV2B0", 224, 1280, (1, 2, 2, 3, 5, 8)),
+    "efficientnetv2_b1": ("EfficientNetV2B1", 240, 1280, (2, 3, 3, 4, 6, 9)),
+    "efficientnetv2_b2": ("EfficientNetV2B2", 260, 1408, (2, 3, 3, 4, 6, 10)),
+    "efficientnetv2_b3": ("EfficientNetV2B3", 300, 1536, (2, 3, 3, 5, 7, 12)),
+    "efficientnetv2_s": ("EfficientNetV2S", 384, 1280, (2, 4, 4, 6, 9, 15)),
+    "efficientnetv2_m": ("EfficientNetV2M", 480, 1280, (3, 5, 5, 7, 14, 18, 5)),
+}
+# Taps, as for Lite: the last block of stage 4 onwards (Keras names blocks block4a...).
+EFFICIENTNET_V2_FIRST_TAP_STAGE = 4
+
+for _name, (_class, _size, _channels, _repeats) in EFFICIENTNET_V2.items():
+    register_backbone(_keras_download_named(
+        _name, _name.replace("_", "-"),
+        constructor=functools.partial(_keras_application, _class), preprocess=NONE,
+        input_size=_size, min_input_size=32, channels=_channels,
+        native_grid=math.ceil(_size / 32), default_pooling="avg",
+        default_unfreeze=f"block{len(_repeats)}a",
+        stage_taps=tuple(f"block{stage}{chr(ord('a') + _repeats[stage - 1] - 1)}"
+                         for stage in range(EFFICIENTNET_V2_FIRST_TAP_STAGE,
+                                            len(_repeats) + 1))))
 
 
 def get_backbone(name: str) -> BackboneConfig:

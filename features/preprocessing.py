@@ -2,8 +2,10 @@
 
 As in ``keras.applications.imagenet_utils``: the "caffe" mode of VGG and ResNet, the
 "tf" mode of Inception and Xception, and EfficientNet-Lite's own ``(x - 127) / 128``
-(defined beside the family, :func:`features.efficientnet_lite.preprocess_input`). A
-:class:`Preprocessing` carries the description recorded in every feature specification.
+(defined beside the family, :func:`features.efficientnet_lite.preprocess_input`), and
+none at all for ConvNeXt and EfficientNetV2, whose networks normalise their pixels
+themselves. A :class:`Preprocessing` carries the description recorded in every feature
+specification.
 """
 
 from __future__ import annotations
@@ -52,6 +54,25 @@ def preprocess_tf(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float32) / 127.5 - 1.0
 
 
+def preprocess_none(x: Any) -> np.ndarray:
+    """ConvNeXt and EfficientNetV2 preprocessing: none, the pixels as they are.
+
+    Their ``keras.applications`` networks (``include_preprocessing=True``) begin with
+    their own normalisation layers, so they take RGB values in [0, 255].
+
+    Parameters
+    ----------
+    x : array-like
+        Images, channels last, RGB, values in [0, 255].
+
+    Returns
+    -------
+    numpy.ndarray
+        A new float32 array of the same shape and values.
+    """
+    return np.array(x, dtype=np.float32, copy=True)
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """A preprocessing function and the description recorded in feature specifications."""
@@ -65,3 +86,5 @@ CAFFE = Preprocessing("caffe", preprocess_caffe,
                       "caffe: RGB->BGR, minus ImageNet channel means, no scaling")
 TF = Preprocessing("tf", preprocess_tf, "tf: x / 127.5 - 1 (range [-1, 1])")
 LITE = Preprocessing("lite", preprocess_lite, "lite: (x - 127) / 128")
+NONE = Preprocessing("none", preprocess_none,
+                     "none: RGB in [0, 255], normalised inside the network")

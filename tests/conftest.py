@@ -19,6 +19,20 @@ SHARED = REPO_ROOT.parent / "shared"
 LITE0_FIXTURE = SHARED / "fixtures" / "efficientnet_lite0_reference.npz"
 
 # Colours that make classes separable even through a randomly initialised CNN.
+# Backbones whose tests build a network of 10-45 s on the project's 2 cores: their rows
+# of per-backbone tables run with -m slow; ConvNeXt-T and EfficientNetV2-B0 stand for
+# their families in every run.
+HEAVY_BACKBONES = frozenset({
+    "convnext_small", "convnext_base", "efficientnetv2_b1", "efficientnetv2_b2",
+    "efficientnetv2_b3", "efficientnetv2_s", "efficientnetv2_m"})
+
+
+def by_weight(*values):
+    """A parameter row, marked slow when its backbone (the first value) is heavy."""
+    marks = [pytest.mark.slow] if values[0] in HEAVY_BACKBONES else []
+    return pytest.param(*values, marks=marks)
+
+
 CLASS_COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 210, 40)]
 
 

@@ -20,7 +20,7 @@ from features.errors import UserInputError
 from features.factory import create_extractor
 from features.networks import build_base_model
 from features.spec import POOLINGS
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, by_weight
 
 
 # -- the architectures, as published ------------------------------------------------------------
@@ -55,9 +55,26 @@ ARCHITECTURES = {
     "efficientnet_lite0": ("lite", [same(2)] * 5),
     "efficientnet_lite1": ("lite", [same(2)] * 5),
     "efficientnet_lite2": ("lite", [same(2)] * 5),
+    # stem conv 4x4/4, then three downsamplings conv 2x2/2 (valid); pixels normalised inside
+    **{name: ("none", [valid(4, 4)] + [valid(2, 2)] * 3)
+       for name in ("convnext_tiny", "convnext_small", "convnext_base")},
+    # stem conv 3x3/2 and the first block of four later stages (same padding); pixels
+    # normalised inside
+    **{f"efficientnetv2_{v}": ("none", [same(2)] * 5) for v in ("b0", "b1", "b2", "b3", "s", "m")},
 }
-
-
+# Backbones whose networks come whole from keras.applications, preprocessing included:
+# name -> (keras.applications module, class).
+KERAS_OWN = {
+    "convnext_tiny": ("convnext", "ConvNeXtTiny"),
+    "convnext_small": ("convnext", "ConvNeXtSmall"),
+    "convnext_base": ("convnext", "ConvNeXtBase"),
+    "efficientnetv2_b0": ("efficientnet_v2", "EfficientNetV2B0"),
+    "efficientnetv2_b1": ("efficientnet_v2", "EfficientNetV2B1"),
+    "efficientnetv2_b2": ("efficientnet_v2", "EfficientNetV2B2"),
+    "efficientnetv2_b3": ("efficientnet_v2", "EfficientNetV2B3"),
+    "efficientnetv2_s": ("efficientnet_v2", "EfficientNetV2S"),
+    "efficientnetv2_m": ("efficientnet_v2", "EfficientNetV2M"),
+}
 def grid(name: str, size: int) -> int:
     for reduce in ARCHITECTURES[name][1]:
         size = reduce(size)
@@ -84,7 +101,7 @@ def test_lite_rows_unfreeze_a_block_of_their_variant(name):
 
 
 # The smallest accepted input, and an odd size that tells floor from ceiling divisions.
-BUILDS = [(name, size, pooling)
+BUILDS = [by_weight(name, size, pooling)
           for name, cfg in sorted(BACKBONES.items())
           for size in (cfg.min_input_size, 2 * cfg.min_input_size + 1)
           for pooling in (POOLINGS if size == cfg.min_input_size else ("flatten",))]
@@ -132,6 +149,8 @@ EXPECTED_PIXELS = {
     # (x - 127) / 128
     "lite": [[[-0.9921875] * 3, [1, 1, 1], [-0.9140625, -0.8359375, -0.7578125],
               [-0.59375, 0, 0.6015625]]],
+    # the pixels unchanged: the network normalises them itself
+    "none": [[[0, 0, 0], [255, 255, 255], [10, 20, 30], [51, 127, 204]]],
 }
 
 
@@ -152,9 +171,30 @@ def test_preprocessing_agrees_with_keras_applications(name):
     import keras
 
     x = np.random.default_rng(4).integers(0, 256, (2, 5, 5, 3)).astype(np.float32)
-    keras_out = getattr(keras.applications, name).preprocess_input(x.copy())
+    module = KERAS_OWN.get(name, (name,))[0]
+    keras_out = getattr(keras.applications, module).preprocess_input(x.copy())
     np.testing.assert_allclose(get_backbone(name).preprocess_input(x), keras_out,
                                rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", [by_weight(name) for name in sorted(KERAS_OWN)])
+def test_features_equal_the_keras_applications_model_with_its_own_preprocessing(name):
+    # keras.applications' own network, pixels in [0, 255] given straight to it, on the
+    # same random weights: tlearn adds no preprocessing of its own (a second
+    # normalisation would change every feature).
+    import keras
+
+    module, class_name = KERAS_OWN[name]
+    size = get_backbone(name).min_input_size
+    ext = create_extractor(name, weights="none", input_size=size, pooling="avg")
+    own = getattr(getattr(keras.applications, module), class_name)(
+        include_top=False, weights=None, input_shape=(size, size, 3))
+    own.set_weights(ext.model.get_weights())
+    x = np.random.default_rng(5).integers(0, 256, (2, size, size, 3)).astype(np.uint8)
+    expected = np.asarray(own.predict_on_batch(x.astype(np.float32))).mean(axis=(1, 2))
+    got = ext(x)
+    assert np.abs(expected).max() > 1e-3  # features that could differ
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 # -- one default backbone -----------------------------------------------------------------------

@@ -154,9 +154,12 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, artifacts, args, message):
 def test_backbones_table_lists_sizes():
     result = runner.invoke(app, ["backbones"])
     assert result.exit_code == 0
-    for name in ("vgg16", "resnet50", "inception_v3", "xception", "efficientnet_lite0"):
+    for name in ("vgg16", "resnet50", "inception_v3", "xception", "efficientnet_lite0",
+                 "convnext_tiny", "efficientnetv2_m"):
         assert name in result.output
-    assert "25,088" in result.output
+    # vgg16's flatten size; efficientnetv2_m's (15 x 15 x 1,280 at 480 px)
+    assert "25,088" in result.output and "288,000" in result.output
+    assert "none: RGB in [0, 255], normalised inside the network" in result.output
 
 
 def test_backbone_layers_listing():

@@ -2,6 +2,7 @@
 layers, taps, the mirrored view and joined backbones, each rebuilt from its spec."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -13,9 +14,9 @@ from features.efficientnet_lite import VARIANTS as LITE_VARIANTS
 from features.efficientnet_lite import block_names
 from features.errors import UserInputError, WeightsUnavailableError
 from features.factory import create_extractor
-from features.networks import build_base_model
+from features.networks import build_base_model, rebuild_network
 from features.spec import FeatureSpec
-from tests.conftest import REPO_ROOT, TINY_EXTRACT, make_image_folder
+from tests.conftest import REPO_ROOT, TINY_EXTRACT, by_weight, make_image_folder
 
 
 # -- precision is part of the feature specification ---------------------------------------------
@@ -108,6 +109,92 @@ def test_imagenet_download_failure_explains_the_way_out(monkeypatch, tmp_path):
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     assert str(tmp_path / "kh" / "models") in message
     assert "--weights PATH" in message and f"--backbone {DEFAULT_BACKBONE}" in message
+
+
+# The keras.applications classes of the rows whose weights Keras downloads by model name.
+KERAS_NAMED = {
+    "convnext_tiny": "ConvNeXtTiny", "convnext_small": "ConvNeXtSmall",
+    "convnext_base": "ConvNeXtBase", "efficientnetv2_b0": "EfficientNetV2B0",
+    "efficientnetv2_b1": "EfficientNetV2B1", "efficientnetv2_b2": "EfficientNetV2B2",
+    "efficientnetv2_b3": "EfficientNetV2B3", "efficientnetv2_s": "EfficientNetV2S",
+    "efficientnetv2_m": "EfficientNetV2M",
+}
+
+
+@pytest.mark.parametrize("name,file_name", [
+    ("convnext_tiny", "convnext_tiny_notop.h5"), ("convnext_small", "convnext_small_notop.h5"),
+    ("convnext_base", "convnext_base_notop.h5"),
+    ("efficientnetv2_b0", "efficientnetv2-b0_notop.h5"),
+    ("efficientnetv2_b1", "efficientnetv2-b1_notop.h5"),
+    ("efficientnetv2_b2", "efficientnetv2-b2_notop.h5"),
+    ("efficientnetv2_b3", "efficientnetv2-b3_notop.h5"),
+    ("efficientnetv2_s", "efficientnetv2-s_notop.h5"),
+    ("efficientnetv2_m", "efficientnetv2-m_notop.h5"),
+])
+def test_offline_imagenet_weights_name_the_file_keras_downloads(monkeypatch, tmp_path, name,
+                                                                 file_name):
+    # The file names of keras/src/applications/convnext.py and efficientnet_v2.py
+    # (model name + "_notop.h5"): the file a user must copy into the cache.
+    import keras
+
+    def offline(**kwargs):
+        raise Exception("URL fetch failure on https://example.invalid: None -- no network")
+
+    monkeypatch.setattr(keras.applications, KERAS_NAMED[name], offline)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
+    with pytest.raises(WeightsUnavailableError) as info:
+        create_extractor(name, weights="imagenet", input_size=32)
+    message = str(info.value)
+    assert f"Keras wanted {file_name} in {tmp_path / 'kh' / 'models'}" in message
+    assert "--weights PATH" in message and f"--backbone {DEFAULT_BACKBONE}" in message
+
+
+# A layer's (stage, block) in Keras names: block6h_add, convnext_tiny_stage_3_block_2_...
+BLOCK_NAMES = {"efficientnetv2": re.compile(r"^block(\d+)([a-z])_"),
+               "convnext": re.compile(r"_stage_(\d+)_block_(\d+)_")}
+
+
+@pytest.mark.parametrize("name", [by_weight(name) for name in sorted(KERAS_NAMED)])
+def test_keras_named_rows_unfreeze_and_tap_the_blocks_of_their_network(name):
+    from pipeline.stage3.models import find_unfreeze_index
+
+    cfg = get_backbone(name)
+    base = build_base_model(name, weights="none", input_size=cfg.min_input_size)
+    names = [layer.name for layer in base.layers]
+    pattern = BLOCK_NAMES[name.split("_")[0]]
+    position = {}  # (stage, block) -> indices of its layers
+    for i, layer in enumerate(names):
+        if match := pattern.search(layer):
+            position.setdefault(match.groups(), []).append(i)
+    stages = sorted({stage for stage, _ in position}, key=int)
+    last_block = {stage: max((b for s, b in position if s == stage), key=lambda b: (len(b), b))
+                  for stage in stages}
+    # Fine-tuning trains the last stage: after the stage before it, up to its first block.
+    first_of_last = min(min(ix) for (s, _), ix in position.items() if s == stages[-1])
+    end_before = max(max(ix) for (s, _), ix in position.items() if s == stages[-2])
+    assert end_before < find_unfreeze_index(base, cfg.default_unfreeze) <= first_of_last
+    # Taps: the last block of stages, each a block of this network (its layers' prefix).
+    tapped_blocks = [next(key for key, ix in position.items() if names[ix[0]].startswith(tap + "_"))
+                     for tap in cfg.stage_taps]
+    assert tapped_blocks and all(block == last_block[stage] for stage, block in tapped_blocks)
+
+
+@pytest.mark.parametrize("name", [by_weight(name) for name in sorted(KERAS_NAMED)])
+def test_keras_named_rows_take_taps_mirror_and_rebuild_from_their_spec(name):
+    size = get_backbone(name).min_input_size
+    ext = create_extractor(name, weights="none", input_size=size, pooling="max",
+                           taps="stages", mirror=True)
+    tapped = ext.spec.taps.split(",")
+    assert [t.startswith(block) for t, block in
+            zip(tapped, get_backbone(name).stage_taps, strict=True)] == [True] * len(tapped)
+    x = np.random.default_rng(2).integers(0, 256, (2, size, size, 3)).astype(np.uint8)
+    feats = ext(x)
+    assert feats.shape == (2, ext.spec.feature_dim) and np.isfinite(feats).all()
+    # The network's last layer is named the same in a rebuilt network: a spec that cut
+    # at it rebuilds in the same process, features unchanged.
+    rebuilt = rebuild_network(ext.spec)
+    assert rebuilt.spec.layer == ext.spec.layer
+    np.testing.assert_allclose(rebuilt(x), feats, rtol=1e-5, atol=1e-6)
 
 
 def test_weights_file_roundtrip(tmp_path):
@@ -300,3 +387,33 @@ def test_the_library_imports_tensorflow_quietly():
     quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env=env, check=True)
     assert quiet.stderr.strip() == ""
+
+
+@pytest.mark.parametrize("name", [by_weight(name) for name in sorted(KERAS_NAMED)])
+def test_keras_named_rows_fine_tune_from_their_default_unfreeze(name):
+    import keras
+
+    from pipeline.stage3.models import (
+        build_finetune_model,
+        find_unfreeze_index,
+        unfreeze_base_from,
+    )
+
+    size = get_backbone(name).min_input_size
+    model, base = build_finetune_model(name, 3, weights="none", input_size=size)
+    unfreeze_base_from(model, get_backbone(name).default_unfreeze)
+    start = find_unfreeze_index(base, get_backbone(name).default_unfreeze)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    weighted = [i for i, layer in enumerate(base.layers) if layer.get_weights()
+                and not isinstance(layer, keras.layers.BatchNormalization)]
+    # the last weighted layer before the unfrozen ones, and the network's last
+    frozen, trained = (base.layers[max(i for i in weighted if i < start)],
+                       base.layers[weighted[-1]])
+    before = [[w.copy() for w in layer.get_weights()] for layer in (frozen, trained)]
+    x = np.random.default_rng(3).integers(0, 256, (4, size, size, 3)).astype(np.float32)
+    loss = model.train_on_batch(x, np.array([0, 1, 2, 0]))
+    assert np.isfinite(loss) and model.output.shape[-1] == 3
+    assert all(np.array_equal(b, a)
+               for b, a in zip(before[0], frozen.get_weights(), strict=True))
+    assert any(not np.array_equal(b, a)
+               for b, a in zip(before[1], trained.get_weights(), strict=True))

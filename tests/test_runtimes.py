@@ -23,7 +23,7 @@ from features.runtimes import (
     resolve_runtime,
 )
 from features.spec import FeatureExtractor, FeatureSpec
-from tests.conftest import TINY_EXTRACT, make_image_folder
+from tests.conftest import TINY_EXTRACT, by_weight, make_image_folder
 
 openvino = pytest.importorskip(
     "openvino", reason="OpenVINO is not installed (pip install 'tlearn[openvino]')")
@@ -75,7 +75,7 @@ def tiny_extractor(filters: int = 4) -> FeatureExtractor:
 
 # -- parity: one row per backbone ---------------------------------------------------------------
 
-@pytest.mark.parametrize("name", sorted(BACKBONES))
+@pytest.mark.parametrize("name", [by_weight(name) for name in sorted(BACKBONES)])
 def test_openvino_float32_gives_tensorflow_features_within_the_mixing_tolerance(name):
     config = BACKBONES[name]
     # Small inputs keep conversion quick; "max" pooling keeps the features far from zero.
