@@ -1,33 +1,37 @@
-"""Stage 2: linear classifiers on features, their search, evaluation and persistence."""
+"""Stage 2: linear classifiers on features, their search, evaluation and persistence.
 
-from classifiers.estimators import FeatureClassifier
-from classifiers.evaluation import Evaluation, evaluate_classifier
-from classifiers.persistence import load_classifier, save_classifier
-from classifiers.platt import PlattScaledClassifier
-from classifiers.registry import (
-    CLASSIFIERS,
-    ClassifierConfig,
-    get_classifier_config,
-    register_classifier,
-    resolve_classifier_names,
-)
-from classifiers.rowspace import RowSpaceBasis
-from classifiers.solvers import PreconditionedLogisticRegression
-from classifiers.streaming_sgd import StreamingSGDClassifier
+The names below are imported on first use (PEP 562), as in :mod:`features`: a light
+submodule such as ``classifiers.novelty``, whose default the command line shows in its
+help, does not pull in scikit-learn through this package.
+"""
 
-__all__ = [
-    "CLASSIFIERS",
-    "ClassifierConfig",
-    "Evaluation",
-    "FeatureClassifier",
-    "PlattScaledClassifier",
-    "PreconditionedLogisticRegression",
-    "RowSpaceBasis",
-    "StreamingSGDClassifier",
-    "evaluate_classifier",
-    "get_classifier_config",
-    "load_classifier",
-    "register_classifier",
-    "resolve_classifier_names",
-    "save_classifier",
-]
+import importlib
+
+_HOMES = {
+    "CLASSIFIERS": "classifiers.registry",
+    "ClassifierConfig": "classifiers.registry",
+    "Evaluation": "classifiers.evaluation",
+    "FeatureClassifier": "classifiers.estimators",
+    "PlattScaledClassifier": "classifiers.platt",
+    "PreconditionedLogisticRegression": "classifiers.solvers",
+    "RowSpaceBasis": "classifiers.rowspace",
+    "StreamingSGDClassifier": "classifiers.streaming_sgd",
+    "evaluate_classifier": "classifiers.evaluation",
+    "get_classifier_config": "classifiers.registry",
+    "load_classifier": "classifiers.persistence",
+    "register_classifier": "classifiers.registry",
+    "resolve_classifier_names": "classifiers.registry",
+    "save_classifier": "classifiers.persistence",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'classifiers' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
