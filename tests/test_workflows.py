@@ -541,3 +541,12 @@ def test_predict_flags_images_of_no_trained_class(tmp_path, store):
     loose = predict_files(outcome.model_path, known, coverage=0.99)
     strict = predict_files(outcome.model_path, known, coverage=0.3)
     assert sum(r["unknown"] for r in strict) > sum(r["unknown"] for r in loose)
+
+
+def test_the_train_log_rounds_the_chosen_value_for_people(store, artifacts):
+    store_path, _ = store
+    lines: list[str] = []
+    train_store(store_path, classifier="logreg", cv=2, grid=[0.0031622776601683794],
+                log=lines.append)
+    (done,) = [line for line in lines if "test accuracy" in line]
+    assert "C=0.0032" in done and "0.00316227" not in done

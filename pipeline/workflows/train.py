@@ -23,7 +23,13 @@ from pipeline.config import classifiers_dir, reports_dir
 from pipeline.datasets import TEST, source_dataset_name, stratified_split
 from pipeline.engines import open_engine
 from pipeline.report_page import update_dataset_reports
-from pipeline.reports import REPORT_FILE, read_report, report_dataset, write_report
+from pipeline.reports import (
+    REPORT_FILE,
+    format_chosen,
+    read_report,
+    report_dataset,
+    write_report,
+)
 
 
 @dataclass
@@ -220,7 +226,8 @@ def _write_train_report(model, evaluation, store, store_path: Path, model_path: 
         say(f"{name}: the final fit stopped at max_iter before converging; its "
             "scores are still valid, a larger max_iter may change them slightly")
     say(f"{name}: test accuracy {evaluation.accuracy:.4f}, macro-F1 "
-        f"{evaluation.macro_f1:.4f}, {info['chosen']}, fit {model.fit_seconds_:.1f}s")
+        f"{evaluation.macro_f1:.4f}, {format_chosen(info['chosen'])}, "
+        f"fit {model.fit_seconds_:.1f}s")
     return read_report(report_dir)
 
 
