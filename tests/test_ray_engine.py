@@ -154,6 +154,11 @@ def _assert_same_store(a_path: Path, b_path: Path) -> None:
         np.testing.assert_allclose(xa, xb, rtol=1e-6, atol=1e-6 * float(np.abs(xb).max()))
 
 
+# A minute long, and in 2 of 4 runs on a loaded 2-core machine Ray's own driver aborted
+# the whole pytest process here ("Check failed: it != submissible_tasks_.end() Tried to
+# complete task that was not pending", task_manager.cc, on a retried fold task just after
+# the extraction's driver shut down): run with the slow tests, not in the default suite.
+@pytest.mark.slow
 def test_extract_train_predict_on_a_two_node_cluster(tmp_path, data, cluster, monkeypatch):
     monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "artifacts"))
     local = extract(data, out=tmp_path / "local.h5", **SETTINGS).result
