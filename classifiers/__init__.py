@@ -5,7 +5,7 @@ submodule such as ``classifiers.novelty``, whose default the command line shows 
 help, does not pull in scikit-learn through this package.
 """
 
-import importlib
+from features.exports import lazy_exports
 
 _HOMES = {
     "CLASSIFIERS": "classifiers.registry",
@@ -27,11 +27,4 @@ _HOMES = {
 __all__ = sorted(_HOMES)
 
 
-def __getattr__(name: str) -> object:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'classifiers' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

@@ -5,7 +5,7 @@ The names below are imported on first use (PEP 562): a light submodule such as
 and the network code through this package.
 """
 
-import importlib
+from features.exports import lazy_exports
 
 _HOMES = {
     "BACKBONES": "features.backbones",
@@ -28,11 +28,4 @@ _HOMES = {
 __all__ = sorted(_HOMES)
 
 
-def __getattr__(name: str) -> object:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'features' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOMES[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
