@@ -14,7 +14,7 @@ TRAIN_ARGS ?=
 FINETUNE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo extract train compare finetune datasets test test-all lint bench clean
+.PHONY: help install demo extract train compare finetune datasets test test-all lint bench clean docs docs-serve
 DEFAULT_DATA := artifacts/datasets/digits
 
 help: ## List the targets (this text)
@@ -59,6 +59,12 @@ test-all: install ## Run every test, slow ones included
 
 lint: install ## Check the code with ruff
 	$(BIN)/ruff check .
+
+docs: install ## Build the documentation site strictly into artifacts/site (offline)
+	$(BIN)/mkdocs build --strict
+
+docs-serve: install ## Serve the documentation site at http://127.0.0.1:8000/, rebuilt on edits
+	$(BIN)/mkdocs serve
 
 bench: install ## Run the benchmarks (about two hours; needs ../shared; writes bench/results/)
 	$(BIN)/python bench/extract.py
