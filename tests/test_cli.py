@@ -387,40 +387,6 @@ def test_demo_heads_the_score_column_with_the_best_models_score_kind(monkeypatch
     assert f"tlearn predict {tmp_path / 'm.joblib'} IMAGE" in output  # the best model's file
 
 
-def _readme_commands():
-    readme = (REPO_ROOT / "README.md").read_text()
-    commands = set()
-    in_bash = False
-    for line in readme.splitlines():
-        if line.startswith("```"):
-            in_bash = line.strip() == "```bash"
-            continue
-        line = line.strip().lstrip("$ ")
-        if in_bash and line.startswith("tlearn "):
-            words = line.split()[1:]
-            command = [words[0]]
-            if words[0] == "datasets" and len(words) > 1 and not words[1].startswith("-"):
-                command.append(words[1])
-            commands.add(tuple(command))
-    return sorted(commands)
-
-
-def test_readme_documents_real_commands():
-    commands = _readme_commands()
-    assert len(commands) >= 8, commands
-    for command in commands:
-        result = runner.invoke(app, [*command, "--help"])
-        assert result.exit_code == 0, (command, result.output)
-
-
-def test_readme_mentions_every_command():
-    documented = {c[0] for c in _readme_commands()}
-    import typer
-
-    registered = set(typer.main.get_command(app).commands)
-    assert registered <= documented, registered - documented
-
-
 def test_stage3_commands_and_bad_input(trained, tmp_path):
     store, _, data = trained
     bad = runner.invoke(app, ["finetune", str(store), "--unfreeze", "nope"])
