@@ -55,6 +55,18 @@ def _backbones(data: dict) -> str:
     return "\n".join(lines) + f"\n\n{data['note']}."
 
 
+def _keras_modern(data: dict) -> str:
+    # one variant per backbone: the parameters matter here, the runtime columns do not
+    lines = ["| backbone | parameters (headless) | forward img/s | end-to-end img/s |",
+             "|---|---|---|---|"]
+    for r in data["throughput"]:
+        lines.append(f"| `{r['backbone']}` | {r['parameters'] / 1e6:.1f} M "
+                     f"| {r['forward_img_s']:.1f} | {r['end_to_end_img_s']:.1f} |")
+    load = data["load_average_before"][0], data["load_average_after"][0]
+    return "\n".join(lines) + (f"\n\n{data['images']} images, {data['rounds']} round(s); "
+                               f"load average {load[0]:.1f} before, {load[1]:.1f} after.")
+
+
 def _calibration(data: dict) -> str:
     names = {"old": "before: accuracy, ties to the strongest",
              "unscaled": "log-loss, own probabilities", "new": "now: log-loss"}
@@ -148,7 +160,7 @@ def render(name: str) -> str:
     data = json.loads((RESULTS / f"{name}.json").read_text())
     report = _report()
     # by the file's stem: extract_intel_amx is an extract result, and so on
-    renderers = [("extract", report.extract_table), ("train", report.train_table),
+    renderers = [("extract_keras_modern", _keras_modern), ("extract", report.extract_table), ("train", report.train_table),
                  ("compare_stages", report.stages_table), ("serve_attacks", _serve_attacks),
                  ("serve_token", _serve_token), ("serve", report.serve_table),
                  ("predict", report.predict_table), ("engines", report.engines_table),
