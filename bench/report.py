@@ -1,4 +1,4 @@
-"""Render the benchmark results (``bench/results/*.json``) as the README's markdown tables.
+"""Render the benchmark results (``bench/results/*.json``) as markdown tables (the site's too).
 
 Run after ``make bench``: ``.venv/bin/python bench/report.py``. Missing results are
 reported as such, never filled in.

@@ -133,8 +133,9 @@ def _commands(command, path):
 def test_cli_reference_has_every_command_and_option():
     page = _hook("cli_reference").cli_reference()
     for path, command in _commands(typer.main.get_command(app), ["tlearn"]):
-        assert f"## `{' '.join(path)}`" in page
-        section = page.split(f"## `{' '.join(path)}`\n", 1)[1].split("\n## ", 1)[0]
+        heading = f"{'##' if path == ['tlearn'] else '###'} `{' '.join(path)}`\n"
+        assert heading in page, path
+        section = page.split(heading, 1)[1].split("\n#", 1)[0]
         for param in command.params:
             for opt in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]:
                 if opt.startswith("-") and opt != "--help":

@@ -160,7 +160,8 @@ def render(name: str) -> str:
     data = json.loads((RESULTS / f"{name}.json").read_text())
     report = _report()
     # by the file's stem: extract_intel_amx is an extract result, and so on
-    renderers = [("extract_keras_modern", _keras_modern), ("extract", report.extract_table), ("train", report.train_table),
+    renderers = [("extract_keras_modern", _keras_modern), ("extract", report.extract_table),
+                 ("train", report.train_table),
                  ("compare_stages", report.stages_table), ("serve_attacks", _serve_attacks),
                  ("serve_token", _serve_token), ("serve", report.serve_table),
                  ("predict", report.predict_table), ("engines", report.engines_table),

@@ -25,9 +25,10 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def _command_section(path: list[str], command, parent) -> list[str]:
+def _command_section(path: list[str], command, parent, sub_commands: bool = True
+                     ) -> list[str]:
     ctx = command.context_class(command, info_name=path[-1], parent=parent)
-    lines = [f"## `{' '.join(path)}`", ""]
+    lines = [f"### `{' '.join(path)}`", ""]
     help_text = _plain(command.help)
     if help_text:
         lines += [help_text, ""]
@@ -41,7 +42,7 @@ def _command_section(path: list[str], command, parent) -> list[str]:
         lines += [f"| `{_cell(_plain(names))}` | {_cell(_plain(help_text))} |"
                   for names, help_text in records]
         lines.append("")
-    if hasattr(command, "list_commands"):
+    if sub_commands and hasattr(command, "list_commands"):
         for name in command.list_commands(ctx):
             sub = command.get_command(ctx, name)
             if sub is not None and not sub.hidden:
@@ -50,12 +51,28 @@ def _command_section(path: list[str], command, parent) -> list[str]:
 
 
 def cli_reference() -> str:
-    """Markdown for every command of ``tlearn``, its arguments and options."""
+    """Markdown for every command of ``tlearn``, its arguments and options.
+
+    Commands come under the panels ``tlearn --help`` shows them in (Data, Stage 1...),
+    in the order they are registered; a group's sub-commands follow it.
+    """
     import typer
 
     from pipeline.cli import app
 
-    return "\n".join(_command_section(["tlearn"], typer.main.get_command(app), None))
+    root = typer.main.get_command(app)
+    ctx = root.context_class(root, info_name="tlearn")
+    # the root: its usage and the options every command takes, heading its own section
+    lines = _command_section(["tlearn"], root, None, sub_commands=False)
+    lines[0] = "## `tlearn`"
+    panels: dict[str, list[str]] = {}
+    for name, sub in root.commands.items():
+        if not sub.hidden:
+            panel = getattr(sub, "rich_help_panel", None) or "Other commands"
+            panels.setdefault(panel, []).extend(_command_section(["tlearn", name], sub, ctx))
+    for panel, section in panels.items():
+        lines += [f"## {panel}", "", *section]
+    return "\n".join(lines)
 
 
 def on_page_markdown(markdown: str, **kwargs) -> str:

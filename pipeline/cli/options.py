@@ -85,7 +85,7 @@ NETWORK, SPLIT, RUNTIME, OUTPUT, ENGINE = "Network", "Split", "Runtime", "Output
 TRAINING, AUGMENTATION = "Training", "Augmentation"
 
 RUNTIME_HELP = ("What runs the network: tensorflow or openvino \\[default: openvino where it "
-                "is installed and measured faster, else tensorflow; see the README].")
+                "is installed and measured faster, else tensorflow; see docs/guide/stage1.md].")
 RuntimeOption = Annotated[str | None, typer.Option(
     help=RUNTIME_HELP, parser=RUNTIMES_CHOICE, metavar=RUNTIMES_CHOICE.metavar(),
     rich_help_panel=RUNTIME)]
