@@ -61,10 +61,10 @@ lint: install ## Check the code with ruff
 	$(BIN)/ruff check .
 
 docs: install ## Build the documentation site strictly into artifacts/site (offline)
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 docs-serve: install ## Serve the documentation site at http://127.0.0.1:8000/, rebuilt on edits
-	$(BIN)/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 bench: install ## Run the benchmarks (about two hours; needs ../shared; writes bench/results/)
 	$(BIN)/python bench/extract.py

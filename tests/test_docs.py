@@ -69,6 +69,50 @@ def test_the_guide_shows_every_command():
     assert registered <= documented, registered - documented
 
 
+# options whose synopsis shows a value to try, not the default
+EXAMPLES = {"grid", "layers", "class-weight"}
+
+
+def _claimed_defaults():
+    """``(command, option, value)`` for each ``[--option value]`` a synopsis shows.
+
+    A synopsis shows an option with its default (``[--cv 3]``); a placeholder
+    (``[--out FILE.h5]``), a choice (``[--pooling flatten|avg|max]``) or one of the
+    EXAMPLES claims none.
+    """
+    claims = []
+    for page in PAGES:
+        for block in _fenced_blocks(page.read_text(), "bash"):
+            command = None
+            for line in block.splitlines():
+                if line.startswith("tlearn "):
+                    words = line.split()
+                    command = words[1:3] if words[1] == "datasets" else words[1:2]
+                elif not line.startswith(" "):
+                    command = None
+                for option, value in re.findall(r"\[--([a-z-]+) ([^\]\s|]+)\]",
+                                                line.split("#")[0]):
+                    if command and option not in EXAMPLES and not re.search(r"[A-Z]", value):
+                        claims.append((tuple(command), option, value))
+    return claims
+
+
+def test_synopses_show_the_real_defaults():
+    claims = _claimed_defaults()
+    assert len(claims) >= 15, claims
+    root = typer.main.get_command(app)
+    for command, option, value in claims:
+        cmd = root
+        for name in command:
+            cmd = cmd.get_command(cmd.context_class(cmd, info_name=name), name)
+        (param,) = [p for p in cmd.params if f"--{option}" in getattr(p, "opts", [])]
+        default = param.default
+        try:
+            assert float(value) == float(default), (command, option, value, default)
+        except (TypeError, ValueError):
+            assert value == str(default), (command, option, value, default)
+
+
 # -- the README: a short way in -------------------------------------------------------------
 def test_readme_is_short_and_keeps_the_two_commands():
     text = README.read_text()
