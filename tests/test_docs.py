@@ -205,6 +205,14 @@ def test_api_reference_names_resolve_to_documented_objects():
         assert hasattr(importlib.import_module(module), name), path
 
 
+def test_store_layout_lists_every_dataset_a_store_writes():
+    from features import store
+
+    layout = _hook("code_tables").store_layout()
+    for name in [*store._ROW_DATASETS, *store._FINAL_DATASETS, "label_names"]:
+        assert f"`{name}`" in layout, name
+
+
 def test_benchmarks_page_renders_every_result_with_its_cpu():
     hook = _hook("benchmarks")
     page = (DOCS / "benchmarks.md").read_text()
