@@ -134,14 +134,24 @@ def test_relative_links_reach_files(page):
 
 
 # -- the Python examples run ----------------------------------------------------------------
-@pytest.fixture
-def documented_model(tmp_path, artifacts, monkeypatch):
-    """The pages' model path and image names, made real with a tiny model, in a fresh cwd."""
-    data = make_image_folder(tmp_path / "photos", per_class=8)
-    store = extract(data, **TINY_EXTRACT).result.path
-    result = runner.invoke(app, ["train", str(store), "--classifier", "logreg", "--cv", "2"])
+@pytest.fixture(scope="module")
+def _tiny_model(tmp_path_factory):
+    """One tiny trained model and its images, shared by the examples."""
+    root = tmp_path_factory.mktemp("docs-model")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TLEARN_ARTIFACTS", str(root / "artifacts"))
+        data = make_image_folder(root / "photos", per_class=8)
+        store = extract(data, **TINY_EXTRACT).result.path
+        result = runner.invoke(app, ["train", str(store), "--classifier", "logreg", "--cv", "2"])
     assert result.exit_code == 0, result.output
-    (model,) = (artifacts / "classifiers").glob("*.joblib")
+    (model,) = (root / "artifacts" / "classifiers").glob("*.joblib")
+    return model, data
+
+
+@pytest.fixture
+def documented_model(_tiny_model, tmp_path, monkeypatch):
+    """The pages' model path and image names, made real with the tiny model, in a fresh cwd."""
+    model, data = _tiny_model
     work = tmp_path / "work"
     folder = work / "artifacts" / "classifiers"
     folder.mkdir(parents=True)
