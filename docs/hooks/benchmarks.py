@@ -52,7 +52,18 @@ def _backbones(data: dict) -> str:
                      f"| {r['input_size']} | {r.get('feature_dim', '–')} "
                      f"| {r.get('runtime', data.get('runtime', 'tensorflow'))} "
                      f"| {_pct(r['test_accuracy'])} | {spread} | {r['extract_img_s']:.1f} |")
-    return "\n".join(lines) + f"\n\n{data['note']}."
+    recipes = [f"`{name}`: " + (" ".join(_recipe_flags(r)) or "the head's features alone")
+               for name, r in data.get("recipes", {}).items()]
+    legend = f"\n\nRecipes: {'; '.join(recipes)}." if recipes else ""
+    return "\n".join(lines) + f"\n\n{data['note']}.{legend}"
+
+
+def _recipe_flags(recipe: dict) -> list[str]:
+    """The ``tlearn extract`` flags of a recipe the benchmark recorded."""
+    flags = [f"`--taps {recipe['taps']}`"] if recipe.get("taps") else []
+    flags += ["`--mirror`"] if recipe.get("mirror") else []
+    flags += [f"`--input-size {recipe['input_size']}`"] if recipe.get("input_size") else []
+    return flags
 
 
 def _keras_modern(data: dict) -> str:
