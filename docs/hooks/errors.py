@@ -44,7 +44,7 @@ def _field(node: ast.AST) -> str:
     """A run-time field as a reader sees it: ``{path}`` for ``self.path``, else ``{...}``."""
     if isinstance(node, ast.Name):
         return node.id
-    if isinstance(node, ast.Attribute):
+    if isinstance(node, ast.Attribute) and not node.attr.startswith("_"):
         return node.attr
     return "..."
 
