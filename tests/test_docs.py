@@ -171,9 +171,12 @@ def _python_examples() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("where, code", _python_examples(), ids=[w for w, _ in _python_examples()])
 def test_python_examples_run(where, code, documented_model, capsys):
+    # Blocks fenced ```python run here, on the pages' model path and image names
+    # (documented_model); a page fences ```py a block that cannot run on a CPU alone.
     exec(compile(code, where, "exec"), {"__name__": "__docs__"})
     printed = capsys.readouterr().out
-    assert "cat" in printed and "dog" in printed, printed
+    if "predict" in code:  # the answers name the model's classes
+        assert "cat" in printed and "dog" in printed, printed
 
 
 # -- the generated references cover the code --------------------------------------------------
