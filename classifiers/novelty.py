@@ -111,6 +111,15 @@ class FeatureDistance:
         return best / self.means.shape[1]
 
 
+def check_coverage(coverage: float) -> float:
+    """``coverage`` if it is a share strictly between 0 and 1, else the one-line error
+    ``--coverage`` gets (at train and at predict)."""
+    if not 0 < coverage < 1:
+        raise UserInputError(f"--coverage must be between 0 and 1 (the share of known "
+                             f"images accepted, e.g. 0.95), got {coverage}")
+    return coverage
+
+
 def _ledoit_wolf_shrinkage(deviations: np.ndarray, gram: np.ndarray | None) -> float:
     """scikit-learn's ``ledoit_wolf_shrinkage`` of centred rows, from their Gram matrix
     when there are fewer rows than features (it would build features x features blocks)."""
@@ -178,9 +187,7 @@ class UnknownScore:
 
     def threshold_for(self, coverage: float) -> float:
         """The threshold accepting about ``coverage`` of held-out training rows."""
-        if not 0 < coverage < 1:
-            raise UserInputError(f"--coverage must be between 0 and 1 (the share of known "
-                                 f"images accepted, e.g. 0.95), got {coverage}")
+        check_coverage(coverage)
         levels = np.linspace(0.0, 1.0, len(self.held_out_quantiles))
         return float(np.interp(coverage, levels, self.held_out_quantiles))
 

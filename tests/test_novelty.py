@@ -60,6 +60,28 @@ def test_a_coverage_outside_zero_one_is_refused(coverage):
         FeatureClassifier(coverage=coverage).fit(X, y)
 
 
+@pytest.mark.parametrize("coverage", [0, 1, 1.5, -0.2])
+def test_train_and_predict_refuse_a_bad_coverage_with_the_same_line(coverage, tmp_path):
+    from pipeline.workflows.train import train_store
+
+    X, y = gaussian_classes(np.random.default_rng(0), 10)
+    model = FeatureClassifier().fit(X, y)
+    with pytest.raises(UserInputError) as at_predict:
+        model.unknown_.threshold_for(coverage)
+    # refused before the store is opened (it does not exist)
+    with pytest.raises(UserInputError) as at_train:
+        train_store(tmp_path / "missing.h5", coverage=coverage)
+    assert str(at_train.value) == str(at_predict.value) == str(check_coverage_error(coverage))
+
+
+def check_coverage_error(coverage: float) -> UserInputError:
+    from classifiers.novelty import check_coverage
+
+    with pytest.raises(UserInputError) as refused:
+        check_coverage(coverage)
+    return refused.value
+
+
 def _store(path, X, y, split) -> FeatureStore:
     writer = FeatureStoreWriter(path, planned_paths=[f"/img_{i}.jpg" for i in range(len(X))],
                                 attrs=SPEC.to_dict(), settings_key="k", feature_dim=X.shape[1],

@@ -12,7 +12,7 @@ from sklearn.base import clone
 
 from classifiers.estimators import FeatureClassifier, check_feature_values
 from classifiers.evaluation import evaluate_predictions
-from classifiers.novelty import DEFAULT_COVERAGE
+from classifiers.novelty import DEFAULT_COVERAGE, check_coverage
 from classifiers.persistence import load_classifier, read_sidecar, save_classifier, sidecar_path
 from classifiers.registry import resolve_classifier_names
 from classifiers.search import check_folds
@@ -308,9 +308,7 @@ def train_store(
         raise UserInputError(f"--class-weight {class_weight!r} is not known; use "
                              f"{' or '.join(CLASS_WEIGHTS)}, or leave it out (every image "
                              "weighs the same)")
-    if not 0 < coverage < 1:
-        raise UserInputError(f"--coverage must be between 0 and 1 (the share of known "
-                             f"images accepted, e.g. 0.95), got {coverage}")
+    check_coverage(coverage)
     names = resolve_classifier_names(classifier)
     store_path = Path(store_path)
     outcomes = []
