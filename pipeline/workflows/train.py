@@ -179,16 +179,19 @@ def _fit_and_save(store, store_path: Path, model_path: Path, report_dir: Path, s
     return model, evaluation
 
 
-def unknown_report(model, store) -> dict | None:
-    """The unknown score of ``model`` for the report: its threshold and the share of the
-    store's test images it accepts (the threshold was fitted on the train split only);
-    None for a model without it."""
+def unknown_report(model, store, evaluation, split: str = "test") -> dict | None:
+    """The unknown score of ``model`` for the report: its threshold, the share of the
+    store's ``split`` images it accepts (the threshold was fitted on the train split
+    only) and their risk-coverage curve (``evaluation``: of the same images, in store
+    order); None for a model without it."""
     score = getattr(model, "unknown_", None)
     if score is None:
         return None
-    accepted = [~score.is_unknown(score.score(X)) for _, X, _ in store.iter_chunks("test")]
-    test = np.concatenate(accepted) if accepted else np.empty(0, bool)
-    return score.summary() | {"test_accepted": float(test.mean()) if test.size else None}
+    parts = [score.score(X) for _, X, _ in store.iter_chunks(split)]
+    images = evaluation.per_image
+    correct = np.array(images["true"], dtype=object) == np.array(images["predicted"],
+                                                                 dtype=object)
+    return score.test_report(np.concatenate(parts) if parts else np.empty(0), correct)
 
 
 def _write_train_report(model, evaluation, store, store_path: Path, model_path: Path,
@@ -210,7 +213,7 @@ def _write_train_report(model, evaluation, store, store_path: Path, model_path: 
         "n_train": store.split_counts()["train"], "model_path": str(model_path),
         "size_bytes": model_path.stat().st_size,
         "extraction_images_per_second": attrs.get("extraction_images_per_second"),
-        "unknown": unknown_report(model, store),
+        "unknown": unknown_report(model, store, evaluation),
     }
     if repeats:
         say(f"{name}: {repeats} seeded re-splits of the train and test rows")
