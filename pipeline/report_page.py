@@ -543,7 +543,7 @@ def _risk_coverage(unknown: dict[str, Any] | None) -> str:
     points = (unknown or {}).get("risk_coverage")
     if not points:
         return ""
-    width, height, left, right, top, bottom = 380, 250, 52, 16, 14, 40
+    width, height, left, right, top, bottom = 380, 260, 52, 16, 24, 40
     lo = min(0.9, math.floor(min(a for _, a in points) * 10) / 10)
 
     def xy(share: float, accuracy: float) -> tuple[float, float]:
@@ -563,7 +563,9 @@ def _risk_coverage(unknown: dict[str, Any] | None) -> str:
                    f'y2="{gy:.1f}"/><text class="tick" x="{left - 6}" y="{gy + 4:.1f}" '
                    f'text-anchor="end">{lo + (1.0 - lo) * i / 5:.2f}</text>')
     out.append(f'<text class="tick" x="{(left + width - right) / 2:.0f}" y="{height - 6}" '
-               'text-anchor="middle">share of test images accepted</text>')
+               'text-anchor="middle">share of test images accepted</text>'
+               f'<text class="tick" x="{left}" y="{top - 10}">accuracy of those accepted'
+               "</text>")
     data = " ".join(f"{c:.4g}:{a:.4g}" for c, a in points)
     pixels = " ".join("{:.1f},{:.1f}".format(*xy(c, a)) for c, a in points)
     out.append(f'<polyline class="curve" fill="none" points="{pixels}" '
@@ -577,8 +579,9 @@ def _risk_coverage(unknown: dict[str, Any] | None) -> str:
                    f'data-accuracy="{accuracy:.4g}"><title>{_e(label)}: accepts '
                    f"{share:.3f} of the test images, {accuracy:.3f} of them right</title>"
                    f'<circle class="dot" cx="{mx:.1f}" cy="{my:.1f}" r="5"/>'
-                   f'<text class="value" x="{min(mx, width - right - 150):.1f}" '
-                   f'y="{max(my - 9, top + 10):.1f}">{_e(label)}</text></g>')
+                   f'<text class="value" x="{mx + (-8 if mx > width / 2 else 8):.1f}" '
+                   f'y="{max(my - 9, top + 10):.1f}" text-anchor='
+                   f'"{"end" if mx > width / 2 else "start"}">{_e(label)}</text></g>')
     out.append("</svg>")
     return ('<figure class="plot risk-coverage">' + "".join(out) + "<figcaption>Risk-"
             "coverage: accuracy of the test images accepted as known against their share, "
