@@ -205,16 +205,18 @@ def build_export_network(model_path: str | os.PathLike):
     import keras
 
     loaded = load_model_file(model_path)
+    unknown = loaded.__dict__.get("unknown_")
     if isinstance(loaded, KerasImageClassifier):
         size = int(loaded.info["input_size"])
         mode = loaded.info["preprocessing"]
         if mode != "scale_to_unit":
             mode = get_backbone(loaded.info["backbone"]).preprocess.mode
-        network, head, scores = loaded.model, None, "probability"
-        temperature = float(loaded.info.get("temperature", 1.0))
-        if temperature != 1.0:
-            head = _temperature_layer(temperature)
+        # with the score: probabilities and the penultimate features (with_features)
+        network, scores = loaded.network, "probability"
         names = list(loaded.label_names_)
+        temperature = float(loaded.info.get("temperature", 1.0))
+        head = _split_head(len(names), None if temperature == 1.0
+                           else _temperature_layer(temperature))
     else:
         if not loaded.feature_spec_:
             loaded.feature_extractor()  # raises the error that says how to fit it with a spec
@@ -229,14 +231,67 @@ def build_export_network(model_path: str | os.PathLike):
         network = extractor.model
         head, scores = _head_layers(loaded, spec.feature_dim)
         names = [loaded.label_names_[i] for i in range(len(loaded.classes_))]
+        head = _feature_head(head)
     pixels = keras.Input((size, size, 3), dtype="uint8", name=INPUT_NAME)
     x = _preprocessing_ops(mode)(keras.ops.cast(pixels, "float32"))
     x = network(x, training=False)
-    if head is not None:
-        x = head(x)
-    composed = keras.Model(pixels, x, name="tlearn_export")
+    scores_out, features = head(x)
+    if unknown is not None:  # the unknown score, one column more, last
+        scores_out = keras.ops.concatenate(
+            [scores_out, _unknown_score_ops(unknown.distance)(features)], axis=-1)
+    composed = keras.Model(pixels, scores_out, name="tlearn_export")
     return composed, {"input_size": size, "label_names": names, "scores": scores,
-                      "source": Path(model_path).name}
+                      "source": Path(model_path).name,
+                      "unknown": None if unknown is None else {
+                          "score": unknown.name, "threshold": unknown.threshold,
+                          "coverage": unknown.coverage, "column": len(names)}}
+
+
+def _feature_head(head):
+    """A stage 2 head as :func:`_split_head` gives: (scores, the features they come from)."""
+    return lambda features: (head(features), features)
+
+
+def _split_head(classes: int, temperature):
+    """A stage 3 network's output as (scores, features): its first ``classes`` columns are
+    the probabilities (rescaled at the temperature where there is one), any after them the
+    features its last layer classifies (:func:`pipeline.stage3.models.with_features`)."""
+    def split(x):
+        probabilities = x[:, :classes]
+        if temperature is not None:
+            probabilities = temperature(probabilities)
+        return probabilities, x[:, classes:]
+    return split
+
+
+def _unknown_score_ops(distance):
+    """:meth:`classifiers.novelty.FeatureDistance.score` as graph operations, step by
+    step the same (float32)."""
+    import keras
+
+    ops = keras.ops
+    terms = distance.score_terms()
+    axes = np.asarray(distance.axes, np.float32)
+    variances = np.asarray(distance.axis_variances, np.float32)
+    residual_variance = np.float32(distance.residual_variance)
+    dim = np.float32(axes.shape[1])
+
+    def score(x):
+        if distance.unit_rows:
+            norms = ops.sqrt(ops.sum(x * x, axis=-1, keepdims=True))
+            x = x / ops.maximum(norms, np.finfo(np.float32).tiny)
+        centred = x - terms["centre"]
+        projected = ops.matmul(centred, axes.T)
+        outside = centred - ops.matmul(projected, axes)
+        distances = []
+        for inside_c, outside_c in zip(terms["means_inside"], terms["means_outside"],
+                                       strict=True):
+            z, r = projected - inside_c, outside - outside_c
+            distances.append(ops.sum(z * z / variances, axis=-1, keepdims=True)
+                             + ops.sum(r * r, axis=-1, keepdims=True) / residual_variance)
+        return ops.min(ops.concatenate(distances, axis=-1), axis=-1, keepdims=True) / dim
+
+    return score
 
 
 def _temperature_layer(temperature: float):
@@ -252,11 +307,21 @@ def _temperature_layer(temperature: float):
 
 def _check_against_tlearn(composed, model_path, size: int, scores_kind: str) -> None:
     images = np.random.default_rng(0).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
-    expected = load_image_classifier(model_path, runtime="tensorflow").class_scores(images)
+    model = load_image_classifier(model_path, runtime="tensorflow")
+    expected = model.scores(images)
     got = np.asarray(composed.predict_on_batch(images))
-    scale = 1.0 if scores_kind == "probability" else max(1.0, float(np.max(np.abs(expected))))
-    error = float(np.max(np.abs(got - expected))) / scale
-    if got.shape != expected.shape or error > _CHECK_TOLERANCE:
+    if got.shape != expected.shape:
+        error = np.inf
+    else:
+        n = len(model.label_names)
+        scale = 1.0 if scores_kind == "probability" else max(1.0, float(np.max(np.abs(
+            expected[:, :n]))))
+        error = float(np.max(np.abs(got[:, :n] - expected[:, :n]))) / scale
+        if expected.shape[1] > n:  # the unknown score, relative to its size
+            unknown_scale = max(1.0, float(np.max(np.abs(expected[:, n:]))))
+            error = max(error, float(np.max(np.abs(got[:, n:] - expected[:, n:])))
+                        / unknown_scale)
+    if error > _CHECK_TOLERANCE:
         raise RuntimeError(f"the exported network differs from tlearn's scores by {error:.3g}; "
                            "nothing was written (please report this)")
 
@@ -304,9 +369,9 @@ It needs only {runtime} and numpy (and Pillow to decode images), not tlearn.
 |---|---|
 | file | {files} |
 | input `{input}` | uint8, shape (N, {size}, {size}, 3): RGB pixels, batch first, any N |
-| output `{output}` | float32, shape (N, {n}): {scores_text} |
+| output `{output}` | float32, shape (N, {columns}): {scores_text}{unknown_column} |
 | classes | `classes.txt`, one name a line, in the order of the output columns |
-
+{unknown_text}
 Decode images as tlearn does: `{decoder}` is tlearn's own image reader, copied
 as it is; `load_image(path, {size})` (or `decode_image(data, {size})` for bytes) gives
 the network's input. It applies the EXIF orientation, converts any mode to 8-bit RGB
@@ -315,10 +380,18 @@ resizes the whole image (aspect ratio ignored) to {size} x {size} with bilinear
 resampling (for JPEG, after `Image.draft("RGB", ({size}, {size}))`). No other
 scaling: the network does its own preprocessing.
 
-`python predict.py IMAGE...` prints the scores of each image as JSON (see the code);
-an image that cannot be decoded gets an `error` instead, as in `tlearn predict`.
-`tlearn-export.json` records the source model and the SHA-256 of every file.
+`python predict.py IMAGE...` prints the scores of each image as JSON (see the code),
+with `unknown` and `unknown_score` where the model has the score; an image that cannot be
+decoded gets an `error` instead, as in `tlearn predict`.
+`tlearn-export.json` records the source model, the unknown threshold and the SHA-256 of
+every file.
 """
+
+_UNKNOWN_README = (
+    "| unknown | column {column} (from 0), after the classes: how unlike the model's "
+    "training images an image is; above {threshold:.6g} (`unknown.threshold` in "
+    "`tlearn-export.json`, fitted to accept {coverage:.0%} of images of the trained "
+    "classes) an image is of no trained class, as `tlearn predict` says `unknown: true` |\n")
 
 _PREDICT = '''"""Classify images with the exported network: python predict.py IMAGE... (JSON)."""
 
@@ -334,6 +407,9 @@ from {decoder_module} import ImageDecodeError, load_image  # noqa: E402  tlearn'
 
 SIZE = {size}
 CLASSES = (HERE / "classes.txt").read_text(encoding="utf-8").splitlines()
+# the "unknown" threshold (None for a model without the score): the output's column
+# after the classes is the score, above the threshold an image is of no trained class
+UNKNOWN = json.loads((HERE / "tlearn-export.json").read_text(encoding="utf-8")).get("unknown")
 
 
 def load(path):
@@ -356,7 +432,10 @@ def main(paths):
     for r in results:
         if "error" not in r:
             s = next(scores)
-            r.update(label=CLASSES[int(np.argmax(s))], scores=[float(v) for v in s])
+            n = len(CLASSES)
+            r.update(label=CLASSES[int(np.argmax(s[:n]))], scores=[float(v) for v in s[:n]])
+            if UNKNOWN is not None:
+                r.update(unknown=bool(s[n] > UNKNOWN["threshold"]), unknown_score=float(s[n]))
     print(json.dumps(results))
 
 
@@ -409,7 +488,7 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, *,
         raise UserInputError(f"{out} already exists; pass --overwrite to replace it, or "
                              "another --out")
     composed, about = build_export_network(model_path)
-    size, names = about["input_size"], about["label_names"]
+    size, names, unknown = about["input_size"], about["label_names"], about["unknown"]
     _check_against_tlearn(composed, model_path, size, about["scores"])
     out.parent.mkdir(parents=True, exist_ok=True)
     # A plain mkdir, not mkdtemp: the folder gets the umask's mode like any folder the
@@ -427,8 +506,12 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, *,
             head=", linear head" if Path(model_path).suffix == ".joblib" else " and its head",
             runtime="OpenVINO" if format == "openvino" else "ONNX Runtime",
             files=", ".join(f"`{f}`" for f in files), input=INPUT_NAME, size=size,
-            output=OUTPUT_NAME, n=len(names), scores_text=scores_text,
-            decoder=DECODER_FILE))
+            output=OUTPUT_NAME, columns=len(names) + (unknown is not None),
+            scores_text=scores_text, decoder=DECODER_FILE,
+            unknown_column="" if unknown is None else ", then the unknown score",
+            unknown_text="" if unknown is None else _UNKNOWN_README.format(
+                column=len(names), threshold=unknown["threshold"],
+                coverage=unknown["coverage"])))
         atomic_write_text(tmp / DECODER_FILE, inspect.getsource(images))
         atomic_write_text(tmp / "predict.py", _PREDICT.format(
             size=size, runner=_RUNNERS[format], decoder_module=Path(DECODER_FILE).stem))
@@ -436,6 +519,7 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, *,
             "source": about["source"], "format": format, "input": INPUT_NAME,
             "input_shape": [None, size, size, 3], "input_dtype": "uint8",
             "output": OUTPUT_NAME, "scores": about["scores"], "classes": names,
+            "unknown": unknown,
             "files": {f: file_digest(tmp / f) for f in [*files, "classes.txt",
                                                           DECODER_FILE]}})
         if out.exists():

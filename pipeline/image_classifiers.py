@@ -124,7 +124,7 @@ def load_image_classifier(model_path: str | os.PathLike, *, runtime: str | None 
         backbone in OpenVINO int8, with the very network its features came from.
     coverage : float, optional
         The share of images of the trained classes to accept as known, instead of the
-        one the model's "unknown" threshold was fitted for (stage 2 models only).
+        one the model's "unknown" threshold was fitted for.
 
     Raises
     ------
@@ -136,16 +136,15 @@ def load_image_classifier(model_path: str | os.PathLike, *, runtime: str | None 
 
     path = Path(model_path)
     model = load_model_file(path)
-    if coverage is None:
-        scorer = model.image_scorer(runtime)
-    elif isinstance(model, KerasImageClassifier):
-        raise UserInputError(f"{path.name} is a stage 3 model, which has no unknown score: "
-                             "leave --coverage out")
-    else:
-        scorer = model.image_scorer(runtime, coverage=coverage)
+    scorer = model.image_scorer(runtime, coverage=coverage)
     sidecar = model.info if isinstance(model, KerasImageClassifier) else read_sidecar(path)
     info = public_info(sidecar, path) | {"runtime": scorer.runtime,
                                          "precision": scorer.precision}
+    unknown = getattr(model, "__dict__", {}).get("unknown_")
+    if unknown is not None:  # the threshold in use, --coverage's where given
+        info["unknown"] = unknown.summary() | {
+            "threshold": scorer.unknown_threshold,
+            "coverage": unknown.coverage if coverage is None else coverage}
     return ImageClassifier(path.stem, scorer.input_size, scorer.label_names,
                            scorer.scores_are_probabilities, info, scorer.class_scores,
                            scorer.unknown_threshold)

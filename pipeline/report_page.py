@@ -536,6 +536,59 @@ def _per_class(report: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _risk_coverage(unknown: dict[str, Any] | None) -> str:
+    """An inline SVG of the risk-coverage curve of the unknown score on the test images:
+    the accuracy of the images accepted against the share accepted (from the most like
+    the training images), the model's threshold marked; '' for reports without it."""
+    points = (unknown or {}).get("risk_coverage")
+    if not points:
+        return ""
+    width, height, left, right, top, bottom = 380, 260, 52, 16, 24, 40
+    lo = min(0.9, math.floor(min(a for _, a in points) * 10) / 10)
+
+    def xy(share: float, accuracy: float) -> tuple[float, float]:
+        return (left + share * (width - left - right),
+                top + (1.0 - accuracy) / (1.0 - lo) * (height - top - bottom))
+
+    out = [f'<svg class="chart risk-coverage" role="img" viewBox="0 0 {width} {height}" '
+           f'width="{width}" height="{height}" aria-label="accuracy of the accepted test '
+           'images against the share accepted">']
+    for i in range(6):
+        gx, _ = xy(i / 5, lo)
+        _, gy = xy(0.0, lo + (1.0 - lo) * i / 5)
+        out.append(f'<line class="grid" x1="{gx:.1f}" y1="{top}" x2="{gx:.1f}" '
+                   f'y2="{height - bottom}"/><text class="tick" x="{gx:.1f}" '
+                   f'y="{height - bottom + 15}" text-anchor="middle">{i / 5:.1f}</text>')
+        out.append(f'<line class="grid" x1="{left}" y1="{gy:.1f}" x2="{width - right}" '
+                   f'y2="{gy:.1f}"/><text class="tick" x="{left - 6}" y="{gy + 4:.1f}" '
+                   f'text-anchor="end">{lo + (1.0 - lo) * i / 5:.2f}</text>')
+    out.append(f'<text class="tick" x="{(left + width - right) / 2:.0f}" y="{height - 6}" '
+               'text-anchor="middle">share of test images accepted</text>'
+               f'<text class="tick" x="{left}" y="{top - 10}">accuracy of those accepted'
+               "</text>")
+    data = " ".join(f"{c:.4g}:{a:.4g}" for c, a in points)
+    pixels = " ".join("{:.1f},{:.1f}".format(*xy(c, a)) for c, a in points)
+    out.append(f'<polyline class="curve" fill="none" points="{pixels}" '
+               f'data-points="{data}"/>')
+    share, accuracy = unknown.get("test_accepted"), unknown.get("test_accepted_accuracy")
+    if share is not None and accuracy is not None:
+        mx, my = xy(share, accuracy)
+        coverage = unknown.get("coverage")
+        label = f"threshold{f' ({coverage:.0%} coverage)' if coverage else ''}"
+        out.append(f'<g class="threshold" data-coverage="{share:.4g}" '
+                   f'data-accuracy="{accuracy:.4g}"><title>{_e(label)}: accepts '
+                   f"{share:.3f} of the test images, {accuracy:.3f} of them right</title>"
+                   f'<circle class="dot" cx="{mx:.1f}" cy="{my:.1f}" r="5"/>'
+                   f'<text class="value" x="{mx + (-8 if mx > width / 2 else 8):.1f}" '
+                   f'y="{max(my - 9, top + 10):.1f}" text-anchor='
+                   f'"{"end" if mx > width / 2 else "start"}">{_e(label)}</text></g>')
+    out.append("</svg>")
+    return ('<figure class="plot risk-coverage">' + "".join(out) + "<figcaption>Risk-"
+            "coverage: accuracy of the test images accepted as known against their share, "
+            "accepting the most like the training images first; the dot is the model's "
+            "'unknown' threshold</figcaption></figure>")
+
+
 def _model_section(report: dict[str, Any], row: dict[str, Any], *, open_: bool) -> str:
     test = report.get("test", {})
     directory = Path(report.get("report_dir", ""))
@@ -562,6 +615,7 @@ def _model_section(report: dict[str, Any], row: dict[str, Any], *, open_: bool) 
     if test.get("scores") != "probability":
         plots.append('<p class="note">Scores are margins, not probabilities: no '
                      "reliability diagram.</p>")
+    plots.append(_risk_coverage(report.get("unknown")))
     return "\n".join([
         f'<details class="model" id="{_anchor(report)}"{" open" if open_ else ""}>',
         f'<summary><span class="mname">{_e(row.get("display", ""))}</span> '

@@ -246,12 +246,17 @@ def write_report(directory: str | os.PathLike, evaluation: Evaluation, info: dic
     unknown = info.get("unknown")
     if unknown:
         accepted = format_value(unknown.get("test_accepted"), 3)
-        lines += ["", f"Unknown images: a {unknown['score']} distance to the training "
-                  f"features (rank {unknown['rank']}) above {unknown['threshold']:.4g} "
+        score = str(unknown["score"])
+        unit = ", features divided by their length" if score.endswith("_unit") else ""
+        lines += ["", f"Unknown images: a {score.removesuffix('_unit')} distance to the "
+                  f"training features (rank {unknown['rank']}{unit}) above "
+                  f"{unknown['threshold']:.4g} "
                   f"predicts 'unknown'; the threshold, fitted on held-out folds of the train "
                   f"split for {unknown['coverage']:.0%} coverage, accepts "
                   f"{unknown['held_out_coverage']:.3f} of those and {accepted} of the test "
-                  "images."]
+                  "images"
+                  + (f" ({unknown['test_accepted_accuracy']:.3f} of them classified right)."
+                     if unknown.get("test_accepted_accuracy") is not None else ".")]
     calibration = info.get("calibration")
     if calibration:
         lines += ["", f"Calibration: {calibration['note']}."]

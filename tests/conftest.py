@@ -134,8 +134,12 @@ def artifacts(tmp_path, monkeypatch) -> Path:
 
 
 def save_stage3_model(path: Path, label_names: list[str], *, size: int = 16,
-                      temperature: float = 1.0) -> Path:
-    """A small convolutional stage 3 ``.keras`` model (seeded) with the sidecar stage 3 writes."""
+                      temperature: float = 1.0, known: list[Path] | None = None) -> Path:
+    """A small convolutional stage 3 ``.keras`` model (seeded) with the sidecar stage 3 writes.
+
+    With ``known`` images (of classes ``i % len(label_names)`` in turn), its "unknown"
+    score too, fitted on their penultimate features as stage 3 fits it.
+    """
     import json
 
     import keras
@@ -152,8 +156,22 @@ def save_stage3_model(path: Path, label_names: list[str], *, size: int = 16,
     sidecar_path(path).write_text(json.dumps({
         "model": path.name, "sha256": sha256_file(path), "label_names": list(label_names),
         "input_size": size, "preprocessing": "scale_to_unit", "backbone": "minivggnet",
-        "temperature": temperature, "library_versions": keras_versions()}))
+        "temperature": temperature, "library_versions": keras_versions(),
+        **({} if known is None else {"unknown": _stage3_unknown(network, known, size,
+                                                                len(label_names))})}))
     return path
+
+
+def _stage3_unknown(network, known: list[Path], size: int, classes: int) -> dict:
+    import keras
+
+    from features.images import load_image
+    from pipeline.stage3.commands import fit_penultimate_score
+
+    features = keras.Model(network.inputs, network.layers[-1].input).predict(
+        np.stack([load_image(p, size) for p in known]) / 255.0, verbose=0)
+    return fit_penultimate_score(features, np.arange(len(known)) % classes, 0,
+                                 say=lambda line: None).to_json()
 
 
 # -- headless Chromium (browser tests) --------------------------------------------------------

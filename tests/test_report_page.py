@@ -316,3 +316,38 @@ def test_balanced_accuracy_beside_accuracy_and_missing_in_old_reports(reports):
     page = _page(reports)
     assert "balanced accuracy [95 % CI]" not in page  # no model has one: no empty column
     assert "balanced accuracy –" in page
+
+
+def test_risk_coverage_curve_with_the_models_threshold(tmp_path):
+    from classifiers.novelty import test_figures
+
+    # four test images by unknown score: 0.1 right, 0.2 right, 0.3 wrong, 0.4 wrong;
+    # accepting the lowest first gives, by hand, 1/4 at 1.0, 2/4 at 1.0, 3/4 at 2/3,
+    # 4/4 at 1/2; a threshold of 0.2 accepts half, all right
+    unknown = {"score": "mahalanobis_unit", "rank": 4, "threshold": 0.2, "coverage": 0.95,
+               "held_out_coverage": 0.95,
+               **test_figures([0.4, 0.1, 0.3, 0.2], [False, True, False, True], 0.2)}
+    y = np.array([0, 1, 0, 1])
+    write_report(tmp_path / "pets__vgg16__logreg",
+                 evaluate_predictions(y, np.eye(2)[[1, 1, 0, 1]], np.arange(2), ["a", "b"]),
+                 {"model": "pets__vgg16__logreg", "stage": "features", "dataset": "pets",
+                  "unknown": unknown})
+    write_report(tmp_path / "pets__vgg16__sgd",
+                 evaluate_predictions(y, np.eye(2)[y], np.arange(2), ["a", "b"]),
+                 {"model": "pets__vgg16__sgd", "stage": "features", "dataset": "pets"})
+    page = write_dataset_report("pets", tmp_path).read_text()
+    curves = re.findall(r'<figure class="plot risk-coverage">.*?</figure>', page, flags=re.S)
+    assert len(curves) == 1  # the model without the score (an older report) has none
+    points = re.search(r'data-points="([^"]*)"', curves[0]).group(1)
+    np.testing.assert_allclose([[float(v) for v in p.split(":")] for p in points.split()],
+                               [[0.25, 1.0], [0.5, 1.0], [0.75, 2 / 3], [1.0, 0.5]], atol=1e-4)
+    marker = re.search(r'<g class="threshold" data-coverage="([^"]*)" '
+                       r'data-accuracy="([^"]*)">', curves[0])
+    assert (float(marker.group(1)), float(marker.group(2))) == (0.5, 1.0)
+    assert "threshold (95% coverage)" in curves[0]
+    # the curve is drawn where its points say: x grows with the share accepted, y falls
+    # with the accuracy
+    pixels = [tuple(map(float, p.split(","))) for p in re.search(
+        r'<polyline class="curve" fill="none" points="([^"]*)"', curves[0]).group(1).split()]
+    assert [x for x, _ in pixels] == sorted(x for x, _ in pixels)
+    assert pixels[0][1] == pixels[1][1] < pixels[2][1] < pixels[3][1]

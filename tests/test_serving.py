@@ -789,3 +789,27 @@ def test_the_library_needs_a_token_beyond_loopback_too(model_path, monkeypatch):
     with TestClient(served[0]) as c:
         assert c.get("/model").status_code == 401
         assert c.get("/model", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_a_stage3_model_says_unknown_as_a_stage2_model_does(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from pipeline.workflows import predict_files
+    from tests.conftest import save_stage3_model, write_image
+
+    known = [write_image(tmp_path / f"k{i}.png", (220, 40, 40) if i % 2 == 0 else
+                         (40, 60, 220), seed=i) for i in range(12)]
+    path = save_stage3_model(tmp_path / "scratch.keras", ["red", "blue"], known=known)
+    white = tmp_path / "white.png"
+    white.write_bytes(_png((255, 255, 255)))
+    expected = predict_files(path, [known[0], white])
+    with TestClient(create_app(load_image_classifier(path))) as c:
+        info = c.get("/model").json()
+        results = c.post("/predict", files=[
+            ("files", ("k.png", known[0].read_bytes(), "image/png")),
+            ("files", ("w.png", white.read_bytes(), "image/png"))]).json()["results"]
+    assert info["unknown"]["coverage"] == 0.95
+    assert info["unknown"]["threshold"] == load_image_classifier(path).unknown_threshold
+    for want, have in zip(expected, results, strict=True):
+        assert have["unknown"] == want["unknown"]
+        assert have["unknown_score"] == pytest.approx(want["unknown_score"], rel=1e-5)

@@ -186,3 +186,51 @@ def test_recorded_settings_keep_their_form_and_a_new_setting_is_recorded_by_itse
     recorded = _recorded_settings(WithANewSetting("s"))
     assert recorded["label_smoothing"] == 0.1
     assert recorded["head"] == {"pooling": "avg", "units": 256, "dropout": 0.5}
+
+
+def test_a_stage3_model_carries_the_unknown_score_through_predict(store, artifacts, tmp_path):
+    import keras
+
+    from classifiers.novelty import UnknownScore
+    from classifiers.persistence import sidecar_path
+    from features.images import load_image
+    from pipeline.stage3 import load_keras_classifier
+    from pipeline.stage3.models import scale_to_unit
+    from pipeline.workflows import evaluate_model
+    from tests.conftest import write_image
+
+    store_path, _ = store
+    result = train_from_scratch(ScratchSettings(store_path, input_size=16, epochs=2,
+                                                batch_size=8, val_share=0.2))
+    side = json.loads(sidecar_path(result.model_path).read_text())
+    score = UnknownScore.from_json(side["unknown"])
+    split = images_from_store(store_path, val_share=0.2)
+    # fitted on the train split's features of the network's last layer, never on test
+    # images: the held-out training images set the threshold
+    assert score.coverage == 0.95 and 0.6 <= score.held_out_coverage <= 1.0
+    unknown = result.report["unknown"]
+    assert unknown["threshold"] == score.threshold
+    assert unknown["risk_coverage"][-1][0] == 1.0  # every test image accepted at the end
+    # predict says unknown per image, the score being the distance of the penultimate
+    # features (what the network's last layer classifies) to the training ones
+    strangers = [write_image(tmp_path / f"grey_{i}.png", (128, 128, 128), seed=i)
+                 for i in range(3)]
+    paths = [*split.test[0], *map(str, strangers)]
+    out = predict_files(result.model_path, paths)
+    network = keras.models.load_model(result.model_path)
+    penultimate = keras.Model(network.inputs, network.layers[-1].input)
+    pixels = np.stack([load_image(p, 16) for p in paths])
+    expected = score.score(np.asarray(penultimate.predict(scale_to_unit(pixels), verbose=0)))
+    np.testing.assert_allclose([r["unknown_score"] for r in out], expected, rtol=1e-4)
+    assert [r["unknown"] for r in out] == list(expected > score.threshold)
+    assert {r["label"] for r in out} <= {"red", "green", "blue"}  # still the best class
+    # another coverage at predict time, from the held-out scores the sidecar keeps
+    loose = predict_files(result.model_path, paths, coverage=0.3)
+    assert sum(r["unknown"] for r in loose) >= sum(r["unknown"] for r in out)
+    assert load_keras_classifier(result.model_path).unknown_.threshold == score.threshold
+    # evaluate reports it on the test images as training did
+    evaluated = evaluate_model(result.model_path, store_path).report["unknown"]
+    assert evaluated["threshold"] == score.threshold
+    assert evaluated["test_accepted"] == unknown["test_accepted"]
+    assert evaluated["test_accepted_accuracy"] == unknown["test_accepted_accuracy"]
+    assert evaluated["risk_coverage"][-1] == pytest.approx(unknown["risk_coverage"][-1])

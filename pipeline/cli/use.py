@@ -96,7 +96,7 @@ def predict(
     print_table(console, table)
     if results and not has_unknown and any("label" in r for r in results):
         err_console.print(f"{model.name} has no unknown score (saved before it existed, or "
-                          "an sgd or stage 3 model): images of no trained class get the "
+                          "an sgd model): images of no trained class get the "
                           "nearest class; train it again to flag them", highlight=False)
     failed = [r for r in results if "error" in r]
     if failed:

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from classifiers.calibration import apply_temperature
+from classifiers.novelty import UnknownScore, fit_unknown_score
+from classifiers.search import stratified_folds
 from features.errors import UserInputError
 from features.integrity import atomic_write, atomic_write_json, settings_key
 from pipeline.augmentation import AugmentationConfig
@@ -36,6 +38,7 @@ from pipeline.stage3.models import (
     freeze_base,
     scale_to_unit,
     unfreeze_base_from,
+    with_features,
     without_augmentation,
 )
 from pipeline.stage3.training import Log, Phase, checkpointed_settings_key, train_phases
@@ -139,13 +142,22 @@ def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Calla
     fit_seconds = sum(r["seconds"] for r in state.history)
     calibration = fit_validation_temperature(model, val, images.val[1])
     say(f"{name}: {calibration['note']}")
+    classes = len(images.label_names)
+    scored = with_features(model)  # probabilities, then the features they come from
+    train_in_order = batches(*images.train, batch_size=batch_size, size=input_size,
+                             preprocess=preprocess, shuffle=False, seed=seed, workers=workers)
+    unknown = fit_penultimate_score(
+        np.asarray(scored.predict(train_in_order, verbose=0))[:, classes:], images.train[1],
+        seed, say=lambda line: say(f"{name}: {line}"))
     t1 = time.perf_counter()
-    scores = apply_temperature(np.asarray(model.predict(test, verbose=0)),
-                               calibration["temperature"])
+    out = np.asarray(scored.predict(test, verbose=0))
+    scores = apply_temperature(out[:, :classes], calibration["temperature"])
     rate = counts["test"] / max(time.perf_counter() - t1, 1e-9)
-    evaluation = evaluate_predictions(images.test[1], scores, np.arange(len(images.label_names)),
+    evaluation = evaluate_predictions(images.test[1], scores, np.arange(classes),
                                       images.label_names, rate, probabilities=True,
                                       sample_ids=list(images.test[0]))
+    unknown_info = None if unknown is None else unknown.test_report(
+        unknown.score(out[:, classes:]), scores.argmax(axis=1) == np.asarray(images.test[1]))
     atomic_write(model_path, without_augmentation(model).save, suffix=".keras")
     write_history(state.history, report_dir)
     write_report(report_dir, evaluation, {
@@ -155,13 +167,14 @@ def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Calla
         "chosen": {"epochs": len(state.history)}, "fit_seconds": fit_seconds,
         "wall_seconds": time.perf_counter() - t0, "size_bytes": model_path.stat().st_size,
         "model_path": str(model_path), "n_train": counts["train"],
-        "calibration": calibration,
+        "calibration": calibration, "unknown": unknown_info,
     })
     # the sidecar comes last: it is what marks the model and its report as complete
     atomic_write_json(sidecar_path(model_path), {
         **info, "model": model_path.name, "sha256": sha256_file(model_path),
         "label_names": images.label_names, "input_size": input_size, "settings_key": key,
         "temperature": calibration["temperature"],
+        "unknown": None if unknown is None else unknown.to_json(),
         "settings": settings, "history": state.history,
         "size_bytes": model_path.stat().st_size, "library_versions": keras_versions()})
     say(f"{name}: test accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f} "
@@ -169,6 +182,24 @@ def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Calla
     report = read_report(report_dir)
     update_dataset_reports([report_dataset(report)], reports_dir(), log=say)
     return StageThreeResult(name, model_path, report_dir, report, state.history)
+
+
+def fit_penultimate_score(features: np.ndarray, labels: np.ndarray, seed: int, *,
+                          say: Callable[[str], None]) -> UnknownScore | None:
+    """The "unknown" score of a stage 3 model: fitted on the features its last layer
+    classifies of the train split, its threshold on held-out folds of them (as stage 2,
+    :func:`classifiers.novelty.fit_unknown_score`); None, said, where a class has fewer
+    than 2 training images to fold."""
+    labels = np.asarray(labels)
+    folds = min(3, int(np.bincount(labels).min()))
+    if folds < 2:
+        say("no unknown score: a class has fewer than 2 training images to hold out")
+        return None
+    score = fit_unknown_score(features, labels, stratified_folds(labels, folds, seed),
+                              seed=seed)
+    say(f"unknown score above {score.threshold:.4g} (accepts "
+        f"{score.held_out_coverage:.3f} of held-out training images)")
+    return score
 
 
 def fit_validation_temperature(model: Any, val_data: Any, val_labels: np.ndarray) -> dict:

@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 
 from classifiers.calibration import apply_temperature
+from classifiers.novelty import UnknownScore
 from features.errors import UserInputError
 from features.integrity import atomic_write_bytes
 from features.networks import import_tensorflow_quietly
 from features.prediction import ImageScorer
-from pipeline.stage3.models import scale_to_unit
+from pipeline.stage3.models import scale_to_unit, with_features
 
 
 def keras_versions() -> dict[str, str]:
@@ -34,11 +35,17 @@ class KerasImageClassifier:
     joblib classifiers, so ``tlearn predict`` treats both the same way.
     """
 
-    def __init__(self, model: Any, info: dict) -> None:
+    def __init__(self, model: Any, info: dict, network: Any = None) -> None:
         self.model = model
         self.info = info
         self.label_names_ = list(info["label_names"])
         self.classes_ = np.arange(len(self.label_names_))
+        # None for models saved before the score existed
+        self.unknown_ = UnknownScore.from_json(info["unknown"]) if info.get("unknown") else None
+        # what scores images: the model, with its features too where the score needs them
+        # (with_features), or that network compiled for another runtime
+        self.network = network if network is not None else (
+            model if self.unknown_ is None else with_features(model))
 
     def _preprocess(self, images: np.ndarray) -> np.ndarray:
         if self.info["preprocessing"] == "scale_to_unit":
@@ -48,32 +55,51 @@ class KerasImageClassifier:
         return get_backbone(self.info["backbone"]).preprocess_input(images)
 
     def class_scores_of_images(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities (n, classes) of RGB uint8 images, then the unknown score
+        as one more column when the model has it (:attr:`unknown_`)."""
         from features.spec import predict_in_buckets
 
-        parts = predict_in_buckets(self.model.predict_on_batch, self._preprocess(images))
+        n = len(self.label_names_)
+        parts = predict_in_buckets(self.network.predict_on_batch, self._preprocess(images))
         if not parts:
-            return np.empty((0, len(self.label_names_)))
+            return np.empty((0, n + (self.unknown_ is not None)))
+        out = np.concatenate(parts)
         # the temperature fitted on validation images at training time (1: none)
-        return apply_temperature(np.concatenate(parts), float(self.info.get("temperature", 1.0)))
+        probabilities = apply_temperature(out[:, :n], float(self.info.get("temperature", 1.0)))
+        if self.unknown_ is None:
+            return probabilities
+        # the network also gives the features its last layer classifies (with_features)
+        return np.column_stack([probabilities, self.unknown_.score(out[:, n:])])
 
-    def image_scorer(self, runtime: str | None = None) -> ImageScorer:
+    def image_scorer(self, runtime: str | None = None, coverage: float | None = None
+                     ) -> ImageScorer:
         """This model as scores of image pixels, its network run by ``runtime``.
 
         What :meth:`predict_images`, ``tlearn predict``, ``tlearn serve`` and the
         engines classify images with; ``runtime`` as in
-        :func:`features.runtimes.resolve_runtime` (float32).
+        :func:`features.runtimes.resolve_runtime` (float32). ``coverage``: accept about
+        this share of images of the trained classes instead of the coverage the
+        "unknown" threshold was fitted for.
         """
         from features.runtimes import TENSORFLOW, compile_keras_model, resolve_runtime
 
+        unknown = self.unknown_
+        if coverage is not None and unknown is None:
+            raise UserInputError("this model has no unknown score (saved before it existed): "
+                                 "train it again to choose a coverage")
+        threshold = None if unknown is None else (
+            unknown.threshold if coverage is None else unknown.threshold_for(coverage))
         size = int(self.info["input_size"])
         chosen = resolve_runtime(runtime, "float32")
         model = self
         if chosen != TENSORFLOW:
-            network = compile_keras_model(self.model, size, runtime=chosen,
-                                          identity={"sha256": self.info.get("sha256")})
-            model = KerasImageClassifier(network, self.info)
+            identity = {"sha256": self.info.get("sha256")}
+            if unknown is not None:  # another network than the plain model's
+                identity["outputs"] = "scores_and_features"
+            network = compile_keras_model(self.network, size, runtime=chosen, identity=identity)
+            model = KerasImageClassifier(self.model, self.info, network)
         return ImageScorer(size, model.class_scores_of_images, list(self.label_names_), True,
-                           chosen, "float32")
+                           chosen, "float32", threshold)
 
     def predict_images(self, paths: Sequence[str | os.PathLike], top: int = 1) -> list[dict]:
         """Classify image files (through :meth:`image_scorer`, as ``tlearn predict`` does).

@@ -173,6 +173,18 @@ def without_augmentation(model: Any) -> Any:
     return keras.Model(inputs, x, name=model.name)
 
 
+def with_features(model: Any) -> Any:
+    """The same network, sharing weights, giving its class probabilities and after them,
+    in the same rows, the features its last layer classifies (the penultimate layer's
+    output): what the "unknown" score of a stage 3 model is computed from. One output,
+    so every runtime and export runs it as it runs the plain network."""
+    import keras
+
+    last = model.layers[-1]
+    return keras.Model(model.inputs, keras.layers.Concatenate(name="scores_and_features")(
+        [model.outputs[0], last.input]), name=model.name)
+
+
 def scale_to_unit(images: np.ndarray) -> np.ndarray:
     """Preprocessing of the from-scratch network: pixels / 255."""
     return np.asarray(images, dtype=np.float32) / 255.0

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from classifiers.evaluation import evaluate_predictions
+from classifiers.novelty import test_figures
 from classifiers.persistence import check_same_features, load_classifier
 from features.batches import iter_decoded_batches
 from features.errors import UserInputError
@@ -25,7 +26,12 @@ from pipeline.reports import (
     write_comparison,
     write_report,
 )
-from pipeline.workflows.train import TrainOutcome, _evaluate_on_store, _refuse_unknown_classes
+from pipeline.workflows.train import (
+    TrainOutcome,
+    _evaluate_on_store,
+    _refuse_unknown_classes,
+    unknown_report,
+)
 
 
 def evaluate_model(model_path: str | Path, store_path: str | Path, *, split: str = "test",
@@ -56,7 +62,8 @@ def evaluate_model(model_path: str | Path, store_path: str | Path, *, split: str
             _refuse_unknown_classes(model.label_names_, store, store.split_mask(split))
             evaluation = _evaluate_on_store(model, store, split)
             meta = {"classifier": model.kind, "chosen": model.best_params_,
-                    "backbone": (model.feature_spec_ or {}).get("backbone")}
+                    "backbone": (model.feature_spec_ or {}).get("backbone"),
+                    "unknown": unknown_report(model, store, evaluation, split)}
         name = f"{model_path.stem}__on__{Path(store_path).stem}"
         if from_images:
             name += f"__{meta['runtime']}"
@@ -90,16 +97,24 @@ def _evaluate_from_images(model_path: Path, store, split: str, runtime: str | No
             raise UserInputError(f"{paths[batch.begin + i]} can no longer be read ({reason}); "
                                  "restore it or extract the store again")
         t0 = time.perf_counter()
-        scores.append(model.class_scores(batch.x))
+        scores.append(model.scores(batch.x))
         seconds += time.perf_counter() - t0
     rate = len(y) / seconds if seconds > 0 else float("inf")
-    evaluation = evaluate_predictions(y, np.concatenate(scores), np.arange(len(position)),
+    scores = np.concatenate(scores)
+    classes = len(position)
+    evaluation = evaluate_predictions(y, scores[:, :classes], np.arange(classes),
                                       list(model.label_names), rate)
     info = model.info
+    unknown = None
+    if model.unknown_threshold is not None:  # the last column is the unknown score
+        unknown = info["unknown"] | test_figures(
+            scores[:, classes], scores[:, :classes].argmax(axis=1) == y,
+            model.unknown_threshold)
     return evaluation, {"classifier": info.get("classifier") or info.get("kind"),
                         "chosen": info.get("best_params"), "backbone": info.get("backbone")
                         or (info.get("feature_spec") or {}).get("backbone"),
-                        "runtime": info["runtime"], "precision": info["precision"]}
+                        "runtime": info["runtime"], "precision": info["precision"],
+                        "unknown": unknown}
 
 
 def compare_models(paths: list[str | Path] | None = None, *,

@@ -12,7 +12,7 @@ from sklearn.base import clone
 
 from classifiers.estimators import FeatureClassifier, check_feature_values
 from classifiers.evaluation import evaluate_predictions
-from classifiers.novelty import DEFAULT_COVERAGE
+from classifiers.novelty import DEFAULT_COVERAGE, check_coverage
 from classifiers.persistence import load_classifier, read_sidecar, save_classifier, sidecar_path
 from classifiers.registry import resolve_classifier_names
 from classifiers.search import check_folds
@@ -179,16 +179,19 @@ def _fit_and_save(store, store_path: Path, model_path: Path, report_dir: Path, s
     return model, evaluation
 
 
-def unknown_report(model, store) -> dict | None:
-    """The unknown score of ``model`` for the report: its threshold and the share of the
-    store's test images it accepts (the threshold was fitted on the train split only);
-    None for a model without it."""
+def unknown_report(model, store, evaluation, split: str = "test") -> dict | None:
+    """The unknown score of ``model`` for the report: its threshold, the share of the
+    store's ``split`` images it accepts (the threshold was fitted on the train split
+    only) and their risk-coverage curve (``evaluation``: of the same images, in store
+    order); None for a model without it."""
     score = getattr(model, "unknown_", None)
     if score is None:
         return None
-    accepted = [~score.is_unknown(score.score(X)) for _, X, _ in store.iter_chunks("test")]
-    test = np.concatenate(accepted) if accepted else np.empty(0, bool)
-    return score.summary() | {"test_accepted": float(test.mean()) if test.size else None}
+    parts = [score.score(X) for _, X, _ in store.iter_chunks(split)]
+    images = evaluation.per_image
+    correct = np.array(images["true"], dtype=object) == np.array(images["predicted"],
+                                                                 dtype=object)
+    return score.test_report(np.concatenate(parts) if parts else np.empty(0), correct)
 
 
 def _write_train_report(model, evaluation, store, store_path: Path, model_path: Path,
@@ -210,7 +213,7 @@ def _write_train_report(model, evaluation, store, store_path: Path, model_path: 
         "n_train": store.split_counts()["train"], "model_path": str(model_path),
         "size_bytes": model_path.stat().st_size,
         "extraction_images_per_second": attrs.get("extraction_images_per_second"),
-        "unknown": unknown_report(model, store),
+        "unknown": unknown_report(model, store, evaluation),
     }
     if repeats:
         say(f"{name}: {repeats} seeded re-splits of the train and test rows")
@@ -308,9 +311,7 @@ def train_store(
         raise UserInputError(f"--class-weight {class_weight!r} is not known; use "
                              f"{' or '.join(CLASS_WEIGHTS)}, or leave it out (every image "
                              "weighs the same)")
-    if not 0 < coverage < 1:
-        raise UserInputError(f"--coverage must be between 0 and 1 (the share of known "
-                             f"images accepted, e.g. 0.95), got {coverage}")
+    check_coverage(coverage)
     names = resolve_classifier_names(classifier)
     store_path = Path(store_path)
     outcomes = []
