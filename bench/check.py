@@ -6,10 +6,12 @@ problems, seeded:
 
 * **near-duplicate copies**: 1 % of the images copied with a crop of 3-8 % of each side
   (at a random offset), resized 0.5-0.8x and re-encoded as JPEG of quality 50-70; their
-  features are extracted like the photos'. Reported per threshold of the centred cosine
-  (the one :mod:`features.neighbours` uses) and of the plain cosine: the share of copies
-  whose group (after :func:`features.neighbours.join_near_duplicates`, over the store's
-  groups) holds their source, and the share of the other images joined with anything.
+  features are extracted like the photos'. Reported per rule of
+  :func:`features.neighbours.scan_neighbours` (a centred cosine of the features and of
+  the pixel signatures, or of the features alone): the share of copies whose group
+  (after :func:`features.neighbours.join_near_duplicates`, over the store's groups)
+  holds their source, and the share of the other images joined with anything (real
+  duplicates of the unmodified datasets included).
 * **flipped labels**: 2 % and 5 % of the images given another class at random; the
   recall of the flipped images among the top 2x-as-many label findings of
   :func:`classifiers.label_issues.find_label_issues`.
@@ -46,7 +48,6 @@ from bench.machine import cpu_info, describe  # noqa: E402
 SHARED = REPO.parent / "shared" / "datasets"
 CACHE = Path("/tmp/tlearn-bench-check")
 DATASETS = ("animals", "flowers5")
-THRESHOLDS = (0.8, 0.85, 0.875, 0.9, 0.925, 0.95)
 SEED = 0
 
 
@@ -100,42 +101,39 @@ def copies_store(name: str, paths: list[str], labels: np.ndarray, label_names: l
     return out, sources
 
 
-def cosines(X: np.ndarray, centred: bool) -> np.ndarray:
-    Z = X - X.mean(axis=0) if centred else X.copy()
-    Z /= np.linalg.norm(Z, axis=1, keepdims=True)
-    S = Z @ Z.T
-    np.fill_diagonal(S, -np.inf)
-    return S
+RULES = [(f, p) for f in (0.5, 0.6, 0.7) for p in (0.8, 0.85, 0.9)] + \
+    [(f, None) for f in (0.85, 0.9, 0.95)]
 
 
-def grouping_figures(X: np.ndarray, groups: np.ndarray, n_original: int, sources: np.ndarray
-                     ) -> dict:
-    """Copies grouped with their source and other images grouped, per threshold."""
-    from features.neighbours import join_near_duplicates
+def grouping_figures(X: np.ndarray, signatures: np.ndarray, groups: np.ndarray,
+                     n_original: int, sources: np.ndarray) -> dict:
+    """Copies grouped with their source and other images grouped, per rule.
+
+    A rule is (centred cosine of the features, cosine of the pixel signatures), or
+    (features, None): the features alone.
+    """
+    from features.neighbours import join_near_duplicates, scan_neighbours
 
     out = {}
     copies = np.arange(n_original, len(X))
-    is_source = np.zeros(n_original, dtype=bool)
-    is_source[sources] = True
-    for centred in (True, False):
-        S = cosines(X, centred)
-        rows = {}
-        for t in THRESHOLDS:
-            first, second = np.nonzero(np.triu(t <= S, 1))
-            joined = join_near_duplicates(first, second, groups,
-                                          np.zeros(len(X), dtype=np.uint8)).groups
-            sizes = np.bincount(np.unique(joined, return_inverse=True)[1])
-            size_of = sizes[np.unique(joined, return_inverse=True)[1]]
-            before = np.bincount(np.unique(groups, return_inverse=True)[1])[
-                np.unique(groups, return_inverse=True)[1]]
-            others = ~is_source
-            wrongly = others & (size_of[:n_original] > before[:n_original])
-            rows[str(t)] = {
-                "copies_with_source": float(np.mean(joined[copies] == joined[sources])),
-                "others_grouped": float(np.mean(wrongly[others])),
-                "others_grouped_count": int(wrongly[others].sum()),
-                "pairs": len(first)}
-        out["centred" if centred else "plain"] = rows
+    others = np.ones(n_original, dtype=bool)
+    others[sources] = False
+    _, before = np.unique(groups, return_inverse=True)
+    size_before = np.bincount(before)[before]
+    for features, pixels in RULES:
+        scan = scan_neighbours(X, features, signatures=None if pixels is None else signatures,
+                               signature_threshold=pixels or 0.0,
+                               features_only_threshold=features if pixels is None else 2.0)
+        joined = join_near_duplicates(scan.first, scan.second, groups,
+                                      np.zeros(len(X), dtype=np.uint8)).groups
+        _, after = np.unique(joined, return_inverse=True)
+        size_after = np.bincount(after)[after]
+        wrongly = others & (size_after[:n_original] > size_before[:n_original])
+        out[f"{features}/{pixels or '-'}"] = {
+            "features": features, "pixels": pixels,
+            "copies_with_source": float(np.mean(joined[copies] == joined[sources])),
+            "others_grouped": float(wrongly.sum() / others.sum()),
+            "others_grouped_count": int(wrongly.sum()), "pairs": len(scan.first)}
     return out
 
 
@@ -227,14 +225,17 @@ def main() -> None:
         with FeatureStore(store) as fs:
             X, y = fs.load()
             groups, paths, label_names = fs.groups, fs.paths, fs.label_names
+            signatures = fs.signatures
         copies, sources = copies_store(name, paths, y, label_names)
         with FeatureStore(copies) as fs:
             Xc, _ = fs.load()
+            copy_signatures = fs.signatures
         both = np.vstack([X, Xc])
         all_groups = np.concatenate([groups, len(X) + np.arange(len(Xc)) + groups.max() + 1])
         result["datasets"][name] = {
             "rows": len(X), "copies": len(Xc),
-            "grouping": grouping_figures(both, all_groups, len(X), sources),
+            "grouping": grouping_figures(both, np.vstack([signatures, copy_signatures]),
+                                         all_groups, len(X), sources),
             "labels": label_figures(X, y, groups),
             "unmodified": check_figures(store)}
         if name == DATASETS[0]:
@@ -244,11 +245,10 @@ def main() -> None:
     print(describe(result["machine"]))
     for name, figures in result["datasets"].items():
         print(f"\n{name}: {figures['rows']} images, {figures['copies']} planted copies")
-        print("threshold  copies-with-source  others-grouped (centred | plain cosine)")
-        for t in THRESHOLDS:
-            c, p = figures["grouping"]["centred"][str(t)], figures["grouping"]["plain"][str(t)]
-            print(f"{t:9}  {c['copies_with_source']:8.1%} {c['others_grouped']:8.2%}   |"
-                  f"  {p['copies_with_source']:8.1%} {p['others_grouped']:8.2%}")
+        print("features pixels  copies-with-source  others-grouped")
+        for f in figures["grouping"].values():
+            print(f"{f['features']:8} {f['pixels'] or '-':>6}  {f['copies_with_source']:12.1%}"
+                  f"  {f['others_grouped']:8.2%} ({f['others_grouped_count']})")
         for rate, f in figures["labels"].items():
             print(f"labels flipped {float(rate):.0%}: recall in top 2x {f['recall_top_2x']:.1%}"
                   f" ({f['flipped']} flipped, {f['flagged']} flagged, suggested label right "

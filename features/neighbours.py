@@ -207,7 +207,7 @@ class NearDuplicateGrouping:
         Split code of each row; a joined group takes the split most of its rows had
         (ties: the split of its first row), so no group straddles two splits.
     near_duplicate_groups : int
-        Groups that near-identical rows joined together.
+        Groups holding a near-identical pair (counted alike when joined again).
     moved : int
         Rows whose split changed.
     """
@@ -236,8 +236,6 @@ def join_near_duplicates(first: np.ndarray, second: np.ndarray, groups: np.ndarr
     n_comp, comp = connected_components(graph, directed=False)
     new_id = np.full(n_comp, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(new_id, comp, groups)
-    distinct = np.zeros(n_comp, dtype=np.int64)
-    np.add.at(distinct, comp[first_row], 1)  # original groups per component
     counts = np.zeros((n_comp, int(split.max(initial=0)) + 1), dtype=np.int64)
     np.add.at(counts, (comp, split), 1)
     leader = np.full(n_comp, n, dtype=np.int64)
@@ -247,5 +245,5 @@ def join_near_duplicates(first: np.ndarray, second: np.ndarray, groups: np.ndarr
     ties = counts[np.arange(n_comp), lead_split] == counts.max(axis=1)
     chosen[ties] = lead_split[ties]
     new_split = chosen[comp]
-    return NearDuplicateGrouping(new_id[comp], new_split, int((distinct > 1).sum()),
+    return NearDuplicateGrouping(new_id[comp], new_split, len(np.unique(comp[first])),
                                  int((new_split != split).sum()))
