@@ -430,10 +430,12 @@ def stratified_split(labels: np.ndarray, *, test_size: float = 0.25, val_size: f
     return split
 
 
+#: The columns of the issues.csv 'tlearn check' writes (:mod:`pipeline.workflows.check`).
+ISSUE_COLUMNS = ("path", "issue", "score", "given_label", "suggested_label", "related_path",
+                 "split")
 #: Columns an exclusion file may have: ``path`` and ``label`` (a new class for the
-#: image; empty: leave it out), or those of the issues.csv 'tlearn check' writes.
-EXCLUSION_COLUMNS = ("path", "label", "issue", "score", "given_label", "suggested_label",
-                     "related_path")
+#: image; empty: leave it out), or those of an issues.csv.
+EXCLUSION_COLUMNS = ("label", *ISSUE_COLUMNS)
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,12 @@ def test_check_finds_flipped_labels_and_an_off_topic_photo_and_writes_the_csv(tm
     outliers = [Path(r["path"]).name for r in rows if r["issue"] == "outlier"]
     assert outliers[:1] == ["checkerboard.png"]
     assert "label" in result.output and "outlier" in result.output
+    # the issues.csv itself, given back to extract: every image it names is left out
+    again = extract(root, out=tmp_path / "clean.h5", exclude=out, **TINY_EXTRACT)
+    named = {r["path"] for r in rows}
+    assert again.exclusions["excluded"] == len(named)
+    with FeatureStore(again.result.path) as fs:
+        assert not named & set(fs.paths) and fs.n_rows == 37 - len(named)
 
 
 def test_exclusion_file_leaves_out_and_relabels_and_is_recorded(tmp_path, artifacts):

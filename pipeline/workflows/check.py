@@ -19,10 +19,8 @@ from features.errors import UserInputError
 from features.integrity import atomic_write_text, check_output_path
 from features.neighbours import join_near_duplicates, scan_neighbours
 from features.store import FeatureStore
+from pipeline.datasets import ISSUE_COLUMNS
 
-#: The columns of issues.csv, in order; ``pipeline.datasets.read_exclusions`` reads it back.
-ISSUE_COLUMNS = ("path", "issue", "score", "given_label", "suggested_label", "related_path",
-                 "split")
 #: Kinds of finding, in the order they are listed.
 ISSUES = ("leak", "label", "near_duplicate", "outlier")
 #: Neighbours of the outlier score: an image's mean distance to its k nearest.
