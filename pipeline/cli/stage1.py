@@ -195,7 +195,8 @@ def inspect(store: Annotated[Path, typer.Argument(help="A feature store (.h5).")
         table.add_row("rows x features", f"{rows:,} x {dim:,}")
         for key in ("backbone", "layer", "pooling", "taps", "views", "input_size",
                     "preprocessing", "weights", "precision", "compression", "source", "seed",
-                    "test_size", "val_size", "created", "fingerprint"):
+                    "test_size", "val_size", "n_near_duplicate_groups", "exclude_file",
+                    "n_excluded", "n_relabelled", "created", "fingerprint"):
             if key in attrs:
                 table.add_row(key, str(attrs[key]))
         table.add_row("split", ", ".join(f"{k}={v}" for k, v in fs.split_counts().items()))
