@@ -17,9 +17,11 @@ problems, seeded:
   :func:`classifiers.label_issues.find_label_issues`.
 * **search time and memory** of :func:`features.neighbours.scan_neighbours` (pairs only,
   as extraction runs it; and with the 10 nearest neighbours, as ``tlearn check`` does)
-  on 1,000 and 4,000 real rows and on 100,000 simulated ones (real rows drawn at random
-  with Gaussian noise of 0.3 times each feature's deviation), memory as the peak of
-  numpy's allocations (tracemalloc) beyond the features.
+  on 1,000 real rows, and on 4,000 and 100,000 simulated ones (the 3,000 real rows of
+  animals drawn at random, with Gaussian noise of 0.3 times each feature's deviation),
+  memory as the peak of numpy's allocations (tracemalloc) beyond the features, time as
+  wall-clock and as the CPU time of the process (the work, on a shared machine).
+  ``--search-only`` runs only these (``bench/results/check_search.json``).
 * what :func:`pipeline.workflows.check.check_store` finds in the unmodified stores.
 
 Writes ``bench/results/check.json`` (with the CPU and load averages) and prints a table.
@@ -165,30 +167,37 @@ def label_figures(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict:
 def search_figures(X: np.ndarray, simulated_rows: int) -> dict:
     from features.neighbours import NEAR_DUPLICATE_THRESHOLD, scan_neighbours
 
-    rng = np.random.default_rng(SEED)
     out = {}
-    sizes = [(1000, X[:1000]), (4000, X[:4000])]
-    if simulated_rows:
-        deviation = X.std(axis=0) * 0.3
-        big = X[rng.integers(0, len(X), simulated_rows)]
-        for start in range(0, simulated_rows, 10000):
-            big[start:start + 10000] += (rng.standard_normal(
-                (len(big[start:start + 10000]), X.shape[1])) * deviation).astype(np.float32)
-        sizes.append((simulated_rows, big))
-    for rows, data in sizes:
+    for rows in (1000, 4000, simulated_rows):
+        if not rows:
+            continue
+        data = X[:rows] if rows <= len(X) else _simulated(X, rows)
         for k in (0, 10):
             if rows > 10000 and k:
                 continue  # the check's neighbours at 100k: pairs dominate, one run is enough
             tracemalloc.start()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             scan = scan_neighbours(data, NEAR_DUPLICATE_THRESHOLD, k=k)
             seconds = time.perf_counter() - t0
+            cpu = time.process_time() - c0  # on a shared machine: the work, not the wait
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
             out[f"{rows}_k{k}"] = {"rows": rows, "k": k, "seconds": round(seconds, 2),
+                                   "cpu_seconds": round(cpu, 2),
                                    "peak_mb_beyond_features": round(peak / 2**20, 1),
                                    "features_mb": round(data.nbytes / 2**20, 1),
                                    "pairs": len(scan.first)}
+    return out
+
+
+def _simulated(X: np.ndarray, rows: int) -> np.ndarray:
+    """``rows`` real rows drawn at random, plus Gaussian noise of 0.3 feature deviations."""
+    rng = np.random.default_rng(SEED)
+    deviation = X.std(axis=0) * 0.3
+    out = X[rng.integers(0, len(X), rows)]
+    for start in range(0, rows, 10000):
+        block = out[start:start + 10000]
+        block += (rng.standard_normal(block.shape) * deviation).astype(np.float32)
     return out
 
 
@@ -216,10 +225,25 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--simulated-rows", type=int, default=100_000)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "check.json")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--search-only", action="store_true",
+                        help="Only the search figures (bench/results/check_search.json).")
     args = parser.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     result: dict = {"machine": cpu_info(), "load_before": os.getloadavg(), "datasets": {}}
+    results = REPO / "bench" / "results"
+    if args.search_only:
+        with FeatureStore(original_store(DATASETS[0])) as fs:
+            X, _ = fs.load()
+        result["search"] = search_figures(X, args.simulated_rows)
+        result["load_after"] = os.getloadavg()
+        out = args.out or results / "check_search.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(describe(result["machine"]))
+        _print_search(result["search"])
+        print(f"wrote {out}")
+        return
+    args.out = args.out or results / "check.json"
     for name in DATASETS:
         store = original_store(name)
         with FeatureStore(store) as fs:
@@ -254,10 +278,15 @@ def main() -> None:
                   f" ({f['flipped']} flipped, {f['flagged']} flagged, suggested label right "
                   f"{f['suggested_label_right']:.0%}, {f['seconds']}s)")
         print(f"unmodified: {figures['unmodified']['counts']}")
-    print("\nrows  k  seconds  peak MB beyond features")
-    for f in result["search"].values():
-        print(f"{f['rows']:>6} {f['k']:>2} {f['seconds']:>8} {f['peak_mb_beyond_features']:>8}")
+    _print_search(result["search"])
     print(f"wrote {args.out}")
+
+
+def _print_search(search: dict) -> None:
+    print("\nrows  k  seconds  cpu seconds  peak MB beyond features")
+    for f in search.values():
+        print(f"{f['rows']:>6} {f['k']:>2} {f['seconds']:>8} {f.get('cpu_seconds', '-'):>11}"
+              f" {f['peak_mb_beyond_features']:>8}")
 
 
 if __name__ == "__main__":
