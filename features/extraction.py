@@ -25,7 +25,7 @@ from features.errors import UserInputError
 from features.factory import create_extractor
 from features.images import DEFAULT_MAX_PIXELS
 from features.integrity import check_output_path, file_digest, output_lock, settings_key
-from features.neighbours import join_near_duplicates, scan_neighbours
+from features.neighbours import NearDuplicateGrouping, join_near_duplicates, scan_neighbours
 from features.networks import normalize_weights
 from features.runtimes import (
     DEFAULT_CALIBRATION_IMAGES,
@@ -241,10 +241,11 @@ def extract_features(
         :func:`local_feature_batches`. Whatever computes them, this process writes
         the store, in file order, with the same commit and resume semantics.
     near_duplicates : float, optional
-        Once every feature is written and before the store is finished, rows whose
-        features are this similar (centred cosine, see :mod:`features.neighbours`) join
-        one group, and a group split between train and test goes whole to the split
-        most of it was in. None: groups and split stay as ``images`` gives them.
+        Once every feature is written and before the store is finished, near-duplicate
+        rows (features this similar, by centred cosine, and pixel signatures that agree:
+        :func:`features.neighbours.scan_neighbours`) join one group, and a group split
+        between train and test goes whole to the split most of it was in. None: groups
+        and split stay as ``images`` gives them.
 
     Returns
     -------
@@ -398,7 +399,8 @@ def extract_features(
         )
 
 
-def _join_near_duplicates(writer: FeatureStoreWriter, threshold: float):
+def _join_near_duplicates(writer: FeatureStoreWriter, threshold: float
+                          ) -> NearDuplicateGrouping:
     """Join near-identical rows' groups and record the groups and split of every row."""
     features, signatures, groups, split = writer.committed_rows()
     scan = scan_neighbours(features, threshold, signatures=signatures)

@@ -348,7 +348,7 @@ class FeatureStoreWriter:
         if len(features) == 0:
             return
         features = np.asarray(features, dtype=np.float32)
-        self._check_space(features.nbytes + 32 * len(features))
+        self._check_space(features.nbytes + (32 + 2 * SIGNATURE_SIZE) * len(features))
         with self._writing():
             self._append(self._dset("features"), features)
             self._append(self._dset("labels"), np.asarray(labels, dtype=np.int32))
