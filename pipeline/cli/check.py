@@ -30,8 +30,7 @@ def check(
     seed: Annotated[int, typer.Option(callback=check_seed,
                                       help="Seed of the cross-validation folds.")] = 0,
 ) -> None:
-    """Find wrong labels, near-duplicates and leaks between splits, outliers and class
-    imbalance in a feature store; changes no file (but --out)."""
+    """Wrong labels, near-duplicates, leaks, outliers and class balance of a feature store."""
     from pipeline.workflows.check import check_store, write_issues_csv  # scikit-learn, h5py
 
     report = check_store(store, seed=seed)
