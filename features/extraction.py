@@ -384,6 +384,7 @@ def extract_features(
             if near_duplicates is not None:
                 joined = _join_near_duplicates(writer, near_duplicates)
                 found = {"near_duplicate_threshold": near_duplicates,
+                         "n_groups": len(np.unique(joined.groups)),
                          "n_near_duplicate_groups": joined.near_duplicate_groups,
                          "n_near_duplicates_moved": joined.moved}
             writer.finalize({"extraction_seconds": elapsed, "n_skipped": len(skipped_store),

@@ -94,6 +94,7 @@ def test_extract_keeps_every_near_copy_with_its_photo_and_distinct_photos_apart(
     assert len(np.unique(groups)) == len(groups) - len(copies)
     with FeatureStore(report.result.path) as fs:
         assert fs.attrs["n_near_duplicate_groups"] == len(copies)
+        assert fs.attrs["n_groups"] == len(groups) - len(copies)
 
 
 def test_without_near_duplicates_a_copy_straddles_and_check_calls_it_a_leak(planted, tmp_path):
