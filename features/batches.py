@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from features.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
+from features.neighbours import pixel_signatures
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
 
@@ -132,6 +133,9 @@ class ComputedBatch(BatchPositions):
     """
 
     values: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))
+    #: :func:`features.neighbours.pixel_signatures` of the decoded rows; None where the
+    #: engine does not return them (the near-duplicate test then uses features alone)
+    signatures: np.ndarray | None = None
 
 
 Compute = Callable[[np.ndarray], np.ndarray]
@@ -140,7 +144,8 @@ Compute = Callable[[np.ndarray], np.ndarray]
 def compute_decoded(batch: DecodedBatch, compute: Compute) -> ComputedBatch:
     """The per-batch work of every engine: ``compute`` on the decoded rows of ``batch``."""
     values = np.asarray(compute(batch.x)) if batch.good else np.empty((0, 0), np.float32)
-    return ComputedBatch(batch.begin, batch.end, batch.good, batch.bad, values=values)
+    return ComputedBatch(batch.begin, batch.end, batch.good, batch.bad, values=values,
+                         signatures=pixel_signatures(batch.x) if batch.good else None)
 
 
 def compute_batch(paths: Sequence[str], begin: int, *, size: int, preprocess: Preprocess,

@@ -25,6 +25,7 @@ from features.errors import UserInputError
 from features.factory import create_extractor
 from features.images import DEFAULT_MAX_PIXELS
 from features.integrity import check_output_path, file_digest, output_lock, settings_key
+from features.neighbours import NearDuplicateGrouping, join_near_duplicates, scan_neighbours
 from features.networks import normalize_weights
 from features.runtimes import (
     DEFAULT_CALIBRATION_IMAGES,
@@ -148,6 +149,8 @@ class ExtractionResult:
     images_processed: int = 0
     resumed_rows: int = 0
     up_to_date: bool = False
+    near_duplicate_groups: int | None = None
+    near_duplicates_moved: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -166,12 +169,14 @@ def library_versions() -> dict[str, str]:
 
 
 def _settings_key(fingerprint: str, images: LabeledImages, extractor: FeatureExtractor,
-                  compression: str) -> str:
+                  compression: str, near_duplicates: float | None) -> str:
     return settings_key({
         "fingerprint": fingerprint,
         "spec": extractor.spec.to_dict(),
         "compression": compression,
         "label_names": list(images.label_names),
+        # decides the recorded groups and split: another threshold is another store
+        **({"near_duplicates": near_duplicates} if near_duplicates is not None else {}),
     })
 
 
@@ -191,6 +196,7 @@ def extract_features(
     extra_attrs: dict | None = None,
     progress: ProgressCallback | None = None,
     feature_batches: FeatureBatches | None = None,
+    near_duplicates: float | None = None,
 ) -> ExtractionResult:
     """Compute features of ``images`` and write them to the HDF5 store ``out``.
 
@@ -234,6 +240,12 @@ def extract_features(
         Where the features are computed (:data:`FeatureBatches`); default
         :func:`local_feature_batches`. Whatever computes them, this process writes
         the store, in file order, with the same commit and resume semantics.
+    near_duplicates : float, optional
+        Once every feature is written and before the store is finished, near-duplicate
+        rows (features this similar, by centred cosine, and pixel signatures that agree:
+        :func:`features.neighbours.scan_neighbours`) join one group, and a group split
+        between train and test goes whole to the split most of it was in. None: groups
+        and split stay as ``images`` gives them.
 
     Returns
     -------
@@ -275,6 +287,7 @@ def extract_features(
             **{f.name: getattr(network, f.name) for f in fields(network)},
             "fingerprint": fingerprint, "label_names": list(images.label_names),
             "compression": compression, "backbone": config.name,
+            **({"near_duplicates": near_duplicates} if near_duplicates is not None else {}),
             # The facts that settle what None asks for: a changed default is a new request.
             "defaults": [(c.input_size, c.default_pooling, c.stage_taps, c.preprocessing)
                          for c in (config, *config.members)],
@@ -297,7 +310,7 @@ def extract_features(
         # The runtime resolved above: the store is made by the runtime its request names.
         extractor = create_extractor(replace(network, runtime=runtime),
                                      calibration_paths=calibration_paths)
-    key = _settings_key(fingerprint, images, extractor, compression)
+    key = _settings_key(fingerprint, images, extractor, compression, near_duplicates)
 
     # Held until the store is in place: a second run on this --out is refused at once
     # instead of resuming, discarding or publishing the partial file this one writes.
@@ -349,7 +362,7 @@ def extract_features(
                 if batch.good:
                     idx = batch.good_positions
                     writer.append(batch.values, images.labels[idx], images.split[idx], idx,
-                                  groups[idx])
+                                  groups[idx], signatures=batch.signatures)
                 writer.skip([batch.begin + i for i, _ in batch.bad], [r for _, r in batch.bad])
                 writer.commit(batch.end)
                 if progress:
@@ -366,12 +379,32 @@ def extract_features(
             rows = writer.rows
             # the rate of this run's images (decoded and through the network), for 'compare'
             rate = (total - start_item) / elapsed if elapsed > 0 else 0.0
+            found: dict = {}
+            joined = None
+            if near_duplicates is not None:
+                joined = _join_near_duplicates(writer, near_duplicates)
+                found = {"near_duplicate_threshold": near_duplicates,
+                         "n_groups": len(np.unique(joined.groups)),
+                         "n_near_duplicate_groups": joined.near_duplicate_groups,
+                         "n_near_duplicates_moved": joined.moved}
             writer.finalize({"extraction_seconds": elapsed, "n_skipped": len(skipped_store),
-                             "extraction_images_per_second": rate})
+                             "extraction_images_per_second": rate, **found})
         except BaseException:
             writer.close()
             raise
         return ExtractionResult(
             path=out, rows=rows, feature_dim=extractor.spec.feature_dim, skipped=skipped_store,
             seconds=elapsed, images_processed=total - start_item, resumed_rows=resumed_rows,
+            near_duplicate_groups=joined.near_duplicate_groups if joined else None,
+            near_duplicates_moved=joined.moved if joined else 0,
         )
+
+
+def _join_near_duplicates(writer: FeatureStoreWriter, threshold: float
+                          ) -> NearDuplicateGrouping:
+    """Join near-identical rows' groups and record the groups and split of every row."""
+    features, signatures, groups, split = writer.committed_rows()
+    scan = scan_neighbours(features, threshold, signatures=signatures)
+    joined = join_near_duplicates(scan.first, scan.second, groups, split)
+    writer.record_groups(joined.groups, joined.split)
+    return joined

@@ -9,7 +9,10 @@ Layout of a store (``.h5``):
 ``split``     uint8 (rows,), index into the ``split_names`` attribute
 ``source_index`` int64 (rows,), position of the image in the planned list
 ``groups``    int64 (rows,), images that must share a split (augmented copies of one
-              photo, byte-identical files) share a group id
+              photo, byte-identical files, near-duplicates) share a group id
+``signatures`` float16 (rows, 768), each image as 16 x 16 pixels, centred and scaled
+              (:func:`features.neighbours.pixel_signatures`; zeros: not known). Stores
+              written before version 3 have none
 ``skipped/paths``, ``skipped/reasons``, ``skipped/source_index``: files that could not be
 used, why, and their position in the planned list
 
@@ -40,16 +43,17 @@ import numpy as np
 
 from features.errors import UserInputError
 from features.integrity import publish_file
+from features.neighbours import SIGNATURE_SIZE
 from features.spec import FeatureSpec
 
 H5PY_VERSION = h5py.__version__
 STORE_FORMAT = "tlearn-features"
-STORE_VERSION = 2  # 2: per-row groups
+STORE_VERSION = 3  # 2: per-row groups; 3: pixel signatures
 SPLIT_NAMES = ("train", "test", "val")
 COMPRESSIONS = ("none", "lzf", "gzip")
 _STR = h5py.string_dtype("utf-8")
 _TARGET_CHUNK_BYTES = 1 << 20
-_ROW_DATASETS = ("features", "labels", "split", "source_index", "groups")
+_ROW_DATASETS = ("features", "labels", "split", "source_index", "groups", "signatures")
 _SKIPPED_INDEX, _SKIPPED_REASON = "skipped/source_index", "skipped/reason_bytes"
 _REASON_BYTES = 512
 _FINAL_DATASETS = ("paths", "skipped/paths", "skipped/reasons")
@@ -176,7 +180,8 @@ class FeatureStoreWriter:
                 f"unfinished store {self.partial} cannot be opened ({exc}); "
                 "rerun with --overwrite to start again"
             ) from exc
-        if f.attrs.get("settings_key") != settings_key or _SKIPPED_REASON not in f:
+        if (f.attrs.get("settings_key") != settings_key or _SKIPPED_REASON not in f
+                or "signatures" not in f):  # a partial file of an older tlearn
             f.close()
             raise UserInputError(
                 f"unfinished store {self.partial} was started with other settings or images; "
@@ -206,6 +211,9 @@ class FeatureStoreWriter:
         for name, dtype in (("labels", "int32"), ("split", "uint8"), ("source_index", "int64"),
                             ("groups", "int64")):
             f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(4096,))
+        f.create_dataset("signatures", shape=(0, SIGNATURE_SIZE), maxshape=(None, SIGNATURE_SIZE),
+                         dtype="float16", chunks=(_rows_per_chunk(SIGNATURE_SIZE // 2),
+                                                  SIGNATURE_SIZE))
         f.create_dataset("label_names", data=np.array(label_names, dtype=object), dtype=_STR)
         f.create_dataset(_SKIPPED_INDEX, shape=(0,), maxshape=(None,), dtype="int64",
                          chunks=(256,))
@@ -330,15 +338,17 @@ class FeatureStoreWriter:
         dataset.resize(n + len(values), axis=0)
         dataset[n:] = values
 
-    def append(self, features: np.ndarray, labels, split, source_index, groups=None) -> None:
+    def append(self, features: np.ndarray, labels, split, source_index, groups=None, *,
+               signatures: np.ndarray | None = None) -> None:
         """Write rows (``source_index`` into the planned paths); they count once committed.
 
-        ``groups`` defaults to ``source_index`` (every image its own group).
+        ``groups`` defaults to ``source_index`` (every image its own group);
+        ``signatures`` to zeros (not known).
         """
         if len(features) == 0:
             return
         features = np.asarray(features, dtype=np.float32)
-        self._check_space(features.nbytes + 32 * len(features))
+        self._check_space(features.nbytes + (32 + 2 * SIGNATURE_SIZE) * len(features))
         with self._writing():
             self._append(self._dset("features"), features)
             self._append(self._dset("labels"), np.asarray(labels, dtype=np.int32))
@@ -346,6 +356,9 @@ class FeatureStoreWriter:
             self._append(self._dset("source_index"), np.asarray(source_index, dtype=np.int64))
             self._append(self._dset("groups"), np.asarray(
                 source_index if groups is None else groups, dtype=np.int64))
+            self._append(self._dset("signatures"), np.zeros(
+                (len(features), SIGNATURE_SIZE), np.float16) if signatures is None
+                else np.asarray(signatures, dtype=np.float16))
 
     def skip(self, source_index, reasons) -> None:
         """Record planned items that could not be used, and why."""
@@ -366,6 +379,24 @@ class FeatureStoreWriter:
             f.attrs["items_done"] = items_done
             f.flush()
         self.items_done = items_done
+
+    def committed_rows(self) -> tuple[h5py.Dataset, np.ndarray, np.ndarray, np.ndarray]:
+        """The features written so far (read a block at a time), pixel signatures, groups
+        and split."""
+        return (self._dset("features"), self._dset("signatures")[:],
+                np.asarray(self._dset("groups")[:], dtype=np.int64),
+                np.asarray(self._dset("split")[:], dtype=np.uint8))
+
+    def record_groups(self, groups: np.ndarray, split: np.ndarray) -> None:
+        """Replace every row's group and split (near-duplicates joined), before :meth:`finalize`.
+
+        Recording again what was recorded is harmless, so a run interrupted here
+        resumes by deciding the same groups again.
+        """
+        with self._writing():
+            self._dset("groups")[:] = np.asarray(groups, dtype=np.int64)
+            self._dset("split")[:] = np.asarray(split, dtype=np.uint8)
+            self._file.flush()
 
     def skipped_items(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of every file skipped so far."""
@@ -523,6 +554,14 @@ class FeatureStore:
         """
         name = "groups" if "groups" in self._file else "source_index"
         return np.asarray(self._file[name][:], dtype=np.int64)
+
+    @property
+    def signatures(self) -> np.ndarray | None:
+        """Pixel signature of every row (:func:`features.neighbours.pixel_signatures`),
+        None for stores written before they were recorded."""
+        if "signatures" not in self._file:
+            return None
+        return self._file["signatures"][:]
 
     @property
     def split(self) -> np.ndarray:

@@ -46,6 +46,9 @@ class Dataset:
         The folder or CSV the images came from.
     grouping : Grouping or None
         Set by :func:`load_dataset`: which images must share a split.
+    exclusions : dict or None
+        Set by :func:`load_dataset` given an exclusion file: the file and how many
+        images it left out, relabelled, or named without their being here.
     """
 
     paths: list[str]
@@ -53,6 +56,7 @@ class Dataset:
     source: str
     ignored: list[tuple[str, str]] = field(default_factory=list)
     grouping: Grouping | None = None
+    exclusions: dict | None = None
 
     @property
     def label_names(self) -> list[str]:
@@ -426,13 +430,117 @@ def stratified_split(labels: np.ndarray, *, test_size: float = 0.25, val_size: f
     return split
 
 
-def load_dataset(data: str | os.PathLike, *, test_size: float = 0.25, val_size: float = 0.0,
-                 seed: int = 42) -> tuple[LabeledImages, Dataset]:
-    """Discover a dataset, group and split it.
+#: The columns of the issues.csv 'tlearn check' writes (:mod:`pipeline.workflows.check`).
+ISSUE_COLUMNS = ("path", "issue", "score", "given_label", "suggested_label", "related_path",
+                 "split")
+#: Columns an exclusion file may have: ``path`` and ``label`` (a new class for the
+#: image; empty: leave it out), or those of an issues.csv.
+EXCLUSION_COLUMNS = ("label", *ISSUE_COLUMNS)
 
-    Returns what extraction needs and the raw listing (with its ``grouping`` set).
+
+@dataclass(frozen=True)
+class Exclusions:
+    """What an exclusion file asks of the next extraction.
+
+    Attributes
+    ----------
+    source : str
+        The file, resolved.
+    relabel : dict
+        Absolute image path -> its new class.
+    drop : set of str
+        Absolute image paths left out.
+    """
+
+    source: str
+    relabel: dict[str, str]
+    drop: set[str]
+
+
+def read_exclusions(path: str | os.PathLike) -> Exclusions:
+    """Read a CSV of images to leave out or relabel (header ``path[,label]``, or an issues.csv).
+
+    Relative paths are from the CSV's folder. A row with a non-empty ``label`` moves
+    the image to that class; any other row leaves it out.
+
+    Raises
+    ------
+    UserInputError
+        An unreadable file, no ``path`` column, or a column tlearn does not know.
+    """
+    path = Path(path).expanduser()
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = [(c or "").strip() for c in reader.fieldnames or []]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserInputError(f"cannot read exclusion file {path}: {exc}") from exc
+    expected = "expected a header of path[,label], or the issues.csv of 'tlearn check'"
+    if not rows:
+        raise UserInputError(f"exclusion file {path} lists no images; {expected}")
+    unknown = [c for c in header if c not in EXCLUSION_COLUMNS]
+    if "path" not in header or unknown:
+        what = f"unknown column(s) {', '.join(map(repr, unknown))}" if unknown \
+            else "no 'path' column"
+        raise UserInputError(f"exclusion file {path} has {what}; {expected}")
+    base = path.resolve().parent
+    relabel: dict[str, str] = {}
+    drop: set[str] = set()
+    for number, row in enumerate(rows, start=2):
+        name = (row.get("path") or "").strip()
+        if not name:
+            continue
+        if "\0" in name or "\0" in (row.get("label") or ""):
+            raise UserInputError(_nul_byte_message(path, number))
+        image = os.path.abspath(base / Path(name).expanduser())
+        label = (row.get("label") or "").strip()
+        if label:
+            relabel[image] = label
+        else:
+            drop.add(image)
+    return Exclusions(str(path.resolve()), relabel, drop - set(relabel))
+
+
+def apply_exclusions(dataset: Dataset, exclusions: Exclusions) -> dict[str, int]:
+    """Leave out or relabel ``dataset``'s listed images in place; counts of what was done.
+
+    Paths match as written or once links are resolved. Returns ``excluded``,
+    ``relabelled`` and ``not_found`` (listed images that are not in the dataset).
+    """
+    def known(image: str) -> str | None:
+        return image if image in position else real.get(os.path.realpath(image))
+
+    position = {p: i for i, p in enumerate(dataset.paths)}
+    real = {os.path.realpath(p): p for p in dataset.paths}
+    drop = {known(p) for p in exclusions.drop} - {None}
+    relabel = {known(p): label for p, label in exclusions.relabel.items()}
+    not_found = sum(known(p) is None for p in (*exclusions.drop, *exclusions.relabel))
+    relabel.pop(None, None)
+    for image, label in relabel.items():
+        dataset.class_of[position[image]] = label
+    keep = [i for i, p in enumerate(dataset.paths) if p not in drop]
+    dataset.paths[:] = [dataset.paths[i] for i in keep]
+    dataset.class_of[:] = [dataset.class_of[i] for i in keep]
+    if len(set(dataset.class_of)) < 2:
+        raise UserInputError(f"{exclusions.source} leaves fewer than two classes; a "
+                             "classifier needs at least two: list fewer images")
+    return {"excluded": len(drop), "relabelled": len(relabel), "not_found": not_found}
+
+
+def load_dataset(data: str | os.PathLike, *, test_size: float = 0.25, val_size: float = 0.0,
+                 seed: int = 42, exclude: str | os.PathLike | None = None
+                 ) -> tuple[LabeledImages, Dataset]:
+    """Discover a dataset, leave out or relabel what ``exclude`` lists, group and split it.
+
+    Returns what extraction needs and the raw listing (with its ``grouping`` set, and
+    ``exclusions``: the counts of :func:`apply_exclusions`, when ``exclude`` is given).
     """
     dataset = discover_images(data)
+    if exclude is not None:
+        exclusions = read_exclusions(exclude)
+        dataset.exclusions = {"file": exclusions.source,
+                              **apply_exclusions(dataset, exclusions)}
     labels = dataset.labels
     grouping = group_images(dataset)
     split = stratified_split(labels, test_size=test_size, val_size=val_size, seed=seed,

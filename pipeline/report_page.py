@@ -19,6 +19,7 @@ so a model's folder is always the dataset's name plus at least one ``__<suffix>`
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import math
@@ -42,6 +43,9 @@ from pipeline.reports import (
 from pipeline.templates import read_template
 
 PAGE_FILE = "index.html"
+# 'tlearn check STORE --out <page folder>/issues.csv': the findings the Data section shows
+ISSUES_FILE = "issues.csv"
+FINDINGS_SHOWN = 6
 # Written into every page: a page that lacks it was not written by tlearn and is never replaced.
 GENERATOR = "tlearn report page"
 MISTAKES_SHOWN = 24
@@ -105,7 +109,7 @@ def write_dataset_report(dataset: str, reports_root: str | os.PathLike, *,
     if path.exists() and GENERATOR not in path.read_text(encoding="utf-8", errors="replace"):
         raise UserInputError(f"{path} exists and was not written by tlearn; move it away "
                              "to let 'tlearn report' write the page")
-    atomic_write_text(path, render_page(dataset, mine))
+    atomic_write_text(path, render_page(dataset, mine, issues=_read_issues(path.parent)))
     return path
 
 
@@ -174,8 +178,13 @@ def display_names(models: list[str], dataset: str) -> dict[str, str]:
     return {m: (name if taken.count(name) == 1 else m) for m, name in short.items()}
 
 
-def render_page(dataset: str, reports: list[dict[str, Any]]) -> str:
-    """The HTML of a dataset's page (see the module docstring for what it holds)."""
+def render_page(dataset: str, reports: list[dict[str, Any]],
+                issues: list[dict[str, str]] | None = None) -> str:
+    """The HTML of a dataset's page (see the module docstring for what it holds).
+
+    ``issues``: the rows of the dataset's issues.csv (``tlearn check``), for the Data
+    section; none without them.
+    """
     rows = compare_reports(reports)
     by_model = {r.get("model", ""): r for r in reports}
     ordered = [by_model[row["model"]] for row in rows]
@@ -193,6 +202,7 @@ def render_page(dataset: str, reports: list[dict[str, Any]]) -> str:
         _advice(rows),
         "</section>",
         _gallery(best),
+        _data_section(issues, best) if issues is not None else "",
         '<section id="details"><h2>Each model</h2>',
         *(_model_section(report, row, open_=i == 0)
           for i, (report, row) in enumerate(zip(ordered, rows, strict=True))),
@@ -490,6 +500,57 @@ def _gallery(best: dict[str, Any]) -> str:
             "</figure>")
     return head + _e(text) + '</p><div class="gallery">' + "".join(figures) \
         + "</div></section>"
+
+
+def _read_issues(folder: Path) -> list[dict[str, str]] | None:
+    try:
+        with (folder / ISSUES_FILE).open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return rows if rows and {"path", "issue", "score"} <= set(rows[0]) else None
+
+
+def _data_section(issues: list[dict[str, str]], best: dict[str, Any]) -> str:
+    """Top findings of each kind of 'tlearn check', and the best model's test accuracy
+    with the flagged test images set aside."""
+    flagged = {r["path"] for r in issues} | {r.get("related_path", "") for r in issues
+                                            if r["issue"] == "leak"}
+    rows = read_prediction_rows(best) or []
+    kept = [r for r in rows if r["id"] not in flagged]
+    accuracy = ""
+    if rows and kept:
+        plain = sum(r["true"] == r["predicted"] for r in rows) / len(rows)
+        clean = sum(r["true"] == r["predicted"] for r in kept) / len(kept)
+        accuracy = (f"<p>Test accuracy of {_e(best.get('model'))}: <b>{plain:.3f}</b> on all "
+                    f"{len(rows)} test images, <b>{clean:.3f}</b> on the {len(kept)} that no "
+                    "finding names.</p>")
+    parts = ['<section id="data"><h2>Data</h2>',
+             f'<p class="note">What <code>tlearn check</code> found ({ISSUES_FILE} beside '
+             "this page), the surest first.</p>", accuracy]
+    for issue in ("leak", "label", "near_duplicate", "outlier"):
+        found = [r for r in issues if r["issue"] == issue]
+        parts.append(f"<h3>{_e(issue.replace('_', ' '))}: {len(found)}</h3>")
+        figures = []
+        for r in found[:FINDINGS_SHOWN]:
+            uri = _thumbnail(r["path"])
+            if uri is None:
+                continue
+            said = (f"given <b>{_e(r.get('given_label', ''))}</b>"
+                    + (f", likely <b>{_e(r['suggested_label'])}</b>"
+                       if r.get("suggested_label") else ""))
+            figures.append(
+                f'<figure class="mistake" title="{_e(r["path"])}">'
+                f'<img src="{uri}" width="{THUMBNAIL_SIDE}" height="{THUMBNAIL_SIDE}" '
+                f'alt="{_e(os.path.basename(r["path"]))}"><figcaption>'
+                f'<span class="said">{said} ({_e(r["score"])})</span>'
+                f'<span class="file">{_e(os.path.basename(r["path"]))}</span>'
+                + (f'<span class="file">~ {_e(os.path.basename(r["related_path"]))}</span>'
+                   if r.get("related_path") else "") + "</figcaption></figure>")
+        if figures:
+            parts.append('<div class="gallery">' + "".join(figures) + "</div>")
+    parts.append("</section>")
+    return "\n".join(parts)
 
 
 def _confusion(report: dict[str, Any]) -> str:

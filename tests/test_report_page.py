@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 import re
@@ -351,3 +352,22 @@ def test_risk_coverage_curve_with_the_models_threshold(tmp_path):
         r'<polyline class="curve" fill="none" points="([^"]*)"', curves[0]).group(1).split()]
     assert [x for x, _ in pixels] == sorted(x for x, _ in pixels)
     assert pixels[0][1] == pixels[1][1] < pixels[2][1] < pixels[3][1]
+
+
+def test_data_section_shows_checks_findings_and_accuracy_without_flagged_images(reports):
+    assert 'id="data"' not in _page(reports)  # no issues.csv beside the page: no section
+    data = reports.parent / "data"
+    flagged = str(data / "c2" / 'odd "name" <b>.png')  # the best model's one mistake
+    with (reports / "pets" / "issues.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([
+            ["path", "issue", "score", "given_label", "suggested_label", "related_path",
+             "split"],
+            [flagged, "label", "0.9", HOSTILE, "dog", "", "test"],
+            [data / "c0" / "img_00.jpg", "leak", "0.97", "cat", "", data / "c0" / "img_03.jpg",
+             "test"]])
+    section = _page(reports).split('<section id="data">')[1].split("</section>")[0]
+    # 11 of 12 right on all; the 9 test images no finding names: all right
+    assert "<b>0.917</b> on all 12 test images, <b>1.000</b> on the 9" in section
+    assert "<h3>label: 1</h3>" in section and "<h3>leak: 1</h3>" in section
+    assert "likely <b>dog</b>" in section and HOSTILE not in section
+    assert len(re.findall(r'<figure class="mistake"', section)) == 2

@@ -97,6 +97,12 @@ def extract(
                                             rich_help_panel=OUTPUT)] = False,
     engine: EngineOption = "local",
     address: AddressOption = None,
+    near_duplicates: Annotated[bool, typer.Option(
+        help="Keep near-identical images (resized, re-encoded, slightly cropped copies) in "
+             "one split, as byte-identical files are.", rich_help_panel=SPLIT)] = True,
+    exclude: Annotated[Path | None, typer.Option(
+        help="CSV of images to leave out, or relabel (header path\\[,label]), e.g. the "
+             "issues.csv of 'tlearn check'.", rich_help_panel=SPLIT)] = None,
 ) -> None:
     """Stage 1: stream images through a headless pretrained CNN into an HDF5 feature store."""
     # The flags are named as the settings' fields: a new option is a field and its flag.
@@ -109,12 +115,22 @@ def extract(
     result = report.result
     if report.grouping is not None and report.grouping.describe():
         console.print(report.grouping.describe(), highlight=False)
+    if report.exclusions is not None:
+        done = report.exclusions
+        console.print(f"{done['file']}: left out {done['excluded']} image(s), relabelled "
+                      f"{done['relabelled']}" + (f"; {done['not_found']} listed image(s) are "
+                                                 "not in the dataset" if done["not_found"]
+                                                 else ""), highlight=False)
     if result.up_to_date:
         console.print(f"{result.path} is up to date ({result.rows} rows); nothing to do "
                       "(--overwrite to extract again)")
         return
     if result.resumed_rows:
         console.print(f"resumed an interrupted run after {result.resumed_rows} rows")
+    if result.near_duplicate_groups is not None:
+        console.print(f"{result.near_duplicate_groups} near-duplicate group(s) found, each "
+                      f"kept in one split ({result.near_duplicates_moved} image(s) moved); "
+                      "'tlearn check' lists them", highlight=False)
     console.print(
         f"wrote {result.path}: {result.rows} images x {result.feature_dim} features "
         f"in {result.seconds:.1f}s ({result.images_per_second:.1f} img/s)"
@@ -179,7 +195,8 @@ def inspect(store: Annotated[Path, typer.Argument(help="A feature store (.h5).")
         table.add_row("rows x features", f"{rows:,} x {dim:,}")
         for key in ("backbone", "layer", "pooling", "taps", "views", "input_size",
                     "preprocessing", "weights", "precision", "compression", "source", "seed",
-                    "test_size", "val_size", "created", "fingerprint"):
+                    "test_size", "val_size", "n_near_duplicate_groups", "exclude_file",
+                    "n_excluded", "n_relabelled", "created", "fingerprint"):
             if key in attrs:
                 table.add_row(key, str(attrs[key]))
         table.add_row("split", ", ".join(f"{k}={v}" for k, v in fs.split_counts().items()))

@@ -9,6 +9,7 @@ from typing import Any
 
 from features.backbones import get_backbone
 from features.extraction import ExtractionResult, ProgressCallback, extract_features
+from features.neighbours import NEAR_DUPLICATE_THRESHOLD
 from features.runtimes import DEFAULT_CALIBRATION_IMAGES
 from features.settings import NetworkSettings
 from pipeline.config import (
@@ -30,6 +31,7 @@ class ExtractReport:
     class_counts: dict[str, int]
     ignored: list[tuple[str, str]] = field(default_factory=list)
     grouping: Grouping | None = None
+    exclusions: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,13 @@ class ExtractSettings:
     engine, address : str
         Where the features are computed: ``local`` (here) or ``ray`` (the cluster at
         ``address``; see :func:`pipeline.engines.open_engine`). The store is the same.
+    near_duplicates : bool
+        Join images whose features are near-identical (resized, re-encoded, slightly
+        cropped copies) into one group before the split is recorded, so a copy never
+        sits in train while its photo is in test (:mod:`features.neighbours`).
+    exclude : path-like, optional
+        CSV of images to leave out or relabel (:func:`pipeline.datasets.read_exclusions`),
+        e.g. the issues.csv of ``tlearn check``; recorded in the store.
     """
 
     data: str | Path
@@ -77,6 +86,8 @@ class ExtractSettings:
     overwrite: bool = False
     engine: str = "local"
     address: str | None = None
+    near_duplicates: bool = True
+    exclude: str | Path | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> ExtractSettings:
@@ -108,7 +119,11 @@ def extract_dataset(settings: ExtractSettings, *,
     """
     s, network = settings, settings.network
     images, dataset = load_dataset(s.data, test_size=s.test_size, val_size=s.val_size,
-                                   seed=s.seed)
+                                   seed=s.seed, exclude=s.exclude)
+    excluded = {} if dataset.exclusions is None else {
+        "exclude_file": dataset.exclusions["file"],
+        "n_excluded": dataset.exclusions["excluded"],
+        "n_relabelled": dataset.exclusions["relabelled"]}
     out = s.out
     if out is None:
         out = default_store_path(dataset_name(s.data), get_backbone(network.backbone).name,
@@ -120,11 +135,13 @@ def extract_dataset(settings: ExtractSettings, *,
             calibration_seed=s.seed, batch_size=s.batch_size, compression=s.compression,
             overwrite=s.overwrite, workers=s.workers, progress=progress,
             feature_batches=chosen.feature_batches,
+            near_duplicates=NEAR_DUPLICATE_THRESHOLD if s.near_duplicates else None,
             extra_attrs={"test_size": s.test_size, "val_size": s.val_size, "seed": s.seed,
                          "n_ignored_files": len(dataset.ignored),
                          "n_groups": len(set(images.group_ids.tolist())),
                          "n_duplicate_files": dataset.grouping.duplicates,
-                         "n_augmented_copies": dataset.grouping.augmented},
+                         "n_augmented_copies": dataset.grouping.augmented, **excluded},
         )
     return ExtractReport(result=result, class_counts=dataset.class_counts(),
-                         ignored=dataset.ignored, grouping=dataset.grouping)
+                         ignored=dataset.ignored, grouping=dataset.grouping,
+                        exclusions=dataset.exclusions)

@@ -1,0 +1,293 @@
+"""Benchmark ``tlearn check`` and the near-duplicate grouping of ``tlearn extract``.
+
+``efficientnet_lite0`` features (ImageNet weights, average pooled, 1,280 values) of
+``animals`` and ``flowers5``, extracted once into ``/tmp/tlearn-bench-check``. Planted
+problems, seeded:
+
+* **near-duplicate copies**: 1 % of the images copied with a crop of 3-8 % of each side
+  (at a random offset), resized 0.5-0.8x and re-encoded as JPEG of quality 50-70; their
+  features are extracted like the photos'. Reported per rule of
+  :func:`features.neighbours.scan_neighbours` (a centred cosine of the features and of
+  the pixel signatures, or of the features alone): the share of copies whose group
+  (after :func:`features.neighbours.join_near_duplicates`, over the store's groups)
+  holds their source, and the share of the other images joined with anything (real
+  duplicates of the unmodified datasets included).
+* **flipped labels**: 2 % and 5 % of the images given another class at random; the
+  recall of the flipped images among the top 2x-as-many label findings of
+  :func:`classifiers.label_issues.find_label_issues`.
+* **search time and memory** of :func:`features.neighbours.scan_neighbours` (pairs only,
+  as extraction runs it; and with the 10 nearest neighbours, as ``tlearn check`` does)
+  on 1,000 real rows, and on 4,000 and 100,000 simulated ones (the 3,000 real rows of
+  animals drawn at random, with Gaussian noise of 0.3 times each feature's deviation),
+  memory as the peak of numpy's allocations (tracemalloc) beyond the features, time as
+  wall-clock and as the CPU time of the process (the work, on a shared machine).
+  ``--search-only`` runs only these (``bench/results/check_search.json``).
+* what :func:`pipeline.workflows.check.check_store` finds in the unmodified stores.
+
+Writes ``bench/results/check.json`` (with the CPU and load averages) and prints a table.
+Run: ``.venv/bin/python bench/check.py`` (about ten minutes on two shared cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from bench.machine import cpu_info, describe  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "datasets"
+CACHE = Path("/tmp/tlearn-bench-check")
+DATASETS = ("animals", "flowers5")
+SEED = 0
+
+
+def original_store(name: str) -> Path:
+    from features.settings import NetworkSettings
+    from pipeline.workflows import ExtractSettings, extract_dataset
+
+    out = CACHE / f"{name}__lite0.h5"
+    if not out.exists():
+        extract_dataset(ExtractSettings(SHARED / name, out=out, near_duplicates=False,
+                                        network=NetworkSettings("efficientnet_lite0")))
+    return out
+
+
+def make_copy(source: str, target: Path, rng: np.random.Generator) -> None:
+    from PIL import Image
+
+    with Image.open(source) as image:
+        rgb = image.convert("RGB")
+    w, h = rgb.size
+    cut = rng.uniform(0.03, 0.08)
+    left, top = rng.uniform(0, cut) * w, rng.uniform(0, cut) * h
+    rgb = rgb.crop((round(left), round(top), round(w - (cut * w - left)),
+                    round(h - (cut * h - top))))
+    scale = rng.uniform(0.5, 0.8)
+    rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))))
+    buffer = io.BytesIO()
+    rgb.save(buffer, "JPEG", quality=int(rng.integers(50, 71)))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(buffer.getvalue())
+
+
+def copies_store(name: str, paths: list[str], labels: np.ndarray, label_names: list[str]
+                 ) -> tuple[Path, np.ndarray]:
+    """Features of copies of 1 % of the rows, and the row each copy was made from."""
+    from features.extraction import LabeledImages, extract_features
+    from features.settings import NetworkSettings
+
+    rng = np.random.default_rng(SEED)
+    sources = np.sort(rng.choice(len(paths), max(1, round(0.01 * len(paths))), replace=False))
+    folder = CACHE / f"{name}-copies"
+    targets = [folder / label_names[labels[i]] / f"copy{i:05d}.jpg" for i in sources]
+    for i, target in zip(sources, targets, strict=True):
+        if not target.exists():
+            make_copy(paths[i], target, rng)
+    out = CACHE / f"{name}-copies__lite0.h5"
+    if not out.exists():
+        images = LabeledImages([str(t) for t in targets], labels[sources], label_names,
+                               np.zeros(len(sources), dtype=np.uint8), str(folder))
+        extract_features(images, out, NetworkSettings("efficientnet_lite0"))
+    return out, sources
+
+
+RULES = [(f, p) for f in (0.5, 0.6, 0.7) for p in (0.8, 0.85, 0.9)] + \
+    [(f, None) for f in (0.85, 0.9, 0.95)]
+
+
+def grouping_figures(X: np.ndarray, signatures: np.ndarray, groups: np.ndarray,
+                     n_original: int, sources: np.ndarray) -> dict:
+    """Copies grouped with their source and other images grouped, per rule.
+
+    A rule is (centred cosine of the features, cosine of the pixel signatures), or
+    (features, None): the features alone.
+    """
+    from features.neighbours import join_near_duplicates, scan_neighbours
+
+    out = {}
+    copies = np.arange(n_original, len(X))
+    others = np.ones(n_original, dtype=bool)
+    others[sources] = False
+    _, before = np.unique(groups, return_inverse=True)
+    size_before = np.bincount(before)[before]
+    for features, pixels in RULES:
+        scan = scan_neighbours(X, features, signatures=None if pixels is None else signatures,
+                               signature_threshold=pixels or 0.0,
+                               features_only_threshold=features if pixels is None else 2.0)
+        joined = join_near_duplicates(scan.first, scan.second, groups,
+                                      np.zeros(len(X), dtype=np.uint8)).groups
+        _, after = np.unique(joined, return_inverse=True)
+        size_after = np.bincount(after)[after]
+        wrongly = others & (size_after[:n_original] > size_before[:n_original])
+        out[f"{features}/{pixels or '-'}"] = {
+            "features": features, "pixels": pixels,
+            "copies_with_source": float(np.mean(joined[copies] == joined[sources])),
+            "others_grouped": float(wrongly.sum() / others.sum()),
+            "others_grouped_count": int(wrongly.sum()), "pairs": len(scan.first)}
+    return out
+
+
+def label_figures(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict:
+    from classifiers.label_issues import find_label_issues
+
+    out = {}
+    k = int(y.max()) + 1
+    for rate in (0.02, 0.05):
+        rng = np.random.default_rng(SEED)
+        flipped = rng.choice(len(y), round(rate * len(y)), replace=False)
+        noisy = y.copy()
+        noisy[flipped] = (y[flipped] + rng.integers(1, k, len(flipped))) % k
+        t0 = time.perf_counter()
+        issues = find_label_issues(X, noisy, groups)
+        top = issues.rows[:2 * len(flipped)]
+        found = np.isin(flipped, top)
+        position = {int(r): i for i, r in enumerate(issues.rows)}
+        suggested_right = [int(issues.suggested[position[int(f)]] == y[f])
+                           for f in flipped[found]]
+        out[str(rate)] = {"flipped": len(flipped), "flagged": len(issues.rows),
+                          "recall_top_2x": float(found.mean()),
+                          "suggested_label_right": float(np.mean(suggested_right))
+                          if suggested_right else 0.0,
+                          "C": issues.C, "seconds": round(time.perf_counter() - t0, 1)}
+    return out
+
+
+def search_figures(X: np.ndarray, simulated_rows: int) -> dict:
+    from features.neighbours import NEAR_DUPLICATE_THRESHOLD, scan_neighbours
+
+    out = {}
+    for rows in (1000, 4000, simulated_rows):
+        if not rows:
+            continue
+        data = X[:rows] if rows <= len(X) else _simulated(X, rows)
+        for k in (0, 10):
+            if rows > 10000 and k:
+                continue  # the check's neighbours at 100k: pairs dominate, one run is enough
+            tracemalloc.start()
+            t0, c0 = time.perf_counter(), time.process_time()
+            scan = scan_neighbours(data, NEAR_DUPLICATE_THRESHOLD, k=k)
+            seconds = time.perf_counter() - t0
+            cpu = time.process_time() - c0  # on a shared machine: the work, not the wait
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            out[f"{rows}_k{k}"] = {"rows": rows, "k": k, "seconds": round(seconds, 2),
+                                   "cpu_seconds": round(cpu, 2),
+                                   "peak_mb_beyond_features": round(peak / 2**20, 1),
+                                   "features_mb": round(data.nbytes / 2**20, 1),
+                                   "pairs": len(scan.first)}
+    return out
+
+
+def _simulated(X: np.ndarray, rows: int) -> np.ndarray:
+    """``rows`` real rows drawn at random, plus Gaussian noise of 0.3 feature deviations."""
+    rng = np.random.default_rng(SEED)
+    deviation = X.std(axis=0) * 0.3
+    out = X[rng.integers(0, len(X), rows)]
+    for start in range(0, rows, 10000):
+        block = out[start:start + 10000]
+        block += (rng.standard_normal(block.shape) * deviation).astype(np.float32)
+    return out
+
+
+def check_figures(store: Path) -> dict:
+    from pipeline.workflows.check import check_store
+
+    t0 = time.perf_counter()
+    report = check_store(store)
+    counts: dict[str, int] = {}
+    for finding in report.findings:
+        counts[finding.issue] = counts.get(finding.issue, 0) + 1
+    examples = {}
+    for issue in counts:
+        examples[issue] = [
+            {"path": os.path.relpath(f.path, SHARED), "score": round(f.score, 3),
+             "given_label": f.given_label, "suggested_label": f.suggested_label,
+             "related_path": os.path.relpath(f.related_path, SHARED) if f.related_path
+             else ""} for f in report.findings if f.issue == issue][:5]
+    return {"counts": counts, "examples": examples, "imbalance_ratio": report.imbalance_ratio,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main() -> None:
+    from features.store import FeatureStore
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--simulated-rows", type=int, default=100_000)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--search-only", action="store_true",
+                        help="Only the search figures (bench/results/check_search.json).")
+    args = parser.parse_args()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    result: dict = {"machine": cpu_info(), "load_before": os.getloadavg(), "datasets": {}}
+    results = REPO / "bench" / "results"
+    if args.search_only:
+        with FeatureStore(original_store(DATASETS[0])) as fs:
+            X, _ = fs.load()
+        result["search"] = search_figures(X, args.simulated_rows)
+        result["load_after"] = os.getloadavg()
+        out = args.out or results / "check_search.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(describe(result["machine"]))
+        _print_search(result["search"])
+        print(f"wrote {out}")
+        return
+    args.out = args.out or results / "check.json"
+    for name in DATASETS:
+        store = original_store(name)
+        with FeatureStore(store) as fs:
+            X, y = fs.load()
+            groups, paths, label_names = fs.groups, fs.paths, fs.label_names
+            signatures = fs.signatures
+        copies, sources = copies_store(name, paths, y, label_names)
+        with FeatureStore(copies) as fs:
+            Xc, _ = fs.load()
+            copy_signatures = fs.signatures
+        both = np.vstack([X, Xc])
+        all_groups = np.concatenate([groups, len(X) + np.arange(len(Xc)) + groups.max() + 1])
+        result["datasets"][name] = {
+            "rows": len(X), "copies": len(Xc),
+            "grouping": grouping_figures(both, np.vstack([signatures, copy_signatures]),
+                                         all_groups, len(X), sources),
+            "labels": label_figures(X, y, groups),
+            "unmodified": check_figures(store)}
+        if name == DATASETS[0]:
+            result["search"] = search_figures(np.vstack([X, Xc]), args.simulated_rows)
+    result["load_after"] = os.getloadavg()
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(describe(result["machine"]))
+    for name, figures in result["datasets"].items():
+        print(f"\n{name}: {figures['rows']} images, {figures['copies']} planted copies")
+        print("features pixels  copies-with-source  others-grouped")
+        for f in figures["grouping"].values():
+            print(f"{f['features']:8} {f['pixels'] or '-':>6}  {f['copies_with_source']:12.1%}"
+                  f"  {f['others_grouped']:8.2%} ({f['others_grouped_count']})")
+        for rate, f in figures["labels"].items():
+            print(f"labels flipped {float(rate):.0%}: recall in top 2x {f['recall_top_2x']:.1%}"
+                  f" ({f['flipped']} flipped, {f['flagged']} flagged, suggested label right "
+                  f"{f['suggested_label_right']:.0%}, {f['seconds']}s)")
+        print(f"unmodified: {figures['unmodified']['counts']}")
+    _print_search(result["search"])
+    print(f"wrote {args.out}")
+
+
+def _print_search(search: dict) -> None:
+    print("\nrows  k  seconds  cpu seconds  peak MB beyond features")
+    for f in search.values():
+        print(f"{f['rows']:>6} {f['k']:>2} {f['seconds']:>8} {f.get('cpu_seconds', '-'):>11}"
+              f" {f['peak_mb_beyond_features']:>8}")
+
+
+if __name__ == "__main__":
+    main()

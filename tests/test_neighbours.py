@@ -1,0 +1,70 @@
+"""The blocked near-duplicate search against a brute-force one, and joining groups."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from features.neighbours import join_near_duplicates, pixel_signatures, scan_neighbours
+
+
+def _brute(X: np.ndarray, threshold: float, k: int):
+    Z = X - X.mean(axis=0)
+    norms = np.linalg.norm(Z, axis=1)
+    S = (Z / norms[:, None]) @ (Z / norms[:, None]).T
+    i, j = np.triu_indices(len(X), 1)
+    keep = S[i, j] >= threshold
+    D = np.sqrt(((Z[:, None] - Z[None]) ** 2).sum(-1))
+    np.fill_diagonal(D, np.inf)
+    return set(zip(i[keep].tolist(), j[keep].tolist(), strict=True)), np.sort(D, axis=1)[:, :k]
+
+
+def test_blocked_search_finds_exactly_the_pairs_and_neighbours_of_the_full_matrix():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 24)).astype(np.float32)
+    X[250:262] = X[3:15] + 0.05 * rng.normal(size=(12, 24))  # copies across blocks
+    pairs, nearest = _brute(X, 0.9, 4)
+    # blocks smaller than the rows, and uneven, so that every edge case of the tiling is met
+    scan = scan_neighbours(X, features_only_threshold=0.9, k=4, row_block=64,
+                           column_block=100)
+    assert set(zip(scan.first.tolist(), scan.second.tolist(), strict=True)) == pairs
+    assert len(pairs) >= 12
+    np.testing.assert_allclose(scan.knn, nearest, rtol=1e-4, atol=1e-4)
+
+
+def test_with_signatures_a_pair_needs_both_and_unknown_signatures_need_the_features_alone():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 16)).astype(np.float32)
+    X[30] = X[0] + 0.3 * rng.normal(size=16)  # features close (about 0.95), not identical
+    X[31] = X[1] + 0.3 * rng.normal(size=16)
+    signatures = pixel_signatures(rng.uniform(0, 255, size=(40, 32, 32, 3)))
+    signatures[30] = signatures[0]  # the same picture: a near-duplicate
+    signatures[31] = 0  # not known: features alone decide, at the stricter threshold
+    scan = scan_neighbours(X, 0.6, signatures=signatures, features_only_threshold=0.999)
+    assert set(zip(scan.first.tolist(), scan.second.tolist(), strict=True)) == {(0, 30)}
+
+
+def test_pixel_signatures_shrug_off_brightness_and_size_but_not_another_picture():
+    rng = np.random.default_rng(2)
+    small = rng.uniform(0, 200, size=(1, 8, 8, 3))
+    photo = np.repeat(np.repeat(small, 8, axis=1), 8, axis=2)  # a blocky 64 px picture
+    brighter = photo * 1.1 + 20
+    other = np.repeat(np.repeat(rng.uniform(0, 200, size=(1, 8, 8, 3)), 8, axis=1), 8, axis=2)
+    a, b, c = (pixel_signatures(x).astype(np.float32)[0] for x in (photo, brighter, other))
+    assert a @ b > 0.99 and a @ c < 0.5
+    half = pixel_signatures(photo[:, ::2, ::2]).astype(np.float32)[0]  # the same at 32 px
+    assert a @ half > 0.99
+
+
+def test_joining_keeps_groups_whole_in_the_majority_split_and_is_idempotent():
+    groups = np.array([0, 0, 2, 3, 4, 5])
+    split = np.array([0, 0, 1, 1, 1, 0], dtype=np.uint8)
+    joined = join_near_duplicates(np.array([1, 3]), np.array([2, 5]), groups, split)
+    assert joined.groups.tolist() == [0, 0, 0, 3, 4, 3]
+    # group {0,1,2}: two rows in train, one in test -> train; {3,5}: a tie -> its first row's
+    assert joined.split.tolist() == [0, 0, 0, 1, 1, 1]
+    assert (joined.near_duplicate_groups, joined.moved) == (2, 2)
+    again = join_near_duplicates(np.array([1, 3]), np.array([2, 5]), joined.groups,
+                                 joined.split)
+    assert again.groups.tolist() == joined.groups.tolist()
+    assert again.split.tolist() == joined.split.tolist() and again.moved == 0
+    assert again.near_duplicate_groups == 2  # a resumed run reports what the first found
