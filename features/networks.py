@@ -112,13 +112,25 @@ def build_base_model(backbone: str, *, weights: str | Path | None = "imagenet",
         As :func:`build_network`, for the backbone, input size and weights,
         and for a joined backbone (:func:`get_single_backbone`).
     """
+    config = finetunable_backbone(backbone)
+    return _build_base(config, normalize_weights(weights), _checked_input_size(config, input_size))
+
+
+def finetunable_backbone(backbone: str) -> BackboneConfig:
+    """:func:`get_single_backbone`, refusing a vision transformer: what fine-tuning trains.
+
+    Raises
+    ------
+    UserInputError
+        As :func:`get_single_backbone`, or for a keras-hub transformer (DINOv2).
+    """
     config = get_single_backbone(backbone)
     if config.keras_hub_preset:
         raise UserInputError(
             f"fine-tuning {config.name} is not supported (its head would pool transformer "
             "tokens, not a feature map); extract its features and train a classifier on them, "
             "or fine-tune a keras.applications backbone such as convnext_tiny")
-    return _build_base(config, normalize_weights(weights), _checked_input_size(config, input_size))
+    return config
 
 
 def _first_line(exc: BaseException) -> str:

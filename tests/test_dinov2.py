@@ -174,3 +174,52 @@ def test_openvino_float32_matches_tensorflow():
     pixels = _pixels(3, size, seed=5)
     np.testing.assert_allclose(ov_ext(pixels), tf_ext(pixels), rtol=MIXING_TOLERANCE,
                                atol=MIXING_TOLERANCE)
+
+
+@pytest.mark.slow  # extraction, training and an OpenVINO export of a ViT-S: ~1 min here
+def test_extract_train_report_predict_and_export_with_dinov2(tmp_path, artifacts):
+    from pipeline.export import export_model
+    from pipeline.workflows import predict_files, train_store
+    from tests.conftest import extract, make_image_folder
+    from tests.test_export import run_standalone
+
+    data = make_image_folder(tmp_path / "data", classes=("red", "green", "blue"), per_class=8)
+    size = 2 * PATCH_SIZE
+    store = extract(data, backbone="dinov2_small", weights="none", input_size=size,
+                    batch_size=8, runtime="tensorflow").result.path
+    outcome = train_store(store, classifier="logreg")[0]
+    summary = (outcome.report_dir / "summary.md").read_text()
+    assert "dinov2_small" in summary
+    images = sorted(str(p) for p in data.rglob("*") if p.is_file())[::3]
+    expected = predict_files(outcome.model_path, images, top=3, runtime="tensorflow")
+    export_model(outcome.model_path, tmp_path / "out", format="openvino")
+    got = run_standalone(tmp_path / "out", images)
+    classes = (tmp_path / "out" / "classes.txt").read_text().splitlines()
+    for want, have in zip(expected, got, strict=True):
+        assert have["label"] == want["label"]
+        for label, score in want["top"]:
+            assert abs(have["scores"][classes.index(label)] - score) < 1e-4
+
+
+@pytest.mark.slow  # NNCF quantization of a ViT-S
+def test_int8_quantizes_dinov2_and_rebuilds_the_same_network(tmp_path, monkeypatch):
+    from features.runtimes import compile_extractor
+    from tests.conftest import make_image_folder
+
+    monkeypatch.setenv("TLEARN_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", per_class=6)
+    paths = sorted(str(p) for p in data.rglob("*.jpg"))
+    size = 2 * PATCH_SIZE
+    base = create_extractor("dinov2_small", weights="none", input_size=size,
+                            runtime="tensorflow")
+    int8 = compile_extractor(base, "openvino", "int8", calibration_paths=paths)
+    assert (int8.spec.runtime, int8.spec.precision) == ("openvino", "int8")
+    assert int8.spec.calibration
+    pixels = _pixels(4, size, seed=6)
+    features = int8(pixels)
+    assert features.shape == (4, 768) and np.isfinite(features).all()
+    # int8 features approximate float32 ones: far closer to them than to other images'
+    f32 = base(pixels)
+    assert np.corrcoef(features.ravel(), f32.ravel())[0, 1] > 0.9
+    again = create_extractor(int8.spec, calibration_paths=paths)
+    np.testing.assert_array_equal(again(pixels), features)

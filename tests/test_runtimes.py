@@ -79,7 +79,8 @@ def tiny_extractor(filters: int = 4) -> FeatureExtractor:
 def test_openvino_float32_gives_tensorflow_features_within_the_mixing_tolerance(name):
     config = BACKBONES[name]
     # Small inputs keep conversion quick; "max" pooling keeps the features far from zero.
-    size = max(config.min_input_size, 32)
+    step = config.input_size_multiple
+    size = -(-max(config.min_input_size, 32) // step) * step
     tf_extractor = create_extractor(name, weights="none", input_size=size, pooling="max")
     ov_extractor = compile_extractor(tf_extractor, "openvino")
     assert isinstance(ov_extractor.model, OpenVINONetwork)
