@@ -93,6 +93,8 @@ def _preprocessing_ops(mode: str):
         return lambda x: (x - 127.0) / 128.0
     if mode == "scale_to_unit":
         return lambda x: x / 255.0
+    if mode == "none":  # ConvNeXt, EfficientNetV2, DINOv2 normalise inside the network
+        return lambda x: x
     raise UserInputError(f"preprocessing {mode!r} cannot be exported")
 
 
