@@ -35,6 +35,7 @@ def table(result_file: Path) -> str:
     rows = data["throughput"]
     names = list(dict.fromkeys(r["backbone"] for r in rows))
     rate = {(r["backbone"], r["runtime"], r["precision"]): r for r in rows}
+    refused = {(r["backbone"], r["runtime"], r["precision"]) for r in data.get("refused", [])}
     head = ["backbone", "input", "parameters", "features (default pooling)",
             "ImageNet top-1 (published)", "linear probe (published)"]
     head += [f"{rt} {p} forward / end-to-end img/s" for rt, p in VARIANTS]
@@ -50,8 +51,11 @@ def table(result_file: Path) -> str:
                  _percent(published.get("linear_probe_top1"))]
         for runtime, precision in VARIANTS:
             row = rate.get((name, runtime, precision))
-            cells.append("—" if row is None else
-                         f"{row['forward_img_s']:.1f} / {row['end_to_end_img_s']:.1f}")
+            if (name, runtime, precision) in refused:
+                cells.append("refused")
+            else:
+                cells.append("—" if row is None else
+                             f"{row['forward_img_s']:.1f} / {row['end_to_end_img_s']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     load = (f"load average {data['load_average_before'][0]:.0f} before, "
             f"{data['load_average_after'][0]:.0f} after")
