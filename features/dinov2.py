@@ -9,7 +9,7 @@ DINOv2 network is built.
 Weights: ``"imagenet"`` loads the keras-hub preset (backbone config, weights and
 image converter, downloaded from Kaggle into its cache on first use); a path names
 the ``model.weights.h5`` of a preset folder written by ``tlearn weights fetch``
-(:mod:`features.weights`), whose ``config.json`` and ``image_converter.json`` sit
+(:mod:`features.weights_fetch`), whose ``config.json`` and ``image_converter.json`` sit
 beside it; None builds the preset's architecture with random weights. With no
 preset to read, that converter normalises as Keras' "torch" mode, the ImageNet mean
 and deviation keras-hub converted the presets with.
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from features.errors import UserInputError, WeightsUnavailableError
+from features.weights import missing_weights_message
 
 #: Side of the square patch each token embeds; DINOv2's input sides are multiples of it.
 PATCH_SIZE = 14
@@ -151,9 +152,8 @@ def dinov2(variant: str, *, include_top: bool = False, weights: str | None = Non
         try:
             backbone, converter = _preset_parts(keras_hub, config, config.preset, size)
         except Exception as exc:  # kagglehub's and keras-hub's download errors vary
-            from features.weights import missing_weights_message
-
-            raise WeightsUnavailableError(missing_weights_message(variant, exc)) from exc
+            raise WeightsUnavailableError(
+                missing_weights_message(variant, exc, PRESET_WEIGHTS_FILE)) from exc
     else:
         folder = Path(weights).parent
         missing = [name for name in ("config.json", "image_converter.json")

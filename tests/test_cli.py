@@ -388,7 +388,9 @@ def test_demo_heads_the_score_column_with_the_best_models_score_kind(monkeypatch
 
 
 def _readme_commands():
-    readme = (REPO_ROOT / "README.md").read_text()
+    # The README and the user guide's pages (docs/guide/) between them.
+    readme = "\n".join(path.read_text() for path in [
+        REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs" / "guide").glob("*.md"))])
     commands = set()
     in_bash = False
     for line in readme.splitlines():

@@ -136,7 +136,7 @@ def test_offline_imagenet_weights_name_both_ways(monkeypatch):
         create_extractor("dinov2_small", weights="imagenet", runtime="tensorflow")
     message = str(info.value)
     assert "tlearn weights fetch dinov2_small --dest DIR" in message
-    assert "--weights DIR/dinov2_small/" in message and "\n" not in message
+    assert "--weights DIR/dinov2_small/model.weights.h5" in message and "\n" not in message
 
 
 def test_a_weights_file_outside_a_preset_folder_is_refused(tmp_path):

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from features.errors import UserInputError, WeightsUnavailableError
 from features.factory import create_extractor
-from features.weights import MANIFEST, fetch_weights
+from features.weights import MANIFEST
+from features.weights_fetch import fetch_weights
 from pipeline.cli import app
 
 runner = CliRunner()

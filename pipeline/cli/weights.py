@@ -29,7 +29,8 @@ def fetch(
     = Path("weights"),
 ) -> None:
     """Download a backbone's ImageNet weights (needs internet) into DEST/<backbone>/."""
-    from features.weights import MANIFEST, fetch_weights
+    from features.weights import MANIFEST
+    from features.weights_fetch import fetch_weights
 
     manifest = fetch_weights(backbone, dest)
     folder = dest / manifest["backbone"]
