@@ -182,7 +182,7 @@ class BackboneConfig:
         """Features per image at the native input size for ``pooling``."""
         if self.members:
             return sum(m.feature_size(pooling) for m in self.members)
-        check_choice(f"pooling of {self.name}", pooling, self.poolings)
+        check_choice("pooling", pooling, self.poolings)
         if pooling == "cls_avg":
             return 2 * self.channels
         if pooling == "flatten":

@@ -325,7 +325,7 @@ def _single_network(config: BackboneConfig, weights: str, input_size: int | None
     import keras
 
     pooling = pooling or config.default_pooling
-    check_choice(f"pooling of {config.name}", pooling, config.poolings)
+    check_choice("pooling", pooling, config.poolings)
     input_size = _checked_input_size(config, input_size)
     base = _build_base(config, weights, input_size)
     if config.keras_hub_preset and ((layer and layer != base.layers[-1].name)

@@ -110,7 +110,8 @@ def test_taps_layers_and_flatten_are_refused_in_one_line(choice):
 
 
 def test_cls_avg_is_refused_for_a_cnn():
-    with pytest.raises(UserInputError, match="pooling of vgg16"):
+    with pytest.raises(UserInputError,
+                       match="unknown pooling 'cls_avg'; choose one of: flatten, avg, max"):
         create_extractor("vgg16", weights="none", input_size=32, pooling="cls_avg")
 
 
