@@ -290,8 +290,8 @@ def _save_onnx(composed, folder: Path, size: int) -> None:
     graph = onnx.load(str(path))
     extra = [i.name for i in graph.graph.input if i.name != INPUT_NAME]
     if extra:
-        # tf2onnx leaves some Keras constants as graph inputs (EfficientNetV2's
-        # Normalization mean and variance): such a file cannot run on pixels alone.
+        # tf2onnx leaves some Keras constants as graph inputs (the Normalization mean
+        # and variance of ConvNeXt and EfficientNetV2): such a file cannot run on pixels.
         raise UserInputError(
             f"ONNX export leaves {len(extra)} constant(s) of this network as inputs "
             f"({extra[0].rsplit('/', 2)[-2]}...: tf2onnx does not freeze them); export it "
