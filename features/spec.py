@@ -14,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
-POOLINGS = ("flatten", "avg", "max")
+#: ``cls_avg``: a vision transformer's class token and the mean of its patch tokens,
+#: concatenated (DINOv2's linear evaluation); ``avg`` and ``max`` of a transformer pool
+#: its patch tokens. Each backbone's own choices: :attr:`BackboneConfig.poolings`.
+POOLINGS = ("flatten", "avg", "max", "cls_avg")
 #: What each image's features are computed from: the image, or the mean of the image's
 #: and its left-right mirror's features (twice the compute).
 VIEWS = ("image", "image+mirror")

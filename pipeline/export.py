@@ -93,6 +93,8 @@ def _preprocessing_ops(mode: str):
         return lambda x: (x - 127.0) / 128.0
     if mode == "scale_to_unit":
         return lambda x: x / 255.0
+    if mode == "none":  # ConvNeXt, EfficientNetV2, DINOv2 normalise inside the network
+        return lambda x: x
     raise UserInputError(f"preprocessing {mode!r} cannot be exported")
 
 
@@ -351,6 +353,14 @@ def _save_onnx(composed, folder: Path, size: int) -> None:
         warnings.simplefilter("ignore", FutureWarning)  # the patch's probe of np.object
         composed.export(str(path), format="onnx", verbose=False)
     graph = onnx.load(str(path))
+    extra = [i.name for i in graph.graph.input if i.name != INPUT_NAME]
+    if extra:
+        # tf2onnx leaves some Keras constants as graph inputs (the Normalization mean
+        # and variance of ConvNeXt and EfficientNetV2): such a file cannot run on pixels.
+        raise UserInputError(
+            f"ONNX export leaves {len(extra)} constant(s) of this network as inputs "
+            f"({extra[0].rsplit('/', 2)[-2]}...: tf2onnx does not freeze them); export it "
+            "with --format openvino")
     old = graph.graph.output[0].name
     for node in graph.graph.node:
         node.output[:] = [OUTPUT_NAME if o == old else o for o in node.output]

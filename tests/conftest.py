@@ -24,7 +24,7 @@ LITE0_FIXTURE = SHARED / "fixtures" / "efficientnet_lite0_reference.npz"
 # their families in every run.
 HEAVY_BACKBONES = frozenset({
     "convnext_small", "convnext_base", "efficientnetv2_b1", "efficientnetv2_b2",
-    "efficientnetv2_b3", "efficientnetv2_s", "efficientnetv2_m"})
+    "efficientnetv2_b3", "efficientnetv2_s", "efficientnetv2_m", "dinov2_base"})
 
 
 def by_weight(*values):

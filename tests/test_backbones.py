@@ -19,7 +19,6 @@ from features.efficientnet_lite import block_names
 from features.errors import UserInputError
 from features.factory import create_extractor
 from features.networks import build_base_model
-from features.spec import POOLINGS
 from tests.conftest import REPO_ROOT, by_weight
 
 
@@ -61,7 +60,13 @@ ARCHITECTURES = {
     # stem conv 3x3/2 and the first block of four later stages (same padding); pixels
     # normalised inside
     **{f"efficientnetv2_{v}": ("none", [same(2)] * 5) for v in ("b0", "b1", "b2", "b3", "s", "m")},
+    # one token per 14x14 patch (conv 14x14/14); pixels normalised inside (the converter)
+    "dinov2_small": ("none", [valid(14, 14)]),
+    "dinov2_base": ("none", [valid(14, 14)]),
 }
+# Vision transformers: tokens, not a feature map; tests/test_dinov2.py builds them.
+TRANSFORMERS = sorted(name for name, cfg in BACKBONES.items() if cfg.keras_hub_preset)
+CNNS = sorted(name for name in BACKBONES if name not in TRANSFORMERS)
 # Backbones whose networks come whole from keras.applications, preprocessing included:
 # name -> (keras.applications module, class).
 KERAS_OWN = {
@@ -89,6 +94,11 @@ def test_every_registered_backbone_has_a_row_here():
 def test_registry_native_facts_follow_the_architecture(name):
     cfg = get_backbone(name)
     assert cfg.native_grid == grid(name, cfg.input_size)
+    assert cfg.preprocess.mode == ARCHITECTURES[name][0]
+    if name in TRANSFORMERS:  # the class token and the mean of the patch tokens
+        assert cfg.feature_size("cls_avg") == 2 * cfg.feature_size("avg") == 2 * cfg.channels
+        assert cfg.input_size % cfg.input_size_multiple == 0
+        return
     assert cfg.feature_size("flatten") == grid(name, cfg.input_size) ** 2 * cfg.channels
     assert cfg.feature_size("avg") == cfg.feature_size("max") == cfg.channels
     assert cfg.preprocess.mode == ARCHITECTURES[name][0]
@@ -102,9 +112,9 @@ def test_lite_rows_unfreeze_a_block_of_their_variant(name):
 
 # The smallest accepted input, and an odd size that tells floor from ceiling divisions.
 BUILDS = [by_weight(name, size, pooling)
-          for name, cfg in sorted(BACKBONES.items())
+          for name, cfg in sorted(BACKBONES.items()) if name in CNNS
           for size in (cfg.min_input_size, 2 * cfg.min_input_size + 1)
-          for pooling in (POOLINGS if size == cfg.min_input_size else ("flatten",))]
+          for pooling in (cfg.poolings if size == cfg.min_input_size else ("flatten",))]
 
 
 @pytest.mark.parametrize("name,size,pooling", BUILDS)
@@ -123,7 +133,9 @@ def test_built_network_gives_the_registry_feature_size(name, size, pooling):
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_below_the_minimum_size_is_refused_by_both_builders(name):
     too_small = get_backbone(name).min_input_size - 1
-    for build in (create_extractor, build_base_model):
+    builders = (create_extractor,) if name in TRANSFORMERS else (create_extractor,
+                                                                  build_base_model)
+    for build in builders:
         with pytest.raises(UserInputError, match=f"below the minimum of {too_small + 1}"):
             build(name, weights="none", input_size=too_small)
 
@@ -165,8 +177,7 @@ def test_preprocessing_on_known_pixels(name):
     np.testing.assert_array_equal(floats, PIXELS)  # the caller's array is left alone
 
 
-@pytest.mark.parametrize("name", [n for n in sorted(BACKBONES)
-                                  if not n.startswith("efficientnet_lite")])
+@pytest.mark.parametrize("name", [n for n in CNNS if not n.startswith("efficientnet_lite")])
 def test_preprocessing_agrees_with_keras_applications(name):
     import keras
 

@@ -254,3 +254,23 @@ def test_a_user_error_on_a_worker_reaches_the_driver_as_its_one_line(data, clust
                          actors=1))
     assert str(caught.value) == ("weights file /models/w.h5 is missing on this node; copy it "
                                  "there or pass --weights PATH")
+
+
+def test_a_worker_rebuilds_a_keras_hub_backbone_and_gives_the_local_features(
+        tmp_path, data, cluster):
+    # DINOv2: the worker imports keras-hub and rebuilds the network from the spec alone.
+    pytest.importorskip("keras_hub")
+    network = NetworkSettings("dinov2_small", weights="none", input_size=28, runtime="tensorflow")
+    images, _ = load_dataset(data, test_size=0.25, seed=1)
+    reference = tmp_path / "local.h5"
+    extract_features(images, reference, network, batch_size=4)
+
+    def on_cluster(extractor, paths, *, start, batch_size, workers, max_pixels):
+        build = partial(extractor_work, extractor.spec.to_dict(), batch_size, max_pixels)
+        return ray_batches(paths, build, start=start, batch_size=batch_size, actors=1)
+
+    out = tmp_path / "ray.h5"
+    with connect(cluster):
+        result = extract_features(images, out, network, batch_size=4, feature_batches=on_cluster)
+    assert result.rows == 14
+    _assert_same_store(reference, out)

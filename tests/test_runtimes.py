@@ -79,7 +79,8 @@ def tiny_extractor(filters: int = 4) -> FeatureExtractor:
 def test_openvino_float32_gives_tensorflow_features_within_the_mixing_tolerance(name):
     config = BACKBONES[name]
     # Small inputs keep conversion quick; "max" pooling keeps the features far from zero.
-    size = max(config.min_input_size, 32)
+    step = config.input_size_multiple
+    size = -(-max(config.min_input_size, 32) // step) * step
     tf_extractor = create_extractor(name, weights="none", input_size=size, pooling="max")
     ov_extractor = compile_extractor(tf_extractor, "openvino")
     assert isinstance(ov_extractor.model, OpenVINONetwork)
@@ -451,3 +452,24 @@ def test_a_joined_backbone_runs_the_same_in_openvino():
     assert replace(ov_extractor.spec, runtime="tensorflow") == tf_extractor.spec
     images = random_images(2, 240)
     assert relative_difference(ov_extractor(images), tf_extractor(images)) < MIXING_TOLERANCE
+
+
+@pytest.mark.slow  # NNCF quantization of a whole network: ~1 min each here
+@pytest.mark.parametrize("name", ["convnext_tiny", "efficientnetv2_b0"])
+def test_int8_of_the_keras_applications_backbones_of_this_decade(name, tmp_path, monkeypatch):
+    # ConvNeXt quantizes and runs; NNCF's int8 EfficientNetV2 does not compile on the CPU
+    # plugin (per-channel FakeQuantize), which is one line, not a traceback.
+    monkeypatch.setenv("TLEARN_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", per_class=4)
+    paths = sorted(str(p) for p in data.rglob("*.jpg"))
+    base = create_extractor(name, weights="none", input_size=32, runtime="tensorflow")
+    if name == "efficientnetv2_b0":
+        with pytest.raises(UserInputError, match="OpenVINO cannot run the int8 network NNCF "
+                                                 "made of efficientnetv2_b0") as info:
+            compile_extractor(base, "openvino", "int8", calibration_paths=paths)
+        assert "\n" not in str(info.value)
+        return
+    int8 = compile_extractor(base, "openvino", "int8", calibration_paths=paths)
+    features = int8(random_images(3, 32))
+    assert features.shape == (3, 768) and np.isfinite(features).all()
+    assert (int8.spec.runtime, int8.spec.precision) == ("openvino", "int8")

@@ -234,3 +234,26 @@ def test_a_stage3_model_carries_the_unknown_score_through_predict(store, artifac
     assert evaluated["test_accepted"] == unknown["test_accepted"]
     assert evaluated["test_accepted_accuracy"] == unknown["test_accepted_accuracy"]
     assert evaluated["risk_coverage"][-1] == pytest.approx(unknown["risk_coverage"][-1])
+
+
+@pytest.mark.parametrize("backbone", [pytest.param("convnext_tiny", marks=pytest.mark.slow),
+                                      "efficientnetv2_b0"])
+def test_finetune_trains_the_keras_applications_backbones_of_this_decade(
+        tmp_path, artifacts, backbone):
+    data = make_image_folder(tmp_path / "data", classes=("red", "green", "blue"), per_class=8)
+    result = finetune(FinetuneSettings(data, backbone=backbone, weights="none", input_size=32,
+                                       warmup_epochs=1, finetune_epochs=1, batch_size=8,
+                                       val_share=0.2))
+    side = json.loads(result.model_path.with_suffix(".json").read_text())
+    assert side["backbone"] == backbone
+    assert [r["phase"] for r in result.history] == ["warmup", "finetune"]
+    out = predict_files(result.model_path, [data / "red" / "red_000.jpg"], top=3)
+    assert out[0]["label"] in {"red", "green", "blue"}
+
+
+def test_finetune_refuses_dinov2_in_one_line(tmp_path, artifacts):
+    data = make_image_folder(tmp_path / "data", classes=("red", "green"), per_class=6)
+    with pytest.raises(UserInputError, match="fine-tuning dinov2_small is not supported"):
+        finetune(FinetuneSettings(data, backbone="dinov2_small", weights="none",
+                                  input_size=28))
+    assert not (artifacts / "training").exists()

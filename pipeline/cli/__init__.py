@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 
 from features.errors import UserInputError
-from pipeline.cli import check, data, stage1, stage2, stage3, use
+from pipeline.cli import check, data, stage1, stage2, stage3, use, weights
 from pipeline.cli.output import err_console, plain_output
 
 app = typer.Typer(
@@ -30,7 +30,7 @@ app = typer.Typer(
     # pipeline.cli.options), or rich would take '[default: ...]' for a tag and drop it.
     rich_markup_mode="rich",
 )
-for group in (data, check, stage1, stage2, stage3, use):
+for group in (data, check, stage1, stage2, stage3, use, weights):
     app.add_typer(group.app)
 
 

@@ -394,8 +394,7 @@ def finetune(settings: FinetuneSettings, *, log: Log | None = None,
     """
     import keras
 
-    from features.backbones import get_single_backbone
-    from features.networks import build_base_model
+    from features.networks import build_base_model, finetunable_backbone
     from features.store import FeatureStore
 
     s = settings
@@ -406,7 +405,7 @@ def finetune(settings: FinetuneSettings, *, log: Log | None = None,
         with FeatureStore(source) as store:
             store_attrs = store.attrs
     backbone = s.backbone or store_attrs.get("backbone") or "efficientnet_lite0"
-    config = get_single_backbone(backbone)
+    config = finetunable_backbone(backbone)
     weights = s.weights
     if weights == "imagenet" and store_attrs.get("weights") == "random":
         weights = "none"  # a store of random-weight features: keep the experiment consistent
