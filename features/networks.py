@@ -1,6 +1,7 @@
 """Keras feature networks: a backbone cut at a layer, pooled, tapped, mirrored or joined.
 
-This module builds TensorFlow/Keras graphs only; :mod:`features.runtimes` compiles a
+This module builds Keras graphs only, on the backend Keras runs on
+(:mod:`features.devices`); :mod:`features.runtimes` compiles a
 built network for another runtime, and :func:`features.factory.create_extractor` is
 the one entry point that does both. :func:`build_base_model` gives the headless
 network that fine-tuning trains.
@@ -9,9 +10,6 @@ network that fine-tuning trains.
 from __future__ import annotations
 
 import difflib
-import importlib
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from features.backbones import (
     joined_value,
     keras_cache_dir,
 )
+from features.devices import active_backend, check_precision_on_device, import_keras_quietly
 from features.errors import UserInputError, WeightsUnavailableError
 from features.integrity import file_digest
 from features.registries import check_choice
@@ -37,38 +36,8 @@ from features.settings import NetworkSettings
 from features.spec import POOLINGS, PRECISIONS, VIEWS, FeatureExtractor, FeatureSpec
 
 RANDOM_WEIGHTS_SEED = 0
-
-# TensorFlow's C++ start-up lines are noise to a user of the library as to one of the CLI.
-# Unless the user set the level, warnings and info stay off, also in processes started
-# from here (Ray workers); a level of 0 or 1 asks for them, start-up lines included.
-_TF_LOGS_ASKED = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2").strip() in ("0", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow without the log lines it writes before its logging is set up.
-
-    Those lines (absl, oneDNN, CUDA factories) go straight to file descriptor 2 whatever
-    the log level, so the descriptor is silenced during the import, unless the user asked
-    for info or warnings (``TF_CPP_MIN_LOG_LEVEL`` 0 or 1). A failing import still raises
-    its Python exception.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    if _TF_LOGS_ASKED:
-        importlib.import_module("tensorflow")
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        importlib.import_module("tensorflow")
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
+#: Keras dtype policies of the reduced precisions (float32 is Keras' default policy).
+MIXED_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 def normalize_weights(weights: str | Path | None) -> str:
     """Map the user's ``--weights`` value to ``"imagenet"``, ``"random"`` or an absolute path."""
@@ -114,7 +83,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _build_base(config: BackboneConfig, weights: str, input_size: int):
-    import_tensorflow_quietly()
+    import_keras_quietly()
     import keras
 
     shape = (input_size, input_size, 3)
@@ -221,7 +190,7 @@ def _mirrored(spec: FeatureSpec) -> bool:
 
 
 def build_network(settings: NetworkSettings) -> FeatureExtractor:
-    """Build the TensorFlow network that turns images into features.
+    """Build the Keras network that turns images into features, on the active backend.
 
     :func:`features.factory.create_extractor` is the entry point that also compiles it
     for another runtime.
@@ -230,8 +199,8 @@ def build_network(settings: NetworkSettings) -> FeatureExtractor:
     ----------
     settings : NetworkSettings
         What to build (:class:`features.settings.NetworkSettings`); its ``precision`` is
-        the TensorFlow network's own, float32 or bfloat16 (OpenVINO quantizes a float32
-        network), and its ``runtime`` is not this function's business.
+        the Keras network's own, float32, bfloat16 or float16 (a GPU's; OpenVINO
+        quantizes a float32 network), and its ``runtime`` is not this function's business.
 
     Returns
     -------
@@ -245,7 +214,7 @@ def build_network(settings: NetworkSettings) -> FeatureExtractor:
         joined backbone, also a weights file, another input size, a ``layer`` or
         ``pooling`` of the wrong number of parts, or a tap without its network.
     """
-    import_tensorflow_quietly()
+    import_keras_quietly()
     import keras
 
     s = settings
@@ -254,10 +223,13 @@ def build_network(settings: NetworkSettings) -> FeatureExtractor:
     config = get_backbone(backbone)
     check_choice("precision", precision, PRECISIONS)
     weights = normalize_weights(weights)
+    check_precision_on_device(precision)
 
     previous_policy = keras.config.dtype_policy()
-    if precision == "bfloat16":
-        keras.config.set_dtype_policy("mixed_bfloat16")
+    if precision in MIXED_POLICIES:
+        # Mixed: the layers compute in the precision, keep float32 weights, and the
+        # feature layers (dtype float32) hand back float32 features.
+        keras.config.set_dtype_policy(MIXED_POLICIES[precision])
     try:
         if config.members:
             network = _joined_network(config, weights, input_size, layer, pooling, taps)
@@ -280,6 +252,7 @@ def build_network(settings: NetworkSettings) -> FeatureExtractor:
         precision=precision,
         taps=",".join(network.taps),
         views=VIEWS[1] if mirror else VIEWS[0],
+        backend=active_backend(),
     )
     return FeatureExtractor(spec=spec, model=model, preprocess_input=config.preprocess_input)
 
@@ -402,7 +375,10 @@ def _joined_network(config: BackboneConfig, weights: str, input_size: int | None
     return _Network(model, JOIN.join(layers), joined_value(poolings), size, tap_names)
 
 def rebuild_network(spec: FeatureSpec) -> FeatureExtractor:
-    """The TensorFlow network that made features of ``spec``, in ``spec``'s own precision.
+    """The Keras network that made features of ``spec``, in ``spec``'s own precision.
+
+    It runs on the active backend, whichever made the features: float32 features of
+    the backends agree within :data:`features.devices.BACKEND_MIXING_TOLERANCE`.
 
     Raises
     ------

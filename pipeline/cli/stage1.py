@@ -13,7 +13,7 @@ from rich.table import Table
 from features.backbones import BACKBONES, JOIN
 from features.errors import UserInputError
 from features.factory import create_extractor
-from pipeline.cli.errors import user_errors, uses_tensorflow
+from pipeline.cli.errors import user_errors, uses_keras
 from pipeline.cli.options import (
     NETWORK,
     OUTPUT,
@@ -24,9 +24,10 @@ from pipeline.cli.options import (
     AddressOption,
     EngineOption,
     RuntimeOption,
+    WorkersOption,
     check_seed,
 )
-from pipeline.cli.output import console, err_console, print_files
+from pipeline.cli.output import announce_device, console, err_console, print_files
 from pipeline.config import DEFAULT_BACKBONE, DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEFAULT_TEST_SIZE
 from pipeline.progress import print_table, progress_bar
 
@@ -73,7 +74,8 @@ def extract(
         help="Side of the square input \\[default: the backbone's].",
         rich_help_panel=NETWORK)] = None,
     precision: Annotated[str, typer.Option(
-        help="float32, bfloat16 (tensorflow) or int8 (openvino, calibrated on train images).",
+        help="float32, bfloat16, float16 (a GPU's mixed precision) or int8 (openvino, "
+             "calibrated on train images); features are stored as float32.",
         parser=PRECISION_CHOICE,
         metavar=PRECISION_CHOICE.metavar(), rich_help_panel=RUNTIME)]
     = "float32",
@@ -91,8 +93,7 @@ def extract(
     seed: Annotated[int, typer.Option(callback=check_seed, help="Seed of the split.",
                                       rich_help_panel=SPLIT)]
     = DEFAULT_SEED,
-    workers: Annotated[int, typer.Option(min=1, help="Image decoding threads.",
-                                         rich_help_panel=RUNTIME)] = 2,
+    workers: WorkersOption = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.",
                                             rich_help_panel=OUTPUT)] = False,
     engine: EngineOption = "local",
@@ -105,7 +106,7 @@ def extract(
 
     settings = ExtractSettings.from_options(options)
     with progress_bar(f"extract {backbone}", console=err_console) as progress:
-        report = extract_dataset(settings, progress=progress)
+        report = extract_dataset(settings, progress=progress, on_device=announce_device)
     result = report.result
     if report.grouping is not None and report.grouping.describe():
         console.print(report.grouping.describe(), highlight=False)
@@ -127,7 +128,7 @@ def extract(
 
 @app.command(rich_help_panel=PANEL)
 @user_errors
-@uses_tensorflow
+@uses_keras
 def backbones(
     layers: Annotated[str | None, typer.Option(
         help="List the layer names of this backbone (for --layer).")] = None,

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from classifiers.calibration import apply_temperature
+from features.devices import describe_device
 from features.errors import UserInputError
 from features.integrity import atomic_write, atomic_write_json, settings_key
 from pipeline.augmentation import AugmentationConfig
@@ -133,6 +134,7 @@ def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Calla
     counts = images.counts()
     say(f"{name}: {counts['train']} train, {counts['val']} validation, {counts['test']} test "
         f"images, {len(images.label_names)} classes")
+    say(f"computing on {describe_device()}")
     t0 = time.perf_counter()
     model, state = train_phases(build, phases, train, val, workdir=workdir, settings_key=key,
                                 patience=patience, log=say, on_batch=on_batch, verbose=verbose)
