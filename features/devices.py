@@ -346,9 +346,10 @@ def is_device_out_of_memory(exc: BaseException) -> bool:
         marker in text for marker in _OOM_TEXT)
 
 
-def out_of_memory_line(batch_size: int, device: str = "the device") -> str:
-    """The one line for a device out of memory at ``batch_size``."""
+def out_of_memory_line(batch_size: int, device: Device) -> str:
+    """The one line for ``device`` out of memory at ``batch_size``."""
     smaller = max(1, batch_size // 2)
-    return (f"{device} ran out of memory at --batch-size {batch_size}; pass a smaller "
+    who = f"GPU:{device.index} {device.name}" if device.is_gpu else "the CPU"
+    return (f"{who} ran out of memory at --batch-size {batch_size}; pass a smaller "
             f"--batch-size (e.g. {smaller}); nothing was published, and the rerun resumes "
             "after the rows already computed")

@@ -390,8 +390,7 @@ def extract_features(
         except Exception as exc:
             writer.close()
             if is_device_out_of_memory(exc):
-                raise UserInputError(out_of_memory_line(
-                    batch_size, device.describe().split(",")[0])) from exc
+                raise UserInputError(out_of_memory_line(batch_size, device)) from exc
             raise
         except BaseException:
             writer.close()

@@ -384,8 +384,14 @@ def rebuild_network(spec: FeatureSpec) -> FeatureExtractor:
     ------
     UserInputError
         If the rebuilt network does not give features of ``spec.feature_dim`` values,
-        or a weights file changed since the features were made.
+        a weights file changed since the features were made, or the features come from
+        random weights of another backend (each draws its own from the same seed).
     """
+    if spec.weights == "random" and spec.backend != active_backend():
+        raise UserInputError(
+            f"these features come from random weights drawn by {spec.backend}, and "
+            f"{active_backend()} draws other ones from the same seed; run with --backend "
+            f"{spec.backend} (before the command), or use features of trained weights")
     extractor = build_network(NetworkSettings(
         spec.backbone, weights="none" if spec.weights == "random" else spec.weights,
         input_size=spec.input_size, layer=spec.layer, pooling=spec.pooling,
