@@ -158,6 +158,34 @@ def requires_tensorflow(what: str) -> None:
             "with --backend tensorflow (or KERAS_BACKEND=tensorflow)")
 
 
+def set_random_seed(seed: int) -> None:
+    """Seed Python, numpy and Keras' generators (and torch's), as ``keras.utils.set_random_seed``.
+
+    Under jax or torch, Keras' own function would import TensorFlow wherever it is
+    installed, only to seed it too (seconds, and GBs of memory on a GPU): there the same
+    seeding is done without it.
+    """
+    import keras
+
+    if keras.backend.backend() == TENSORFLOW:
+        keras.utils.set_random_seed(seed)
+        return
+    import random
+
+    import numpy as np
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+
+    global_state.set_global_attribute("global_random_seed", seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
+    if keras.backend.backend() == TORCH:
+        import torch
+
+        torch.manual_seed(seed)
+
+
 def backend_version(backend: str | None = None) -> str:
     """The installed version of ``backend``'s package (the active backend by default)."""
     backend = backend or active_backend()

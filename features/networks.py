@@ -28,7 +28,12 @@ from features.backbones import (
     joined_value,
     keras_cache_dir,
 )
-from features.devices import active_backend, check_precision_on_device, import_keras_quietly
+from features.devices import (
+    active_backend,
+    check_precision_on_device,
+    import_keras_quietly,
+    set_random_seed,
+)
 from features.errors import UserInputError, WeightsUnavailableError
 from features.integrity import file_digest
 from features.registries import check_choice
@@ -84,13 +89,12 @@ def _first_line(exc: BaseException) -> str:
 
 def _build_base(config: BackboneConfig, weights: str, input_size: int):
     import_keras_quietly()
-    import keras
 
     shape = (input_size, input_size, 3)
     if weights == "random":
         # Seeded so that a classifier trained on random-weight features can rebuild
         # the very same network later (tests, timing benchmarks).
-        keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
+        set_random_seed(RANDOM_WEIGHTS_SEED)
         return config.constructor(include_top=False, weights=None, input_shape=shape)
     try:
         return config.constructor(include_top=False, weights=weights, input_shape=shape)

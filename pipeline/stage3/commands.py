@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from classifiers.calibration import apply_temperature
-from features.devices import describe_device
+from features.devices import describe_device, set_random_seed
 from features.errors import UserInputError
 from features.integrity import atomic_write, atomic_write_json, settings_key
 from pipeline.augmentation import AugmentationConfig
@@ -95,7 +95,6 @@ def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Calla
                       input_size: int, batch_size: int, seed: int, patience: int,
                       overwrite: bool, settings: dict, info: dict, log: Log | None, on_batch,
                       verbose: int, workers: int) -> StageThreeResult:
-    import keras
 
     from classifiers.evaluation import evaluate_predictions
     from classifiers.persistence import sha256_file, sidecar_path
@@ -123,7 +122,7 @@ def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Calla
             raise UserInputError(f"{model_path} exists and was trained with other settings or "
                                  "data; pass --overwrite to replace it")
         # otherwise this very run was interrupted while writing its outputs: finish them
-    keras.utils.set_random_seed(seed)
+    set_random_seed(seed)
     batches = image_batches_class()
     train = batches(*images.train, batch_size=batch_size, size=input_size,
                     preprocess=preprocess, shuffle=True, seed=seed, workers=workers)
