@@ -9,9 +9,12 @@ with random weights (speed does not depend on the weights):
 * ``end_to_end``: ``features.extraction.extract_features`` from JPEG files to a store,
   on generated 320-px photos and 12-megapixel ones, decoding with tlearn's reader on
   the CPU (``--workers auto``), batch 256: what a user gets;
-* ``gpu_decode``: 12-megapixel JPEGs decoded by nvJPEG (``torchvision.io.decode_jpeg``
-  on the GPU, then resized there) against tlearn's reader on all CPU cores: img/s and
-  the largest pixel difference, where torch with CUDA is installed;
+* ``gpu_decode``: 12-megapixel JPEGs through tlearn's reader with nvJPEG
+  (``features.images.load_images`` with ``nvjpeg_decoder()``: ``torchvision.io.decode_jpeg``
+  on the GPU, resized there) against the reader on all CPU cores: img/s and the largest
+  pixel difference, where torch with CUDA is installed. Under the torch backend the
+  end-to-end cases decode large JPEGs on the GPU the same way (``decoding`` says which);
+  under jax on the CPU;
 * ``finetune``: one epoch of fine-tuning Lite0 (the head, then the whole network) on a
   few hundred images through ``pipeline.stage3.finetune``.
 
@@ -147,6 +150,7 @@ def forward_case(backend: str, model: str, precision: str, batch: int, input_siz
 
 def end_to_end_case(model: str, precision: str, folder: Path, images: str, batch: int,
                     input_size: int | None, tmp: Path) -> dict:
+    from features.batches import device_decoder
     from features.extraction import extract_features
     from features.settings import NetworkSettings
     from pipeline.datasets import load_dataset
@@ -155,48 +159,36 @@ def end_to_end_case(model: str, precision: str, folder: Path, images: str, batch
     settings = NetworkSettings(model, weights="none", input_size=input_size,
                                precision=precision)
     out = tmp / f"{model}_{precision}_{images}.h5".replace(" ", "_")
-    # a first, short run compiles the network for the batch shapes; the timed run rebuilds
-    # it, as a user's run would, but XLA's and cuDNN's caches are warm
     result = extract_features(labeled, out, settings, batch_size=batch, overwrite=True)
     return {"case": "end_to_end", "model": model, "precision": precision, "batch": batch,
             "images": images, "files": len(labeled), "img_s": result.images_per_second,
-            "seconds": result.seconds}
+            "seconds": result.seconds,
+            # large JPEGs go to nvJPEG under torch with CUDA (features.batches.device_decoder)
+            "decoding": "gpu for large JPEGs" if device_decoder() else "cpu"}
 
 
 def gpu_decode_case(folder: Path, size: int, limit: int) -> dict:
-    """nvJPEG on the GPU against tlearn's reader on every CPU core, same files."""
+    """tlearn's reader with nvJPEG (features.images.load_images) against it on every CPU core."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import torch
-    import torchvision
-    from torchvision.io import decode_jpeg
-
     from features.devices import available_cores
-    from features.images import load_image
+    from features.images import load_image, load_images, nvjpeg_decoder
 
+    decoder = nvjpeg_decoder()
+    if decoder is None:
+        raise RuntimeError("no GPU JPEG decoder here (torch, torchvision and CUDA)")
     paths = sorted(str(p) for p in folder.rglob("*.jpg"))[:limit]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(available_cores()) as pool:
         cpu = list(pool.map(lambda p: load_image(p, size), paths))
     cpu_rate = len(paths) / (time.perf_counter() - t0)
-
-    def on_gpu(batch_paths):
-        data = [torchvision.io.read_file(p) for p in batch_paths]
-        decoded = decode_jpeg(data, device="cuda")
-        return [torch.nn.functional.interpolate(img[None].float(), size=(size, size),
-                                                mode="bilinear", antialias=True)[0]
-                .round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0) for img in decoded]
-
-    on_gpu(paths[:2])  # nvJPEG's start-up
-    torch.cuda.synchronize()
+    load_images(paths[:2], size, device_decoder=decoder)  # nvJPEG's start-up
     t0 = time.perf_counter()
     gpu = []
     for i in range(0, len(paths), 32):
-        gpu += on_gpu(paths[i:i + 32])
-    torch.cuda.synchronize()
+        gpu += load_images(paths[i:i + 32], size, device_decoder=decoder)
     gpu_rate = len(paths) / (time.perf_counter() - t0)
-    diffs = [np.abs(g.cpu().numpy().astype(int) - c.astype(int)) for g, c in zip(gpu, cpu,
-                                                                               strict=True)]
+    diffs = [np.abs(g.astype(int) - c.astype(int)) for g, c in zip(gpu, cpu, strict=True)]
     return {"case": "gpu_decode", "files": len(paths), "cpu_threads": available_cores(),
             "cpu_img_s": cpu_rate, "gpu_img_s": gpu_rate,
             "max_abs_pixel_diff": int(max(d.max() for d in diffs)),

@@ -21,7 +21,7 @@ import numpy as np
 
 from features.devices import available_cores
 from features.errors import UserInputError
-from features.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
+from features.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_images, nvjpeg_decoder
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
 #: Decoding threads: a count, or ``"auto"`` (:func:`resolve_workers`).
@@ -95,16 +95,36 @@ def _lower_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
+_DEVICE_DECODER: list = []  # [decoder or None], found once per process
+
+
+def device_decoder():
+    """The GPU JPEG decoder of :func:`features.images.nvjpeg_decoder`, looked up once.
+
+    Only under the torch backend: torch then holds the GPU already; under jax or
+    TensorFlow a second framework on the same GPU would fight it for memory.
+    """
+    from features.devices import TORCH, active_backend
+
+    if not _DEVICE_DECODER:
+        _DEVICE_DECODER.append(nvjpeg_decoder() if active_backend() == TORCH else None)
+    return _DEVICE_DECODER[0]
+
+
 def decode_batch(paths: Sequence[str], size: int, max_pixels: int, preprocess: Preprocess
                  ) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
-    """Decode and preprocess ``paths``; returns ``(good, x, bad)`` as in :class:`DecodedBatch`."""
+    """Decode and preprocess ``paths``; returns ``(good, x, bad)`` as in :class:`DecodedBatch`.
+
+    Large JPEGs go to the GPU's decoder where there is one (:func:`device_decoder`).
+    """
     good, images, bad = [], [], []
-    for i, path in enumerate(paths):
-        try:
-            images.append(load_image(path, size, max_pixels=max_pixels))
+    decoded = load_images(paths, size, max_pixels=max_pixels, device_decoder=device_decoder())
+    for i, result in enumerate(decoded):
+        if isinstance(result, ImageDecodeError):
+            bad.append((i, result.reason))
+        else:
+            images.append(result)
             good.append(i)
-        except ImageDecodeError as exc:
-            bad.append((i, exc.reason))
     x = preprocess(np.stack(images)) if images else np.empty((0, size, size, 3), dtype=np.float32)
     return good, x, bad
 

@@ -328,3 +328,30 @@ def test_a_device_out_of_memory_is_one_line_and_nothing_is_published(tmp_path, m
                                                          input_size=32, pooling="avg"),
                             batch_size=2)
     assert done.resumed_rows == 4 and done.rows == len(images)
+
+
+@needs_jax
+@pytest.mark.slow
+def test_bench_gpu_smoke_runs_end_to_end_on_jax_without_tensorflow(tmp_path):
+    # An importable 'tensorflow' that fails, first on the path of every process the
+    # bench starts: the lent GPU machines have no TensorFlow at all.
+    blocker = tmp_path / "blocker" / "tensorflow"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('no TensorFlow on this machine')\n")
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "PYTHONPATH": f"{blocker.parent}{os.pathsep}{REPO_ROOT}",
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "gpu.py"), "--smoke",
+                           "--backends", "jax", "--out", str(out)], capture_output=True,
+                          text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["backend"] == "jax" and result["skipped"] == [], result
+    assert result["device"]["line"].endswith(", jax") and "tensorflow" not in result["versions"]
+    cases = {(r["case"], r.get("images")) for r in result["rows"]}
+    assert cases == {("forward", None), ("end_to_end", "320 px"), ("end_to_end", "12 MP"),
+                     ("finetune", None)}
+    assert all(r["img_s"] > 0 for r in result["rows"] if "img_s" in r)
+    assert [e["phase"] for e in next(r for r in result["rows"]
+                                     if r["case"] == "finetune")["epochs"]] == ["warmup",
+                                                                               "finetune"]
