@@ -179,7 +179,8 @@ def inspect(store: Annotated[Path, typer.Argument(help="A feature store (.h5).")
         table.add_column("value")
         table.add_row("rows x features", f"{rows:,} x {dim:,}")
         for key in ("backbone", "layer", "pooling", "taps", "views", "input_size",
-                    "preprocessing", "weights", "precision", "compression", "source", "seed",
+                    "preprocessing", "weights", "precision", "backend", "device", "compression",
+                    "source", "seed",
                     "test_size", "val_size", "created", "fingerprint"):
             if key in attrs:
                 table.add_row(key, str(attrs[key]))
