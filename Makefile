@@ -80,7 +80,7 @@ bench: install ## Run the benchmarks (about two hours; needs ../shared; writes b
 
 # A lent GPU machine has torch and jax with CUDA and no internet: Keras and its small
 # needs travel as wheels in .whl (git-ignored), see bench/gpu.py.
-GPU_WHEELS := keras==3.15.0 namex==0.1.0 optree==0.18.0
+GPU_WHEELS := keras==3.15.1 namex==0.1.0 optree==0.18.0
 
 bench-gpu-wheels: ## Download the wheels bench/gpu.py needs on a GPU machine into .whl
 	@x=$$(git rev-parse --git-path info/exclude); grep -qx '/.whl/' $$x 2>/dev/null || echo /.whl/ >> $$x

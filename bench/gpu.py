@@ -30,7 +30,7 @@ these paths is on that image. Here, once (``make bench-gpu-wheels``)::
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\
         --implementation cp --platform manylinux_2_28_x86_64 \\
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
-        -d .whl keras==3.15.0 namex==0.1.0 optree==0.18.0
+        -d .whl keras==3.15.1 namex==0.1.0 optree==0.18.0
 
 then one ``run`` with ``carry=[".whl"]`` and the command (``make bench-gpu``)::
 
