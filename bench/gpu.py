@@ -103,6 +103,8 @@ def make_images(folder: Path, count: int, size: tuple[int, int], classes: int = 
             made.append(str(path))
     for i, path in enumerate(made):
         os.replace(path, folder / f"class{i % classes}" / f"{i:05d}_{Path(path).name}")
+    for part in folder.glob("part*"):
+        part.rmdir()  # emptied: not a class
     return folder
 
 
