@@ -88,15 +88,15 @@ def select_backend(name: str | None) -> str:
     if name is None:
         name = active_backend()
     check_choice("backend", name, BACKENDS)
+    if importlib.util.find_spec(name) is None:
+        raise UserInputError(
+            f"backend {name} is not installed; install it with {BACKEND_INSTALL[name]}, or "
+            f"choose another with --backend (one of: {', '.join(BACKENDS)})")
     keras = sys.modules.get("keras")
     if keras is not None and hasattr(keras, "backend") and keras.backend.backend() != name:
         raise UserInputError(
             f"Keras already runs on {keras.backend.backend()} in this process and cannot "
             f"switch to {name}; set KERAS_BACKEND={name} before Python starts")
-    if importlib.util.find_spec(name) is None:
-        raise UserInputError(
-            f"backend {name} is not installed; install it with {BACKEND_INSTALL[name]}, or "
-            f"choose another with --backend (one of: {', '.join(BACKENDS)})")
     os.environ["KERAS_BACKEND"] = name
     return name
 
