@@ -14,7 +14,7 @@ TRAIN_ARGS ?=
 FINETUNE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo extract train compare finetune datasets test test-all lint bench clean docs docs-serve
+.PHONY: help install install-gpu demo extract train compare finetune datasets test test-all lint bench bench-gpu-wheels bench-gpu clean docs docs-serve
 DEFAULT_DATA := artifacts/datasets/digits
 
 help: ## List the targets (this text)
@@ -27,6 +27,12 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install-gpu: ## Like install, plus the gpu extra: TensorFlow and JAX with their CUDA libraries
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,gpu]'
 	@touch $(STAMP)
 
 demo: install ## The main job offline: digits -> Lite0 features -> classifiers -> compare
@@ -75,6 +81,23 @@ bench: install ## Run the benchmarks (about two hours; needs ../shared; writes b
 	$(BIN)/python bench/backbones.py
 	$(BIN)/python bench/compare_stages.py
 	$(BIN)/python bench/engines.py
+	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/backends.py
+
+# A lent GPU machine has torch and jax with CUDA and no internet: Keras and its small
+# needs travel as wheels in .whl (git-ignored), see bench/gpu.py.
+GPU_WHEELS := keras==3.15.1 namex==0.1.0 optree==0.18.0
+
+bench-gpu-wheels: ## Download the wheels bench/gpu.py needs on a GPU machine into .whl
+	@x=$$(git rev-parse --git-path info/exclude); grep -qx '/.whl/' $$x 2>/dev/null || echo /.whl/ >> $$x
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+
+bench-gpu: ## On the GPU machine: install .whl, run bench/gpu.py (under 8 minutes)
+	python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+		--target /tmp/site .whl/*.whl
+	PYTHONPATH=/tmp/site:$(CURDIR) PYTHONUNBUFFERED=1 python3 bench/gpu.py $(if $(OUT),--out $(OUT)/gpu.json)
 
 clean: ## Remove generated outputs (artifacts/) and caches, keep .venv
 	find artifacts -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -7,35 +7,27 @@ compared within one run on one CPU.
 
 from __future__ import annotations
 
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
-FLAGS_THAT_MATTER = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-                     "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from features import devices
 
 
-def cpu_info() -> dict:
-    """``{"model", "cpus", "flags": {flag: bool}, "python", "platform"}`` of this machine."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name":
-                    model = value.strip()
-                elif key == "flags":
-                    flags = set(value.split())
-                if model != "unknown" and flags:
-                    break
-    except OSError:
-        pass
-    return {"model": model, "cpus": os.cpu_count(),
-            "flags": {flag: flag in flags for flag in FLAGS_THAT_MATTER},
-            "python": platform.python_version(), "platform": platform.platform()}
+def cpu_info(*, device: bool = True) -> dict:
+    """``{"model", "cpus", "cores_available", "flags": {flag: bool}, "python", "platform",
+    "device"}`` of this machine
+
+    ``device`` is what computes Keras networks here, ``"GPU:0 <name>, <backend>"`` or
+    ``"CPU: <model>, N cores, <ISA>, <backend>"`` (:func:`features.devices.describe_device`;
+    it imports the backend); ``device=False`` leaves it out, for benches of decoding only.
+    """
+    info = devices.cpu_info()
+    if device:
+        info["device"] = devices.describe_device()
+    return info
 
 
 def describe(info: dict | None = None) -> str:

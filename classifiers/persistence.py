@@ -281,6 +281,8 @@ def _extract_option(key: str, value) -> str:
     """The ``tlearn extract`` option that gives spec field ``key`` the value ``value``."""
     if key == "views":
         return "--mirror" if value == "image+mirror" else "--no-mirror"
+    if key == "backend":
+        return f"--backend {value} (before the command)"
     if key == "taps" and not value:
         return "--taps ''"
     return f"--{key.replace('_', '-')} {value}"
@@ -290,8 +292,10 @@ def check_same_features(model, spec: FeatureSpec, where: str = "the store") -> N
     """Refuse features of another specification than the model was trained on.
 
     The runtime is not compared: float32 features of TensorFlow and OpenVINO agree
-    within ``features.runtimes.MIXING_TOLERANCE`` (tests/test_runtimes.py). The
-    precision is: int8 and bfloat16 features are other numbers than float32 ones.
+    within ``features.runtimes.MIXING_TOLERANCE`` (tests/test_runtimes.py), nor is the
+    Keras backend (``features.devices.BACKEND_MIXING_TOLERANCE``, tests/test_devices.py),
+    except for random weights, which each backend draws with its own generator. The
+    precision is: int8, bfloat16 and float16 features are other numbers than float32 ones.
     """
     expected = getattr(model, "feature_spec_", None) or {}
     if expected:
@@ -300,6 +304,9 @@ def check_same_features(model, spec: FeatureSpec, where: str = "the store") -> N
     got = spec.to_dict()
     differing = [k for k in SPEC_FIELDS_THAT_MATTER
                  if expected and str(expected.get(k)) != str(got.get(k))]
+    if (expected and "weights" not in differing and got["weights"] == "random"
+            and str(expected.get("backend")) != str(got.get("backend"))):
+        differing.append("backend")  # seeded random weights are drawn by each backend's own RNG
     diffs = [f"{k} {got.get(k)!r} (model: {expected.get(k)!r})" for k in differing]
     if not expected and got["feature_dim"] != model.n_features_in_:
         diffs.append(f"feature_dim {got['feature_dim']} (model: {model.n_features_in_})")

@@ -19,10 +19,44 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from features.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_image
+from features.devices import available_cores
+from features.errors import UserInputError
+from features.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    load_images,
+    nvjpeg_decoder,
+)
 from features.neighbours import pixel_signatures
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
+#: Decoding threads: a count, or ``"auto"`` (:func:`resolve_workers`).
+Workers = int | str
+AUTO = "auto"
+
+
+def resolve_workers(workers: Workers) -> int:
+    """Decoding threads for ``workers``: ``"auto"`` is one per core this process may use.
+
+    Threads, not processes: Pillow releases the GIL while it decodes and resizes, and
+    ``bench/decode.py`` measured threads as fast as processes per worker on 320-px and
+    12-megapixel JPEGs, without copying every batch between processes.
+
+    Raises
+    ------
+    UserInputError
+        For anything but a positive count or ``"auto"``.
+    """
+    if isinstance(workers, str) and workers.strip().lower() == AUTO:
+        return available_cores()
+    try:
+        count = int(workers)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1 or (isinstance(workers, float) and not workers.is_integer()):
+        raise UserInputError(f"--workers must be 'auto' or a whole number of at least 1, "
+                             f"got {workers!r}")
+    return count
 
 
 @dataclass
@@ -67,22 +101,42 @@ def _lower_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
+_DEVICE_DECODER: list = []  # [decoder or None], found once per process
+
+
+def device_decoder():
+    """The GPU JPEG decoder of :func:`features.images.nvjpeg_decoder`, looked up once.
+
+    Only under the torch backend: torch then holds the GPU already; under jax or
+    TensorFlow a second framework on the same GPU would fight it for memory.
+    """
+    from features.devices import TORCH, active_backend
+
+    if not _DEVICE_DECODER:
+        _DEVICE_DECODER.append(nvjpeg_decoder() if active_backend() == TORCH else None)
+    return _DEVICE_DECODER[0]
+
+
 def decode_batch(paths: Sequence[str], size: int, max_pixels: int, preprocess: Preprocess
                  ) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
-    """Decode and preprocess ``paths``; returns ``(good, x, bad)`` as in :class:`DecodedBatch`."""
+    """Decode and preprocess ``paths``; returns ``(good, x, bad)`` as in :class:`DecodedBatch`.
+
+    Large JPEGs go to the GPU's decoder where there is one (:func:`device_decoder`).
+    """
     good, images, bad = [], [], []
-    for i, path in enumerate(paths):
-        try:
-            images.append(load_image(path, size, max_pixels=max_pixels))
+    decoded = load_images(paths, size, max_pixels=max_pixels, device_decoder=device_decoder())
+    for i, result in enumerate(decoded):
+        if isinstance(result, ImageDecodeError):
+            bad.append((i, result.reason))
+        else:
+            images.append(result)
             good.append(i)
-        except ImageDecodeError as exc:
-            bad.append((i, exc.reason))
     x = preprocess(np.stack(images)) if images else np.empty((0, size, size, 3), dtype=np.float32)
     return good, x, bad
 
 
 def iter_decoded_batches(paths: Sequence[str], *, size: int, batch_size: int,
-                         preprocess: Preprocess, start: int = 0, workers: int = 2,
+                         preprocess: Preprocess, start: int = 0, workers: Workers = AUTO,
                          max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[DecodedBatch]:
     """Yield every batch of ``paths[start:]`` decoded, in order, decoding ahead in threads.
 
@@ -97,11 +151,13 @@ def iter_decoded_batches(paths: Sequence[str], *, size: int, batch_size: int,
         Applied to each batch of uint8 images in the decoding thread.
     start : int, default=0
         First file (a resumed run starts after its committed files).
-    workers : int, default=2
-        Decoding threads; ``workers + 1`` batches (at least 2) are decoded ahead.
+    workers : int or "auto", default="auto"
+        Decoding threads (:func:`resolve_workers`); ``workers + 1`` batches (at least 2)
+        are decoded ahead.
     max_pixels : int
         Larger images are refused as possible decompression bombs.
     """
+    workers = resolve_workers(workers)
     total = len(paths)
     begins = iter(range(start, total, batch_size))
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="tlearn-decode",
@@ -161,7 +217,7 @@ def compute_batch(paths: Sequence[str], begin: int, *, size: int, preprocess: Pr
 
 def iter_computed_batches(paths: Sequence[str], *, size: int, batch_size: int,
                           preprocess: Preprocess, compute: Compute, start: int = 0,
-                          workers: int = 2, max_pixels: int = DEFAULT_MAX_PIXELS
+                          workers: Workers = AUTO, max_pixels: int = DEFAULT_MAX_PIXELS
                           ) -> Iterator[ComputedBatch]:
     """The local engine: every batch of ``paths[start:]`` decoded ahead in threads, then
     computed here, in order (parameters as :func:`iter_decoded_batches`)."""

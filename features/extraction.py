@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from features.backbones import get_backbone
-from features.batches import Compute, ComputedBatch, iter_computed_batches
+from features.batches import Compute, ComputedBatch, Workers, iter_computed_batches, resolve_workers
+from features.devices import (
+    active_backend,
+    backend_versions,
+    is_device_out_of_memory,
+    out_of_memory_line,
+)
 from features.errors import UserInputError
 from features.factory import create_extractor
 from features.images import DEFAULT_MAX_PIXELS
@@ -32,6 +38,7 @@ from features.runtimes import (
     OPENVINO,
     calibration_sample,
     resolve_runtime,
+    runtime_device,
     runtime_versions,
 )
 from features.settings import NetworkSettings
@@ -45,6 +52,8 @@ from features.store import (
 )
 
 ProgressCallback = Callable[[int, int], None]
+#: Hears what computes (:meth:`features.devices.Device.describe`) once work starts.
+DeviceCallback = Callable[[str], None]
 
 #: Where the features of the files come from, a batch at a time and in order:
 #: ``source(extractor, paths, start=..., batch_size=..., workers=..., max_pixels=...)``
@@ -70,7 +79,7 @@ def feature_compute(extractor: FeatureExtractor, batch_size: int) -> Compute:
 
 
 def local_feature_batches(extractor: FeatureExtractor, paths: Sequence[str], *, start: int,
-                          batch_size: int, workers: int, max_pixels: int
+                          batch_size: int, workers: Workers, max_pixels: int
                           ) -> Iterator[ComputedBatch]:
     """The local engine: decode ahead in ``workers`` threads, compute in this process."""
     return iter_computed_batches(paths, size=extractor.spec.input_size, batch_size=batch_size,
@@ -158,14 +167,11 @@ class ExtractionResult:
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the libraries whose behaviour the features depend on."""
-    import keras
+    """Versions of the libraries whose behaviour the features depend on (the Keras backend's)."""
     import PIL
-    import tensorflow as tf
 
     return {"python": platform.python_version(), "numpy": np.__version__,
-            "tensorflow": tf.__version__, "keras": keras.__version__, "h5py": H5PY_VERSION,
-            "pillow": PIL.__version__}
+            **backend_versions(), "h5py": H5PY_VERSION, "pillow": PIL.__version__}
 
 
 def _settings_key(fingerprint: str, images: LabeledImages, extractor: FeatureExtractor,
@@ -191,10 +197,11 @@ def extract_features(
     batch_size: int = 32,
     compression: str = "none",
     overwrite: bool = False,
-    workers: int = 2,
+    workers: Workers = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     extra_attrs: dict | None = None,
     progress: ProgressCallback | None = None,
+    on_device: DeviceCallback | None = None,
     feature_batches: FeatureBatches | None = None,
     near_duplicates: float | None = None,
 ) -> ExtractionResult:
@@ -228,14 +235,19 @@ def extract_features(
     overwrite : bool, default=False
         Replace a finished store (only once the new one is complete) or discard
         an unfinished one made with other settings.
-    workers : int, default=2
-        Threads decoding images ahead of the network.
+    workers : int or "auto", default="auto"
+        Threads decoding images ahead of the network; ``"auto"``: one per core this
+        process may use (:func:`features.batches.resolve_workers`).
     max_pixels : int
         Larger images are refused as possible decompression bombs.
     extra_attrs : dict, optional
         More attributes to record (dataset source, split settings...).
     progress : callable, optional
         Called as ``progress(done, total)`` after every batch.
+    on_device : callable, optional
+        Called once with the line saying what computes (``"GPU:0 NVIDIA H100 80GB HBM3,
+        jax"``) when the network is built and work starts; the store records it as
+        ``device``.
     feature_batches : callable, optional
         Where the features are computed (:data:`FeatureBatches`); default
         :func:`local_feature_batches`. Whatever computes them, this process writes
@@ -257,7 +269,9 @@ def extract_features(
     ------
     UserInputError
         Bad settings, an existing store made differently (without ``overwrite``),
-        or no usable image at all. Nothing is written in these cases.
+        or no usable image at all. Nothing is written in these cases. Also the device
+        running out of memory (one line suggesting a smaller ``batch_size``): the store
+        is not published, and a rerun resumes after the rows committed.
     TypeError
         Both ``network`` and ``extractor``: one decides the network.
     """
@@ -266,6 +280,7 @@ def extract_features(
                         "not both")
     if batch_size < 1:
         raise UserInputError(f"batch size must be at least 1, got {batch_size}")
+    workers = resolve_workers(workers)
     if len(images) == 0:
         raise UserInputError("no images to extract")
     out = Path(out)
@@ -293,7 +308,7 @@ def extract_features(
                          for c in (config, *config.members)],
             "weights": weights_name, "weights_sha256": file_digest(weights_name)
             if weights_name not in ("imagenet", "random") else "",
-            "runtime": runtime,
+            "runtime": runtime, "backend": active_backend(),
             "calibration": [calibration_images, calibration_seed] if precision == "int8"
             else None})}
         existing = read_store_attrs(out) if out.exists() and not overwrite else None
@@ -325,6 +340,9 @@ def extract_features(
                     f"{out} already exists with other settings or images; pass --overwrite to "
                     "replace it, or --out to write elsewhere"
                 )
+        device = runtime_device(extractor.spec.runtime, extractor.spec.precision)
+        if on_device:
+            on_device(device.describe())
         stale = partial_path(out)
         if overwrite and stale.is_file() and not stale.is_symlink():
             stale.unlink()  # anything else there is refused by the writer, not removed
@@ -338,6 +356,7 @@ def extract_features(
                 runtime_versions(int8=extractor.spec.precision == "int8")
                 if extractor.spec.runtime == OPENVINO else {})),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": device.describe(),
             **calibration_attrs,
             **request_attrs,
             **(extra_attrs or {}),
@@ -389,6 +408,11 @@ def extract_features(
                          "n_near_duplicates_moved": joined.moved}
             writer.finalize({"extraction_seconds": elapsed, "n_skipped": len(skipped_store),
                              "extraction_images_per_second": rate, **found})
+        except Exception as exc:
+            writer.close()
+            if is_device_out_of_memory(exc):
+                raise UserInputError(out_of_memory_line(batch_size, device)) from exc
+            raise
         except BaseException:
             writer.close()
             raise

@@ -11,9 +11,10 @@ This module imports only the standard library, numpy and Pillow, and nothing of 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,100 @@ def _decode(source, path, size: int | None, max_pixels: int,
         text = str(exc) or exc.__class__.__name__
         reason = "truncated image" if "truncated" in text.lower() else f"unreadable image: {text}"
         raise ImageDecodeError(path, reason) from exc
+
+
+# -- decoding on a GPU ---------------------------------------------------------------------------
+
+#: JPEG files at least this large are decoded on the GPU where a decoder is there (see
+#: :func:`nvjpeg_decoder`): phone photos of megabytes decode many times faster with
+#: nvJPEG than on a CPU core, while files of tens of kB (a dataset's 320-px photos) cost
+#: more in copies than they gain. ``bench/gpu.py`` measures both.
+DEVICE_DECODE_MIN_BYTES = 1_000_000
+
+#: Decodes plain JPEG files, resized to ``size``: ``decode(paths, size)`` gives one RGB
+#: uint8 array per path, in order, or raises if any of them fails.
+DeviceDecoder = Callable[[Sequence[str], int], list[np.ndarray]]
+
+
+def nvjpeg_decoder() -> DeviceDecoder | None:
+    """The GPU's JPEG decoder (torchvision's nvJPEG), or None without torch, torchvision or CUDA.
+
+    Full-size decoding on the GPU, then an antialiased bilinear resize there; pixels
+    agree with :func:`load_image` (JPEG draft then bilinear) within a few levels
+    (``bench/gpu.py`` records the largest difference).
+    """
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec(
+            "torchvision") is None:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    import torchvision
+    from torchvision.io import decode_jpeg
+
+    def decode(paths: Sequence[str], size: int) -> list[np.ndarray]:
+        decoded = decode_jpeg([torchvision.io.read_file(p) for p in paths], device="cuda",
+                              mode=torchvision.io.ImageReadMode.RGB)
+        return [torch.nn.functional.interpolate(
+            img[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
+            .round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            for img in decoded]
+
+    return decode
+
+
+def _plain_jpeg(path: str, max_pixels: int) -> bool:
+    """A baseline-decodable RGB or grey JPEG, upright, within ``max_pixels``: what the device
+    decoder gives the same pixels for. Anything else is read by :func:`load_image`."""
+    try:
+        with Image.open(path) as img:  # the header only
+            width, height = img.size
+            return (img.format == "JPEG" and img.mode in ("RGB", "L")
+                    and width * height <= max_pixels
+                    and img.getexif().get(_EXIF_ORIENTATION, 1) == 1)
+    except Exception:  # whatever it is, load_image says why in its own words
+        return False
+
+
+def goes_to_device(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
+    """Whether :func:`load_images` hands ``path`` to a device decoder: a large plain JPEG."""
+    try:
+        large = os.path.getsize(path) >= DEVICE_DECODE_MIN_BYTES
+    except OSError:
+        return False
+    return large and Path(path).suffix.lower() in (".jpg", ".jpeg") and _plain_jpeg(
+        path, max_pixels)
+
+
+def load_images(paths: Sequence[str | os.PathLike], size: int, *,
+                max_pixels: int = DEFAULT_MAX_PIXELS,
+                device_decoder: DeviceDecoder | None = None) -> list[np.ndarray | ImageDecodeError]:
+    """:func:`load_image` of every path, in order: an array, or the file's error.
+
+    With ``device_decoder`` (:func:`nvjpeg_decoder`), large plain JPEGs
+    (:func:`goes_to_device`) are decoded by it together, the rest here; if the device
+    fails on the batch, each of its files is read by :func:`load_image`, so a broken
+    file is skipped with the same reason either way.
+    """
+    names = [os.fspath(p) for p in paths]
+    out: list[np.ndarray | ImageDecodeError | None] = [None] * len(names)
+    device = ([i for i, p in enumerate(names) if goes_to_device(p, max_pixels)]
+              if device_decoder is not None else [])
+    if device:
+        try:
+            for i, pixels in zip(device, device_decoder([names[i] for i in device], size),
+                                 strict=True):
+                out[i] = pixels
+        except Exception:  # a file the device refuses: the CPU says why, or reads it
+            pass
+    for i, path in enumerate(names):
+        if out[i] is None:
+            try:
+                out[i] = load_image(path, size, max_pixels=max_pixels)
+            except ImageDecodeError as exc:
+                out[i] = exc
+    return out  # type: ignore[return-value]
 
 
 # Truncated files must fail, not decode with a grey tail.

@@ -1,6 +1,7 @@
 """Keras feature networks: a backbone cut at a layer, pooled, tapped, mirrored or joined.
 
-This module builds TensorFlow/Keras graphs only; :mod:`features.runtimes` compiles a
+This module builds Keras graphs only, on the backend Keras runs on
+(:mod:`features.devices`); :mod:`features.runtimes` compiles a
 built network for another runtime, and :func:`features.factory.create_extractor` is
 the one entry point that does both. :func:`build_base_model` gives the headless
 network that fine-tuning trains.
@@ -9,9 +10,6 @@ network that fine-tuning trains.
 from __future__ import annotations
 
 import difflib
-import importlib
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,12 @@ from features.backbones import (
     joined_value,
     keras_cache_dir,
 )
+from features.devices import (
+    active_backend,
+    check_precision_on_device,
+    import_keras_quietly,
+    set_random_seed,
+)
 from features.errors import UserInputError, WeightsUnavailableError
 from features.integrity import file_digest
 from features.registries import check_choice
@@ -38,38 +42,8 @@ from features.spec import PRECISIONS, VIEWS, FeatureExtractor, FeatureSpec
 from features.weights import check_fetched_digest
 
 RANDOM_WEIGHTS_SEED = 0
-
-# TensorFlow's C++ start-up lines are noise to a user of the library as to one of the CLI.
-# Unless the user set the level, warnings and info stay off, also in processes started
-# from here (Ray workers); a level of 0 or 1 asks for them, start-up lines included.
-_TF_LOGS_ASKED = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2").strip() in ("0", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow without the log lines it writes before its logging is set up.
-
-    Those lines (absl, oneDNN, CUDA factories) go straight to file descriptor 2 whatever
-    the log level, so the descriptor is silenced during the import, unless the user asked
-    for info or warnings (``TF_CPP_MIN_LOG_LEVEL`` 0 or 1). A failing import still raises
-    its Python exception.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    if _TF_LOGS_ASKED:
-        importlib.import_module("tensorflow")
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        importlib.import_module("tensorflow")
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
+#: Keras dtype policies of the reduced precisions (float32 is Keras' default policy).
+MIXED_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 def normalize_weights(weights: str | Path | None) -> str:
     """Map the user's ``--weights`` value to ``"imagenet"``, ``"random"`` or an absolute path."""
@@ -138,14 +112,13 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _build_base(config: BackboneConfig, weights: str, input_size: int):
-    import_tensorflow_quietly()
-    import keras
+    import_keras_quietly()
 
     shape = (input_size, input_size, 3)
     if weights == "random":
         # Seeded so that a classifier trained on random-weight features can rebuild
         # the very same network later (tests, timing benchmarks).
-        keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
+        set_random_seed(RANDOM_WEIGHTS_SEED)
         return config.constructor(include_top=False, weights=None, input_shape=shape)
     try:
         return config.constructor(include_top=False, weights=weights, input_shape=shape)
@@ -246,7 +219,7 @@ def _mirrored(spec: FeatureSpec) -> bool:
 
 
 def build_network(settings: NetworkSettings) -> FeatureExtractor:
-    """Build the TensorFlow network that turns images into features.
+    """Build the Keras network that turns images into features, on the active backend.
 
     :func:`features.factory.create_extractor` is the entry point that also compiles it
     for another runtime.
@@ -255,8 +228,8 @@ def build_network(settings: NetworkSettings) -> FeatureExtractor:
     ----------
     settings : NetworkSettings
         What to build (:class:`features.settings.NetworkSettings`); its ``precision`` is
-        the TensorFlow network's own, float32 or bfloat16 (OpenVINO quantizes a float32
-        network), and its ``runtime`` is not this function's business.
+        the Keras network's own, float32, bfloat16 or float16 (a GPU's; OpenVINO
+        quantizes a float32 network), and its ``runtime`` is not this function's business.
 
     Returns
     -------
@@ -270,7 +243,7 @@ def build_network(settings: NetworkSettings) -> FeatureExtractor:
         joined backbone, also a weights file, another input size, a ``layer`` or
         ``pooling`` of the wrong number of parts, or a tap without its network.
     """
-    import_tensorflow_quietly()
+    import_keras_quietly()
     import keras
 
     s = settings
@@ -279,10 +252,13 @@ def build_network(settings: NetworkSettings) -> FeatureExtractor:
     config = get_backbone(backbone)
     check_choice("precision", precision, PRECISIONS)
     weights = normalize_weights(weights)
+    check_precision_on_device(precision)
 
     previous_policy = keras.config.dtype_policy()
-    if precision == "bfloat16":
-        keras.config.set_dtype_policy("mixed_bfloat16")
+    if precision in MIXED_POLICIES:
+        # Mixed: the layers compute in the precision, keep float32 weights, and the
+        # feature layers (dtype float32) hand back float32 features.
+        keras.config.set_dtype_policy(MIXED_POLICIES[precision])
     try:
         if config.members:
             network = _joined_network(config, weights, input_size, layer, pooling, taps)
@@ -305,6 +281,7 @@ def build_network(settings: NetworkSettings) -> FeatureExtractor:
         precision=precision,
         taps=",".join(network.taps),
         views=VIEWS[1] if mirror else VIEWS[0],
+        backend=active_backend(),
     )
     return FeatureExtractor(spec=spec, model=model, preprocess_input=config.preprocess_input)
 
@@ -452,14 +429,23 @@ def _joined_network(config: BackboneConfig, weights: str, input_size: int | None
     return _Network(model, JOIN.join(layers), joined_value(poolings), size, tap_names)
 
 def rebuild_network(spec: FeatureSpec) -> FeatureExtractor:
-    """The TensorFlow network that made features of ``spec``, in ``spec``'s own precision.
+    """The Keras network that made features of ``spec``, in ``spec``'s own precision.
+
+    It runs on the active backend, whichever made the features: float32 features of
+    the backends agree within :data:`features.devices.BACKEND_MIXING_TOLERANCE`.
 
     Raises
     ------
     UserInputError
         If the rebuilt network does not give features of ``spec.feature_dim`` values,
-        or a weights file changed since the features were made.
+        a weights file changed since the features were made, or the features come from
+        random weights of another backend (each draws its own from the same seed).
     """
+    if spec.weights == "random" and spec.backend != active_backend():
+        raise UserInputError(
+            f"these features come from random weights drawn by {spec.backend}, and "
+            f"{active_backend()} draws other ones from the same seed; run with --backend "
+            f"{spec.backend} (before the command), or use features of trained weights")
     extractor = build_network(NetworkSettings(
         spec.backbone, weights="none" if spec.weights == "random" else spec.weights,
         input_size=spec.input_size, layer=spec.layer, pooling=spec.pooling,

@@ -5,7 +5,9 @@ for a network behind the interface it already uses, a ``predict_on_batch``
 method, wrapped in a :class:`features.spec.FeatureExtractor` for feature
 networks. This is the one place that converts, quantizes and caches.
 
-* ``tensorflow``: the Keras model as built (float32 or bfloat16).
+* ``tensorflow``: the Keras model as built (float32, bfloat16 or float16), run by
+  the active Keras backend (:mod:`features.devices`: tensorflow, jax or torch; the
+  name stays for the stores and models that record it).
 * ``openvino``: the same Keras model converted with ``openvino.convert_model``
   and compiled for the CPU with the ``LATENCY`` hint and float32 inference
   precision, or, with ``precision="int8"``, quantized by NNCF post-training
@@ -40,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from features.devices import Device, compute_device, cpu_device, requires_tensorflow
 from features.errors import UserInputError
 from features.integrity import atomic_write_json, file_digest, fsync_directory, settings_key
 from features.registries import Registry
@@ -98,7 +101,8 @@ class Runtime:
 
 RUNTIMES: Registry[Runtime] = Registry("runtime")
 RUNTIMES.register(TENSORFLOW, Runtime(TENSORFLOW, PRECISIONS,
-                                      description="the Keras model as built"))
+                                      description="the Keras model as built, on the active "
+                                                  "Keras backend"))
 RUNTIMES.register(OPENVINO, Runtime(
     OPENVINO, ("float32", "int8"), install=_INSTALL_HINT, package="openvino",
     description="converted with OpenVINO, cached, LATENCY hint on the CPU"))
@@ -130,8 +134,9 @@ def default_runtime() -> str:
 def resolve_runtime(runtime: str | None, precision: str = "float32") -> str:
     """The runtime to use for ``precision`` when the user named ``runtime`` (or None).
 
-    int8 exists only in OpenVINO and bfloat16 only in TensorFlow, so with no runtime
-    named those precisions choose it; float32 takes :func:`default_runtime`.
+    int8 exists only in OpenVINO, bfloat16 and float16 only in the Keras model as
+    built, so with no runtime named those precisions choose it; float32 takes
+    :func:`default_runtime`.
 
     Raises
     ------
@@ -139,7 +144,8 @@ def resolve_runtime(runtime: str | None, precision: str = "float32") -> str:
         Unknown or missing runtime, or a precision the runtime does not offer.
     """
     if runtime is None:
-        runtime = {"int8": OPENVINO, "bfloat16": TENSORFLOW}.get(precision, default_runtime())
+        runtime = {"int8": OPENVINO, "bfloat16": TENSORFLOW,
+                   "float16": TENSORFLOW}.get(precision, default_runtime())
     chosen = get_runtime(runtime)
     if precision not in chosen.precisions:
         offering = [r.name for r in RUNTIMES.values() if precision in r.precisions]
@@ -150,6 +156,13 @@ def resolve_runtime(runtime: str | None, precision: str = "float32") -> str:
             f"precision {precision!r} is not available with --runtime {runtime} (it offers "
             f"{', '.join(chosen.precisions)}); {fix}")
     return runtime
+
+
+def runtime_device(runtime: str | None, precision: str = "float32") -> Device:
+    """What computes a network run by ``runtime`` here: OpenVINO's CPU, or the backend's device."""
+    if resolve_runtime(runtime, precision) == OPENVINO:
+        return cpu_device(OPENVINO)
+    return compute_device()
 
 
 # -- the cache ----------------------------------------------------------------------------------
@@ -445,6 +458,7 @@ def compile_extractor(extractor: FeatureExtractor, runtime: str | None = None,
     if spec.runtime != TENSORFLOW or spec.precision != "float32":
         raise UserInputError("OpenVINO converts a float32 TensorFlow extractor; build one with "
                              "precision float32")
+    requires_tensorflow("--runtime openvino (converting the network to OpenVINO)")
     size = spec.input_size
     float_payload = _feature_payload(spec, "float32", "", weights_version)
     float_entry = cached_network(
@@ -517,6 +531,7 @@ def compile_keras_model(model: Any, input_size: int, *, runtime: str | None = No
     runtime = resolve_runtime(runtime, "float32")
     if runtime == TENSORFLOW:
         return model
+    requires_tensorflow("--runtime openvino (converting the network to OpenVINO)")
     payload = {"kind": "keras_model", "identity": identity, "input_size": int(input_size),
                "versions": runtime_versions()}
     entry = cached_network(payload, lambda: convert_keras(model, (input_size, input_size, 3)))

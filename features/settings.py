@@ -46,12 +46,13 @@ class NetworkSettings:
     mirror : bool, default=False
         Average each image's features with those of its left-right mirror (twice the
         compute; inside the network, so every runtime and export does the same).
-    precision : {"float32", "bfloat16", "int8"}, default="float32"
+    precision : {"float32", "bfloat16", "float16", "int8"}, default="float32"
         Compute precision, recorded in the spec; features are always float32 arrays.
-        bfloat16 runs in TensorFlow only, int8 in OpenVINO only (calibrated on
-        training images).
+        bfloat16 and float16 (mixed precision, on a GPU only) run in the Keras model
+        itself, on any backend; int8 in OpenVINO only (calibrated on training images).
     runtime : {"tensorflow", "openvino"}, optional
-        What runs the network (:mod:`features.runtimes`); recorded in the spec.
+        What runs the network (:mod:`features.runtimes`; ``tensorflow`` is the Keras
+        model on the active backend, :mod:`features.devices`); recorded in the spec.
         Default: :func:`features.runtimes.resolve_runtime`. float32 features of either
         runtime may be mixed (:data:`features.runtimes.MIXING_TOLERANCE`).
 

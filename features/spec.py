@@ -21,9 +21,10 @@ POOLINGS = ("flatten", "avg", "max", "cls_avg")
 #: What each image's features are computed from: the image, or the mean of the image's
 #: and its left-right mirror's features (twice the compute).
 VIEWS = ("image", "image+mirror")
-#: Compute precisions of the TensorFlow network itself; ``features.runtimes`` adds
-#: ``int8`` for OpenVINO (every runtime's own list is in its registry entry).
-PRECISIONS = ("float32", "bfloat16")
+#: Compute precisions of the Keras network itself (float16: mixed precision, for GPUs);
+#: ``features.runtimes`` adds ``int8`` for OpenVINO (every runtime's own list is in its
+#: registry entry).
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,10 @@ class FeatureSpec:
         Digest of the weights file when ``weights`` is a path, else empty.
     feature_dim : int
         Values per image.
-    precision : {"float32", "bfloat16", "int8"}
-        Compute precision of the network. bfloat16 and int8 features are not float32
-        ones rounded: a classifier must see features of the precision it was trained on.
+    precision : {"float32", "bfloat16", "float16", "int8"}
+        Compute precision of the network. bfloat16, float16 and int8 features are not
+        float32 ones rounded: a classifier must see features of the precision it was
+        trained on. Features are stored as float32 whatever the precision.
     runtime : {"tensorflow", "openvino"}
         What ran the network (:mod:`features.runtimes`). float32 features of the two
         runtimes agree within :data:`features.runtimes.MIXING_TOLERANCE` and may be mixed.
@@ -58,6 +60,10 @@ class FeatureSpec:
         ``layer``, in this order; empty for none.
     views : {"image", "image+mirror"}
         See :data:`VIEWS`.
+    backend : {"tensorflow", "jax", "torch"}
+        The Keras backend that computed the network (:mod:`features.devices`). Like the
+        runtime it is recorded, not compared: float32 features of the backends agree
+        within :data:`features.devices.BACKEND_MIXING_TOLERANCE` and may be mixed.
     """
 
     backbone: str
@@ -76,6 +82,8 @@ class FeatureSpec:
     # Stores and models written before taps and views existed had neither.
     taps: str = ""
     views: str = "image"
+    # Stores and models written before backends existed were computed by TensorFlow.
+    backend: str = "tensorflow"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from features.devices import set_random_seed
 from features.errors import UserInputError
 from features.images import ImageDecodeError, load_image
 from features.integrity import (
@@ -198,9 +199,8 @@ def augment_folder(data: str | os.PathLike, out: str | os.PathLike, *, per_class
     for path, name in zip(dataset.paths, dataset.class_of, strict=True):
         by_class.setdefault(name, []).append(Path(path))
 
-    import keras
 
-    keras.utils.set_random_seed(seed)
+    set_random_seed(seed)
     augmenter = build_augmentation(config, seed)
     new_staging_dir(staging)
     counts: dict[str, dict[str, int]] = {}

@@ -36,6 +36,7 @@ from scipy.special import expit, softmax
 
 from features import images
 from features.backbones import get_backbone
+from features.devices import requires_tensorflow
 from features.errors import UserInputError
 from features.factory import create_extractor
 from features.integrity import atomic_write_json, atomic_write_text, file_digest
@@ -493,6 +494,7 @@ def export_model(model_path: str | os.PathLike, out: str | os.PathLike, *,
         exported (int8 or bfloat16 features).
     """
     _check_format(format)
+    requires_tensorflow(f"tlearn export ({format} is converted from a TensorFlow graph)")
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserInputError(f"{out} already exists; pass --overwrite to replace it, or "

@@ -74,16 +74,11 @@ def size_thread_pools() -> int:
     """
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     threads = max(1, round(cpus))
-    import tensorflow as tf
-
+    from features.devices import limit_compute_threads
     from features.runtimes import limit_cpu_threads
 
     limit_cpu_threads(threads)  # --runtime openvino: the same share of the cores
-
-    # Possible only before TensorFlow runs anything in this process (a fresh worker).
-    with contextlib.suppress(RuntimeError):
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    limit_compute_threads(threads)  # the Keras backend's pools, in a fresh worker
     return threads
 
 

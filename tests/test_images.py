@@ -123,3 +123,73 @@ def test_decoding_leaves_the_process_warning_state_alone(tmp_path, monkeypatch):
     with pytest.raises(ImageDecodeError, match="exceeds the limit"):
         load_image(path, 8, max_pixels=1000)
     assert load_image(path, 8).shape == (8, 8, 3)
+
+
+def _full_size_then_bilinear(calls):
+    """A device decoder as nvJPEG behaves: full-size decode, resize; fails the whole batch
+    on a broken file. Records the files it was given."""
+
+    def decode(paths, size):
+        calls.append([p.rsplit("/", 1)[-1] for p in paths])
+        out = []
+        for path in paths:
+            with Image.open(path) as img:
+                img.load()  # raises for a truncated file, as nvJPEG does
+                out.append(np.asarray(img.convert("RGB").resize((size, size),
+                                                                Image.Resampling.BILINEAR)))
+        return out
+
+    return decode
+
+
+def test_large_plain_jpegs_go_to_the_device_decoder_and_the_rest_to_the_reader(
+        tmp_path, monkeypatch, broken_files):
+    from features import images
+
+    monkeypatch.setattr(images, "DEVICE_DECODE_MIN_BYTES", 2_000)
+    big = write_image(tmp_path / "big.jpg", (30, 120, 200), (400, 300), seed=1)
+    small = write_image(tmp_path / "small.jpg", (30, 120, 200), (16, 16), seed=2)
+    png = write_image(tmp_path / "big.png", (200, 30, 30), (400, 300), seed=3)
+    assert big.stat().st_size >= 2_000 > small.stat().st_size and png.stat().st_size >= 2_000
+    calls = []
+    out = images.load_images([big, small, png], 32, device_decoder=_full_size_then_bilinear(calls))
+    assert calls == [["big.jpg"]]
+    for path, pixels in zip([big, small, png], out, strict=True):
+        # the same pixels within a few levels: draft-mode decode against full-size decode
+        diff = np.abs(pixels.astype(int) - load_image(path, 32).astype(int))
+        assert pixels.shape == (32, 32, 3) and diff.mean() < 3, (path, diff.max())
+    assert images.load_images([big], 32) and calls == [["big.jpg"]]  # no decoder: the CPU
+
+
+def test_a_broken_file_in_a_device_batch_is_skipped_with_the_readers_reason(
+        tmp_path, monkeypatch, broken_files):
+    from features import images
+
+    monkeypatch.setattr(images, "DEVICE_DECODE_MIN_BYTES", 2_000)
+    big = write_image(tmp_path / "big.jpg", (30, 120, 200), (400, 300), seed=1)
+    truncated = tmp_path / "truncated_big.jpg"
+    truncated.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
+    assert truncated.stat().st_size >= 2_000 and images.goes_to_device(str(truncated))
+    calls = []
+    paths = [big, truncated, broken_files["empty"], broken_files["not_image"]]
+    out = images.load_images(paths, 32, device_decoder=_full_size_then_bilinear(calls))
+    assert calls == [["big.jpg", "truncated_big.jpg"]]
+    assert isinstance(out[0], np.ndarray)
+    reasons = [r.reason for r in out[1:]]
+    expected = []
+    for path in paths[1:]:
+        with pytest.raises(ImageDecodeError) as err:
+            load_image(path, 32)
+        expected.append(err.value.reason)
+    assert reasons == expected and reasons[0] == "truncated image"
+
+
+def test_no_device_decoder_without_torch_with_cuda_or_under_another_backend():
+    import importlib.util
+
+    from features.batches import device_decoder
+    from features.images import nvjpeg_decoder
+
+    if importlib.util.find_spec("torch") is None:
+        assert nvjpeg_decoder() is None
+    assert device_decoder() is None  # this process computes with tensorflow

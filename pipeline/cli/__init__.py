@@ -15,9 +15,14 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from features.devices import BACKENDS, select_backend
 from features.errors import UserInputError
 from pipeline.cli import check, data, stage1, stage2, stage3, use, weights
+from pipeline.cli.errors import user_errors as with_user_errors
+from pipeline.cli.options import RegistryChoice
 from pipeline.cli.output import err_console, plain_output
+
+BACKEND_CHOICE = RegistryChoice("backend", lambda: BACKENDS)
 
 app = typer.Typer(
     name="tlearn",
@@ -40,8 +45,15 @@ def _output_options(
         "--no-color", help="Plain output: no colours and no live bars, progress as lines "
                            "(also when NO_COLOR is set or output is not a terminal).")]
     = False,
+    backend: Annotated[str | None, typer.Option(
+        help="Keras backend that computes: tensorflow, jax or torch \\[default: "
+             "$KERAS_BACKEND, else tensorflow]; put it before the command.",
+        parser=BACKEND_CHOICE, metavar=BACKEND_CHOICE.metavar())] = None,
 ) -> None:
     plain_output(no_color)
+    if backend is not None:
+        # Before any command imports Keras, which fixes its backend once per process.
+        with_user_errors(select_backend)(backend)
 
 
 def main() -> None:

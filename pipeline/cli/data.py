@@ -10,7 +10,7 @@ from rich.table import Table
 
 from pipeline import catalog
 from pipeline.augmentation import augment_folder
-from pipeline.cli.errors import user_errors, uses_tensorflow
+from pipeline.cli.errors import user_errors, uses_keras
 from pipeline.cli.options import (
     Flip,
     RegistryChoice,
@@ -81,7 +81,7 @@ def datasets_digits(
 
 @app.command(rich_help_panel=PANEL)
 @user_errors
-@uses_tensorflow
+@uses_keras
 def augment(
     data: Annotated[Path, typer.Argument(help="Dataset folder (one sub-folder per class).")],
     out: Annotated[Path, typer.Option(help="New folder to write (same layout).")],

@@ -10,8 +10,8 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from features.devices import import_keras_quietly
 from features.errors import UserInputError
-from features.networks import import_tensorflow_quietly
 from pipeline.cli.output import err_console
 
 
@@ -75,17 +75,19 @@ def user_errors(func):
     return wrapper
 
 
-def uses_tensorflow(func):
-    """For commands that run a network: import TensorFlow first, without its start-up noise.
+def uses_keras(func):
+    """For commands that run a network: import Keras on its backend first (TensorFlow
+    without its start-up noise).
 
     Commands that only read stores, reports or sidecars skip the import (seconds), and so
     does extract: an up-to-date store is answered before any network is built, and the
-    library imports TensorFlow just as quietly when one is.
+    library imports the backend just as quietly when one is. Under the user's decorator
+    :func:`user_errors`, a missing backend is one line.
     """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        import_tensorflow_quietly()
+        import_keras_quietly()
         return func(*args, **kwargs)
 
     return wrapper

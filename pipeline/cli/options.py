@@ -80,6 +80,15 @@ def check_seed(value: int) -> int:
     return value
 
 
+def parse_workers(value: str) -> str | int:
+    """A ``--workers`` value: ``auto`` or a whole number of at least 1 (one line otherwise)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    if not value.strip().isdigit() or int(value) < 1:
+        fail(f"--workers must be 'auto' or a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
 # Panels of a command's --help, for the commands with many options.
 NETWORK, SPLIT, RUNTIME, OUTPUT, ENGINE = "Network", "Split", "Runtime", "Output", "Engine"
 TRAINING, AUGMENTATION = "Training", "Augmentation"
@@ -89,6 +98,9 @@ RUNTIME_HELP = ("What runs the network: tensorflow or openvino \\[default: openv
 RuntimeOption = Annotated[str | None, typer.Option(
     help=RUNTIME_HELP, parser=RUNTIMES_CHOICE, metavar=RUNTIMES_CHOICE.metavar(),
     rich_help_panel=RUNTIME)]
+WorkersOption = Annotated[str, typer.Option(
+    help="Image decoding threads, or auto: one per CPU core this process may use.",
+    parser=parse_workers, metavar="[auto|N]", rich_help_panel=RUNTIME)]
 EngineOption = Annotated[str, typer.Option(
     help="Where the work runs: local, or ray (a Ray cluster; pip install 'tlearn\\[ray]').",
     parser=RegistryChoice("engine", _engines), rich_help_panel=ENGINE)]

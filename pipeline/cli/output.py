@@ -28,6 +28,18 @@ def warn(line: str) -> None:
     err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+def announce_device(line: str) -> None:
+    """``computing on <what computes>`` on stderr (:meth:`features.devices.Device.describe`)."""
+    err_console.print(f"computing on {line}", highlight=False, markup=False, soft_wrap=True)
+
+
+def print_device(runtime: str | None = None) -> None:
+    """:func:`announce_device` of what runs a network of ``runtime`` here (imports it)."""
+    from features.runtimes import runtime_device
+
+    announce_device(runtime_device(runtime).describe())
+
+
 def print_files(out: Console, what: str, items: list[tuple[str, str]], more: str) -> None:
     """``what N file(s):`` then the first 20 ``path: reason`` lines."""
     if not items:

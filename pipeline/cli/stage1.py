@@ -14,7 +14,7 @@ from rich.table import Table
 from features.backbones import BACKBONE_TABLE_COLUMNS, JOIN, backbone_table
 from features.errors import UserInputError
 from features.factory import create_extractor
-from pipeline.cli.errors import user_errors, uses_tensorflow
+from pipeline.cli.errors import user_errors, uses_keras
 from pipeline.cli.options import (
     NETWORK,
     OUTPUT,
@@ -25,9 +25,10 @@ from pipeline.cli.options import (
     AddressOption,
     EngineOption,
     RuntimeOption,
+    WorkersOption,
     check_seed,
 )
-from pipeline.cli.output import console, err_console, print_files
+from pipeline.cli.output import announce_device, console, err_console, print_files
 from pipeline.config import DEFAULT_BACKBONE, DEFAULT_BATCH_SIZE, DEFAULT_SEED, DEFAULT_TEST_SIZE
 from pipeline.progress import print_table, progress_bar
 
@@ -74,7 +75,8 @@ def extract(
         help="Side of the square input \\[default: the backbone's].",
         rich_help_panel=NETWORK)] = None,
     precision: Annotated[str, typer.Option(
-        help="float32, bfloat16 (tensorflow) or int8 (openvino, calibrated on train images).",
+        help="float32, bfloat16, float16 (a GPU's mixed precision) or int8 (openvino, "
+             "calibrated on train images); features are stored as float32.",
         parser=PRECISION_CHOICE,
         metavar=PRECISION_CHOICE.metavar(), rich_help_panel=RUNTIME)]
     = "float32",
@@ -92,8 +94,7 @@ def extract(
     seed: Annotated[int, typer.Option(callback=check_seed, help="Seed of the split.",
                                       rich_help_panel=SPLIT)]
     = DEFAULT_SEED,
-    workers: Annotated[int, typer.Option(min=1, help="Image decoding threads.",
-                                         rich_help_panel=RUNTIME)] = 2,
+    workers: WorkersOption = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.",
                                             rich_help_panel=OUTPUT)] = False,
     engine: EngineOption = "local",
@@ -112,7 +113,7 @@ def extract(
 
     settings = ExtractSettings.from_options(options)
     with progress_bar(f"extract {backbone}", console=err_console) as progress:
-        report = extract_dataset(settings, progress=progress)
+        report = extract_dataset(settings, progress=progress, on_device=announce_device)
     result = report.result
     if report.grouping is not None and report.grouping.describe():
         console.print(report.grouping.describe(), highlight=False)
@@ -144,7 +145,7 @@ def extract(
 
 @app.command(rich_help_panel=PANEL)
 @user_errors
-@uses_tensorflow
+@uses_keras
 def backbones(
     layers: Annotated[str | None, typer.Option(
         help="List the layer names of this backbone (for --layer).")] = None,
@@ -188,9 +189,9 @@ def inspect(store: Annotated[Path, typer.Argument(help="A feature store (.h5).")
         table.add_column("value")
         table.add_row("rows x features", f"{rows:,} x {dim:,}")
         for key in ("backbone", "layer", "pooling", "taps", "views", "input_size",
-                    "preprocessing", "weights", "precision", "compression", "source", "seed",
-                    "test_size", "val_size", "n_near_duplicate_groups", "exclude_file",
-                    "n_excluded", "n_relabelled", "created", "fingerprint"):
+                    "preprocessing", "weights", "precision", "backend", "device", "compression",
+                    "source", "seed", "test_size", "val_size", "n_near_duplicate_groups",
+                    "exclude_file", "n_excluded", "n_relabelled", "created", "fingerprint"):
             if key in attrs:
                 table.add_row(key, str(attrs[key]))
         table.add_row("split", ", ".join(f"{k}={v}" for k, v in fs.split_counts().items()))

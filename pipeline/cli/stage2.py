@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from classifiers.novelty import DEFAULT_COVERAGE
+from features.devices import import_keras_quietly
 from features.errors import UserInputError
-from features.networks import import_tensorflow_quietly
 from pipeline.cli.errors import user_errors
 from pipeline.cli.options import (
     RUNTIMES_CHOICE,
@@ -159,7 +159,7 @@ def evaluate(
     from pipeline.workflows import evaluate_model  # h5py
 
     if runtime is not None or model.suffix == ".keras":
-        import_tensorflow_quietly()
+        import_keras_quietly()
     outcome = evaluate_model(model, store, split=split, runtime=runtime)
     print_rows([comparison_row(outcome.report)], f"{model.name} on {store} ({split})")
     console.print(f"report: {outcome.report_dir}/summary.md", highlight=False)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.errors import user_errors, uses_tensorflow
+from pipeline.cli.errors import user_errors, uses_keras
 from pipeline.cli.options import (
     NETWORK,
     TRAINING,
@@ -42,7 +42,7 @@ def _print_stage3(result) -> None:
 
 @app.command(rich_help_panel=PANEL)
 @user_errors
-@uses_tensorflow
+@uses_keras
 def finetune(
     source: Annotated[Path, typer.Argument(help="A feature store (its images, labels and "
                                                 "split are reused) or a dataset folder.")],
@@ -96,7 +96,7 @@ def finetune(
 
 @app.command(rich_help_panel=PANEL)
 @user_errors
-@uses_tensorflow
+@uses_keras
 def scratch(
     source: Annotated[Path, typer.Argument(help="A feature store or a dataset folder.")],
     input_size: Annotated[int, typer.Option(help="Side of the input images.",

@@ -9,9 +9,23 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pipeline.cli.errors import user_errors, uses_tensorflow
-from pipeline.cli.options import OUTPUT, RUNTIME, AddressOption, EngineOption, RuntimeOption
-from pipeline.cli.output import console, err_console, print_files, print_rows
+from pipeline.cli.errors import user_errors, uses_keras
+from pipeline.cli.options import (
+    OUTPUT,
+    RUNTIME,
+    AddressOption,
+    EngineOption,
+    RuntimeOption,
+    WorkersOption,
+)
+from pipeline.cli.output import (
+    announce_device,
+    console,
+    err_console,
+    print_device,
+    print_files,
+    print_rows,
+)
 from pipeline.config import DEFAULT_BATCH_SIZE
 from pipeline.progress import print_table, progress_bar
 
@@ -21,7 +35,7 @@ app = typer.Typer()
 
 @app.command(rich_help_panel=PANEL)
 @user_errors
-@uses_tensorflow
+@uses_keras
 def predict(
     model: Annotated[Path, typer.Argument(help="A saved model (.joblib or .keras).")],
     images: Annotated[list[Path], typer.Argument(
@@ -38,7 +52,7 @@ def predict(
     top: Annotated[int, typer.Option(help="How many classes to keep per image.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
     = DEFAULT_BATCH_SIZE,
-    workers: Annotated[int, typer.Option(min=1, help="Image decoding threads.")] = 2,
+    workers: WorkersOption = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
     = False,
@@ -58,7 +72,7 @@ def predict(
             report = write_predictions(model, images, out, top=top, batch_size=batch_size,
                                        workers=workers, overwrite=overwrite, progress=progress,
                                        runtime=runtime, engine=engine, address=address,
-                                       coverage=coverage)
+                                       coverage=coverage, on_device=announce_device)
         # Rows of unreadable files hold only an error: they are not classified images.
         skipped = (f", skipped {len(report.errors)} unreadable (their rows hold the error)"
                    if report.errors else "")
@@ -71,7 +85,7 @@ def predict(
         return
     results = predict_files(model, images, top=top, batch_size=batch_size, workers=workers,
                             runtime=runtime, engine=engine, address=address,
-                            coverage=coverage)
+                            coverage=coverage, on_device=announce_device)
     if as_json:
         console.print_json(json.dumps(results))
         return
@@ -106,7 +120,7 @@ def predict(
 
 @app.command(rich_help_panel=PANEL)
 @user_errors
-@uses_tensorflow
+@uses_keras
 def serve(
     model: Annotated[Path, typer.Argument(help="A saved model (.joblib or .keras).")],
     host: Annotated[str, typer.Option(
@@ -155,6 +169,7 @@ def serve(
     guard = "" if token is None else "; requests need the token"
     if not is_loopback(host):
         guard += " (plain HTTP: put TLS in front for anything public)"
+    print_device(runtime)
     console.print(f"loading {model} ... then open http://{host}:{port}/ (Ctrl-C stops){guard}",
                   highlight=False)
     run_server(model, host=host, port=port, batching=batching, runtime=runtime, limits=limits,
@@ -163,7 +178,7 @@ def serve(
 
 @app.command(rich_help_panel=PANEL)
 @user_errors
-@uses_tensorflow
+@uses_keras
 def export(
     model: Annotated[Path, typer.Argument(help="A saved model (.joblib or .keras).")],
     out: Annotated[Path, typer.Option(help="Folder to write (created).")],
@@ -183,7 +198,7 @@ def export(
 
 @app.command(rich_help_panel=PANEL)
 @user_errors
-@uses_tensorflow
+@uses_keras
 def demo(
     limit_per_class: Annotated[int | None, typer.Option(
         help="Use only this many images per digit (quicker).")] = None,

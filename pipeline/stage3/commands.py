@@ -24,6 +24,7 @@ import numpy as np
 from classifiers.calibration import apply_temperature
 from classifiers.novelty import UnknownScore, fit_unknown_score
 from classifiers.search import stratified_folds
+from features.devices import describe_device, set_random_seed
 from features.errors import UserInputError
 from features.integrity import atomic_write, atomic_write_json, settings_key
 from pipeline.augmentation import AugmentationConfig
@@ -97,7 +98,6 @@ def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Calla
                       input_size: int, batch_size: int, seed: int, patience: int,
                       overwrite: bool, settings: dict, info: dict, log: Log | None, on_batch,
                       verbose: int, workers: int) -> StageThreeResult:
-    import keras
 
     from classifiers.evaluation import evaluate_predictions
     from classifiers.persistence import sha256_file, sidecar_path
@@ -125,7 +125,7 @@ def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Calla
             raise UserInputError(f"{model_path} exists and was trained with other settings or "
                                  "data; pass --overwrite to replace it")
         # otherwise this very run was interrupted while writing its outputs: finish them
-    keras.utils.set_random_seed(seed)
+    set_random_seed(seed)
     batches = image_batches_class()
     train = batches(*images.train, batch_size=batch_size, size=input_size,
                     preprocess=preprocess, shuffle=True, seed=seed, workers=workers)
@@ -136,6 +136,7 @@ def _train_and_report(*, kind: str, name: str, images: SplitImages, build: Calla
     counts = images.counts()
     say(f"{name}: {counts['train']} train, {counts['val']} validation, {counts['test']} test "
         f"images, {len(images.label_names)} classes")
+    say(f"computing on {describe_device()}")
     t0 = time.perf_counter()
     model, state = train_phases(build, phases, train, val, workdir=workdir, settings_key=key,
                                 patience=patience, log=say, on_batch=on_batch, verbose=verbose)

@@ -12,20 +12,17 @@ import numpy as np
 
 from classifiers.calibration import apply_temperature
 from classifiers.novelty import UnknownScore
+from features.devices import backend_versions, import_keras_quietly
 from features.errors import UserInputError
 from features.integrity import atomic_write_bytes
-from features.networks import import_tensorflow_quietly
 from features.prediction import ImageScorer
 from pipeline.stage3.models import scale_to_unit, with_features
 
 
 def keras_versions() -> dict[str, str]:
-    """Versions of the libraries a saved ``.keras`` model depends on."""
-    import keras
-    import tensorflow as tf
-
-    return {"keras": keras.__version__, "tensorflow": tf.__version__,
-            "numpy": np.__version__}
+    """Versions of the libraries a saved ``.keras`` model depends on (Keras' backend's)."""
+    import_keras_quietly()
+    return {**backend_versions(), "numpy": np.__version__}
 
 
 class KerasImageClassifier:
@@ -119,7 +116,7 @@ def _load_keras_bytes(data: bytes) -> Any:
     fresh folder that only this user can enter: nobody else can swap it between
     writing and loading.
     """
-    import_tensorflow_quietly()
+    import_keras_quietly()
     import keras
 
     with tempfile.TemporaryDirectory(prefix="tlearn-model-") as private:

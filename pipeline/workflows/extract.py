@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from features.backbones import get_backbone
-from features.extraction import ExtractionResult, ProgressCallback, extract_features
+from features.batches import Workers
+from features.extraction import (
+    DeviceCallback,
+    ExtractionResult,
+    ProgressCallback,
+    extract_features,
+)
 from features.neighbours import NEAR_DUPLICATE_THRESHOLD
 from features.runtimes import DEFAULT_CALIBRATION_IMAGES
 from features.settings import NetworkSettings
@@ -55,8 +61,8 @@ class ExtractSettings:
         For int8: how many training images calibrate the quantization.
     batch_size : int
         Images per forward pass.
-    workers : int
-        Threads decoding images ahead of the network.
+    workers : int or "auto"
+        Threads decoding images ahead of the network (``"auto"``: one per core).
     compression : {"none", "lzf", "gzip"}
         HDF5 compression of the features.
     overwrite : bool
@@ -81,7 +87,7 @@ class ExtractSettings:
     seed: int = DEFAULT_SEED
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES
     batch_size: int = DEFAULT_BATCH_SIZE
-    workers: int = 2
+    workers: Workers = "auto"
     compression: str = "none"
     overwrite: bool = False
     engine: str = "local"
@@ -104,12 +110,13 @@ class ExtractSettings:
                    **{k: v for k, v in options.items() if k not in network})
 
 
-def extract_dataset(settings: ExtractSettings, *,
-                    progress: ProgressCallback | None = None) -> ExtractReport:
+def extract_dataset(settings: ExtractSettings, *, progress: ProgressCallback | None = None,
+                    on_device: DeviceCallback | None = None) -> ExtractReport:
     """Stage 1: find the images of ``settings.data``, split them, and write their features
     to a store.
 
-    ``progress(done, total)`` is called after every batch. The store records the split
+    ``progress(done, total)`` is called after every batch, ``on_device(line)`` once with
+    what computes when work starts. The store records the split
     settings beside the network's :class:`features.spec.FeatureSpec` (see
     :func:`features.extraction.extract_features`).
 
@@ -133,7 +140,7 @@ def extract_dataset(settings: ExtractSettings, *,
         result = extract_features(
             images, out, network, calibration_images=s.calibration_images,
             calibration_seed=s.seed, batch_size=s.batch_size, compression=s.compression,
-            overwrite=s.overwrite, workers=s.workers, progress=progress,
+            overwrite=s.overwrite, workers=s.workers, progress=progress, on_device=on_device,
             feature_batches=chosen.feature_batches,
             near_duplicates=NEAR_DUPLICATE_THRESHOLD if s.near_duplicates else None,
             extra_attrs={"test_size": s.test_size, "val_size": s.val_size, "seed": s.seed,

@@ -8,9 +8,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from features.batches import Workers
 from features.errors import UserInputError
-from features.extraction import ProgressCallback
+from features.extraction import DeviceCallback, ProgressCallback
 from features.integrity import atomic_write, check_output_path
+from features.runtimes import runtime_device
 from pipeline.config import DEFAULT_BATCH_SIZE
 from pipeline.datasets import images_to_predict
 from pipeline.engines import open_engine
@@ -18,9 +20,10 @@ from pipeline.image_classifiers import load_image_classifier
 
 
 def predict_files(model_path: str | Path, images: list[str | Path], *, top: int = 1,
-                  batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 2,
+                  batch_size: int = DEFAULT_BATCH_SIZE, workers: Workers = "auto",
                   runtime: str | None = None, engine: str = "local",
-                  address: str | None = None, coverage: float | None = None) -> list[dict]:
+                  address: str | None = None, coverage: float | None = None,
+                  on_device: DeviceCallback | None = None) -> list[dict]:
     """Classify images with a saved model; unreadable files get an ``error`` entry.
 
     ``images`` is a folder, a CSV of paths, or image files (see
@@ -29,15 +32,22 @@ def predict_files(model_path: str | Path, images: list[str | Path], *, top: int 
     the network (see :func:`pipeline.image_classifiers.load_image_classifier`);
     ``engine`` and ``address`` where the images are scored (as :func:`write_predictions`);
     ``coverage`` another share of known images to accept than the model's threshold's
-    (:func:`pipeline.image_classifiers.load_image_classifier`).
+    (:func:`pipeline.image_classifiers.load_image_classifier`); ``on_device(line)`` hears
+    what computes once the model is loaded.
     """
     _check_predict_args(top, batch_size)
     paths, _ = images_to_predict(list(images))
     model = load_image_classifier(model_path, runtime=runtime, coverage=coverage)
+    _announce(model, runtime, on_device)
     with open_engine(engine, address) as chosen:
         return list(model.iter_predictions(
             paths, top=top, batch_size=batch_size, workers=workers,
             score_batches=chosen.score_batches(model_path, model.info.get("runtime"))))
+
+
+def _announce(model, runtime: str | None, on_device: DeviceCallback | None) -> None:
+    if on_device is not None:
+        on_device(runtime_device(model.info.get("runtime") or runtime).describe())
 
 
 @dataclass
@@ -78,11 +88,12 @@ def top_cell(top: list[tuple[str, float]]) -> str:
 
 
 def write_predictions(model_path: str | Path, images: list[str | Path], out: str | Path, *,
-                      top: int = 1, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = 2,
-                      overwrite: bool = False, progress: ProgressCallback | None = None,
+                      top: int = 1, batch_size: int = DEFAULT_BATCH_SIZE,
+                      workers: Workers = "auto", overwrite: bool = False,
+                      progress: ProgressCallback | None = None,
                       runtime: str | None = None, engine: str = "local",
-                      address: str | None = None, coverage: float | None = None
-                      ) -> PredictionReport:
+                      address: str | None = None, coverage: float | None = None,
+                      on_device: DeviceCallback | None = None) -> PredictionReport:
     """Classify a folder, a CSV of paths or files, writing one CSV row per image as it goes.
 
     Rows (``path, label, score, score_kind, top, unknown, unknown_score, error``;
@@ -94,7 +105,7 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
     runs the network, as in :func:`predict_files`. With ``engine="ray"`` the images are
     decoded and scored on the cluster at ``address`` (each worker loads the model once;
     it and the images must be at the same paths there), and this process writes the CSV.
-    ``coverage`` as in :func:`predict_files`.
+    ``coverage`` and ``on_device`` as in :func:`predict_files`.
 
     Raises
     ------
@@ -112,6 +123,7 @@ def write_predictions(model_path: str | Path, images: list[str | Path], out: str
         raise UserInputError(f"--out {out} must name a .csv file")
     paths, ignored = images_to_predict(list(images))
     model = load_image_classifier(model_path, runtime=runtime, coverage=coverage)
+    _announce(model, runtime, on_device)
     errors: list[tuple[str, str]] = []
     t0 = time.perf_counter()
     score_batches = None
