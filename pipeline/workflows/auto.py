@@ -4,8 +4,9 @@ The candidates are every registered backbone whose weights are on this machine, 
 with the feature recipes tlearn has (the head pooled, ``taps="stages"``, and that
 mirrored), the join of the two best networks, and each of the classifiers. They are
 searched by successive halving on nested, stratified subsets of the **train split**:
-every recipe is extracted on the first subset (cheapest first), and the best third goes
-on to the next, larger one; the last rung is the whole dataset, extracted by
+every recipe is extracted on the first subset (cheapest first) and ranked by the first
+classifier, and the best third goes on to the next, larger one (every classifier is
+tried on the last); the last rung is the whole dataset, extracted by
 :func:`pipeline.workflows.extract.extract_dataset` exactly as ``tlearn extract`` does.
 Every subset slice is an ordinary store under ``--out``, so a rerun (or a run resumed
 after a kill) computes nothing twice, and a finalist's store is the store its model is
@@ -373,7 +374,7 @@ class _Search:
         self.order = _stratified_order(labels, train, settings.seed)
         self.sizes = _rung_sizes(labels, self.order, settings.cv)
         self.candidates: list[Candidate] = []
-        self.fit_seconds_per_row = 0.0
+        self.fit_seconds_per_row: dict[str, float] = {}
 
     # -- time ------------------------------------------------------------------------------
     def seconds_per_image(self, recipe: FeatureRecipe) -> float | None:
@@ -406,10 +407,12 @@ class _Search:
         spi = self.seconds_per_image(recipe)
         return None if spi is None else self.overhead(recipe) + spi * images
 
-    def fit_estimate(self, rows: int, fits: float) -> float:
-        """Seconds of ``fits`` searches of C on ``rows`` train rows, by the slowest
-        measured so far per row."""
-        return self.fit_seconds_per_row * rows * fits
+    def fit_estimate(self, rows: int, fits: float, kind: str | None = None) -> float:
+        """Seconds of ``fits`` searches of C on ``rows`` train rows: per row as the
+        slowest measured of classifier ``kind`` (of any, before it is measured)."""
+        per_row = self.fit_seconds_per_row.get(kind) or max(
+            self.fit_seconds_per_row.values(), default=0.0)
+        return per_row * rows * fits
 
     # -- stores ----------------------------------------------------------------------------
     def _timed(self, recipe: FeatureRecipe, path: Path, what: str,
@@ -506,8 +509,9 @@ class _Search:
             candidate.seconds += cached["seconds"]
         # per search of C, out-of-fold predictions counted as a second one
         searches = 2 if cached["oof"] is not None else 1
-        self.fit_seconds_per_row = max(self.fit_seconds_per_row,
-                                       cached["seconds"] / searches / max(1, cached["rows"]))
+        kind = candidate.classifier
+        self.fit_seconds_per_row[kind] = max(self.fit_seconds_per_row.get(kind, 0.0),
+                                             cached["seconds"] / searches / max(1, cached["rows"]))
         n = cached["rows"]
         candidate.rows, candidate.C = n, cached["C"]
         if cached["oof"] is not None:
@@ -637,16 +641,23 @@ def _refuse_small_budget(run: _Search, cheapest: FeatureRecipe) -> None:
 def _evaluate_rung(run: _Search, recipe: FeatureRecipe, rung: int, classifiers: list[str],
                    stores: dict[FeatureRecipe, list[Path]], last: bool,
                    reserve: float) -> list[Candidate] | None:
-    """Extract ``recipe`` at ``rung`` and cross-validate its classifiers; None if skipped."""
+    """Extract ``recipe`` at ``rung`` and cross-validate classifiers on it; None if skipped.
+
+    Before the last rung only the first classifier ranks the recipes (the features
+    decide most, and ``logreg`` is the cheapest to fit); on the whole train split every
+    classifier is tried, each one only if its fit still fits the budget.
+    """
     images = len(run.images) if last else run.sizes[rung] - (run.sizes[rung - 1] if rung else 0)
     estimate = run.extraction_estimate(
         recipe, images, run.full_path(recipe) if last else run.subset_path(recipe, rung))
     rows = run.sizes[rung]
     # the out-of-fold predictions of a finalist cost about one more search
-    fit = run.fit_estimate(rows, len(classifiers) * (2 if last else 1))
+    searches = 2 if last else 1
+    fit = run.fit_estimate(rows, searches, classifiers[0])
+    where = "the full train split" if last else f"{rows} train images"
     if estimate is not None and not run.budget.fits(estimate + fit + reserve):
-        _skip(run, recipe, classifiers, f"does not fit the {format_seconds(run.budget.left)} "
-              f"left at {'the full train split' if last else f'{rows} train images'}",
+        _skip(run, recipe, classifiers if last else classifiers[:1],
+              f"does not fit the {format_seconds(run.budget.left)} left at {where}",
               estimate + fit)
         return None
     run.log(f"{recipe.name}: features of {images} images "
@@ -656,8 +667,13 @@ def _evaluate_rung(run: _Search, recipe: FeatureRecipe, rung: int, classifiers: 
     run.budget.tick()
     spi = run.seconds_per_image(recipe)
     out = []
-    for kind in classifiers:
-        c = Candidate(recipe, kind, status="evaluated", seconds=seconds / len(classifiers),
+    for i, kind in enumerate(classifiers if last else classifiers[:1]):
+        fit = run.fit_estimate(rows, searches, kind)
+        if i and not run.budget.fits(fit + reserve):
+            _skip(run, recipe, [kind], f"its fit does not fit the "
+                  f"{format_seconds(run.budget.left)} left at {where}", fit)
+            continue
+        c = Candidate(recipe, kind, status="evaluated", seconds=seconds if i == 0 else 0.0,
                       images_per_second=None if not spi else 1 / spi)
         run.cross_validate(c, stores[recipe], oof=last)
         run.budget.tick()
@@ -675,7 +691,6 @@ def _halving(run: _Search, recipes: list[FeatureRecipe], classifiers: list[str]
     stores: dict[FeatureRecipe, list[Path]] = {}
     results: dict[FeatureRecipe, list[Candidate]] = {}
     joined = not run.s.joins
-    final_fit = run.fit_estimate  # seconds of one fit on the rows given
     if run.state.data["extractions"]:  # measured by an earlier run: refused before any work
         _refuse_small_budget(run, live[0])
     for rung in range(len(run.sizes)):
@@ -686,7 +701,7 @@ def _halving(run: _Search, recipes: list[FeatureRecipe], classifiers: list[str]
             recipe = queue.pop(0)
             # Room is always kept for one whole candidate: before the last rung the
             # cheapest recipe still alive on all images, and the winner's final fit.
-            reserve = final_fit(len(run.order), _FIT_RESERVE)
+            reserve = run.fit_estimate(len(run.order), _FIT_RESERVE, classifiers[0])
             if not last:
                 reserve += min(run.extraction_estimate(r, len(run.images), run.full_path(r))
                                or 0.0 for r in live)
@@ -704,6 +719,10 @@ def _halving(run: _Search, recipes: list[FeatureRecipe], classifiers: list[str]
                     queue.append(join)
         if last:
             break
+        if not results:  # nothing fitted at this size: the recipes go on to the next
+            run.log(f"rung {rung + 1}: no recipe fits at {run.sizes[rung]} train images; "
+                    f"{len(live)} go on to {run.sizes[rung + 1]}")
+            continue
         ranked = sorted(results, key=lambda r: min(_rank_key(c) for c in results[r]))
         keep = max(2, math.ceil(len(ranked) / ETA)) if len(ranked) > 1 else len(ranked)
         for i, recipe in enumerate(ranked):
