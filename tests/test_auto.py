@@ -134,10 +134,10 @@ def test_the_saved_model_and_store_are_those_of_extract_and_train(chosen):
 def test_the_test_split_does_not_change_the_choice(chosen, tmp_path, monkeypatch):
     """The test images made wrong (each one the colour of another class): every candidate's
     figures and the winner stay the same; only the final test accuracy drops."""
-    from pipeline.workflows import auto
     from pipeline.datasets import load_dataset
+    from pipeline.workflows import auto
 
-    first, data, _, _ = chosen
+    first, *_ = chosen
     spoilt = _dataset(tmp_path / "shapes")
     images, _ = load_dataset(spoilt, seed=auto.DEFAULT_SEED)
     test = np.flatnonzero(np.asarray(images.split) == 1)

@@ -82,9 +82,8 @@ ETA = 3
 ALPHA = 0.05
 CHOICE_FILE = "choice.json"
 STATE_FILE = "auto_state.json"
-# The CV fits of a rung are estimated from the last measured one, scaled by rows; the
-# final model and the out-of-fold predictions of a finalist each cost about one such fit.
-_FIT_RESERVE = 2.0
+# Searches of C kept in reserve for the winner's final fit (``tlearn train``'s own search).
+_FIT_RESERVE = 1.0
 
 Log = Callable[[str], None]
 #: ``progress(what, done, total)``: images of an extraction, and ``("budget", s, s)``.
@@ -374,7 +373,7 @@ class _Search:
         self.order = _stratified_order(labels, train, settings.seed)
         self.sizes = _rung_sizes(labels, self.order, settings.cv)
         self.candidates: list[Candidate] = []
-        self.fit_seconds_per_row: dict[str, float] = {}
+        self.fit_seconds_per_row: dict[str, dict[str, float]] = {}
 
     # -- time ------------------------------------------------------------------------------
     def seconds_per_image(self, recipe: FeatureRecipe) -> float | None:
@@ -408,10 +407,13 @@ class _Search:
         return None if spi is None else self.overhead(recipe) + spi * images
 
     def fit_estimate(self, rows: int, fits: float, kind: str | None = None) -> float:
-        """Seconds of ``fits`` searches of C on ``rows`` train rows: per row as the
-        slowest measured of classifier ``kind`` (of any, before it is measured)."""
-        per_row = self.fit_seconds_per_row.get(kind) or max(
-            self.fit_seconds_per_row.values(), default=0.0)
+        """Seconds of ``fits`` searches of C on ``rows`` train rows: per row, the mean
+        measured for classifier ``kind`` (for all of them, before it is measured). The
+        mean, not the slowest: one fit slowed by a busy machine would otherwise shut out
+        every later step."""
+        measured = self.fit_seconds_per_row.get(kind) or {
+            k: v for by_kind in self.fit_seconds_per_row.values() for k, v in by_kind.items()}
+        per_row = sum(measured.values()) / len(measured) if measured else 0.0
         return per_row * rows * fits
 
     # -- stores ----------------------------------------------------------------------------
@@ -509,9 +511,8 @@ class _Search:
             candidate.seconds += cached["seconds"]
         # per search of C, out-of-fold predictions counted as a second one
         searches = 2 if cached["oof"] is not None else 1
-        kind = candidate.classifier
-        self.fit_seconds_per_row[kind] = max(self.fit_seconds_per_row.get(kind, 0.0),
-                                             cached["seconds"] / searches / max(1, cached["rows"]))
+        self.fit_seconds_per_row.setdefault(candidate.classifier, {})[key] = (
+            cached["seconds"] / searches / max(1, cached["rows"]))
         n = cached["rows"]
         candidate.rows, candidate.C = n, cached["C"]
         if cached["oof"] is not None:
@@ -604,10 +605,7 @@ def run_auto(settings: AutoSettings, *, log: Log | None = None,
     run = _Search(settings, _HeldLog(say), progress, clock)
     classifiers = list(settings.classifiers or IN_MEMORY_CLASSIFIERS)
     run.candidates.extend(skipped)
-    reasons: dict[str, str] = {}
-    for c in skipped:
-        reasons.setdefault(c.reason, c.recipe.backbone)
-    for reason in reasons:
+    for reason in dict.fromkeys(c.reason for c in skipped):  # one line a network
         run.log(f"skipped {reason}")
     finals = _halving(run, recipes, classifiers)
     winner, why = _decide(run, finals, settings.prefer)
