@@ -248,3 +248,48 @@ def test_a_search_killed_mid_extraction_resumes_without_recomputing(tmp_path, mo
         assert resumed[key] == measured  # its measurement kept, not made again
     assert result.model_path.is_file()
     assert not list(out.rglob("*.partial"))
+
+
+def _finalist(backbone: str, rate: float, correct: np.ndarray):
+    from classifiers.statistics import wilson_interval
+    from pipeline.workflows.auto import Candidate, FeatureRecipe
+
+    return Candidate(FeatureRecipe(backbone), "logreg", images_per_second=rate, rows=len(correct),
+                     cv_accuracy=float(correct.mean()), cv_log_loss=0.5,
+                     cv_accuracy_ci=list(wilson_interval(int(correct.sum()), len(correct))),
+                     oof_correct=correct)
+
+
+def _right(n: int, wrong: list[int]) -> np.ndarray:
+    correct = np.ones(n, bool)
+    correct[wrong] = False
+    return correct
+
+
+def test_a_faster_finalist_not_significantly_worse_wins_and_the_output_says_why():
+    from pipeline.workflows.auto import _decide
+
+    # the slow one is right on 4 more of 400 images: no real difference (p = 0.125)
+    slow = _finalist("efficientnet_lite2", 10.0, _right(400, list(range(40))))
+    fast = _finalist("efficientnet_lite0", 30.0, _right(400, list(range(44))))
+    winner, why = _decide([slow, fast], "accuracy")
+    assert winner is fast and winner.status == "winner" and slow.status == "finalist"
+    assert "not significantly worse than the best" in why and "faster" in why
+    assert "McNemar p = 0.12" in why
+
+
+def test_the_best_wins_when_it_is_really_better_or_when_accuracy_is_preferred():
+    from pipeline.workflows.auto import _decide
+
+    slow = _finalist("efficientnet_lite2", 10.0, _right(400, list(range(40))))
+    # wrong on the same 40 and 40 more: significantly worse, whatever is preferred
+    worse = _finalist("efficientnet_lite0", 30.0, _right(400, list(range(80))))
+    winner, why = _decide([slow, worse], "speed")
+    assert winner is slow and "no faster finalist comes close enough" in why
+    # wrong on 54 other images: 54 against 40 discordant pairs is no significant
+    # difference (p = 0.18), but 0.865 is below the best's 95 % interval
+    far = _finalist("efficientnet_lite0", 30.0, _right(400, list(range(100, 154))))
+    assert far.cv_accuracy < slow.cv_accuracy_ci[0]
+    assert _decide([slow, far], "accuracy")[0] is slow
+    winner, why = _decide([slow, far], "speed")
+    assert winner is far and "as --prefer speed asks" in why

@@ -608,7 +608,7 @@ def run_auto(settings: AutoSettings, *, log: Log | None = None,
     for reason in dict.fromkeys(c.reason for c in skipped):  # one line a network
         run.log(f"skipped {reason}")
     finals = _halving(run, recipes, classifiers)
-    winner, why = _decide(run, finals, settings.prefer)
+    winner, why = _decide(finals, settings.prefer)
     return _finish(run, winner, why)
 
 
@@ -755,7 +755,7 @@ def _best_join(results: dict[FeatureRecipe, list[Candidate]]) -> FeatureRecipe |
     return FeatureRecipe(f"{first.backbone}{JOIN}{second.backbone}", first.taps, first.mirror)
 
 
-def _decide(run: _Search, finals: list[Candidate], prefer: str) -> tuple[Candidate, str]:
+def _decide(finals: list[Candidate], prefer: str) -> tuple[Candidate, str]:
     """The winner among the finalists, and why, in words."""
     best = min(finals, key=_rank_key)
     for c in finals:
@@ -795,7 +795,7 @@ def _decide(run: _Search, finals: list[Candidate], prefer: str) -> tuple[Candida
 def _finish(run: _Search, winner: Candidate, why: str) -> AutoResult:
     """Train the winner as ``tlearn train`` does, test it once, write choice.json."""
     run.log(f"chosen: {why}")
-    store, _ = run.full_store(winner.recipe)  # up to date: it is a finalist's store
+    store = run.full_path(winner.recipe)  # a finalist's: extracted already
     outcome = train_store(store, classifier=winner.classifier, cv=run.s.cv, seed=run.s.seed,
                           log=run.log)[0]
     test = outcome.report.get("test", {})
