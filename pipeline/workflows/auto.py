@@ -41,6 +41,7 @@ import numpy as np
 from sklearn.base import clone
 
 from classifiers.estimators import FeatureClassifier
+from classifiers.registry import CLASSIFIERS
 from classifiers.search import check_folds, stratified_folds
 from classifiers.statistics import mcnemar_exact, wilson_interval
 from features.backbones import (
@@ -84,6 +85,8 @@ CHOICE_FILE = "choice.json"
 STATE_FILE = "auto_state.json"
 # Searches of C kept in reserve for the winner's final fit (``tlearn train``'s own search).
 _FIT_RESERVE = 1.0
+# What is kept for one whole candidate is its estimate times this.
+_MARGIN = 1.2
 
 Log = Callable[[str], None]
 #: ``progress(what, done, total)``: images of an extraction, and ``("budget", s, s)``.
@@ -509,8 +512,8 @@ class _Search:
             self.state.data["fits"][key] = cached
             self.state.save()
             candidate.seconds += cached["seconds"]
-        # per search of C, out-of-fold predictions counted as a second one
-        searches = 2 if cached["oof"] is not None else 1
+        # per search of C, out-of-fold predictions counted as half a one
+        searches = 1.5 if cached["oof"] is not None else 1
         self.fit_seconds_per_row.setdefault(candidate.classifier, {})[key] = (
             cached["seconds"] / searches / max(1, cached["rows"]))
         n = cached["rows"]
@@ -537,9 +540,12 @@ class _Search:
 
     def _out_of_fold(self, model: FeatureClassifier, X: np.ndarray, y: np.ndarray
                      ) -> np.ndarray:
-        """Whether each train row is classified right by a model of the chosen C fitted
-        without it (the search's own folds)."""
-        template = clone(model).set_params(grid=[model.search_.best_value])
+        """Whether each train row is classified right by the family's estimator at the
+        chosen C fitted without it (the search's own folds). One fit a fold, without a
+        search: the Platt scale and the unknown score would not move any argmax."""
+        config = CLASSIFIERS[model.kind]
+        template = config.make_estimator(self.s.seed, model.max_iter, model.class_weight)
+        template.set_params(**{config.param_key(template): model.search_.best_value})
         correct = np.zeros(len(y), bool)
         for train, test in stratified_folds(y, self.s.cv, self.s.seed):
             fold = clone(template).fit(X[train], y[train])
@@ -649,8 +655,8 @@ def _evaluate_rung(run: _Search, recipe: FeatureRecipe, rung: int, classifiers: 
     estimate = run.extraction_estimate(
         recipe, images, run.full_path(recipe) if last else run.subset_path(recipe, rung))
     rows = run.sizes[rung]
-    # the out-of-fold predictions of a finalist cost about one more search
-    searches = 2 if last else 1
+    # the out-of-fold predictions of a finalist cost about half a search more
+    searches = 1.5 if last else 1
     fit = run.fit_estimate(rows, searches, classifiers[0])
     where = "the full train split" if last else f"{rows} train images"
     if estimate is not None and not run.budget.fits(estimate + fit + reserve):
@@ -701,8 +707,14 @@ def _halving(run: _Search, recipes: list[FeatureRecipe], classifiers: list[str]
             # cheapest recipe still alive on all images, and the winner's final fit.
             reserve = run.fit_estimate(len(run.order), _FIT_RESERVE, classifiers[0])
             if not last:
-                reserve += min(run.extraction_estimate(r, len(run.images), run.full_path(r))
-                               or 0.0 for r in live)
+                # with a margin: estimates drift as the machine gets busier
+                reserve = _MARGIN * (reserve + min(
+                    run.extraction_estimate(r, len(run.images), run.full_path(r)) or 0.0
+                    for r in live) + run.fit_estimate(len(run.order), 1.5, classifiers[0]))
+            elif not results:
+                # The first whole candidate may use the 10 % the budget allows over:
+                # without it the run would end with no model at all.
+                reserve -= 0.1 * run.budget.budget
             evaluated = _evaluate_rung(run, recipe, rung, classifiers, stores, last, reserve)
             if evaluated is None:
                 continue
