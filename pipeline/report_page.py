@@ -361,7 +361,7 @@ def _auto_section(auto: dict[str, Any]) -> str:
              and c.get("status") != "promoted"]
     if not shown:
         return ""
-    width, height, left, right, top, bottom = 900, 360, 60, 20, 20, 40
+    width, height, left, right, top, bottom = 900, 360, 60, 20, 34, 40
     rates = [math.log10(c["images_per_second"]) for c in shown]
     lows = [c["cv_accuracy_ci"][0] for c in shown]
     r0, r1 = min(rates) - 0.1, max(rates) + 0.1
@@ -393,16 +393,19 @@ def _auto_section(auto: dict[str, Any]) -> str:
                    f'x2="{x(rate):.1f}" y2="{y(hi):.1f}"/>'
                    f'<circle class="dot" cx="{x(rate):.1f}" cy="{y(acc):.1f}" '
                    f'r="{7 if winner else 4}"/>'
-                   + (f'<text class="value" x="{x(rate) + 10:.1f}" y="{y(acc) + 4:.1f}">'
-                      f"winner: {_e(name)}</text>" if winner else "") + "</g>")
+                   + (f'<text class="value" x="{x(rate) - 12:.1f}" y="{y(acc) + 4:.1f}" '
+                      f'text-anchor="end">winner: {_e(name)}</text>' if winner else "")
+                   + "</g>")
     out.append("</svg>")
     skipped = [c for c in auto.get("candidates", []) if c.get("status") == "skipped"]
+    for_time = sum(1 for c in skipped if c.get("estimate_s") is not None)
     return "\n".join([
         '<section id="auto"><h2>tlearn auto: the candidates</h2>',
         f'<p class="note">Each candidate\'s accuracy cross-validated on the train split '
         f"(95 % interval) against its measured images per second; the larger dot is the "
         f"choice. Budget {_num(auto.get('budget_s'), 0)} s, used "
-        f"{_num(auto.get('elapsed_s'), 0)} s; {len(skipped)} candidate(s) skipped.</p>",
+        f"{_num(auto.get('elapsed_s'), 0)} s; {for_time} candidate(s) skipped for want of "
+        f"time, {len(skipped) - for_time} for want of weights on this machine.</p>",
         '<figure class="chart-box">' + "".join(out) + "</figure>",
         f'<p class="advice">{_e(auto.get("why", ""))}; test accuracy '
         f"{_num(auto.get('test_accuracy'))} {_ci(auto.get('test_accuracy_ci'))}.</p>",
