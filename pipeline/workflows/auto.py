@@ -85,6 +85,8 @@ CHOICE_FILE = "choice.json"
 STATE_FILE = "auto_state.json"
 # Searches of C kept in reserve for the winner's final fit (``tlearn train``'s own search).
 _FIT_RESERVE = 1.0
+# A finalist's search of C, and its out-of-fold predictions (about half a search more).
+_FINAL_SEARCHES = 1.5
 # What is kept for one whole candidate is its estimate times this.
 _MARGIN = 1.2
 
@@ -376,7 +378,7 @@ class _Search:
         self.order = _stratified_order(labels, train, settings.seed)
         self.sizes = _rung_sizes(labels, self.order, settings.cv)
         self.candidates: list[Candidate] = []
-        self.fit_seconds_per_row: dict[str, dict[str, float]] = {}
+        self.fit_seconds: dict[str, dict[str, tuple[int, float]]] = {}
 
     # -- time ------------------------------------------------------------------------------
     def seconds_per_image(self, recipe: FeatureRecipe) -> float | None:
@@ -410,14 +412,18 @@ class _Search:
         return None if spi is None else self.overhead(recipe) + spi * images
 
     def fit_estimate(self, rows: int, fits: float, kind: str | None = None) -> float:
-        """Seconds of ``fits`` searches of C on ``rows`` train rows: per row, the mean
-        measured for classifier ``kind`` (for all of them, before it is measured). The
-        mean, not the slowest: one fit slowed by a busy machine would otherwise shut out
-        every later step."""
-        measured = self.fit_seconds_per_row.get(kind) or {
-            k: v for by_kind in self.fit_seconds_per_row.values() for k, v in by_kind.items()}
-        per_row = sum(measured.values()) / len(measured) if measured else 0.0
-        return per_row * rows * fits
+        """Seconds of ``fits`` searches of C on ``rows`` train rows, from the mean
+        measured for classifier ``kind`` (for all, before it is measured) at the most
+        rows measured, scaled by the square root of the rows: a search's fixed cost (its
+        grid, its folds) dominates on small subsets, so a linear scale would shut out a
+        whole candidate that fits."""
+        measured = self.fit_seconds.get(kind) or {
+            k: v for by_kind in self.fit_seconds.values() for k, v in by_kind.items()}
+        if not measured:
+            return 0.0
+        most = max(n for n, _ in measured.values())
+        seconds = [t for n, t in measured.values() if n == most]
+        return sum(seconds) / len(seconds) * math.sqrt(rows / most) * fits
 
     # -- stores ----------------------------------------------------------------------------
     def _timed(self, recipe: FeatureRecipe, path: Path, what: str,
@@ -514,8 +520,8 @@ class _Search:
             candidate.seconds += cached["seconds"]
         # per search of C, out-of-fold predictions counted as half a one
         searches = 1.5 if cached["oof"] is not None else 1
-        self.fit_seconds_per_row.setdefault(candidate.classifier, {})[key] = (
-            cached["seconds"] / searches / max(1, cached["rows"]))
+        self.fit_seconds.setdefault(candidate.classifier, {})[key] = (
+            cached["rows"], cached["seconds"] / searches)
         n = cached["rows"]
         candidate.rows, candidate.C = n, cached["C"]
         if cached["oof"] is not None:
@@ -628,17 +634,20 @@ def _skip(run: _Search, recipe: FeatureRecipe, classifiers: list[str], reason: s
 
 
 def _refuse_small_budget(run: _Search, cheapest: FeatureRecipe) -> None:
-    """Refuse a budget too small for one whole candidate, once a speed is measured."""
+    """Refuse a budget too small for one whole candidate, once a speed is measured: the
+    whole store, its search and out-of-fold predictions, and the final fit, in the budget
+    plus the 10 % the first whole candidate may use (as on the last rung)."""
     full = run.extraction_estimate(cheapest, len(run.images), run.full_path(cheapest)) or 0.0
-    need = run.budget.used + full + run.fit_estimate(len(run.order), _FIT_RESERVE)
-    if need > run.budget.budget:
+    need = run.budget.used + full + run.fit_estimate(len(run.order), _FINAL_SEARCHES
+                                                     + _FIT_RESERVE)
+    if need > 1.1 * run.budget.budget:
         spi = run.seconds_per_image(cheapest) or 0.0
         rate = f"{1 / spi:.1f} img/s measured" if spi else "measured"
         raise UserInputError(
             f"a budget of {format_seconds(run.budget.budget)} is too small for even one "
             f"candidate: {cheapest.name} on all {len(run.images)} images needs about "
-            f"{format_seconds(need)} here ({rate}); pass --budget {format_seconds(need * 1.2)}"
-            " or more")
+            f"{format_seconds(need)} here ({rate}); pass --budget {format_seconds(need)} "
+            "or more")
     run.log.release()
 
 
@@ -655,8 +664,7 @@ def _evaluate_rung(run: _Search, recipe: FeatureRecipe, rung: int, classifiers: 
     estimate = run.extraction_estimate(
         recipe, images, run.full_path(recipe) if last else run.subset_path(recipe, rung))
     rows = run.sizes[rung]
-    # the out-of-fold predictions of a finalist cost about half a search more
-    searches = 1.5 if last else 1
+    searches = _FINAL_SEARCHES if last else 1
     fit = run.fit_estimate(rows, searches, classifiers[0])
     where = "the full train split" if last else f"{rows} train images"
     if estimate is not None and not run.budget.fits(estimate + fit + reserve):
@@ -710,7 +718,8 @@ def _halving(run: _Search, recipes: list[FeatureRecipe], classifiers: list[str]
                 # with a margin: estimates drift as the machine gets busier
                 reserve = _MARGIN * (reserve + min(
                     run.extraction_estimate(r, len(run.images), run.full_path(r)) or 0.0
-                    for r in live) + run.fit_estimate(len(run.order), 1.5, classifiers[0]))
+                    for r in live) + run.fit_estimate(len(run.order), _FINAL_SEARCHES,
+                                                      classifiers[0]))
             elif not results:
                 # The first whole candidate may use the 10 % the budget allows over:
                 # without it the run would end with no model at all.
