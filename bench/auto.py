@@ -64,8 +64,16 @@ def run_auto(dataset: str, budget: str, stamp: str) -> dict:
     artifacts, out = folder / "artifacts", folder / "out"
     folder.mkdir(parents=True)
     load_before = os.getloadavg()
-    wall = _tlearn(["auto", str(SHARED / dataset), "--budget", budget, "--out", str(out)],
-                   artifacts, folder / "auto.log")
+    try:
+        wall = _tlearn(["auto", str(SHARED / dataset), "--budget", budget, "--out", str(out)],
+                       artifacts, folder / "auto.log")
+    except RuntimeError:
+        refusal = [line for line in (folder / "auto.log").read_text().splitlines()
+                   if line.startswith("error:")]
+        if not refusal:
+            raise
+        return {"dataset": dataset, "budget": budget, "refused": refusal[0],
+                "load_average": {"before": load_before, "after": os.getloadavg()}}
     choice = json.loads((out / "choice.json").read_text())
     statuses: dict[str, int] = {}
     for c in choice["candidates"]:
@@ -134,6 +142,9 @@ def main() -> None:
         entry = {"auto": auto}
         record["runs"].append(entry)
         result_path.write_text(json.dumps(record, indent=1, default=str))
+        if "refused" in auto:
+            print(f"{dataset} at {budget}: {auto['refused']}", flush=True)
+            continue
         if not args.no_default:
             default = run_default(dataset, stamp)
             entry["default"] = default
