@@ -12,9 +12,11 @@ STORE ?= artifacts/features/$(DATASET_NAME)__$(BACKBONE).h5
 EXTRACT_ARGS ?=
 TRAIN_ARGS ?=
 FINETUNE_ARGS ?=
+BUDGET ?= 20m
+AUTO_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu demo extract train compare finetune datasets test test-all lint bench bench-gpu-wheels bench-gpu clean docs docs-serve
+.PHONY: help install install-gpu demo extract train compare finetune auto datasets test test-all lint bench bench-gpu-wheels bench-gpu clean docs docs-serve
 DEFAULT_DATA := artifacts/datasets/digits
 
 help: ## List the targets (this text)
@@ -53,6 +55,9 @@ compare: install ## Table of every trained model (also written to artifacts/repo
 
 finetune: install ## Stage 3: fine-tune the backbone on the same split as the store (slow on CPU)
 	$(BIN)/tlearn finetune $(STORE) $(FINETUNE_ARGS)
+
+auto: install $(if $(filter $(DEFAULT_DATA),$(DATA)),$(DEFAULT_DATA)/.tlearn-dataset.json) ## The best backbone, recipe and classifier for DATA within BUDGET (e.g. 20m)
+	$(BIN)/tlearn auto $(DATA) --budget $(BUDGET) $(AUTO_ARGS)
 
 datasets: install ## List the datasets 'tlearn datasets fetch NAME' can download
 	$(BIN)/tlearn datasets list

@@ -136,3 +136,39 @@ def progress_bar(description: str, *, unit: str = "img",
     finally:
         if state["task"] is not None and not state.get("stopped"):
             bar.stop()
+
+
+@contextmanager
+def budget_progress(*, console: Console | None = None) -> Iterator:
+    """Yield a ``callback(what, done, total)`` for work under a time budget.
+
+    ``what == "budget"`` drives a bar of the seconds used out of the budget, with the
+    time left; anything else a second bar, of the images of the current step. On a
+    plain console nothing is drawn: the work's own log lines say the budget left.
+    """
+    console = console or make_console(stderr=True)
+    if is_plain(console):
+        yield lambda what, done, total: None
+        return
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                   TextColumn("{task.fields[detail]}"), console=console, transient=True)
+    tasks: dict = {}
+
+    def update(what: str, done: int, total: int) -> None:
+        if not tasks:
+            bar.start()
+        key = "budget" if what == "budget" else "step"
+        if key == "budget":
+            detail = f"{done:,} of {total:,} s used, {max(0, total - done):,} s left"
+        else:
+            detail = f"{done:,}/{total:,} img"
+        if key not in tasks:
+            tasks[key] = bar.add_task(what, total=total, completed=done, detail=detail)
+        bar.update(tasks[key], description="budget" if key == "budget" else what,
+                   total=total, completed=done, detail=detail)
+
+    try:
+        yield update
+    finally:
+        if tasks:
+            bar.stop()

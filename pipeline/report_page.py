@@ -22,6 +22,7 @@ import base64
 import csv
 import html
 import io
+import json
 import math
 import os
 from collections.abc import Callable
@@ -46,6 +47,8 @@ PAGE_FILE = "index.html"
 # 'tlearn check STORE --out <page folder>/issues.csv': the findings the Data section shows
 ISSUES_FILE = "issues.csv"
 FINDINGS_SHOWN = 6
+#: Written beside the page by ``tlearn auto``: its candidates, shown in a section.
+AUTO_FILE = "auto.json"
 # Written into every page: a page that lacks it was not written by tlearn and is never replaced.
 GENERATOR = "tlearn report page"
 MISTAKES_SHOWN = 24
@@ -109,7 +112,14 @@ def write_dataset_report(dataset: str, reports_root: str | os.PathLike, *,
     if path.exists() and GENERATOR not in path.read_text(encoding="utf-8", errors="replace"):
         raise UserInputError(f"{path} exists and was not written by tlearn; move it away "
                              "to let 'tlearn report' write the page")
-    atomic_write_text(path, render_page(dataset, mine, issues=_read_issues(path.parent)))
+    auto = None
+    if (path.parent / AUTO_FILE).is_file():
+        try:
+            auto = json.loads((path.parent / AUTO_FILE).read_text(encoding="utf-8"))
+        except ValueError:
+            auto = None  # a damaged record costs the section, not the page
+    atomic_write_text(path, render_page(dataset, mine, issues=_read_issues(path.parent),
+                                        auto=auto))
     return path
 
 
@@ -179,11 +189,13 @@ def display_names(models: list[str], dataset: str) -> dict[str, str]:
 
 
 def render_page(dataset: str, reports: list[dict[str, Any]],
-                issues: list[dict[str, str]] | None = None) -> str:
+                issues: list[dict[str, str]] | None = None,
+                auto: dict[str, Any] | None = None) -> str:
     """The HTML of a dataset's page (see the module docstring for what it holds).
 
     ``issues``: the rows of the dataset's issues.csv (``tlearn check``), for the Data
-    section; none without them.
+    section; none without them. ``auto``: the ``choice.json`` of ``tlearn auto``, shown
+    as a section.
     """
     rows = compare_reports(reports)
     by_model = {r.get("model", ""): r for r in reports}
@@ -201,6 +213,7 @@ def render_page(dataset: str, reports: list[dict[str, Any]],
         _comparison_table(rows),
         _advice(rows),
         "</section>",
+        _auto_section(auto) if auto else "",
         _gallery(best),
         _data_section(issues, best) if issues is not None else "",
         '<section id="details"><h2>Each model</h2>',
@@ -349,6 +362,65 @@ def _chart(rows: list[dict[str, Any]]) -> str:
                      if any(_standing(r) == k for r in rows))
     return '<figure class="chart-box">' + "".join(out) + f'<figcaption>{legend}</figcaption>' \
         '</figure>'
+
+
+def _auto_section(auto: dict[str, Any]) -> str:
+    """``tlearn auto``'s candidates: cross-validated accuracy with its interval against
+    images per second (an SVG, speed on a log scale), the winner marked, and why."""
+    shown = [c for c in auto.get("candidates", [])
+             if c.get("cv_accuracy") is not None and c.get("images_per_second")
+             and c.get("status") != "promoted"]
+    if not shown:
+        return ""
+    width, height, left, right, top, bottom = 900, 360, 60, 20, 34, 40
+    rates = [math.log10(c["images_per_second"]) for c in shown]
+    lows = [c["cv_accuracy_ci"][0] for c in shown]
+    r0, r1 = min(rates) - 0.1, max(rates) + 0.1
+    a0 = max(0.0, math.floor(min(lows) * 20) / 20)
+
+    def x(rate: float) -> float:
+        return left + (math.log10(rate) - r0) / (r1 - r0) * (width - left - right)
+
+    def y(acc: float) -> float:
+        return top + (1.0 - acc) / max(1e-9, 1.0 - a0) * (height - top - bottom)
+
+    out = [f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="{width}" '
+           f'height="{height}" aria-label="cross-validated accuracy against images per second">',
+           f'<text class="tick" x="{width / 2:.0f}" y="{height - 8}" text-anchor="middle">'
+           "images per second (log scale)</text>",
+           f'<text class="tick" x="4" y="{top - 6}">CV accuracy</text>']
+    for t in (a0 + 0.05 * i for i in range(round((1.0 - a0) / 0.05) + 1)):
+        out.append(f'<text class="tick" x="4" y="{y(t) + 4:.1f}">{t:.2f}</text>')
+    for c in shown:
+        acc, (lo, hi), rate = c["cv_accuracy"], c["cv_accuracy_ci"], c["images_per_second"]
+        recipe = c["recipe"]
+        name = f"{recipe['name']} + {recipe['classifier']}"
+        winner = c.get("status") == "winner"
+        out.append(f'<g class="row {"best" if winner else "same"}" data-status="'
+                   f'{_e(c.get("status"))}"><title>{_e(name)}: {acc:.3f} {_ci([lo, hi])}, '
+                   f'{rate:.1f} img/s, {_e(c.get("status"))} on {c.get("cv_rows")} train '
+                   "images</title>"
+                   f'<line class="interval" x1="{x(rate):.1f}" y1="{y(lo):.1f}" '
+                   f'x2="{x(rate):.1f}" y2="{y(hi):.1f}"/>'
+                   f'<circle class="dot" cx="{x(rate):.1f}" cy="{y(acc):.1f}" '
+                   f'r="{7 if winner else 4}"/>'
+                   + (f'<text class="value" x="{x(rate) - 12:.1f}" y="{y(acc) + 4:.1f}" '
+                      f'text-anchor="end">winner: {_e(name)}</text>' if winner else "")
+                   + "</g>")
+    out.append("</svg>")
+    skipped = [c for c in auto.get("candidates", []) if c.get("status") == "skipped"]
+    for_time = sum(1 for c in skipped if c.get("estimate_s") is not None)
+    return "\n".join([
+        '<section id="auto"><h2>tlearn auto: the candidates</h2>',
+        f'<p class="note">Each candidate\'s accuracy cross-validated on the train split '
+        f"(95 % interval) against its measured images per second; the larger dot is the "
+        f"choice. Budget {_num(auto.get('budget_s'), 0)} s, used "
+        f"{_num(auto.get('elapsed_s'), 0)} s; {for_time} candidate(s) skipped for want of "
+        f"time, {len(skipped) - for_time} for want of weights on this machine.</p>",
+        '<figure class="chart-box">' + "".join(out) + "</figure>",
+        f'<p class="advice">{_e(auto.get("why", ""))}; test accuracy '
+        f"{_num(auto.get('test_accuracy'))} {_ci(auto.get('test_accuracy_ci'))}.</p>",
+        "</section>"])
 
 
 _TABLE_COLUMNS = (("model", "model"), ("stage", "stage"), ("test_images", "test images"),

@@ -2,8 +2,8 @@
 
 One module per group of commands, each a Typer app merged into :data:`app` (typer's
 "one file per command"), listed in --help under its panel: :mod:`~pipeline.cli.data`,
-:mod:`~pipeline.cli.stage1`, :mod:`~pipeline.cli.stage2`, :mod:`~pipeline.cli.stage3`
-and :mod:`~pipeline.cli.use`. Commands import heavy libraries (TensorFlow,
+:mod:`~pipeline.cli.stage1`, :mod:`~pipeline.cli.stage2`, :mod:`~pipeline.cli.stage3`,
+:mod:`~pipeline.cli.use` and :mod:`~pipeline.cli.auto`. Commands import heavy libraries (TensorFlow,
 scikit-learn, h5py...) in their bodies, so that ``tlearn --help`` imports none of them.
 """
 
@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from features.devices import BACKENDS, select_backend
 from features.errors import UserInputError
-from pipeline.cli import check, data, stage1, stage2, stage3, use, weights
+from pipeline.cli import auto, check, data, stage1, stage2, stage3, use, weights
 from pipeline.cli.errors import user_errors as with_user_errors
 from pipeline.cli.options import RegistryChoice
 from pipeline.cli.output import err_console, plain_output
@@ -35,7 +35,7 @@ app = typer.Typer(
     # pipeline.cli.options), or rich would take '[default: ...]' for a tag and drop it.
     rich_markup_mode="rich",
 )
-for group in (data, check, stage1, stage2, stage3, use, weights):
+for group in (data, check, stage1, stage2, stage3, use, auto, weights):
     app.add_typer(group.app)
 
 

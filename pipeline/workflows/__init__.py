@@ -3,6 +3,7 @@
 One module per stage; the public names are re-exported here, where the CLI finds them.
 """
 
+from pipeline.workflows.auto import AutoResult, AutoSettings, run_auto
 from pipeline.workflows.demo import DemoResult, run_demo
 from pipeline.workflows.evaluate import compare_models, evaluate_model, write_report_pages
 from pipeline.workflows.extract import ExtractReport, ExtractSettings, extract_dataset
@@ -17,6 +18,8 @@ from pipeline.workflows.train import TrainOutcome, repeated_splits, train_store
 
 __all__ = [
     "PREDICTION_COLUMNS",
+    "AutoResult",
+    "AutoSettings",
     "DemoResult",
     "ExtractReport",
     "ExtractSettings",
@@ -27,6 +30,7 @@ __all__ = [
     "extract_dataset",
     "predict_files",
     "repeated_splits",
+    "run_auto",
     "run_demo",
     "top_cell",
     "train_store",

