@@ -6,8 +6,10 @@ for its photo). A row is a label issue when confident learning (Northcutt et al.
 2021, as cleanlab's ``find_label_issues``: per-class thresholds, the mean probability
 of a class on its own rows) puts it off the diagonal of the confident joint, or when
 another class is simply more probable (cleanlab's ``find_predicted_neq_given``).
-Findings are ranked by the normalized margin: how much more probable the suggested
-class is than the given one.
+Findings are ranked by self-confidence, how improbable the given label is (cleanlab's
+``self_confidence``): it recalled more planted flips than the normalized margin
+``p[suggested] - p[given]`` on flowers5 (65 % against 51 % of 2 % flipped among the top
+2x findings) and as many on animals (bench/check.py).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class LabelIssues:
     rows : numpy.ndarray of int64
         Flagged rows, by decreasing ``score``.
     score : numpy.ndarray of float
-        ``p[suggested] - p[given]`` of each flagged row, in -1..1 (higher: surer).
+        ``1 - p[given]`` of each flagged row, in 0..1 (higher: surer).
     suggested : numpy.ndarray of int64
         The class each flagged row more likely belongs to.
     probabilities : numpy.ndarray, shape (rows, classes)
@@ -78,8 +80,8 @@ def rank_label_issues(probabilities: np.ndarray, y: np.ndarray) -> tuple[np.ndar
 
     Flagged: the rows the confident joint puts off its diagonal (the most probable of
     the classes at or above their threshold is not the given one) and the rows whose
-    most probable class is not the given one. Suggested: that class. Score: the
-    normalized margin ``p[suggested] - p[given]``.
+    most probable class is not the given one. Suggested: that class. Score: one minus
+    the self-confidence, ``1 - p[given]``.
     """
     n, k = probabilities.shape
     np.arange(n)
@@ -92,7 +94,7 @@ def rank_label_issues(probabilities: np.ndarray, y: np.ndarray) -> tuple[np.ndar
     predicted = probabilities.argmax(axis=1)
     suggested = np.where(confident_issue, confident, predicted)
     flagged = np.flatnonzero(confident_issue | (predicted != y))
-    score = probabilities[flagged, suggested[flagged]] - probabilities[flagged, y[flagged]]
+    score = 1.0 - probabilities[flagged, y[flagged]]
     order = np.argsort(-score, kind="stable")
     return flagged[order], score[order], suggested[flagged[order]]
 

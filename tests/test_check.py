@@ -200,3 +200,16 @@ def test_check_never_replaces_a_file_it_did_not_write(shapes_store, tmp_path):
     result = runner.invoke(app, ["check", str(store), "--out", str(mine)])
     assert result.exit_code == 2 and "is not an issues CSV" in result.output
     assert mine.read_text() == "my,own\n"
+
+
+def test_label_findings_put_the_least_probable_given_label_first():
+    from classifiers.label_issues import rank_label_issues
+
+    # both rows labelled 0 and more probably 1; the second's label is the less probable
+    # (0.2 against 0.3) though its margin over it is the smaller (0.25 against 0.4)
+    probabilities = np.array([[0.3, 0.7, 0.0], [0.2, 0.45, 0.35],
+                              [0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]])
+    rows, score, suggested = rank_label_issues(probabilities, np.array([0, 0, 0, 1, 2]))
+    assert rows.tolist() == [1, 0]
+    np.testing.assert_allclose(score, [0.8, 0.7])
+    assert suggested.tolist() == [1, 1]

@@ -68,3 +68,33 @@ def test_joining_keeps_groups_whole_in_the_majority_split_and_is_idempotent():
     assert again.groups.tolist() == joined.groups.tolist()
     assert again.split.tolist() == joined.split.tolist() and again.moved == 0
     assert again.near_duplicate_groups == 2  # a resumed run reports what the first found
+
+
+def _photo_like(rng: np.random.Generator, side: int = 128) -> np.ndarray:
+    """A picture whose coarse detail outweighs its fine detail, as in photos."""
+    from PIL import Image
+
+    def smooth(cells: int) -> np.ndarray:
+        noise = rng.uniform(-1, 1, size=(cells, cells, 3)).astype(np.float32)
+        return np.stack([np.asarray(Image.fromarray(noise[..., c], mode="F").resize(
+            (side, side), Image.BICUBIC)) for c in range(3)], axis=-1)
+
+    return np.clip(128 + 50 * sum(smooth(cells) * (4 / cells) ** 0.5
+                                  for cells in (4, 8, 16, 32)), 0, 255)
+
+
+def test_a_copy_cropped_by_seven_percent_is_still_a_near_duplicate_but_another_picture_is_not():
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    photo, other = _photo_like(rng), _photo_like(rng)
+    # 9 of 128 pixels cut off the left and the top, resized back: the picture shifts by
+    # more than half a 16 x 16 cell
+    copy = np.asarray(Image.fromarray(photo.astype(np.uint8)).crop((9, 9, 128, 128)).resize(
+        (128, 128), Image.BILINEAR), dtype=np.float32)
+    signatures = np.vstack([pixel_signatures(np.stack([photo, copy, other])),
+                            pixel_signatures(rng.uniform(0, 255, size=(17, 32, 32, 3)))])
+    X = rng.normal(size=(20, 16)).astype(np.float32)
+    X[1:3] = X[0] + 0.1 * rng.normal(size=(2, 16))  # features alike: the signatures decide
+    scan = scan_neighbours(X, 0.6, signatures=signatures)
+    assert set(zip(scan.first.tolist(), scan.second.tolist(), strict=True)) == {(0, 1)}

@@ -34,8 +34,8 @@ OUTLIER_Z = 4.0
 class Finding:
     """One row of issues.csv.
 
-    ``score``: higher means more likely a real problem (label: how much more probable
-    the suggested class is than the given one; near_duplicate and leak: the centred
+    ``score``: higher means more likely a real problem (label: how improbable the given
+    label is, ``1 - p(given)``; near_duplicate and leak: the centred
     cosine of the pair; outlier: robust z-score of the distance to the nearest images).
     """
 
