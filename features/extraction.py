@@ -31,7 +31,12 @@ from features.errors import UserInputError
 from features.factory import create_extractor
 from features.images import DEFAULT_MAX_PIXELS
 from features.integrity import check_output_path, file_digest, output_lock, settings_key
-from features.neighbours import NearDuplicateGrouping, join_near_duplicates, scan_neighbours
+from features.neighbours import (
+    GROUPING_RULE,
+    NearDuplicateGrouping,
+    join_near_duplicates,
+    scan_neighbours,
+)
 from features.networks import normalize_weights
 from features.runtimes import (
     DEFAULT_CALIBRATION_IMAGES,
@@ -182,7 +187,8 @@ def _settings_key(fingerprint: str, images: LabeledImages, extractor: FeatureExt
         "compression": compression,
         "label_names": list(images.label_names),
         # decides the recorded groups and split: another threshold is another store
-        **({"near_duplicates": near_duplicates} if near_duplicates is not None else {}),
+        **({"near_duplicates": {"features": near_duplicates, **GROUPING_RULE}}
+               if near_duplicates is not None else {}),
     })
 
 
@@ -302,7 +308,8 @@ def extract_features(
             **{f.name: getattr(network, f.name) for f in fields(network)},
             "fingerprint": fingerprint, "label_names": list(images.label_names),
             "compression": compression, "backbone": config.name,
-            **({"near_duplicates": near_duplicates} if near_duplicates is not None else {}),
+            **({"near_duplicates": {"features": near_duplicates, **GROUPING_RULE}}
+               if near_duplicates is not None else {}),
             # The facts that settle what None asks for: a changed default is a new request.
             "defaults": [(c.input_size, c.default_pooling, c.stage_taps, c.preprocessing)
                          for c in (config, *config.members)],

@@ -33,6 +33,10 @@ FEATURES_ONLY_THRESHOLD = 0.9
 SIGNATURE_SIDE = 16
 SIGNATURE_SIZE = SIGNATURE_SIDE * SIGNATURE_SIDE * 3
 COMPARED_SIDE = 8
+#: Everything that decides which rows a store groups, for its settings key: a store
+#: grouped by another rule is another store.
+GROUPING_RULE = {"signature": SIGNATURE_THRESHOLD, "features_only": FEATURES_ONLY_THRESHOLD,
+                 "compared_side": COMPARED_SIDE}
 _ROW_BLOCK = 2048
 _COLUMN_BLOCK = 8192
 

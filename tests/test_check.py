@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from features.errors import UserInputError
 from features.store import FeatureStore, FeatureStoreWriter
 from pipeline.cli import app
 from tests.conftest import TINY_EXTRACT, extract
@@ -213,3 +214,21 @@ def test_label_findings_put_the_least_probable_given_label_first():
     assert rows.tolist() == [1, 0]
     np.testing.assert_allclose(score, [0.8, 0.7])
     assert suggested.tolist() == [1, 1]
+
+
+def test_a_store_grouped_by_another_rule_is_not_up_to_date(planted, tmp_path, monkeypatch):
+    # the signature rule decides the recorded groups and split as much as the features'
+    # threshold does: a store made under another rule must be made again, not reused
+    root, _copies = planted
+    out = tmp_path / "s.h5"
+    extract(root, out=out, test_size=0.5, seed=3, **TINY_EXTRACT)
+    assert extract(root, out=out, test_size=0.5, seed=3, **TINY_EXTRACT).result.up_to_date
+    import features.extraction
+
+    monkeypatch.setitem(features.extraction.GROUPING_RULE, "signature", 0.5)
+    try:
+        again = extract(root, out=out, test_size=0.5, seed=3, **TINY_EXTRACT).result
+    except UserInputError as exc:  # made with other settings: --overwrite to replace it
+        assert "--overwrite" in str(exc)
+    else:
+        assert not again.up_to_date

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.errors import user_errors, uses_tensorflow
+from pipeline.cli.errors import user_errors, uses_keras
 from pipeline.cli.options import check_seed
 from pipeline.cli.output import console, err_console
 from pipeline.config import DEFAULT_SEED
@@ -18,7 +18,7 @@ app = typer.Typer()
 
 @app.command(rich_help_panel=PANEL)
 @user_errors
-@uses_tensorflow
+@uses_keras
 def auto(
     data: Annotated[Path, typer.Argument(help="Folder with a sub-folder per class, or a CSV "
                                               "of path,label.")],

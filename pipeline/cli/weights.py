@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.errors import user_errors, uses_tensorflow
+from pipeline.cli.errors import user_errors, uses_keras
 from pipeline.cli.output import console
 
 PANEL = "Weights"
@@ -21,7 +21,7 @@ app.add_typer(weights, name="weights", rich_help_panel=PANEL)
 
 @weights.command()
 @user_errors
-@uses_tensorflow
+@uses_keras
 def fetch(
     backbone: Annotated[str, typer.Argument(help="The backbone whose ImageNet weights to get.")],
     dest: Annotated[Path, typer.Option(
