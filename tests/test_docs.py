@@ -40,6 +40,9 @@ def _fenced_blocks(text: str, language: str) -> list[str]:
 
 
 # -- the commands the pages show -------------------------------------------------------------
+GLOBAL_OPTIONS = {"--backend"}  # options before the command, each with one value
+
+
 def _documented_commands() -> list[tuple[str, ...]]:
     commands = set()
     for page in [README, *PAGES]:
@@ -49,6 +52,8 @@ def _documented_commands() -> list[tuple[str, ...]]:
                 if not line.startswith("tlearn "):
                     continue
                 words = line.split()[1:]
+                while words[0] in GLOBAL_OPTIONS:  # `tlearn --backend jax extract ...`
+                    words = words[2:]
                 command = [words[0]]
                 if words[0] == "datasets" and len(words) > 1 and not words[1].startswith("-"):
                     command.append(words[1])
