@@ -254,6 +254,17 @@ def test_benchmark_figures_are_not_typed_by_hand():
     assert typed == [], typed
 
 
+def test_backbone_rates_are_generated_not_pasted():
+    hook = _hook("benchmarks")
+    page = (DOCS / "guide" / "backbones.md").read_text()
+    asked = hook.BACKBONE_RATES.findall(page)
+    assert asked and set(asked) <= set(hook.result_names())
+    assert re.findall(r"\d+\.\d / \d+\.\d", page) == []  # no forward / end-to-end rate typed
+    rendered = hook.on_page_markdown(page)
+    assert all(f"`bench/results/{name}.json`" in rendered for name in asked)
+    assert "<!-- generated:" not in rendered
+
+
 def test_common_errors_on_the_troubleshooting_page_exist_in_the_code():
     messages = {message for _, message in _hook("errors").user_errors()}
     page = (DOCS / "troubleshooting.md").read_text()

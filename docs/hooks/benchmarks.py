@@ -4,7 +4,8 @@ A page holds lines ``<!-- generated: bench NAME -->``; each becomes the tables o
 ``bench/results/NAME.json`` headed by the CPU it ran on, so no figure on the site is
 typed by hand. The tables ``bench/report.py`` already prints are rendered by its own
 functions; the other results by the renderers below. A marker naming a result file
-that does not exist fails the build.
+that does not exist fails the build. ``<!-- generated: backbone-rates NAME -->`` becomes
+``bench/backbones_table.py``'s table of that result (the backbones page).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 RESULTS = BENCH / "results"
 MARKER = re.compile(r"^<!-- generated: bench (\w+) -->$", re.MULTILINE)
+# the backbones page: an extraction result's rates beside each network's facts, then the
+# sources of the published figures (bench/backbones_table.py renders both)
+BACKBONE_RATES = re.compile(r"^<!-- generated: backbone-rates (\w+) -->$", re.MULTILINE)
+BACKBONE_SOURCES = "<!-- generated: backbone-sources -->"
 
 
 def _report():
@@ -307,5 +312,20 @@ def result_names() -> list[str]:
     return sorted(p.stem for p in RESULTS.glob("*.json"))
 
 
+def _backbones_table():
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module("backbones_table")
+
+
+def backbone_rates(name: str) -> str:
+    """``bench/backbones_table.py``'s table of ``bench/results/<name>.json``: its rates
+    joined with the registry's facts and the published ImageNet figures."""
+    return _backbones_table().table(RESULTS / f"{name}.json")
+
+
 def on_page_markdown(markdown: str, **kwargs) -> str:
+    markdown = BACKBONE_RATES.sub(lambda m: backbone_rates(m.group(1)), markdown)
+    if BACKBONE_SOURCES in markdown:
+        markdown = markdown.replace(BACKBONE_SOURCES, _backbones_table().sources())
     return MARKER.sub(lambda m: render(m.group(1)), markdown)
