@@ -265,6 +265,17 @@ def test_backbone_rates_are_generated_not_pasted():
     assert "<!-- generated:" not in rendered
 
 
+def test_unknown_scores_are_generated_not_pasted():
+    hook = _hook("benchmarks")
+    page = (DOCS / "guide" / "unknown.md").read_text()
+    assert hook.UNKNOWN_SCORES in page
+    # no result row typed: the scores' and the class weights' tables are generated
+    assert re.findall(r"^\|[^\n]*\| 0\.\d{3} \|", page, re.MULTILINE) == []
+    rendered = hook.on_page_markdown(page)
+    assert "Result file: `bench/results/unknown.json`" in rendered
+    assert "<!-- generated:" not in rendered
+
+
 def test_common_errors_on_the_troubleshooting_page_exist_in_the_code():
     messages = {message for _, message in _hook("errors").user_errors()}
     page = (DOCS / "troubleshooting.md").read_text()

@@ -23,6 +23,8 @@ MARKER = re.compile(r"^<!-- generated: bench (\w+) -->$", re.MULTILINE)
 # sources of the published figures (bench/backbones_table.py renders both)
 BACKBONE_RATES = re.compile(r"^<!-- generated: backbone-rates (\w+) -->$", re.MULTILINE)
 BACKBONE_SOURCES = "<!-- generated: backbone-sources -->"
+# the unknown-images page: bench/unknown.py's comparison of the scores
+UNKNOWN_SCORES = "<!-- generated: unknown-scores -->"
 
 
 def _report():
@@ -124,8 +126,8 @@ def _unknown(data: dict) -> str:
     text = (f"{data['features']}; {data['per_class']} images a class; strangers flagged "
             f"while {_pct(data['coverage'])} of known test images are accepted.\n\n"
             + "\n".join(lines))
-    if data.get("chosen"):
-        text += f"\n\nThe score tlearn keeps in a model: `{data['chosen']}`."
+    if data.get("tasks"):
+        text += "\n\nEach score over the three tasks (tlearn's in bold):\n\n" + unknown_scores(data)
     rules = [(case, c["model_threshold"]) for case, c in data["cases"].items()
              if c.get("model_threshold")]
     if rules:
@@ -138,6 +140,37 @@ def _unknown(data: dict) -> str:
                               f"| {_pct(m['strangers_flagged'])} | {m['pickled_bytes']:,} |"
                               for case, m in rules))
     return text
+
+
+def _size(n: int) -> str:
+    # binary units: the size limit bench/unknown.py records is a power of two
+    return next((f"{n / 1024 ** i:.1f} {unit}"
+                 for i, unit in ((3, "GiB"), (2, "MiB"), (1, "KiB")) if n >= 1024 ** i),
+                f"{n} bytes")
+
+
+def unknown_scores(data: dict) -> str:
+    """Each score of ``bench/unknown.py`` over its tasks: the strangers it flagged at the
+    coverage, the mean, the AUROC and what a model would keep; tlearn's score in bold."""
+    first = next(iter(data["tasks"].values()))
+    tasks = [t for t in first if not t.startswith("mean_")]
+    lines = ["| score | " + " | ".join(t.replace("_", " ") for t in tasks)
+             + " | mean | mean AUROC | kept for 25,088-wide features of 100,000 images |",
+             "|---|" + "---|" * (len(tasks) + 3)]
+    for score, r in data["tasks"].items():
+        kept = max(c["scores"][score]["stored_bytes_25088_wide_100k_rows"]
+                   for c in data["cases"].values())
+        cells = [score] + [f"{r[t]:.3f}" for t in tasks] + [
+            f"{r['mean_flagged']:.3f}", f"{r['mean_auroc']:.3f}", _size(kept)]
+        if score == data.get("chosen"):
+            cells = [f"**{cell}**" for cell in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    eligible = ""
+    if data.get("eligible"):
+        eligible = (f" Eligible, at most {_size(data['size_limit_bytes'])} kept: "
+                    + ", ".join(f"`{e}`" for e in data["eligible"]) + ".")
+    return ("\n".join(lines) + f"\n\nShare of strangers flagged while "
+            f"{_pct(data['coverage'])} of known test images are accepted.{eligible}")
 
 
 def _flat(value, prefix: str = "") -> dict:
@@ -326,6 +359,10 @@ def backbone_rates(name: str) -> str:
 
 def on_page_markdown(markdown: str, **kwargs) -> str:
     markdown = BACKBONE_RATES.sub(lambda m: backbone_rates(m.group(1)), markdown)
+    if UNKNOWN_SCORES in markdown:
+        data = json.loads((RESULTS / "unknown.json").read_text())
+        markdown = markdown.replace(UNKNOWN_SCORES, f"{cpu_line(data)} Result file: "
+                                    f"`bench/results/unknown.json`.\n\n{unknown_scores(data)}")
     if BACKBONE_SOURCES in markdown:
         markdown = markdown.replace(BACKBONE_SOURCES, _backbones_table().sources())
     return MARKER.sub(lambda m: render(m.group(1)), markdown)
