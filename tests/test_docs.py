@@ -268,7 +268,7 @@ def test_backbone_rates_are_generated_not_pasted():
 def test_unknown_scores_are_generated_not_pasted():
     hook = _hook("benchmarks")
     page = (DOCS / "guide" / "unknown.md").read_text()
-    assert hook.UNKNOWN_SCORES in page
+    assert hook.UNKNOWN_SCORES.search(page)
     # no result row typed: the scores' and the class weights' tables are generated
     assert re.findall(r"^\|[^\n]*\| 0\.\d{3} \|", page, re.MULTILINE) == []
     rendered = hook.on_page_markdown(page)

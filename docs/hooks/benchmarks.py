@@ -22,9 +22,10 @@ MARKER = re.compile(r"^<!-- generated: bench (\w+) -->$", re.MULTILINE)
 # the backbones page: an extraction result's rates beside each network's facts, then the
 # sources of the published figures (bench/backbones_table.py renders both)
 BACKBONE_RATES = re.compile(r"^<!-- generated: backbone-rates (\w+) -->$", re.MULTILINE)
-BACKBONE_SOURCES = "<!-- generated: backbone-sources -->"
+# markers stand on a line of their own, so a page can quote one in its text
+BACKBONE_SOURCES = re.compile(r"^<!-- generated: backbone-sources -->$", re.MULTILINE)
 # the unknown-images page: bench/unknown.py's comparison of the scores
-UNKNOWN_SCORES = "<!-- generated: unknown-scores -->"
+UNKNOWN_SCORES = re.compile(r"^<!-- generated: unknown-scores -->$", re.MULTILINE)
 
 
 def _report():
@@ -357,12 +358,14 @@ def backbone_rates(name: str) -> str:
     return _backbones_table().table(RESULTS / f"{name}.json")
 
 
+def _unknown_scores_block() -> str:
+    data = json.loads((RESULTS / "unknown.json").read_text())
+    return (f"{cpu_line(data)} Result file: `bench/results/unknown.json`.\n\n"
+            + unknown_scores(data))
+
+
 def on_page_markdown(markdown: str, **kwargs) -> str:
     markdown = BACKBONE_RATES.sub(lambda m: backbone_rates(m.group(1)), markdown)
-    if UNKNOWN_SCORES in markdown:
-        data = json.loads((RESULTS / "unknown.json").read_text())
-        markdown = markdown.replace(UNKNOWN_SCORES, f"{cpu_line(data)} Result file: "
-                                    f"`bench/results/unknown.json`.\n\n{unknown_scores(data)}")
-    if BACKBONE_SOURCES in markdown:
-        markdown = markdown.replace(BACKBONE_SOURCES, _backbones_table().sources())
+    markdown = UNKNOWN_SCORES.sub(lambda m: _unknown_scores_block(), markdown)
+    markdown = BACKBONE_SOURCES.sub(lambda m: _backbones_table().sources(), markdown)
     return MARKER.sub(lambda m: render(m.group(1)), markdown)
