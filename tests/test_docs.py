@@ -6,6 +6,7 @@ Python examples the pages show work, and that the README stays a short way in.
 """
 
 import importlib
+import json
 import re
 import shutil
 import subprocess
@@ -39,6 +40,9 @@ def _fenced_blocks(text: str, language: str) -> list[str]:
 
 
 # -- the commands the pages show -------------------------------------------------------------
+GLOBAL_OPTIONS = {"--backend"}  # options before the command, each with one value
+
+
 def _documented_commands() -> list[tuple[str, ...]]:
     commands = set()
     for page in [README, *PAGES]:
@@ -48,6 +52,8 @@ def _documented_commands() -> list[tuple[str, ...]]:
                 if not line.startswith("tlearn "):
                     continue
                 words = line.split()[1:]
+                while words[0] in GLOBAL_OPTIONS:  # `tlearn --backend jax extract ...`
+                    words = words[2:]
                 command = [words[0]]
                 if words[0] == "datasets" and len(words) > 1 and not words[1].startswith("-"):
                     command.append(words[1])
@@ -233,7 +239,10 @@ def test_benchmarks_page_renders_every_result_with_its_cpu():
     assert sorted(asked) == hook.result_names()  # every result file, each once
     for name in asked:
         rendered = hook.render(name)
-        assert rendered.startswith("**CPU:** "), name
+        # a package resolution runs nothing: it names the command it ran, never a CPU
+        resolution = "candidates" in json.loads((hook.RESULTS / f"{name}.json").read_text())
+        assert rendered.startswith("**No CPU: a package resolution,** `" if resolution
+                                   else "**CPU:** "), name
         assert "|---" in rendered or name == "predict", name  # predict's result is one line
 
 
@@ -243,6 +252,28 @@ def test_benchmark_figures_are_not_typed_by_hand():
                    flags=re.DOTALL)
     typed = re.findall(r"\d[\d.,]*\s*(?:%|x\b|img/s|ms\b|MB\b|requests/s)", prose)
     assert typed == [], typed
+
+
+def test_backbone_rates_are_generated_not_pasted():
+    hook = _hook("benchmarks")
+    page = (DOCS / "guide" / "backbones.md").read_text()
+    asked = hook.BACKBONE_RATES.findall(page)
+    assert asked and set(asked) <= set(hook.result_names())
+    assert re.findall(r"\d+\.\d / \d+\.\d", page) == []  # no forward / end-to-end rate typed
+    rendered = hook.on_page_markdown(page)
+    assert all(f"`bench/results/{name}.json`" in rendered for name in asked)
+    assert "<!-- generated:" not in rendered
+
+
+def test_unknown_scores_are_generated_not_pasted():
+    hook = _hook("benchmarks")
+    page = (DOCS / "guide" / "unknown.md").read_text()
+    assert hook.UNKNOWN_SCORES.search(page)
+    # no result row typed: the scores' and the class weights' tables are generated
+    assert re.findall(r"^\|[^\n]*\| 0\.\d{3} \|", page, re.MULTILINE) == []
+    rendered = hook.on_page_markdown(page)
+    assert "Result file: `bench/results/unknown.json`" in rendered
+    assert "<!-- generated:" not in rendered
 
 
 def test_common_errors_on_the_troubleshooting_page_exist_in_the_code():

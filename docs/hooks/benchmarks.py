@@ -4,7 +4,8 @@ A page holds lines ``<!-- generated: bench NAME -->``; each becomes the tables o
 ``bench/results/NAME.json`` headed by the CPU it ran on, so no figure on the site is
 typed by hand. The tables ``bench/report.py`` already prints are rendered by its own
 functions; the other results by the renderers below. A marker naming a result file
-that does not exist fails the build.
+that does not exist fails the build. ``<!-- generated: backbone-rates NAME -->`` becomes
+``bench/backbones_table.py``'s table of that result (the backbones page).
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 RESULTS = BENCH / "results"
 MARKER = re.compile(r"^<!-- generated: bench (\w+) -->$", re.MULTILINE)
+# the backbones page: an extraction result's rates beside each network's facts, then the
+# sources of the published figures (bench/backbones_table.py renders both)
+BACKBONE_RATES = re.compile(r"^<!-- generated: backbone-rates (\w+) -->$", re.MULTILINE)
+# markers stand on a line of their own, so a page can quote one in its text
+BACKBONE_SOURCES = re.compile(r"^<!-- generated: backbone-sources -->$", re.MULTILINE)
+# the unknown-images page: bench/unknown.py's comparison of the scores
+UNKNOWN_SCORES = re.compile(r"^<!-- generated: unknown-scores -->$", re.MULTILINE)
 
 
 def _report():
@@ -116,9 +124,54 @@ def _unknown(data: dict) -> str:
         for score, s in c["scores"].items():
             lines.append(f"| {case} ({', '.join(c['known'])}) | {', '.join(c['strangers'])} "
                          f"| {score} | {_pct(s['flagged_at_coverage'])} | {s['auroc']:.3f} |")
-    return (f"{data['features']}; {data['per_class']} images a class; strangers flagged "
+    text = (f"{data['features']}; {data['per_class']} images a class; strangers flagged "
             f"while {_pct(data['coverage'])} of known test images are accepted.\n\n"
             + "\n".join(lines))
+    if data.get("tasks"):
+        text += "\n\nEach score over the three tasks (tlearn's in bold):\n\n" + unknown_scores(data)
+    rules = [(case, c["model_threshold"]) for case, c in data["cases"].items()
+             if c.get("model_threshold")]
+    if rules:
+        # the threshold the model itself stores, applied as `tlearn predict` applies it
+        text += ("\n\nThe model's own rule (its stored score and threshold):\n\n"
+                 "| model of | score | rank | threshold | known test images accepted "
+                 "| strangers flagged | pickled bytes |\n|---|---|---|---|---|---|---|\n"
+                 + "\n".join(f"| {case} | {m['score']} | {m.get('rank', '–')} "
+                              f"| {m['threshold']:.3f} | {_pct(m['test_accepted'])} "
+                              f"| {_pct(m['strangers_flagged'])} | {m['pickled_bytes']:,} |"
+                              for case, m in rules))
+    return text
+
+
+def _size(n: int) -> str:
+    # binary units: the size limit bench/unknown.py records is a power of two
+    return next((f"{n / 1024 ** i:.1f} {unit}"
+                 for i, unit in ((3, "GiB"), (2, "MiB"), (1, "KiB")) if n >= 1024 ** i),
+                f"{n} bytes")
+
+
+def unknown_scores(data: dict) -> str:
+    """Each score of ``bench/unknown.py`` over its tasks: the strangers it flagged at the
+    coverage, the mean, the AUROC and what a model would keep; tlearn's score in bold."""
+    first = next(iter(data["tasks"].values()))
+    tasks = [t for t in first if not t.startswith("mean_")]
+    lines = ["| score | " + " | ".join(t.replace("_", " ") for t in tasks)
+             + " | mean | mean AUROC | kept for 25,088-wide features of 100,000 images |",
+             "|---|" + "---|" * (len(tasks) + 3)]
+    for score, r in data["tasks"].items():
+        kept = max(c["scores"][score]["stored_bytes_25088_wide_100k_rows"]
+                   for c in data["cases"].values())
+        cells = [score] + [f"{r[t]:.3f}" for t in tasks] + [
+            f"{r['mean_flagged']:.3f}", f"{r['mean_auroc']:.3f}", _size(kept)]
+        if score == data.get("chosen"):
+            cells = [f"**{cell}**" for cell in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    eligible = ""
+    if data.get("eligible"):
+        eligible = (f" Eligible, at most {_size(data['size_limit_bytes'])} kept: "
+                    + ", ".join(f"`{e}`" for e in data["eligible"]) + ".")
+    return ("\n".join(lines) + f"\n\nShare of strangers flagged while "
+            f"{_pct(data['coverage'])} of known test images are accepted.{eligible}")
 
 
 def _flat(value, prefix: str = "") -> dict:
@@ -166,28 +219,153 @@ def _serve_token(data: dict) -> str:
             + _records_table([{"measure": k, **v} for k, v in extra.items()]))
 
 
+def _load(data: dict) -> str:
+    before = data.get("load_average_before") or data.get("load_before")
+    after = data.get("load_average_after") or data.get("load_after")
+    return f"load average {before[0]:.1f} before, {after[0]:.1f} after"
+
+
+def _backends(data: dict) -> str:
+    lines = ["| backend | device | versions | build s | forward img/s | end-to-end img/s "
+             "| largest difference from TensorFlow |", "|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+        lines.append(f"| {r['backend']} | {r['device']} | {versions} | {r['build_s']:.1f} "
+                     f"| {r['forward_img_s']:.1f} | {r['end_to_end_img_s']:.1f} "
+                     f"| {r['parity_vs_tensorflow']:.1e} |")
+    rows = data["rows"][0]
+    missing = ", ".join(data.get("not_installed", [])) or "none"
+    return "\n".join(lines) + (f"\n\n{rows['images']} images, batch {data['batch_size']}, "
+                               f"rates as medians of rounds; not installed: {missing}; "
+                               f"{_load(data)}.")
+
+
+def _decode(data: dict) -> str:
+    lines = ["| images | files | workers | kind | img/s | img/s per worker |",
+             "|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['images']} | {r['files']} | {r['workers']} | {r['kind']} "
+                     f"| {r['img_s']:.1f} | {r['img_s_per_worker']:.1f} |")
+    return "\n".join(lines) + f"\n\nReader: `{data['reader']}`; {_load(data)}."
+
+
+def _check(data: dict) -> str:
+    parts = []
+    for dataset, d in data["datasets"].items():
+        grouping = ["| features threshold | pixels threshold | copies grouped with their source "
+                    "| other images grouped | pairs |", "|---|---|---|---|---|"]
+        for g in d["grouping"].values():
+            pixels = "–" if g["pixels"] is None else g["pixels"]
+            grouping.append(f"| {g['features']} | {pixels} | {_pct(g['copies_with_source'])} "
+                            f"| {_pct(g['others_grouped'])} ({g['others_grouped_count']}) "
+                            f"| {g['pairs']} |")
+        labels = ["| labels flipped | flipped | flagged | flipped among the top 2x flagged "
+                  "| suggested label right | C | seconds |", "|---|---|---|---|---|---|---|"]
+        for share, r in d["labels"].items():
+            labels.append(f"| {_pct(float(share))} | {r['flipped']} | {r['flagged']} "
+                          f"| {_pct(r['recall_top_2x'])} | {_pct(r['suggested_label_right'])} "
+                          f"| {r['C']:g} | {r['seconds']:.0f} |")
+        found = ", ".join(f"{kind} {n}" for kind, n in d["unmodified"]["counts"].items())
+        parts.append(f"**{dataset}**: {d['rows']:,} rows, {d['copies']} planted copies.\n\n"
+                     + "\n".join(grouping) + "\n\n" + "\n".join(labels)
+                     + f"\n\nThe unmodified dataset: {found} findings in "
+                     f"{d['unmodified']['seconds']:.0f} s.")
+    note = f" {data['search_note'][0].upper()}{data['search_note'][1:]}." \
+        if data.get("search_note") else ""
+    return "\n\n".join(parts) + f"\n\n{_load(data).capitalize()}.{note}"
+
+
+def _check_search(data: dict) -> str:
+    lines = ["| rows | neighbours k | seconds | CPU seconds | peak MB beyond the features "
+             "| features MB | pairs |", "|---|---|---|---|---|---|---|"]
+    for r in data["search"].values():
+        lines.append(f"| {r['rows']:,} | {r['k']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} "
+                     f"| {r['peak_mb_beyond_features']:.1f} | {r['features_mb']:.1f} "
+                     f"| {r['pairs']:,} |")
+    return "\n".join(lines) + f"\n\n{_load(data).capitalize()}."
+
+
+def _install_resolution(data: dict) -> str:
+    # a pip dry run measures no speed: the resolved versions, one column per candidate
+    # (A, B, C as the result's own reasoning names them), shared versions in one line
+    candidates = list(data["candidates"].values())
+    letters = [chr(ord("A") + i) for i in range(len(candidates))]
+    packages = sorted({p for c in candidates for p in c["all"]}, key=str.lower)
+    same = [p for p in packages
+            if len({c["all"].get(p) for c in candidates}) == 1 and not p.startswith("nvidia")]
+    lines = ["| package | " + " | ".join(letters) + " |", "|---|" + "---|" * len(candidates),
+             "| packages in all | " + " | ".join(
+                 str(c["packages"]) if c["resolved"] else "does not resolve"
+                 for c in candidates) + " |"]
+    lines += [f"| {p} | " + " | ".join(c["all"].get(p, "–") for c in candidates) + " |"
+              for p in packages if p not in same]
+    legend = "; ".join(f"{letter}: `{name}`"
+                       for letter, name in zip(letters, data["candidates"], strict=True))
+    shared = ", ".join(f"{p} {candidates[0]['all'][p]}" for p in same)
+    return ("\n".join(lines) + f"\n\n{legend}.\n\nThe same in every candidate: {shared}."
+            f"\n\nChosen: `{data['chosen']}`. {data['why']}")
+
+
+def _keras_modern_runtimes(data: dict) -> str:
+    refused = "".join(f"\n\nNot measured: `{r['backbone']}` on {r['runtime']} {r['precision']}: "
+                      f"{r['reason'].rstrip('.')}." for r in data.get("refused", []))
+    return _report().extract_table(data) + refused
+
+
+def _header(name: str, data: dict) -> str:
+    if "candidates" in data and not (data.get("machine") or data.get("cpu")):
+        # a resolution runs nothing: no CPU to name, the command it ran instead
+        return f"**No CPU: a package resolution,** `{data['command']}`."
+    return cpu_line(data)
+
+
 def render(name: str) -> str:
-    """The tables of ``bench/results/<name>.json``, headed by the CPU they ran on."""
+    """The tables of ``bench/results/<name>.json``, headed by the CPU they ran on (a
+    package resolution, which runs nothing, by the command it ran)."""
     data = json.loads((RESULTS / f"{name}.json").read_text())
     report = _report()
     # by the file's stem: extract_intel_amx is an extract result, and so on
-    renderers = [("extract_keras_modern", _keras_modern), ("extract", report.extract_table),
+    renderers = [("extract_keras_modern_runtimes", _keras_modern_runtimes),
+                 ("extract_keras_modern", _keras_modern), ("extract", report.extract_table),
                  ("train", report.train_table),
                  ("compare_stages", report.stages_table), ("serve_attacks", _serve_attacks),
                  ("serve_token", _serve_token), ("serve", report.serve_table),
                  ("predict", report.predict_table), ("engines", report.engines_table),
                  ("backbones", _backbones), ("calibration", _calibration),
-                 ("imbalanced", _imbalanced), ("unknown", _unknown)]
+                 ("imbalanced", _imbalanced), ("unknown", _unknown), ("backends", _backends),
+                 ("decode", _decode), ("check_search", _check_search), ("check", _check),
+                 ("gpu_install_resolution", _install_resolution)]
     render_table = next(f for prefix, f in renderers if name.startswith(prefix))
     body = render_table(data)
     # report.py's renderers that name the machine themselves end with that line: keep one
     body = re.sub(r"\n\nMeasured on [^\n]*$", "", body)
-    return f"{cpu_line(data)} Result file: `bench/results/{name}.json`.\n\n{body}"
+    return f"{_header(name, data)} Result file: `bench/results/{name}.json`.\n\n{body}"
 
 
 def result_names() -> list[str]:
     return sorted(p.stem for p in RESULTS.glob("*.json"))
 
 
+def _backbones_table():
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module("backbones_table")
+
+
+def backbone_rates(name: str) -> str:
+    """``bench/backbones_table.py``'s table of ``bench/results/<name>.json``: its rates
+    joined with the registry's facts and the published ImageNet figures."""
+    return _backbones_table().table(RESULTS / f"{name}.json")
+
+
+def _unknown_scores_block() -> str:
+    data = json.loads((RESULTS / "unknown.json").read_text())
+    return (f"{cpu_line(data)} Result file: `bench/results/unknown.json`.\n\n"
+            + unknown_scores(data))
+
+
 def on_page_markdown(markdown: str, **kwargs) -> str:
+    markdown = BACKBONE_RATES.sub(lambda m: backbone_rates(m.group(1)), markdown)
+    markdown = UNKNOWN_SCORES.sub(lambda m: _unknown_scores_block(), markdown)
+    markdown = BACKBONE_SOURCES.sub(lambda m: _backbones_table().sources(), markdown)
     return MARKER.sub(lambda m: render(m.group(1)), markdown)
