@@ -319,6 +319,46 @@ def _header(name: str, data: dict) -> str:
     return cpu_line(data)
 
 
+def _auto(data: dict) -> str:
+    """Each run of ``bench/auto.py``: the recipe ``tlearn auto`` chose within its budget, its
+    test accuracy beside the default recipe's, the time used, and the candidates."""
+    lines = ["| dataset | budget | chosen | test accuracy [95 % CI] | seconds used "
+             "| within budget + 10 % | default recipe | its accuracy [95 % CI] | its seconds "
+             "| paired test |", "|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for run in data["runs"]:
+        auto, default = run["auto"], run.get("default") or {}
+        recipe = auto.get("recipe") or {}
+        chosen = (" ".join(str(v) for v in (recipe.get("backbone"),
+                                              f"taps {recipe['taps']}" if recipe.get("taps")
+                                              else "head",
+                                              "mirror" if recipe.get("mirror") else "",
+                                              recipe.get("classifier")) if v)
+                  if recipe else "refused")
+        lo, hi = auto.get("test_accuracy_ci") or (None, None)
+        accuracy = (f"{_pct(auto['test_accuracy'])} [{_pct(lo)}, {_pct(hi)}]"
+                    if auto.get("test_accuracy") is not None else "–")
+        d_lo, d_hi = default.get("test_accuracy_ci") or (None, None)
+        d_accuracy = (f"{_pct(default['test_accuracy'])} [{_pct(d_lo)}, {_pct(d_hi)}]"
+                      if default.get("test_accuracy") is not None else "–")
+        paired = run.get("auto_vs_default") or {}
+        p_value = f"p = {paired['p_value']:.2f}" if paired.get("p_value") is not None else "–"
+        lines.append(
+            f"| {auto['dataset']} | {auto['budget']} | {chosen} | {accuracy} "
+            f"| {auto.get('elapsed_s', 0):.0f} of {auto['budget_s']:.0f} "
+            f"| {'yes' if auto.get('within_budget_plus_10pct') else 'no'} "
+            f"| {default.get('recipe', '–')} | {d_accuracy} "
+            f"| {default.get('wall_seconds', 0):.0f} | {p_value} |")
+        statuses: dict[str, int] = {}
+        for candidate in auto.get("candidates", []):
+            statuses[candidate["status"]] = statuses.get(candidate["status"], 0) + 1
+        if auto.get("why"):
+            notes.append(f"{auto['dataset']}, {auto['budget']}: {auto['why']} (candidates: "
+                         + ", ".join(f"{n} {k}" for k, n in statuses.items()) + ").")
+    not_run = f"\n\nNot run: {data['not_run']}." if data.get("not_run") else ""
+    return "\n".join(lines) + ("\n\n" + "\n\n".join(notes) if notes else "") + not_run
+
+
 def render(name: str) -> str:
     """The tables of ``bench/results/<name>.json``, headed by the CPU they ran on (a
     package resolution, which runs nothing, by the command it ran)."""
@@ -332,7 +372,8 @@ def render(name: str) -> str:
                  ("serve_token", _serve_token), ("serve", report.serve_table),
                  ("predict", report.predict_table), ("engines", report.engines_table),
                  ("backbones", _backbones), ("calibration", _calibration),
-                 ("imbalanced", _imbalanced), ("unknown", _unknown), ("backends", _backends),
+                 ("imbalanced", _imbalanced), ("auto", _auto), ("unknown", _unknown),
+                 ("backends", _backends),
                  ("decode", _decode), ("check_search", _check_search), ("check", _check),
                  ("gpu_install_resolution", _install_resolution)]
     render_table = next(f for prefix, f in renderers if name.startswith(prefix))
