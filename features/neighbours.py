@@ -200,7 +200,8 @@ def _coarser(signatures: np.ndarray) -> np.ndarray:
     s = np.asarray(signatures, dtype=np.float32)
     step = SIGNATURE_SIDE // COMPARED_SIDE
     s = s.reshape(len(s), COMPARED_SIDE, step, COMPARED_SIDE, step, 3).mean(axis=(2, 4))
-    s = s.reshape(len(s), -1)  # still centred: each channel's mean is unchanged by averaging
+    # still centred: each channel's mean is unchanged by averaging (no pairs: no rows)
+    s = s.reshape(len(s), COMPARED_SIDE * COMPARED_SIDE * 3)
     return s / np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-6)
 
 

@@ -98,3 +98,13 @@ def test_a_copy_cropped_by_seven_percent_is_still_a_near_duplicate_but_another_p
     X[1:3] = X[0] + 0.1 * rng.normal(size=(2, 16))  # features alike: the signatures decide
     scan = scan_neighbours(X, 0.6, signatures=signatures)
     assert set(zip(scan.first.tolist(), scan.second.tolist(), strict=True)) == {(0, 1)}
+
+
+def test_images_with_no_candidate_pair_give_no_pairs():
+    # distinct images with pixel signatures: no pair reaches the features' threshold, and
+    # the signatures of no pair are compared (a folder without any near-duplicate)
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(20, 16)).astype(np.float32)
+    signatures = pixel_signatures(rng.uniform(0, 255, size=(20, 32, 32, 3)))
+    scan = scan_neighbours(X, 0.99, signatures=signatures)
+    assert len(scan.first) == len(scan.second) == 0
