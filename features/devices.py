@@ -11,6 +11,7 @@ of memory. Nothing here imports a backend at module import: ``tlearn --help`` st
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -101,29 +102,37 @@ def select_backend(name: str | None) -> str:
     return name
 
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow without the log lines it writes before its logging is set up.
-
-    Those lines (absl, oneDNN, CUDA factories) go straight to file descriptor 2 whatever
-    the log level, so the descriptor is silenced during the import, unless the user asked
-    for info or warnings (``TF_CPP_MIN_LOG_LEVEL`` 0 or 1). A failing import still raises
-    its Python exception.
-    """
-    if "tensorflow" in sys.modules:
-        return
+@contextlib.contextmanager
+def _tensorflow_logs_silenced():
+    """File descriptor 2 silenced while TensorFlow's C++ side writes its start-up lines
+    (absl, oneDNN, CUDA factories, "failed call to cuInit" on a machine without a GPU):
+    they bypass the log level, so only the descriptor stops them. Not when the user asked
+    for info or warnings (``TF_CPP_MIN_LOG_LEVEL`` 0 or 1). Python exceptions still
+    raise."""
     if _TF_LOGS_ASKED:
-        importlib.import_module("tensorflow")
+        yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        importlib.import_module("tensorflow")
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow without the log lines it writes before its logging is set up."""
+    if "tensorflow" in sys.modules:
+        return
+    with _tensorflow_logs_silenced():
+        tf = importlib.import_module("tensorflow")
+        # CUDA is initialised on the first device query or layer, and says so on a machine
+        # without a GPU ("failed call to cuInit"): do it now, while the logs are silenced
+        tf.config.list_physical_devices("GPU")
 
 
 def import_keras_quietly() -> None:

@@ -376,10 +376,10 @@ def test_a_joined_backbone_is_not_fine_tuned():
         build_base_model(JOINED, weights="none")
 
 
-@pytest.mark.slow
 def test_the_library_imports_tensorflow_quietly():
-    # TensorFlow's C++ start-up lines (absl, oneDNN) bypass its log level: the library
-    # hides them as the CLI does.
+    # TensorFlow's C++ start-up lines (absl, oneDNN, "failed call to cuInit" on a machine
+    # without a GPU) bypass its log level: the library hides them as the CLI does. In the
+    # fast suite: a few seconds, and the full tensorflow package brought the cuInit line.
     code = ("from features import create_extractor; "
             "create_extractor('vgg16', weights='none', input_size=32, pooling='avg')")
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
