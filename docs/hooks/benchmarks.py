@@ -81,9 +81,8 @@ def _keras_modern(data: dict) -> str:
     for r in data["throughput"]:
         lines.append(f"| `{r['backbone']}` | {r['parameters'] / 1e6:.1f} M "
                      f"| {r['forward_img_s']:.1f} | {r['end_to_end_img_s']:.1f} |")
-    load = data["load_average_before"][0], data["load_average_after"][0]
     return "\n".join(lines) + (f"\n\n{data['images']} images, {data['rounds']} round(s); "
-                               f"load average {load[0]:.1f} before, {load[1]:.1f} after.")
+                               f"{_load(data)}.")
 
 
 def _calibration(data: dict) -> str:
