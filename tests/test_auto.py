@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -174,6 +175,76 @@ def test_the_budget_skips_what_no_longer_fits_and_says_its_estimate(tmp_path, mo
     assert any(c["recipe"]["name"].endswith("stages+mirror") for c in skipped)
     spent = sum(c["seconds"] for c in choice["candidates"] if c["status"] != "skipped")
     assert spent <= 150
+
+
+class FitClock(ImageClock):
+    """:class:`ImageClock`, where a search of C also takes ``fit_s`` seconds on 18 train
+    rows, times the square root of the rows as the search's estimate assumes (the
+    out-of-fold predictions count nothing here)."""
+
+    def __init__(self, fit_s: float) -> None:
+        super().__init__()
+        self.fit_s = fit_s
+
+    def timing(self, monkeypatch) -> None:
+        from pipeline.workflows import auto
+
+        clock = self
+
+        class Timed(auto.FeatureClassifier):
+            def fit(self, X, y, *args, **kwargs):
+                clock.now += clock.fit_s * math.sqrt(len(y) / 18)
+                return super().fit(X, y, *args, **kwargs)
+
+        monkeypatch.setattr(auto, "FeatureClassifier", Timed)
+
+
+def test_the_last_rung_spends_the_budget_on_recipes_before_classifiers(tmp_path, monkeypatch):
+    """Searches of C of F = 1000 s on 18 rows (1.73 F on all 54), images of 1 s. Two
+    recipes on 18 rows (2 F), then both on all images with logreg (3.5 F), then one more
+    search with room kept for the final fit (1.73 F + 1.15 F) fit 9 F; a second would
+    need 10.1 F. Trying every classifier on the first recipe would leave no room for the
+    second one's store."""
+    from pipeline.workflows.auto import run_auto
+
+    monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "artifacts"))
+    clock = FitClock(fit_s=1000)
+    clock.timing(monkeypatch)
+    data = _dataset(tmp_path / "shapes")
+    lines: list[str] = []
+    result = run_auto(_settings(data, tmp_path / "out", budget_s=9000, recipes=("head", "stages"),
+                                classifiers=("logreg", "linear_svm", "ovr")),
+                      clock=clock, progress=clock.progress, log=lines.append)
+    choice = result.choice
+    assert choice["elapsed_s"] <= 9000 * 1.1
+    last = {(c["recipe"]["name"], c["recipe"]["classifier"]): c for c in choice["candidates"]
+            if c["cv_rows"] == 54 or c["status"] == "skipped"}
+    names = ("efficientnet_lite0 head", "efficientnet_lite0 stages")
+    # pass 1: both recipes on all images, with the first classifier
+    firsts = [last[name, "logreg"] for name in names]
+    assert all(c["status"] in ("finalist", "winner") for c in firsts)
+    # pass 2: the next classifier on the better one of pass 1, and nothing more
+    best, other = sorted(firsts, key=lambda c: (-c["cv_accuracy"], c["cv_log_loss"]))
+    best_name, other_name = best["recipe"]["name"], other["recipe"]["name"]
+    assert last[best_name, "linear_svm"]["status"] in ("finalist", "winner")
+    skipped = [last[best_name, "ovr"], last[other_name, "linear_svm"], last[other_name, "ovr"]]
+    for c in skipped:
+        assert c["status"] == "skipped" and c["estimate_s"] > 0
+        assert c["reason"].startswith("its fit does not fit the") and "full train split" in \
+            c["reason"]
+    assert [c["status"] for c in choice["candidates"]].count("skipped") == 3
+    assert any(line.startswith(f"skipped {best_name} + ovr (estimated") for line in lines)
+
+
+def test_the_last_rung_extracts_the_cheapest_recipe_first_then_the_best_ranked():
+    from pipeline.workflows.auto import FeatureRecipe, _last_rung_order
+
+    join = FeatureRecipe("efficientnet_lite0+efficientnet_lite1")
+    lite1 = FeatureRecipe("efficientnet_lite1", "stages")
+    lite0 = FeatureRecipe("efficientnet_lite0")
+    assert lite0.cost() < lite1.cost() < join.cost()
+    assert _last_rung_order([join, lite1, lite0]) == [lite0, join, lite1]
+    assert _last_rung_order([lite0, lite1, join]) == [lite0, lite1, join]
 
 
 def test_a_budget_too_small_for_one_candidate_names_the_minimum(tmp_path, monkeypatch):

@@ -5,9 +5,11 @@ with the feature recipes tlearn has (the head pooled, ``taps="stages"``, and tha
 mirrored), the join of the two best networks, and each of the classifiers. They are
 searched by successive halving on nested, stratified subsets of the **train split**:
 every recipe is extracted on the first subset (cheapest first) and ranked by the first
-classifier, and the best third goes on to the next, larger one (every classifier is
-tried on the last); the last rung is the whole dataset, extracted by
-:func:`pipeline.workflows.extract.extract_dataset` exactly as ``tlearn extract`` does.
+classifier, and the best third goes on to the next, larger one. The last rung is the
+whole dataset, extracted by :func:`pipeline.workflows.extract.extract_dataset` exactly as
+``tlearn extract`` does, in two passes: every finalist recipe with the first classifier,
+then the other classifiers on the best recipes of that pass (the features decide far more
+than the classifier, so the budget goes to distinct features first).
 Every subset slice is an ordinary store under ``--out``, so a rerun (or a run resumed
 after a kill) computes nothing twice, and a finalist's store is the store its model is
 trained on.
@@ -625,12 +627,12 @@ def run_auto(settings: AutoSettings, *, log: Log | None = None,
 
 
 def _skip(run: _Search, recipe: FeatureRecipe, classifiers: list[str], reason: str,
-          estimate: float | None) -> None:
+          estimate: float | None, what: str | None = None) -> None:
     for kind in classifiers:
         run.candidates.append(Candidate(recipe, kind, status="skipped", reason=reason,
                                         estimate_s=estimate))
     text = f" (estimated {format_seconds(estimate)})" if estimate is not None else ""
-    run.log(f"skipped {recipe.name}{text}: {reason}")
+    run.log(f"skipped {what or recipe.name}{text}: {reason}")
 
 
 def _refuse_small_budget(run: _Search, cheapest: FeatureRecipe) -> None:
@@ -654,11 +656,12 @@ def _refuse_small_budget(run: _Search, cheapest: FeatureRecipe) -> None:
 def _evaluate_rung(run: _Search, recipe: FeatureRecipe, rung: int, classifiers: list[str],
                    stores: dict[FeatureRecipe, list[Path]], last: bool,
                    reserve: float) -> list[Candidate] | None:
-    """Extract ``recipe`` at ``rung`` and cross-validate classifiers on it; None if skipped.
+    """Extract ``recipe`` at ``rung`` and cross-validate the first classifier on it (the
+    features decide most, and ``logreg`` is the cheapest to fit); None if skipped, with
+    every classifier at the last rung (none of them can be tried without the store).
 
-    Before the last rung only the first classifier ranks the recipes (the features
-    decide most, and ``logreg`` is the cheapest to fit); on the whole train split every
-    classifier is tried, each one only if its fit still fits the budget.
+    The other classifiers are tried on the whole train split by :func:`_other_classifiers`,
+    once every recipe that fits has its store.
     """
     images = len(run.images) if last else run.sizes[rung] - (run.sizes[rung - 1] if rung else 0)
     estimate = run.extraction_estimate(
@@ -677,23 +680,52 @@ def _evaluate_rung(run: _Search, recipe: FeatureRecipe, rung: int, classifiers: 
     path, seconds = run.full_store(recipe) if last else run.subset_store(recipe, rung)
     stores[recipe] = [path] if last else [*stores.get(recipe, []), path]
     run.budget.tick()
+    return [_evaluate(run, recipe, classifiers[0], stores[recipe], last, seconds)]
+
+
+def _evaluate(run: _Search, recipe: FeatureRecipe, kind: str, paths: list[Path],
+                    last: bool, seconds: float) -> Candidate:
+    """``recipe`` + ``kind`` cross-validated on ``paths`` (its extraction took
+    ``seconds``), logged."""
     spi = run.seconds_per_image(recipe)
-    out = []
-    for i, kind in enumerate(classifiers if last else classifiers[:1]):
-        fit = run.fit_estimate(rows, searches, kind)
-        if i and not run.budget.fits(fit + reserve):
-            _skip(run, recipe, [kind], f"its fit does not fit the "
-                  f"{format_seconds(run.budget.left)} left at {where}", fit)
-            continue
-        c = Candidate(recipe, kind, status="evaluated", seconds=seconds if i == 0 else 0.0,
-                      images_per_second=None if not spi else 1 / spi)
-        run.cross_validate(c, stores[recipe], oof=last)
-        run.budget.tick()
-        out.append(c)
-        run.log(f"{recipe.name} + {kind}: CV accuracy {c.cv_accuracy:.4f} "
-                f"[{c.cv_accuracy_ci[0]:.3f}, {c.cv_accuracy_ci[1]:.3f}] on {c.rows} train "
-                f"images, C={c.C:.2g}")
-    return out
+    c = Candidate(recipe, kind, status="evaluated", seconds=seconds,
+                  images_per_second=None if not spi else 1 / spi)
+    run.cross_validate(c, paths, oof=last)
+    run.budget.tick()
+    run.log(f"{recipe.name} + {kind}: CV accuracy {c.cv_accuracy:.4f} "
+            f"[{c.cv_accuracy_ci[0]:.3f}, {c.cv_accuracy_ci[1]:.3f}] on {c.rows} train "
+            f"images, C={c.C:.2g}")
+    return c
+
+
+def _last_rung_order(live: list[FeatureRecipe]) -> list[FeatureRecipe]:
+    """The recipes of the last rung (``live``, best first on the previous rung), in the
+    order they are extracted: the cheapest first, as the room kept before this rung is
+    room for exactly that one on all images (so the run ends with a model), then the
+    others best first, so that a budget running out drops the weakest."""
+    cheapest = min(live, key=FeatureRecipe.cost)
+    return [cheapest, *(r for r in live if r != cheapest)]
+
+
+def _other_classifiers(run: _Search, results: dict[FeatureRecipe, list[Candidate]],
+                       classifiers: list[str], stores: dict[FeatureRecipe, list[Path]]
+                       ) -> None:
+    """The last rung's second pass: the classifiers after the first on the recipes of the
+    first pass, best first, each on the store already there, only if its fit still fits
+    (keeping room for the winner's final fit, whichever classifier it is)."""
+    rows = run.sizes[-1]
+    for recipe in sorted(results, key=lambda r: _rank_key(results[r][0])):
+        for kind in classifiers[1:]:
+            fit = run.fit_estimate(rows, _FINAL_SEARCHES, kind)
+            reserve = max(run.fit_estimate(len(run.order), _FIT_RESERVE, k)
+                          for k in (classifiers[0], kind))
+            if not run.budget.fits(fit + reserve):
+                _skip(run, recipe, [kind], f"its fit does not fit the "
+                      f"{format_seconds(run.budget.left)} left at the full train split", fit,
+                      what=f"{recipe.name} + {kind}")
+                continue
+            results[recipe].append(_evaluate(run, recipe, kind, stores[recipe], True,
+                                                   0.0))
 
 
 def _halving(run: _Search, recipes: list[FeatureRecipe], classifiers: list[str]
@@ -708,7 +740,7 @@ def _halving(run: _Search, recipes: list[FeatureRecipe], classifiers: list[str]
     for rung in range(len(run.sizes)):
         last = rung == len(run.sizes) - 1
         results = {}
-        queue = sorted(live, key=FeatureRecipe.cost)
+        queue = _last_rung_order(live) if last else sorted(live, key=FeatureRecipe.cost)
         while queue:
             recipe = queue.pop(0)
             # Room is always kept for one whole candidate: before the last rung the
@@ -737,6 +769,7 @@ def _halving(run: _Search, recipes: list[FeatureRecipe], classifiers: list[str]
                     live.append(join)
                     queue.append(join)
         if last:
+            _other_classifiers(run, results, classifiers, stores)
             break
         if not results:  # nothing fitted at this size: the recipes go on to the next
             run.log(f"rung {rung + 1}: no recipe fits at {run.sizes[rung]} train images; "
