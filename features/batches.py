@@ -90,6 +90,9 @@ class DecodedBatch(BatchPositions):
     the files in ``good``, one row each."""
 
     x: np.ndarray = field(default_factory=lambda: np.empty((0, 0, 0, 3), np.float32))
+    #: :func:`features.neighbours.pixel_signatures` of the decoded files, from their
+    #: pixels before preprocessing (the same whatever the network); None if not known
+    signatures: np.ndarray | None = None
 
 
 def _lower_thread_priority() -> None:
@@ -118,8 +121,9 @@ def device_decoder():
 
 
 def decode_batch(paths: Sequence[str], size: int, max_pixels: int, preprocess: Preprocess
-                 ) -> tuple[list[int], np.ndarray, list[tuple[int, str]]]:
-    """Decode and preprocess ``paths``; returns ``(good, x, bad)`` as in :class:`DecodedBatch`.
+                 ) -> tuple[list[int], np.ndarray, list[tuple[int, str]], np.ndarray | None]:
+    """Decode and preprocess ``paths``; returns ``(good, x, bad, signatures)`` as in
+    :class:`DecodedBatch`.
 
     Large JPEGs go to the GPU's decoder where there is one (:func:`device_decoder`).
     """
@@ -131,8 +135,11 @@ def decode_batch(paths: Sequence[str], size: int, max_pixels: int, preprocess: P
         else:
             images.append(result)
             good.append(i)
-    x = preprocess(np.stack(images)) if images else np.empty((0, size, size, 3), dtype=np.float32)
-    return good, x, bad
+    if not images:
+        return good, np.empty((0, size, size, 3), dtype=np.float32), bad, None
+    pixels = np.stack(images)
+    signatures = pixel_signatures(pixels)  # before preprocessing, which may work in place
+    return good, preprocess(pixels), bad, signatures
 
 
 def iter_decoded_batches(paths: Sequence[str], *, size: int, batch_size: int,
@@ -175,9 +182,9 @@ def iter_decoded_batches(paths: Sequence[str], *, size: int, batch_size: int,
             submit_next()
         while pending:
             begin, end, future = pending.popleft()
-            good, x, bad = future.result()
+            good, x, bad, signatures = future.result()
             submit_next()
-            yield DecodedBatch(begin, end, good, bad, x=x)
+            yield DecodedBatch(begin, end, good, bad, x=x, signatures=signatures)
 
 
 @dataclass
@@ -190,7 +197,7 @@ class ComputedBatch(BatchPositions):
 
     values: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))
     #: :func:`features.neighbours.pixel_signatures` of the decoded rows; None where the
-    #: engine does not return them (the near-duplicate test then uses features alone)
+    #: engine does not return them (stored as zeros: never grouped as near-duplicates)
     signatures: np.ndarray | None = None
 
 
@@ -201,7 +208,7 @@ def compute_decoded(batch: DecodedBatch, compute: Compute) -> ComputedBatch:
     """The per-batch work of every engine: ``compute`` on the decoded rows of ``batch``."""
     values = np.asarray(compute(batch.x)) if batch.good else np.empty((0, 0), np.float32)
     return ComputedBatch(batch.begin, batch.end, batch.good, batch.bad, values=values,
-                         signatures=pixel_signatures(batch.x) if batch.good else None)
+                         signatures=batch.signatures if batch.good else None)
 
 
 def compute_batch(paths: Sequence[str], begin: int, *, size: int, preprocess: Preprocess,
@@ -211,8 +218,9 @@ def compute_batch(paths: Sequence[str], begin: int, *, size: int, preprocess: Pr
     What a remote worker runs on one batch; :func:`iter_computed_batches` does the
     same on one machine, decoding ahead in threads.
     """
-    good, x, bad = decode_batch(paths, size, max_pixels, preprocess)
-    return compute_decoded(DecodedBatch(begin, begin + len(paths), good, bad, x=x), compute)
+    good, x, bad, signatures = decode_batch(paths, size, max_pixels, preprocess)
+    return compute_decoded(DecodedBatch(begin, begin + len(paths), good, bad, x=x,
+                                        signatures=signatures), compute)
 
 
 def iter_computed_batches(paths: Sequence[str], *, size: int, batch_size: int,

@@ -35,7 +35,7 @@ from features.neighbours import (
     GROUPING_RULE,
     NearDuplicateGrouping,
     join_near_duplicates,
-    scan_neighbours,
+    near_duplicate_pairs,
 )
 from features.networks import normalize_weights
 from features.runtimes import (
@@ -187,7 +187,7 @@ def _settings_key(fingerprint: str, images: LabeledImages, extractor: FeatureExt
         "compression": compression,
         "label_names": list(images.label_names),
         # decides the recorded groups and split: another threshold is another store
-        **({"near_duplicates": {"features": near_duplicates, **GROUPING_RULE}}
+        **({"near_duplicates": {**GROUPING_RULE, "pixels": near_duplicates}}
                if near_duplicates is not None else {}),
     })
 
@@ -260,8 +260,8 @@ def extract_features(
         the store, in file order, with the same commit and resume semantics.
     near_duplicates : float, optional
         Once every feature is written and before the store is finished, near-duplicate
-        rows (features this similar, by centred cosine, and pixel signatures that agree:
-        :func:`features.neighbours.scan_neighbours`) join one group, and a group split
+        rows (pixel signatures this alike once aligned, whatever the network:
+        :func:`features.neighbours.near_duplicate_pairs`) join one group, and a group split
         between train and test goes whole to the split most of it was in. None: groups
         and split stay as ``images`` gives them.
 
@@ -308,7 +308,7 @@ def extract_features(
             **{f.name: getattr(network, f.name) for f in fields(network)},
             "fingerprint": fingerprint, "label_names": list(images.label_names),
             "compression": compression, "backbone": config.name,
-            **({"near_duplicates": {"features": near_duplicates, **GROUPING_RULE}}
+            **({"near_duplicates": {**GROUPING_RULE, "pixels": near_duplicates}}
                if near_duplicates is not None else {}),
             # The facts that settle what None asks for: a changed default is a new request.
             "defaults": [(c.input_size, c.default_pooling, c.stage_taps, c.preprocessing)
@@ -434,8 +434,8 @@ def extract_features(
 def _join_near_duplicates(writer: FeatureStoreWriter, threshold: float
                           ) -> NearDuplicateGrouping:
     """Join near-identical rows' groups and record the groups and split of every row."""
-    features, signatures, groups, split = writer.committed_rows()
-    scan = scan_neighbours(features, threshold, signatures=signatures)
-    joined = join_near_duplicates(scan.first, scan.second, groups, split)
+    _features, signatures, groups, split = writer.committed_rows()
+    first, second, _ = near_duplicate_pairs(signatures, threshold=threshold)
+    joined = join_near_duplicates(first, second, groups, split)
     writer.record_groups(joined.groups, joined.split)
     return joined

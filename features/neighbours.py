@@ -1,44 +1,61 @@
-"""Which rows of a feature matrix are near-identical, and how far each row is from the rest.
+"""Which images of a store are near-identical, and how far each row is from the rest.
 
-Similarity is the cosine of the features after subtracting their mean: CNN features
-are mostly positive, so raw cosines of unrelated photos sit high (0.5-0.7 for
-EfficientNet-Lite0) and the centred cosine separates copies from look-alikes by a
-wider margin (docs/guide/check.md, bench/check.py). The search is exact: matrix
-products of row blocks by column blocks, keeping only the pairs above the threshold
-and each row's ``k`` best neighbours, so memory is a few blocks whatever the row
-count (about 150 MB at the default block sizes and 1,280 features).
+Near-duplicates (a photo resized, re-encoded, brightened or cropped by a few percent) are
+found from the **pixels alone**: each image's signature is its 16 x 16 cell averages,
+minus each channel's mean, of unit length, computed from the decoded image before any
+network sees it. So the grouping, and the split recorded with it, is the same whichever
+backbone, input size or pooling a store uses: two stores of one folder are tested on the
+same images. Two images are near-duplicates when one, cut to one of a few windows of
+3-8 % less width and height at several offsets, looks like the other (the cosine of
+their 8 x 8 cells at least :data:`NEAR_DUPLICATE_THRESHOLD`). Only each image's closest
+:data:`CANDIDATES_PER_ROW` images by whole-picture cosine (at least
+:data:`CANDIDATE_THRESHOLD`) are compared so, keeping time and memory bounded.
+
+Features still give each row's nearest neighbours (outliers) and, for stores of an older
+tlearn without signatures, the pairs of near-identical features
+(:func:`scan_neighbours`). Both searches are exact: matrix products of row blocks by
+column blocks, so memory is a few blocks whatever the row count.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-#: Centred cosine of the features at or above which two images are near-duplicate
-#: candidates; they are near-duplicates when their pixel signatures also agree (at
-#: least :data:`SIGNATURE_THRESHOLD`). Rows without signatures (stores of an older
-#: tlearn, the Ray engine) need :data:`FEATURES_ONLY_THRESHOLD`. Measured on
-#: EfficientNet-Lite0 features of animals and flowers5 with planted resized (0.5-0.8x),
-#: re-encoded (JPEG 50-70) and cropped (3-8 %) copies (bench/check.py). Signatures are
-#: compared at :data:`COMPARED_SIDE` squared: a crop of a few percent shifts the picture
-#: by about one 16 x 16 cell, which halves a cell's agreement but not a coarser one's
-#: (planted copies grouped with their source on animals: 83 % at 16 x 16, 97 % at 8 x 8).
-NEAR_DUPLICATE_THRESHOLD = 0.6
-SIGNATURE_THRESHOLD = 0.88
-FEATURES_ONLY_THRESHOLD = 0.9
 #: Side of the pixel signature, and its length (RGB).
 SIGNATURE_SIDE = 16
 SIGNATURE_SIZE = SIGNATURE_SIDE * SIGNATURE_SIDE * 3
+#: Side of the cells two signatures are compared at: a crop of a few percent shifts the
+#: picture by about one 16 x 16 cell, which an 8 x 8 comparison of aligned windows absorbs.
 COMPARED_SIDE = 8
+#: Cosine of the best-aligned windows at or above which two images are near-duplicates;
+#: whole-picture cosine of the 8 x 8 cells from which a pair is compared at all, and how
+#: many such candidates each image keeps (its closest). Measured on animals and flowers5
+#: with planted copies (bench/check.py): every copy (resized 0.5-0.8x, JPEG 50-70, 3-8 %
+#: crops) scored at least 0.98 with its source, and at 0.97 no other animals photo and
+#: 0.3 % of the flowers5 photos were joined with another.
+NEAR_DUPLICATE_THRESHOLD = 0.97
+CANDIDATE_THRESHOLD = 0.7
+CANDIDATES_PER_ROW = 10
+#: Windows tried: the share of width and height cut (each with offsets along both
+#: sides, in :data:`CROP_OFFSETS` steps from none to all of it on one side).
+CROPS = (0.03, 0.055, 0.08)
+CROP_OFFSETS = 3
+#: Centred cosine of the features at or above which two rows of a store without pixel
+#: signatures (an older tlearn's) are reported as near-duplicates by ``tlearn check``.
+FEATURES_ONLY_THRESHOLD = 0.9
 #: Everything that decides which rows a store groups, for its settings key: a store
 #: grouped by another rule is another store.
-GROUPING_RULE = {"signature": SIGNATURE_THRESHOLD, "features_only": FEATURES_ONLY_THRESHOLD,
-                 "compared_side": COMPARED_SIDE}
+GROUPING_RULE = {"pixels": NEAR_DUPLICATE_THRESHOLD, "candidate": CANDIDATE_THRESHOLD,
+                 "candidates_per_row": CANDIDATES_PER_ROW, "crops": list(CROPS),
+                 "crop_offsets": CROP_OFFSETS, "compared_side": COMPARED_SIDE}
 _ROW_BLOCK = 2048
 _COLUMN_BLOCK = 8192
+_PAIR_CHUNK = 2048
 
 
 @dataclass(frozen=True)
@@ -50,7 +67,7 @@ class NeighbourScan:
     first, second : numpy.ndarray of int64
         Row pairs (``first < second``) whose similarity is at least the threshold.
     similarity : numpy.ndarray of float32
-        Their centred cosine.
+        Their similarity (cosine of aligned pixel windows, or centred cosine of features).
     knn : numpy.ndarray of float32, shape (rows, k)
         The Euclidean distances (of the centred features) of each row to its ``k``
         nearest other rows, nearest first (no columns when ``k`` is 0).
@@ -62,29 +79,170 @@ class NeighbourScan:
     knn: np.ndarray
 
 
-def pixel_signatures(x: np.ndarray) -> np.ndarray:
-    """Each image of a batch as :data:`SIGNATURE_SIDE` squared pixels, centred and scaled.
+@lru_cache(maxsize=64)
+def _area_weights(cells_in: int, start: float, length: float, cells_out: int) -> np.ndarray:
+    """(cells_out, cells_in) weights averaging the window ``[start, start + length)`` of
+    an axis of ``cells_in`` unit cells into ``cells_out`` equal cells, by area."""
+    edges = start + length * np.arange(cells_out + 1) / cells_out
+    lo, hi = edges[:-1, None], edges[1:, None]
+    cells = np.arange(cells_in)[None, :]
+    overlap = np.clip(np.minimum(hi, cells + 1) - np.maximum(lo, cells), 0, None)
+    overlap /= np.maximum(overlap.sum(axis=1, keepdims=True), 1e-12)
+    overlap.setflags(write=False)
+    return overlap.astype(np.float32)
 
-    ``x`` is the batch the network sees, (n, size, size, 3), after the backbone's
-    preprocessing (a per-channel affine map of the pixels): block averages, minus each
-    channel's mean, divided by their norm, so that a brighter, resized or re-encoded copy
-    keeps nearly the same signature. float16, (n, :data:`SIGNATURE_SIZE`).
+
+def _normalised(cells: np.ndarray) -> np.ndarray:
+    """(..., 3, side, side) cell averages, each channel minus its mean, of unit length,
+    as (..., side * side * 3) float32 (channels last)."""
+    # each channel minus its mean: what is left is the picture, not its colour cast or
+    # brightness, so photos of one colourful class do not look alike for it
+    cells = cells - cells.mean(axis=(-2, -1), keepdims=True)
+    flat = np.moveaxis(cells, -3, -1).reshape(*cells.shape[:-3], -1)
+    return flat / np.maximum(np.linalg.norm(flat, axis=-1, keepdims=True), 1e-6)
+
+
+def pixel_signatures(images: np.ndarray) -> np.ndarray:
+    """Each decoded image of a batch as :data:`SIGNATURE_SIDE` squared cells.
+
+    ``images`` are the RGB pixels as decoded, (n, height, width, 3), before a backbone's
+    preprocessing: the signature of a file does not depend on the network. Cell averages
+    by area, minus each channel's mean, divided by their norm, so that a brighter,
+    resized or re-encoded copy keeps nearly the same signature. float16,
+    (n, :data:`SIGNATURE_SIZE`).
     """
-    x = np.asarray(x, dtype=np.float32)
-    n, size = x.shape[0], x.shape[1]
-    step = max(1, size // SIGNATURE_SIDE)
-    if size < SIGNATURE_SIDE:  # tiny inputs (tests): repeat pixels up to the side
-        x = np.repeat(np.repeat(x, -(-SIGNATURE_SIDE // size), axis=1),
-                      -(-SIGNATURE_SIDE // size), axis=2)
-        step = x.shape[1] // SIGNATURE_SIDE
-    side = step * SIGNATURE_SIDE
-    x = x[:, :side, :side].reshape(n, SIGNATURE_SIDE, step, SIGNATURE_SIDE, step, 3)
-    s = x.mean(axis=(2, 4))
-    # each channel minus its mean: what is left is the picture, not its colour cast, so
-    # photos of one colourful class (flowers of one kind) do not look alike for it
-    s = (s - s.mean(axis=(1, 2), keepdims=True)).reshape(n, -1)
-    s /= np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-6)
-    return s.astype(np.float16)
+    x = np.moveaxis(np.asarray(images, dtype=np.float32), -1, 1)  # (n, 3, h, w)
+    rows = _area_weights(x.shape[2], 0.0, float(x.shape[2]), SIGNATURE_SIDE)
+    cols = _area_weights(x.shape[3], 0.0, float(x.shape[3]), SIGNATURE_SIDE)
+    return _normalised(rows @ x @ cols.T).astype(np.float16)
+
+
+@lru_cache(maxsize=1)
+def _window_weights() -> tuple[np.ndarray, np.ndarray]:
+    """Row and column weights of every window (whole picture first), each
+    (windows, COMPARED_SIDE, SIGNATURE_SIDE)."""
+    specs = [(0.0, 0.0, 0.0)] + [(crop, left, top) for crop in CROPS
+                                 for left in np.linspace(0, crop, CROP_OFFSETS)
+                                 for top in np.linspace(0, crop, CROP_OFFSETS)]
+    side = SIGNATURE_SIDE
+    rows = np.stack([_area_weights(side, top * side, (1 - crop) * side, COMPARED_SIDE)
+                     for crop, _, top in specs])
+    cols = np.stack([_area_weights(side, left * side, (1 - crop) * side, COMPARED_SIDE)
+                     for crop, left, _ in specs])
+    return rows, cols
+
+
+def _windows(signatures: np.ndarray) -> np.ndarray:
+    """Every window of :data:`CROPS` of each signature at :data:`COMPARED_SIDE` squared:
+    (n, windows, COMPARED_SIDE ** 2 * 3), the whole picture first."""
+    rows, cols = _window_weights()
+    cells = np.asarray(signatures, dtype=np.float32).reshape(
+        len(signatures), 1, SIGNATURE_SIDE, SIGNATURE_SIDE, 3)
+    cells = np.moveaxis(cells, -1, 1)  # (n, 3, 1, side, side)
+    out = rows @ cells @ np.swapaxes(cols, 1, 2)  # (n, 3, windows, compared, compared)
+    return _normalised(np.moveaxis(out, 1, 2))
+
+
+def near_duplicate_pairs(signatures: np.ndarray, *,
+                         threshold: float = NEAR_DUPLICATE_THRESHOLD,
+                         candidate: float = CANDIDATE_THRESHOLD,
+                         per_row: int = CANDIDATES_PER_ROW, row_block: int = 1024,
+                         column_block: int = 4096
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Near-duplicate images by their pixel signatures (see the module's rule).
+
+    Parameters
+    ----------
+    signatures : numpy.ndarray, shape (rows, SIGNATURE_SIZE)
+        :func:`pixel_signatures` of the rows; rows of zeros (not known) are never paired.
+    threshold : float
+        Cosine of the best-aligned 8 x 8 windows from which a pair is returned.
+    candidate : float
+        Whole-picture 8 x 8 cosine from which a pair is compared at all.
+    per_row : int
+        Candidates each row keeps (its closest above ``candidate``).
+    row_block, column_block : int
+        Rows per side of one matrix product.
+
+    Returns
+    -------
+    first, second, similarity : numpy.ndarray
+        Pairs (``first < second``) and their aligned cosine, sorted by pair.
+    """
+    n = len(signatures)
+    whole = np.empty((n, COMPARED_SIDE * COMPARED_SIDE * 3), dtype=np.float32)
+    for start in range(0, n, row_block):
+        whole[start:start + row_block] = _whole(signatures[start:start + row_block])
+    known = np.any(np.asarray(signatures) != 0, axis=1)  # zeros: not known
+    best = np.full((n, per_row), -np.inf, dtype=np.float32)
+    best_at = np.zeros((n, per_row), dtype=np.int64)
+    for r0 in range(0, n, row_block):
+        r1 = min(n, r0 + row_block)
+        for c0 in range(r0, n, column_block):  # each pair once: on or right of the diagonal
+            c1 = min(n, c0 + column_block)
+            sim = whole[r0:r1] @ whole[c0:c1].T
+            if c0 == r0:
+                sim[np.tril_indices(r1 - r0, 0, m=c1 - c0)] = -np.inf
+            sim[~known[r0:r1]] = -np.inf
+            sim[:, ~known[c0:c1]] = -np.inf
+            # few pairs pass the candidate threshold: only they are ranked
+            i, j = np.nonzero(sim >= candidate)
+            values = sim[i, j]
+            _keep_best(best, best_at, np.concatenate([i + r0, j + c0]),
+                       np.concatenate([j + c0, i + r0]), np.concatenate([values, values]))
+    rows, slots = np.nonzero(np.isfinite(best))
+    pairs = np.unique(np.sort(np.stack([rows, best_at[rows, slots]], axis=1), axis=1), axis=0)
+    firsts, seconds, sims = [], [], []
+    for start in range(0, len(pairs), _PAIR_CHUNK):
+        a, b = pairs[start:start + _PAIR_CHUNK].T
+        aligned = _aligned(signatures, a, b)
+        keep = aligned >= threshold
+        firsts.append(a[keep])
+        seconds.append(b[keep])
+        sims.append(aligned[keep])
+    if not firsts:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return (np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64),
+            np.concatenate(sims).astype(np.float32))
+
+
+def _keep_best(best: np.ndarray, best_at: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+               values: np.ndarray) -> None:
+    """Merge the entries (``rows``, ``cols``, ``values``) into each row's best ones so far
+    (``best``: their values, in no order, -inf where none; ``best_at``: their columns)."""
+    if not len(rows):
+        return
+    k = best.shape[1]
+    touched = np.unique(rows)
+    r = np.concatenate([np.repeat(touched, k), rows])
+    c = np.concatenate([best_at[touched].ravel(), cols])
+    v = np.concatenate([best[touched].ravel(), values])
+    order = np.lexsort((-v, r))
+    r, c, v = r[order], c[order], v[order]
+    rank = np.arange(len(r)) - np.searchsorted(r, r)
+    keep = rank < k
+    best[touched] = -np.inf
+    best[r[keep], rank[keep]] = v[keep]
+    best_at[r[keep], rank[keep]] = c[keep]
+
+
+def _whole(signatures: np.ndarray) -> np.ndarray:
+    """Each signature as :data:`COMPARED_SIDE` squared cells (the whole picture)."""
+    cells = np.asarray(signatures, dtype=np.float32).reshape(
+        len(signatures), SIGNATURE_SIDE, SIGNATURE_SIDE, 3)
+    weights = _area_weights(SIGNATURE_SIDE, 0.0, float(SIGNATURE_SIDE), COMPARED_SIDE)
+    return _normalised(weights @ np.moveaxis(cells, -1, 1) @ weights.T)
+
+
+def _aligned(signatures: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The cosine of each pair's best-aligned windows: one image whole against every
+    window of the other, both ways round (each image's windows computed once)."""
+    rows, where = np.unique(np.concatenate([a, b]), return_inverse=True)
+    windows = _windows(signatures[rows])
+    wa, wb = windows[where[:len(a)]], windows[where[len(a):]]
+    one = np.einsum("pk,pwk->pw", wa[:, 0], wb).max(axis=1)
+    other = np.einsum("pk,pwk->pw", wb[:, 0], wa).max(axis=1)
+    return np.maximum(one, other)
 
 
 def _centre_and_norms(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,26 +264,20 @@ def _merge_top(best: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     return both
 
 
-def scan_neighbours(X: np.ndarray, threshold: float = NEAR_DUPLICATE_THRESHOLD, *, k: int = 0,
-                    signatures: np.ndarray | None = None,
-                    signature_threshold: float = SIGNATURE_THRESHOLD,
-                    features_only_threshold: float = FEATURES_ONLY_THRESHOLD,
+def scan_neighbours(X: np.ndarray, threshold: float = FEATURES_ONLY_THRESHOLD, *, k: int = 0,
                     row_block: int | None = None, column_block: int | None = None
                     ) -> NeighbourScan:
     """Exact search of ``X``'s rows for near-identical pairs and nearest neighbours.
+
+    Similarity is the cosine of the features after subtracting their mean: CNN features
+    are mostly positive, so raw cosines of unrelated photos sit high.
 
     Parameters
     ----------
     X : numpy.ndarray, shape (rows, features)
         Any array-like indexable by row slices (read a block at a time, never copied whole).
     threshold : float
-        Centred cosine at or above which a pair is returned; with ``signatures``, only
-        if its signatures' cosine is at least ``signature_threshold`` too (or, where a
-        row's signature is not known, all zeros, its features' at least
-        ``features_only_threshold``).
-    signatures : numpy.ndarray, shape (rows, SIGNATURE_SIZE), optional
-        :func:`pixel_signatures` of the rows. Without them every pair needs
-        ``features_only_threshold``.
+        Centred cosine at or above which a pair is returned (> 1: no pairs).
     k : int, default=0
         Neighbours kept per row for :attr:`NeighbourScan.knn` (0: none).
     row_block, column_block : int, optional
@@ -156,12 +308,10 @@ def scan_neighbours(X: np.ndarray, threshold: float = NEAR_DUPLICATE_THRESHOLD, 
                 below = np.tril_indices(r1 - r0, -1, m=c1 - c0)
                 lower = sim[below].copy()  # the pairs the upper triangle already holds
                 sim[below] = -np.inf
-            i, j = np.nonzero(sim >= min(threshold, features_only_threshold))
-            keep = _confirmed(sim[i, j], i + r0, j + c0, signatures, threshold,
-                              signature_threshold, features_only_threshold)
-            firsts.append(i[keep] + r0)
-            seconds.append(j[keep] + c0)
-            sims.append(sim[i[keep], j[keep]])
+            i, j = np.nonzero(sim >= threshold)
+            firsts.append(i + r0)
+            seconds.append(j + c0)
+            sims.append(sim[i, j])
             if k:
                 if c0 == r0:
                     sim[below] = lower
@@ -179,30 +329,6 @@ def scan_neighbours(X: np.ndarray, threshold: float = NEAR_DUPLICATE_THRESHOLD, 
     second = np.concatenate(seconds).astype(np.int64) if seconds else np.empty(0, np.int64)
     similarity = np.concatenate(sims).astype(np.float32) if sims else np.empty(0, np.float32)
     return NeighbourScan(first, second, similarity, -np.sort(knn, axis=1)[:, ::-1])
-
-
-def _confirmed(sim: np.ndarray, first: np.ndarray, second: np.ndarray,
-               signatures: np.ndarray | None, threshold: float, signature_threshold: float,
-               features_only_threshold: float) -> np.ndarray:
-    """Which candidate pairs are near-duplicates (see :func:`scan_neighbours`)."""
-    if signatures is None:
-        return sim >= features_only_threshold
-    a = _coarser(signatures[first])
-    b = _coarser(signatures[second])
-    agree = np.einsum("ij,ij->i", a, b)
-    known = a.any(axis=1) & b.any(axis=1)
-    return np.where(known, (sim >= threshold) & (agree >= signature_threshold),
-                    sim >= features_only_threshold)
-
-
-def _coarser(signatures: np.ndarray) -> np.ndarray:
-    """Signatures averaged to :data:`COMPARED_SIDE` squared cells and scaled again."""
-    s = np.asarray(signatures, dtype=np.float32)
-    step = SIGNATURE_SIDE // COMPARED_SIDE
-    s = s.reshape(len(s), COMPARED_SIDE, step, COMPARED_SIDE, step, 3).mean(axis=(2, 4))
-    # still centred: each channel's mean is unchanged by averaging (no pairs: no rows)
-    s = s.reshape(len(s), COMPARED_SIDE * COMPARED_SIDE * 3)
-    return s / np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-6)
 
 
 def _top(sim: np.ndarray, k: int, axis: int) -> np.ndarray:

@@ -40,6 +40,7 @@ import ray
 from features.batches import Compute, ComputedBatch, Preprocess, compute_batch
 from features.errors import UserInputError
 from features.images import DEFAULT_MAX_PIXELS
+from features.neighbours import SIGNATURE_SIZE
 from features.prediction import raw_pixels
 
 
@@ -132,15 +133,18 @@ class BatchActor:
                              max_pixels=w.max_pixels)
         n = len(paths)
         values = np.zeros((n, w.width), dtype=np.float32)
+        signatures = np.zeros((n, SIGNATURE_SIZE), dtype=np.float16)
         ok = np.zeros(n, dtype=bool)
         if done.good:
             values[done.good] = done.values
+            signatures[done.good] = done.signatures
             ok[done.good] = True
         reasons = [""] * n
         for i, reason in done.bad:
             reasons[i] = reason
         return {"position": np.asarray(batch["position"], dtype=np.int64), "ok": ok,
-                "values": values, "reason": np.array(reasons, dtype=object)}
+                "values": values, "signatures": signatures,
+                "reason": np.array(reasons, dtype=object)}
 
 
 def _user_error(exc: BaseException) -> UserInputError | None:
@@ -256,27 +260,30 @@ def ray_batches(paths: Sequence[str], build: Callable[[], BatchWork], *, start: 
         BatchActor, fn_constructor_args=(build,), batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(blocks)))),
         num_cpus=num_cpus, num_gpus=num_gpus or None)
-    pending: dict[int, tuple[bool, np.ndarray, str]] = {}
+    pending: dict[int, tuple[bool, np.ndarray, np.ndarray, str]] = {}
     expected = start
     try:
         for out in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            for position, ok, values, reason in zip(out["position"], out["ok"], out["values"],
-                                                    out["reason"], strict=True):
-                pending[int(position)] = (bool(ok), values, str(reason))
+            for position, ok, values, signature, reason in zip(
+                    out["position"], out["ok"], out["values"], out["signatures"], out["reason"],
+                    strict=True):
+                pending[int(position)] = (bool(ok), values, signature, str(reason))
             while expected in pending:
                 begin = expected
-                good, rows, bad = [], [], []
+                good, rows, signatures, bad = [], [], [], []
                 while expected in pending and expected - begin < batch_size:
-                    ok, values, reason = pending.pop(expected)
+                    ok, values, signature, reason = pending.pop(expected)
                     if ok:
                         good.append(expected - begin)
                         rows.append(values)
+                        signatures.append(signature)
                     else:
                         bad.append((expected - begin, reason))
                     expected += 1
                 yield ComputedBatch(
                     begin, expected, good, bad,
-                    values=np.stack(rows) if rows else np.empty((0, 0), np.float32))
+                    values=np.stack(rows) if rows else np.empty((0, 0), np.float32),
+                    signatures=np.stack(signatures) if signatures else None)
     except ray.exceptions.RayError as exc:
         error = _user_error(exc)
         if error is None:

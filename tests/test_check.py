@@ -225,10 +225,33 @@ def test_a_store_grouped_by_another_rule_is_not_up_to_date(planted, tmp_path, mo
     assert extract(root, out=out, test_size=0.5, seed=3, **TINY_EXTRACT).result.up_to_date
     import features.extraction
 
-    monkeypatch.setitem(features.extraction.GROUPING_RULE, "signature", 0.5)
+    monkeypatch.setitem(features.extraction.GROUPING_RULE, "candidate", 0.5)
     try:
         again = extract(root, out=out, test_size=0.5, seed=3, **TINY_EXTRACT).result
     except UserInputError as exc:  # made with other settings: --overwrite to replace it
         assert "--overwrite" in str(exc)
     else:
         assert not again.up_to_date
+
+
+def test_stores_of_one_folder_record_one_split_whatever_the_network(planted, tmp_path):
+    # near-duplicates are found from the pixels, so two backbones, input sizes or
+    # poolings group the same rows and record the same split: their models are tested
+    # on the same images and 'tlearn compare' pairs them
+    root, copies = planted
+    for i, cut in enumerate((5, 7, 9)):  # crops of 5-9 % of 96 x 80: alike by pixels only
+        source = root / "green" / f"green_0{4 + i}.png"
+        with Image.open(source) as image:
+            image.crop((cut, cut, 96, 80)).save(root / "green" / f"copy_crop{cut}.jpg", quality=60)
+        copies[str(root / "green" / f"copy_crop{cut}.jpg")] = str(source)
+    made = [extract(root, out=tmp_path / f"{i}.h5", test_size=0.5, seed=3,
+                    **{**TINY_EXTRACT, **other}).result.path
+            for i, other in enumerate([{}, {"input_size": 48, "pooling": "max"},
+                                       {"backbone": "resnet50", "input_size": 40}])]
+    recorded = []
+    for path in made:
+        row, groups, split = rows_by_path(path)
+        recorded.append({p: (str(split[i]), int((groups == groups[i]).sum()))
+                         for p, i in row.items()})
+    assert recorded[0] == recorded[1] == recorded[2]
+    assert sum(size == 2 for _, size in recorded[0].values()) == 2 * len(copies)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.neighbours import join_near_duplicates, pixel_signatures, scan_neighbours
+from features.neighbours import (
+    join_near_duplicates,
+    near_duplicate_pairs,
+    pixel_signatures,
+    scan_neighbours,
+)
 
 
 def _brute(X: np.ndarray, threshold: float, k: int):
@@ -24,23 +29,10 @@ def test_blocked_search_finds_exactly_the_pairs_and_neighbours_of_the_full_matri
     X[250:262] = X[3:15] + 0.05 * rng.normal(size=(12, 24))  # copies across blocks
     pairs, nearest = _brute(X, 0.9, 4)
     # blocks smaller than the rows, and uneven, so that every edge case of the tiling is met
-    scan = scan_neighbours(X, features_only_threshold=0.9, k=4, row_block=64,
-                           column_block=100)
+    scan = scan_neighbours(X, 0.9, k=4, row_block=64, column_block=100)
     assert set(zip(scan.first.tolist(), scan.second.tolist(), strict=True)) == pairs
     assert len(pairs) >= 12
     np.testing.assert_allclose(scan.knn, nearest, rtol=1e-4, atol=1e-4)
-
-
-def test_with_signatures_a_pair_needs_both_and_unknown_signatures_need_the_features_alone():
-    rng = np.random.default_rng(1)
-    X = rng.normal(size=(40, 16)).astype(np.float32)
-    X[30] = X[0] + 0.3 * rng.normal(size=16)  # features close (about 0.95), not identical
-    X[31] = X[1] + 0.3 * rng.normal(size=16)
-    signatures = pixel_signatures(rng.uniform(0, 255, size=(40, 32, 32, 3)))
-    signatures[30] = signatures[0]  # the same picture: a near-duplicate
-    signatures[31] = 0  # not known: features alone decide, at the stricter threshold
-    scan = scan_neighbours(X, 0.6, signatures=signatures, features_only_threshold=0.999)
-    assert set(zip(scan.first.tolist(), scan.second.tolist(), strict=True)) == {(0, 30)}
 
 
 def test_pixel_signatures_shrug_off_brightness_and_size_but_not_another_picture():
@@ -83,28 +75,62 @@ def _photo_like(rng: np.random.Generator, side: int = 128) -> np.ndarray:
                                   for cells in (4, 8, 16, 32)), 0, 255)
 
 
-def test_a_copy_cropped_by_seven_percent_is_still_a_near_duplicate_but_another_picture_is_not():
+def _crop_back(picture: np.ndarray, left: int, top: int, cut: int) -> np.ndarray:
+    """``picture`` with ``cut`` pixels of width and height cut (``left`` and ``top`` of
+    them on the left and top), resized back to its size."""
     from PIL import Image
 
+    side = picture.shape[0]
+    box = (left, top, side - (cut - left), side - (cut - top))
+    return np.asarray(Image.fromarray(picture.astype(np.uint8)).crop(box).resize(
+        (side, side), Image.BILINEAR), dtype=np.float32)
+
+
+def test_a_copy_cropped_by_seven_percent_is_still_a_near_duplicate_but_another_picture_is_not():
     rng = np.random.default_rng(3)
     photo, other = _photo_like(rng), _photo_like(rng)
     # 9 of 128 pixels cut off the left and the top, resized back: the picture shifts by
-    # more than half a 16 x 16 cell
-    copy = np.asarray(Image.fromarray(photo.astype(np.uint8)).crop((9, 9, 128, 128)).resize(
-        (128, 128), Image.BILINEAR), dtype=np.float32)
+    # more than half a 16 x 16 cell, and its whole-picture cosine drops below the rule's
+    copy = _crop_back(photo, 9, 9, 9)
     signatures = np.vstack([pixel_signatures(np.stack([photo, copy, other])),
                             pixel_signatures(rng.uniform(0, 255, size=(17, 32, 32, 3)))])
-    X = rng.normal(size=(20, 16)).astype(np.float32)
-    X[1:3] = X[0] + 0.1 * rng.normal(size=(2, 16))  # features alike: the signatures decide
-    scan = scan_neighbours(X, 0.6, signatures=signatures)
-    assert set(zip(scan.first.tolist(), scan.second.tolist(), strict=True)) == {(0, 1)}
+    first, second, similarity = near_duplicate_pairs(signatures)
+    assert (first.tolist(), second.tolist()) == ([0], [1])
+    assert similarity[0] >= 0.97
+    # the same pair without aligned windows: the crop alone parts them
+    assert near_duplicate_pairs(signatures[:2], candidate=0.0, threshold=0.999)[0].size == 0
 
 
-def test_images_with_no_candidate_pair_give_no_pairs():
-    # distinct images with pixel signatures: no pair reaches the features' threshold, and
-    # the signatures of no pair are compared (a folder without any near-duplicate)
-    rng = np.random.default_rng(2)
-    X = rng.normal(size=(20, 16)).astype(np.float32)
-    signatures = pixel_signatures(rng.uniform(0, 255, size=(20, 32, 32, 3)))
-    scan = scan_neighbours(X, 0.99, signatures=signatures)
-    assert len(scan.first) == len(scan.second) == 0
+def test_the_blocked_candidate_search_keeps_each_rows_closest_as_the_whole_matrix_does():
+    rng = np.random.default_rng(4)
+    photos = np.stack([_photo_like(rng, 64) for _ in range(30)])
+    copies = np.stack([_crop_back(photos[i], i % 4, 3 - i % 4, 4) for i in range(0, 30, 3)])
+    signatures = pixel_signatures(np.concatenate([photos, copies]))
+    per_row, candidate = 3, 0.2  # few candidates a row, so which are kept matters
+    # brute force: every pair's aligned cosine, and each row's closest by whole picture
+    from features.neighbours import _whole
+
+    w = _whole(signatures)
+    sim = w @ w.T
+    np.fill_diagonal(sim, -np.inf)
+    sim[sim < candidate] = -np.inf
+    expected = set()
+    for i in range(len(sim)):
+        for j in np.argsort(-sim[i])[:per_row]:
+            if np.isfinite(sim[i, j]):
+                expected.add((min(i, int(j)), max(i, int(j))))
+    scores = {pair: near_duplicate_pairs(signatures[list(pair)], candidate=-1.0,
+                                         threshold=-1.0)[2][0] for pair in expected}
+    kept = {pair for pair, score in scores.items() if score >= 0.97}
+    first, second, _ = near_duplicate_pairs(signatures, per_row=per_row, candidate=candidate,
+                                            row_block=7, column_block=13)
+    assert set(zip(first.tolist(), second.tolist(), strict=True)) == kept
+    assert {(i, 30 + i // 3) for i in range(0, 30, 3)} <= kept  # every copy found
+
+
+def test_images_without_a_signature_are_never_paired():
+    rng = np.random.default_rng(5)
+    signatures = pixel_signatures(rng.uniform(0, 255, size=(6, 32, 32, 3)))
+    signatures[3:] = 0  # not known (rows of another engine), though "identical"
+    first, _, _ = near_duplicate_pairs(signatures, candidate=-1.0, threshold=-1.0)
+    assert not set(first.tolist()) & {3, 4, 5}

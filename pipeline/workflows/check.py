@@ -17,7 +17,12 @@ import numpy as np
 from classifiers.label_issues import find_label_issues
 from features.errors import UserInputError
 from features.integrity import atomic_write_text, check_output_path
-from features.neighbours import join_near_duplicates, scan_neighbours
+from features.neighbours import (
+    FEATURES_ONLY_THRESHOLD,
+    join_near_duplicates,
+    near_duplicate_pairs,
+    scan_neighbours,
+)
 from features.store import FeatureStore
 from pipeline.datasets import ISSUE_COLUMNS
 
@@ -125,9 +130,14 @@ def check_store(store: str | Path, *, neighbours: int = NEIGHBOURS, folds: int =
         paths, split, groups = fs.paths, fs.split, fs.groups
         signatures = fs.signatures
         split_counts = fs.split_counts()
-    scan = scan_neighbours(X, signatures=signatures, k=neighbours)
+    # the rule extraction groups by (pixels); a store of an older tlearn, without pixel
+    # signatures, by its features alone
+    scan = scan_neighbours(X, FEATURES_ONLY_THRESHOLD if signatures is None else 2.0,
+                           k=neighbours)
+    first, second, similarity = ((scan.first, scan.second, scan.similarity)
+                                 if signatures is None else near_duplicate_pairs(signatures))
     findings: list[Finding] = []
-    for a, b, sim in zip(scan.first, scan.second, scan.similarity, strict=True):
+    for a, b, sim in zip(first, second, similarity, strict=True):
         other = names[y[a]] if y[a] != y[b] else ""
         findings.append(Finding(paths[b], "leak" if split[a] != split[b] else "near_duplicate",
                                 float(sim), names[y[b]], other, paths[a], split[b]))
@@ -138,7 +148,7 @@ def check_store(store: str | Path, *, neighbours: int = NEIGHBOURS, folds: int =
     findings += _outliers(scan.knn, paths, y, names, split)
     order = {issue: i for i, issue in enumerate(ISSUES)}
     findings.sort(key=lambda f: (order[f.issue], -f.score, f.path))
-    joined = join_near_duplicates(scan.first, scan.second, groups,
+    joined = join_near_duplicates(first, second, groups,
                                   np.zeros(len(y), dtype=np.uint8)).groups
     # groups (identical files, augmented copies, near-duplicates) under two labels
     _, member = np.unique(joined, return_inverse=True)
