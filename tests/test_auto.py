@@ -102,6 +102,30 @@ def test_choice_json_records_the_recipe_candidates_and_the_test_figure(chosen):
     assert choice["elapsed_s"] <= choice["budget_s"] * 1.1
 
 
+def test_an_exhaustive_search_tries_every_candidate_on_the_whole_train_split(chosen, tmp_path,
+                                                                            monkeypatch):
+    # what the halving is measured against: nothing pruned, every recipe and classifier
+    # cross-validated on all 54 train images; the stores the search made are reused
+    import shutil
+
+    from pipeline.workflows.auto import run_auto
+
+    _, data, root, _ = chosen
+    shutil.copytree(root / "out", tmp_path / "out")
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.h5")}
+    monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "artifacts"))
+    lines: list[str] = []
+    result = run_auto(_settings(data, tmp_path / "out", exhaustive=True), log=lines.append)
+    candidates = result.choice["candidates"]
+    assert {(c["recipe"]["name"], c["recipe"]["classifier"]) for c in candidates} == {
+        (f"efficientnet_lite0 {r}", k) for r in SEARCH["recipes"] for k in SEARCH["classifiers"]}
+    assert all(c["cv_rows"] == 54 and c["status"] in ("finalist", "winner") for c in candidates)
+    # two of the three full stores were there, untouched: only the pruned recipe's is new
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.h5")}
+    assert len(before) == 2 and len(after) == 3
+    assert {name: after[name] for name in before} == before
+
+
 def test_keras_networks_without_cached_weights_are_listed_as_skipped(tmp_path, monkeypatch):
     from pipeline.workflows.auto import AutoSettings, available_recipes
 

@@ -31,6 +31,9 @@ def auto(
     prefer: Annotated[str, typer.Option(
         help="accuracy, or speed: the fastest recipe not significantly worse than the "
              "best (paired test on the same train images).")] = "accuracy",
+    exhaustive: Annotated[bool, typer.Option(
+        help="No pruning: every candidate on the whole train split, as far as the budget "
+             "goes (slow; what the search is measured against).")] = False,
     cv: Annotated[int, typer.Option(help="Cross-validation folds on the train split.")] = 3,
     seed: Annotated[int, typer.Option(callback=check_seed,
                                       help="Seed of the split and the folds.")] = DEFAULT_SEED,
@@ -46,7 +49,7 @@ def auto(
     from pipeline.workflows.auto import AutoSettings, parse_budget, run_auto  # h5py
 
     settings = AutoSettings(data=data, budget_s=parse_budget(budget), out=out, prefer=prefer,
-                            cv=cv, seed=seed)
+                            exhaustive=exhaustive, cv=cv, seed=seed)
     with budget_progress(console=err_console) as progress:
         result = run_auto(settings, log=lambda line: console.print(
             line, highlight=False, markup=False, soft_wrap=True), progress=progress)

@@ -208,6 +208,10 @@ class AutoSettings:
         Also try the join of the two best networks.
     input_size : int, optional
         Side of the networks' input (the native size by default; small for tests).
+    exhaustive : bool
+        No successive halving: every recipe is extracted on all images and every
+        classifier cross-validated on the whole train split (the join of the two best
+        networks last), as far as the budget goes. What the search is measured against.
     cv, seed, test_size, batch_size, workers
         As for ``tlearn extract`` and ``tlearn train``.
     """
@@ -221,6 +225,7 @@ class AutoSettings:
     classifiers: Sequence[str] | None = None
     joins: bool = True
     input_size: int | None = None
+    exhaustive: bool = False
     cv: int = 3
     seed: int = DEFAULT_SEED
     test_size: float = DEFAULT_TEST_SIZE
@@ -730,14 +735,17 @@ def _other_classifiers(run: _Search, results: dict[FeatureRecipe, list[Candidate
 
 def _halving(run: _Search, recipes: list[FeatureRecipe], classifiers: list[str]
              ) -> list[Candidate]:
-    """Successive halving over the rungs; the candidates cross-validated on full stores."""
+    """Successive halving over the rungs; the candidates cross-validated on full stores.
+
+    Exhaustive: the last rung only, every recipe on it."""
     live = list(recipes)
     stores: dict[FeatureRecipe, list[Path]] = {}
     results: dict[FeatureRecipe, list[Candidate]] = {}
     joined = not run.s.joins
     if run.state.data["extractions"]:  # measured by an earlier run: refused before any work
         _refuse_small_budget(run, live[0])
-    for rung in range(len(run.sizes)):
+    first = len(run.sizes) - 1 if run.s.exhaustive else 0
+    for rung in range(first, len(run.sizes)):
         last = rung == len(run.sizes) - 1
         results = {}
         queue = _last_rung_order(live) if last else sorted(live, key=FeatureRecipe.cost)
@@ -760,9 +768,9 @@ def _halving(run: _Search, recipes: list[FeatureRecipe], classifiers: list[str]
             if evaluated is None:
                 continue
             results[recipe] = evaluated
-            if rung == 0 and len(results) == 1:
+            if rung == first and len(results) == 1:
                 _refuse_small_budget(run, recipe)  # the first measurement of this machine
-            if not joined and rung == 0 and not queue:
+            if not joined and rung == first and not queue:
                 joined = True
                 join = _best_join(results)
                 if join is not None:
