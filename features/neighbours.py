@@ -39,7 +39,7 @@ COMPARED_SIDE = 8
 #: crops) scored at least 0.98 with its source, and at 0.97 no other animals photo and
 #: 0.3 % of the flowers5 photos were joined with another.
 NEAR_DUPLICATE_THRESHOLD = 0.97
-CANDIDATE_THRESHOLD = 0.7
+CANDIDATE_THRESHOLD = 0.6
 CANDIDATES_PER_ROW = 10
 #: Windows tried: the share of width and height cut (each with offsets along both
 #: sides, in :data:`CROP_OFFSETS` steps from none to all of it on one side).
