@@ -251,13 +251,20 @@ def _decode(data: dict) -> str:
 def _check(data: dict) -> str:
     parts = []
     for dataset, d in data["datasets"].items():
-        grouping = ["| features threshold | pixels threshold | copies grouped with their source "
-                    "| other images grouped | pairs |", "|---|---|---|---|---|"]
+        grouping = ["| aligned pixel cosine threshold | copies grouped with their source "
+                    "| other images grouped | same picture already in the set | pairs "
+                    "| seconds |", "|---|---|---|---|---|---|"]
         for g in d["grouping"].values():
-            pixels = "–" if g["pixels"] is None else g["pixels"]
-            grouping.append(f"| {g['features']} | {pixels} | {_pct(g['copies_with_source'])} "
+            grouping.append(f"| {g['threshold']} | {_pct(g['copies_with_source'])} "
                             f"| {_pct(g['others_grouped'])} ({g['others_grouped_count']}) "
-                            f"| {g['pairs']} |")
+                            f"| {g['real_duplicates_grouped_count']} | {g['pairs']} "
+                            f"| {g['seconds']:.1f} |")
+        s = d["splits"]
+        splits = (f"Decoded at {s['sizes'][0]} and at {s['sizes'][1]} pixels, the "
+                  f"{s['rows']:,} images record the same groups: "
+                  f"{'yes' if s['same_groups'] else 'no'}; rows in another split: "
+                  f"{s['rows_in_another_split']} (near-duplicate groups "
+                  f"{s['near_duplicate_groups'][0]} and {s['near_duplicate_groups'][1]}).")
         labels = ["| labels flipped | flipped | flagged | flipped among the top 2x flagged "
                   "| suggested label right | C | seconds |", "|---|---|---|---|---|---|---|"]
         for share, r in d["labels"].items():
@@ -266,22 +273,18 @@ def _check(data: dict) -> str:
                           f"| {r['C']:g} | {r['seconds']:.0f} |")
         found = ", ".join(f"{kind} {n}" for kind, n in d["unmodified"]["counts"].items())
         parts.append(f"**{dataset}**: {d['rows']:,} rows, {d['copies']} planted copies.\n\n"
-                     + "\n".join(grouping) + "\n\n" + "\n".join(labels)
+                     + "\n".join(grouping) + f"\n\n{splits}\n\n" + "\n".join(labels)
                      + f"\n\nThe unmodified dataset: {found} findings in "
                      f"{d['unmodified']['seconds']:.0f} s.")
-    note = f" {data['search_note'][0].upper()}{data['search_note'][1:]}." \
-        if data.get("search_note") else ""
-    return "\n\n".join(parts) + f"\n\n{_load(data).capitalize()}.{note}"
-
-
-def _check_search(data: dict) -> str:
-    lines = ["| rows | neighbours k | seconds | CPU seconds | peak MB beyond the features "
-             "| features MB | pairs |", "|---|---|---|---|---|---|---|"]
+    search = ["| rows | search | seconds | CPU seconds | peak MB beyond the input | input MB "
+              "| pairs |", "|---|---|---|---|---|---|---|"]
     for r in data["search"].values():
-        lines.append(f"| {r['rows']:,} | {r['k']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} "
-                     f"| {r['peak_mb_beyond_features']:.1f} | {r['features_mb']:.1f} "
-                     f"| {r['pairs']:,} |")
-    return "\n".join(lines) + f"\n\n{_load(data).capitalize()}."
+        pairs = "–" if r["pairs"] is None else f"{r['pairs']:,}"
+        search.append(f"| {r['rows']:,} | {r['search']} | {r['seconds']:.2f} "
+                      f"| {r['cpu_seconds']:.2f} | {r['peak_mb_beyond_input']:.1f} "
+                      f"| {r['input_mb']:.1f} | {pairs} |")
+    return ("\n\n".join(parts) + "\n\n**Search time and memory**\n\n" + "\n".join(search)
+            + f"\n\n{_load(data).capitalize()}.")
 
 
 def _install_resolution(data: dict) -> str:
@@ -318,42 +321,59 @@ def _header(name: str, data: dict) -> str:
     return cpu_line(data)
 
 
+def _recipe_words(recipe: dict) -> str:
+    return " ".join(str(v) for v in (recipe.get("backbone"),
+                                     f"taps {recipe['taps']}" if recipe.get("taps") else "head",
+                                     "mirror" if recipe.get("mirror") else "",
+                                     recipe.get("classifier")) if v)
+
+
+def _accuracy_ci(run: dict) -> str:
+    lo, hi = run.get("test_accuracy_ci") or (None, None)
+    return (f"{_pct(run['test_accuracy'])} [{_pct(lo)}, {_pct(hi)}]"
+            if run.get("test_accuracy") is not None else "–")
+
+
+def _p(paired: dict | None) -> str:
+    return f"p = {paired['p_value']:.2f}" if (paired or {}).get("p_value") is not None else "–"
+
+
 def _auto(data: dict) -> str:
     """Each run of ``bench/auto.py``: the recipe ``tlearn auto`` chose within its budget, its
-    test accuracy beside the default recipe's, the time used, and the candidates."""
+    test accuracy beside the default recipe's (and the exhaustive sweep's, where run), the
+    time used, and the candidates."""
+    sweeps = data.get("sweeps") or {}
     lines = ["| dataset | budget | chosen | test accuracy [95 % CI] | seconds used "
              "| within budget + 10 % | default recipe | its accuracy [95 % CI] | its seconds "
-             "| paired test |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| paired test | paired test against the sweep |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for run in data["runs"]:
         auto, default = run["auto"], run.get("default") or {}
         recipe = auto.get("recipe") or {}
-        chosen = (" ".join(str(v) for v in (recipe.get("backbone"),
-                                              f"taps {recipe['taps']}" if recipe.get("taps")
-                                              else "head",
-                                              "mirror" if recipe.get("mirror") else "",
-                                              recipe.get("classifier")) if v)
-                  if recipe else "refused")
-        lo, hi = auto.get("test_accuracy_ci") or (None, None)
-        accuracy = (f"{_pct(auto['test_accuracy'])} [{_pct(lo)}, {_pct(hi)}]"
-                    if auto.get("test_accuracy") is not None else "–")
-        d_lo, d_hi = default.get("test_accuracy_ci") or (None, None)
-        d_accuracy = (f"{_pct(default['test_accuracy'])} [{_pct(d_lo)}, {_pct(d_hi)}]"
-                      if default.get("test_accuracy") is not None else "–")
-        paired = run.get("auto_vs_default") or {}
-        p_value = f"p = {paired['p_value']:.2f}" if paired.get("p_value") is not None else "–"
         lines.append(
-            f"| {auto['dataset']} | {auto['budget']} | {chosen} | {accuracy} "
-            f"| {auto.get('elapsed_s', 0):.0f} of {auto['budget_s']:.0f} "
+            f"| {auto['dataset']} | {auto['budget']} "
+            f"| {_recipe_words(recipe) if recipe else 'refused'} | {_accuracy_ci(auto)} "
+            f"| {auto.get('elapsed_s', 0):.0f} of {auto.get('budget_s', 0):.0f} "
             f"| {'yes' if auto.get('within_budget_plus_10pct') else 'no'} "
-            f"| {default.get('recipe', '–')} | {d_accuracy} "
-            f"| {default.get('wall_seconds', 0):.0f} | {p_value} |")
+            f"| {default.get('recipe', '–')} | {_accuracy_ci(default)} "
+            f"| {default.get('wall_seconds', 0):.0f} | {_p(run.get('auto_vs_default'))} "
+            f"| {_p(run.get('auto_vs_sweep'))} |")
         statuses: dict[str, int] = {}
         for candidate in auto.get("candidates", []):
             statuses[candidate["status"]] = statuses.get(candidate["status"], 0) + 1
         if auto.get("why"):
             notes.append(f"{auto['dataset']}, {auto['budget']}: {auto['why']} (candidates: "
                          + ", ".join(f"{n} {k}" for k, n in statuses.items()) + ").")
+        elif auto.get("refused"):
+            notes.append(f"{auto['dataset']}, {auto['budget']}: {auto['refused']}")
+    if sweeps:
+        lines += ["", "| dataset | exhaustive sweep's choice | test accuracy [95 % CI] "
+                  "| seconds | candidates on the whole train split |", "|---|---|---|---|---|"]
+        for dataset, sweep in sweeps.items():
+            whole = sum(c["status"] in ("finalist", "winner") for c in sweep["candidates"])
+            lines.append(f"| {dataset} | {_recipe_words(sweep['recipe'])} "
+                         f"| {_accuracy_ci(sweep)} | {sweep['elapsed_s']:.0f} | {whole} |")
     not_run = f"\n\nNot run: {data['not_run']}." if data.get("not_run") else ""
     return "\n".join(lines) + ("\n\n" + "\n\n".join(notes) if notes else "") + not_run
 
@@ -373,7 +393,7 @@ def render(name: str) -> str:
                  ("backbones", _backbones), ("calibration", _calibration),
                  ("imbalanced", _imbalanced), ("auto", _auto), ("unknown", _unknown),
                  ("backends", _backends),
-                 ("decode", _decode), ("check_search", _check_search), ("check", _check),
+                 ("decode", _decode), ("check", _check),
                  ("gpu_install_resolution", _install_resolution)]
     render_table = next(f for prefix, f in renderers if name.startswith(prefix))
     body = render_table(data)
