@@ -11,8 +11,10 @@ would flatter the budget):
   (logreg): the recipe a user gets without choosing; its wall time and test accuracy,
   and McNemar's exact test of the two models on the same test images.
 
-The exhaustive sweep (every candidate on the whole dataset) is run only when asked
-(``--sweep``): on the project's shared two cores it takes hours. Prints a table and
+* ``sweep`` (``--sweep``, once per dataset after its budgets): ``tlearn auto --exhaustive``,
+  every candidate on the whole train split with no budget to speak of: the best recipe
+  by cross-validation, its test accuracy and time, and McNemar's test of each budget's
+  choice against it. On two cores it takes hours. Prints a table and
 writes ``bench/results/<name>.json`` with the CPU it ran on and the load averages before
 and after each run; other processes may share the CPU, which the budget then holds for
 fewer candidates. Run: ``.venv/bin/python bench/auto.py --datasets flowers5 --budgets 15m``.
@@ -57,15 +59,16 @@ def _report(artifacts: Path, model: str) -> dict:
     return read_report(artifacts / "reports" / model)
 
 
-def run_auto(dataset: str, budget: str, stamp: str) -> dict:
+def run_auto(dataset: str, budget: str, stamp: str, exhaustive: bool = False) -> dict:
     from pipeline.workflows.auto import parse_budget
 
-    folder = WORK / f"{stamp}-{dataset}-{budget}"
+    folder = WORK / f"{stamp}-{dataset}-{'sweep' if exhaustive else budget}"
     artifacts, out = folder / "artifacts", folder / "out"
     folder.mkdir(parents=True)
     load_before = os.getloadavg()
     try:
-        wall = _tlearn(["auto", str(SHARED / dataset), "--budget", budget, "--out", str(out)],
+        wall = _tlearn(["auto", str(SHARED / dataset), "--budget", budget, "--out", str(out),
+                        *(["--exhaustive"] if exhaustive else [])],
                        artifacts, folder / "auto.log")
     except RuntimeError:
         refusal = [line for line in (folder / "auto.log").read_text().splitlines()
@@ -124,6 +127,9 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", default=["15m"],
                         help="one per dataset, or one for all")
     parser.add_argument("--no-default", action="store_true")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also every candidate on the whole train split (tlearn auto "
+                             "--exhaustive, no budget), once per dataset, after its budgets")
     parser.add_argument("--name", default="auto", help="bench/results/<name>.json")
     parser.add_argument("--not-run", default="",
                         help="what the figures leave out, for the record")
@@ -132,11 +138,12 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     result_path = REPO / "bench" / "results" / f"{args.name}.json"
     record = {"machine": cpu_info(), "note": (
-        "one run; the two CPUs were shared with other processes (load averages recorded), "
-        "so the budget held fewer candidates than an idle machine would: speeds compare "
-        "only within this run, accuracies do not depend on the machine"),
+        "one run; the load averages before and after each run are recorded (a busy machine "
+        "holds fewer candidates in a budget): speeds compare only within this run, "
+        "accuracies do not depend on the machine"),
         "not_run": args.not_run, "runs": []}
     print(describe(record["machine"]), flush=True)
+    defaults: dict[str, dict] = {}  # one default per dataset, beside each of its budgets
     for dataset, budget in zip(args.datasets, budgets, strict=True):
         auto = run_auto(dataset, budget, stamp)
         entry = {"auto": auto}
@@ -146,7 +153,9 @@ def main() -> None:
             print(f"{dataset} at {budget}: {auto['refused']}", flush=True)
             continue
         if not args.no_default:
-            default = run_default(dataset, stamp)
+            if dataset not in defaults:
+                defaults[dataset] = run_default(dataset, stamp)
+            default = defaults[dataset]
             entry["default"] = default
             entry["auto_vs_default"] = paired(auto, default)
             result_path.write_text(json.dumps(record, indent=1, default=str))
@@ -158,6 +167,18 @@ def main() -> None:
                  f"{entry['default']['wall_seconds']:.0f}s; "
                  f"{entry['auto_vs_default']['verdict']}" if "default" in entry else ""),
               flush=True)
+    if args.sweep:
+        for dataset in dict.fromkeys(args.datasets):
+            sweep = run_auto(dataset, "100h", stamp, exhaustive=True)
+            record.setdefault("sweeps", {})[dataset] = sweep
+            for entry in record["runs"]:
+                if entry["auto"]["dataset"] == dataset and "refused" not in entry["auto"]:
+                    entry["auto_vs_sweep"] = paired(entry["auto"], sweep)
+            result_path.write_text(json.dumps(record, indent=1, default=str))
+            print(f"{dataset} sweep: {sweep['test_accuracy']:.4f} in "
+                  f"{sweep['wall_seconds']:.0f}s ({sweep['recipe']['backbone']} "
+                  f"taps={sweep['recipe']['taps']} mirror={sweep['recipe']['mirror']} "
+                  f"{sweep['recipe']['classifier']})", flush=True)
     print(f"written to {result_path}")
 
 
