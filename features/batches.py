@@ -27,7 +27,7 @@ from features.images import (
     load_images,
     nvjpeg_decoder,
 )
-from features.neighbours import pixel_signatures
+from features.neighbours import SIGNATURE_SIDE, pixel_signatures
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
 #: Decoding threads: a count, or ``"auto"`` (:func:`resolve_workers`).
@@ -127,18 +127,22 @@ def decode_batch(paths: Sequence[str], size: int, max_pixels: int, preprocess: P
 
     Large JPEGs go to the GPU's decoder where there is one (:func:`device_decoder`).
     """
-    good, images, bad = [], [], []
-    decoded = load_images(paths, size, max_pixels=max_pixels, device_decoder=device_decoder())
+    good, images, cells, bad = [], [], [], []
+    decoded = load_images(paths, size, max_pixels=max_pixels, device_decoder=device_decoder(),
+                          cells=SIGNATURE_SIDE)
     for i, result in enumerate(decoded):
         if isinstance(result, ImageDecodeError):
             bad.append((i, result.reason))
         else:
-            images.append(result)
+            images.append(result[0])
+            cells.append(result[1])
             good.append(i)
     if not images:
         return good, np.empty((0, size, size, 3), dtype=np.float32), bad, None
+    # of the picture as decoded, before its resize to the network's input: the same
+    # signature whatever the network (features.neighbours)
+    signatures = pixel_signatures(np.stack(cells))
     pixels = np.stack(images)
-    signatures = pixel_signatures(pixels)  # before preprocessing, which may work in place
     return good, preprocess(pixels), bad, signatures
 
 

@@ -33,6 +33,7 @@ from features.images import DEFAULT_MAX_PIXELS
 from features.integrity import check_output_path, file_digest, output_lock, settings_key
 from features.neighbours import (
     GROUPING_RULE,
+    SIGNATURE_RULE,
     NearDuplicateGrouping,
     join_near_duplicates,
     near_duplicate_pairs,
@@ -186,6 +187,7 @@ def _settings_key(fingerprint: str, images: LabeledImages, extractor: FeatureExt
         "spec": extractor.spec.to_dict(),
         "compression": compression,
         "label_names": list(images.label_names),
+        "signatures": SIGNATURE_RULE,
         # decides the recorded groups and split: another threshold is another store
         **({"near_duplicates": {**GROUPING_RULE, "pixels": near_duplicates}}
                if near_duplicates is not None else {}),
@@ -307,7 +309,7 @@ def extract_features(
             # every network setting, so a new one is part of the request without a word here
             **{f.name: getattr(network, f.name) for f in fields(network)},
             "fingerprint": fingerprint, "label_names": list(images.label_names),
-            "compression": compression, "backbone": config.name,
+            "compression": compression, "backbone": config.name, "signatures": SIGNATURE_RULE,
             **({"near_duplicates": {**GROUPING_RULE, "pixels": near_duplicates}}
                if near_duplicates is not None else {}),
             # The facts that settle what None asks for: a changed default is a new request.

@@ -95,8 +95,9 @@ def to_rgb(img: Image.Image, size: int | None = None) -> Image.Image:
 
 
 def load_image(
-    path: str | os.PathLike, size: int | None, *, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> np.ndarray:
+    path: str | os.PathLike, size: int | None, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+    cells: int = 0,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Read an image file as an RGB ``uint8`` array of shape ``(size, size, 3)``.
 
     This is the one image reader of tlearn: extraction, prediction, serving,
@@ -113,6 +114,11 @@ def load_image(
         Side of the output square; None keeps the image's own size (augmentation).
     max_pixels : int, default=89_478_485
         Images with more pixels are refused as possible decompression bombs.
+    cells : int, default=0
+        With a side, also the image as ``cells`` x ``cells`` box averages of the
+        decoded picture before its resize to ``size`` (uint8 RGB): ``(pixels, cells)``
+        is returned. They do not depend on ``size``, except for JPEGs at least twice
+        as large as it, which libjpeg decodes at a reduced scale.
 
     Raises
     ------
@@ -124,7 +130,7 @@ def load_image(
             raise ImageDecodeError(path, "empty file (0 bytes)")
     except OSError as exc:
         raise ImageDecodeError(path, f"cannot read file ({exc.strerror or exc})") from exc
-    return _decode(path, path, size, max_pixels)
+    return _decode(path, path, size, max_pixels, cells=cells)
 
 
 def decode_image(data: bytes, size: int | None, *, name: str = "upload",
@@ -147,7 +153,8 @@ def decode_image(data: bytes, size: int | None, *, name: str = "upload",
 
 
 def _decode(source, path, size: int | None, max_pixels: int,
-            on_size: Callable[[int, int], None] | None = None) -> np.ndarray:
+            on_size: Callable[[int, int], None] | None = None, cells: int = 0
+            ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     try:
         # No warnings.catch_warnings here: it swaps process-wide state and decoding runs
         # in threads. Pillow raises DecompressionBombError above twice its own limit;
@@ -170,9 +177,11 @@ def _decode(source, path, size: int | None, max_pixels: int,
                 # exif_transpose copies even upright images: call it only when needed
                 img = ImageOps.exif_transpose(img)
             rgb = img if img.mode == "RGB" else to_rgb(img, size)
+            thumbnail = _box_cells(rgb, cells) if cells else None
             if size is not None and rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
+            pixels = np.asarray(rgb, dtype=np.uint8)
+            return pixels if thumbnail is None else (pixels, thumbnail)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -183,6 +192,11 @@ def _decode(source, path, size: int | None, max_pixels: int,
         text = str(exc) or exc.__class__.__name__
         reason = "truncated image" if "truncated" in text.lower() else f"unreadable image: {text}"
         raise ImageDecodeError(path, reason) from exc
+
+
+def _box_cells(rgb: Image.Image, cells: int) -> np.ndarray:
+    """``cells`` x ``cells`` box averages of an RGB image, uint8."""
+    return np.asarray(rgb.resize((cells, cells), Image.Resampling.BOX), dtype=np.uint8)
 
 
 # -- decoding on a GPU ---------------------------------------------------------------------------
@@ -251,8 +265,10 @@ def goes_to_device(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
 
 def load_images(paths: Sequence[str | os.PathLike], size: int, *,
                 max_pixels: int = DEFAULT_MAX_PIXELS,
-                device_decoder: DeviceDecoder | None = None) -> list[np.ndarray | ImageDecodeError]:
-    """:func:`load_image` of every path, in order: an array, or the file's error.
+                device_decoder: DeviceDecoder | None = None, cells: int = 0
+                ) -> list[np.ndarray | tuple[np.ndarray, np.ndarray] | ImageDecodeError]:
+    """:func:`load_image` of every path, in order: an array (with ``cells``, a pair of
+    arrays, as :func:`load_image` gives), or the file's error.
 
     With ``device_decoder`` (:func:`nvjpeg_decoder`), large plain JPEGs
     (:func:`goes_to_device`) are decoded by it together, the rest here; if the device
@@ -260,20 +276,23 @@ def load_images(paths: Sequence[str | os.PathLike], size: int, *,
     file is skipped with the same reason either way.
     """
     names = [os.fspath(p) for p in paths]
-    out: list[np.ndarray | ImageDecodeError | None] = [None] * len(names)
+    out: list[np.ndarray | tuple[np.ndarray, np.ndarray] | ImageDecodeError | None] = \
+        [None] * len(names)
     device = ([i for i, p in enumerate(names) if goes_to_device(p, max_pixels)]
               if device_decoder is not None else [])
     if device:
         try:
             for i, pixels in zip(device, device_decoder([names[i] for i in device], size),
                                  strict=True):
-                out[i] = pixels
+                # the device gives only the resized picture: its cells are of that
+                out[i] = (pixels, _box_cells(Image.fromarray(pixels), cells)) if cells \
+                    else pixels
         except Exception:  # a file the device refuses: the CPU says why, or reads it
             pass
     for i, path in enumerate(names):
         if out[i] is None:
             try:
-                out[i] = load_image(path, size, max_pixels=max_pixels)
+                out[i] = load_image(path, size, max_pixels=max_pixels, cells=cells)
             except ImageDecodeError as exc:
                 out[i] = exc
     return out  # type: ignore[return-value]

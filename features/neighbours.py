@@ -2,14 +2,15 @@
 
 Near-duplicates (a photo resized, re-encoded, brightened or cropped by a few percent) are
 found from the **pixels alone**: each image's signature is its 16 x 16 cell averages,
-minus each channel's mean, of unit length, computed from the decoded image before any
-network sees it. So the grouping, and the split recorded with it, is the same whichever
+minus each channel's mean, of unit length, computed from the picture as decoded, before
+its resize to a network's input (:func:`features.images.load_images` with ``cells``).
+So the grouping, and the split recorded with it, is the same whichever
 backbone, input size or pooling a store uses: two stores of one folder are tested on the
 same images. Two images are near-duplicates when one, cut to one of a few windows of
 3-8 % less width and height at several offsets, looks like the other (the cosine of
 their 8 x 8 cells at least :data:`NEAR_DUPLICATE_THRESHOLD`). Only each image's closest
 :data:`CANDIDATES_PER_ROW` images by whole-picture cosine (at least
-:data:`CANDIDATE_THRESHOLD`) are compared so, keeping time and memory bounded.
+:data:`CANDIDATE_THRESHOLD`) are compared that way, which keeps time and memory bounded.
 
 Features still give each row's nearest neighbours (outliers) and, for stores of an older
 tlearn without signatures, the pairs of near-identical features
@@ -50,6 +51,9 @@ CROP_OFFSETS = 3
 FEATURES_ONLY_THRESHOLD = 0.9
 #: Everything that decides which rows a store groups, for its settings key: a store
 #: grouped by another rule is another store.
+#: What a signature is, for every store's settings key (recorded whether or not the
+#: store groups near-duplicates): a store with signatures of another kind is another store.
+SIGNATURE_RULE = {"side": SIGNATURE_SIDE, "of": "box averages of the picture as decoded"}
 GROUPING_RULE = {"pixels": NEAR_DUPLICATE_THRESHOLD, "candidate": CANDIDATE_THRESHOLD,
                  "candidates_per_row": CANDIDATES_PER_ROW, "crops": list(CROPS),
                  "crop_offsets": CROP_OFFSETS, "compared_side": COMPARED_SIDE}
@@ -67,7 +71,7 @@ class NeighbourScan:
     first, second : numpy.ndarray of int64
         Row pairs (``first < second``) whose similarity is at least the threshold.
     similarity : numpy.ndarray of float32
-        Their similarity (cosine of aligned pixel windows, or centred cosine of features).
+        Their centred cosine.
     knn : numpy.ndarray of float32, shape (rows, k)
         The Euclidean distances (of the centred features) of each row to its ``k``
         nearest other rows, nearest first (no columns when ``k`` is 0).
@@ -88,8 +92,9 @@ def _area_weights(cells_in: int, start: float, length: float, cells_out: int) ->
     cells = np.arange(cells_in)[None, :]
     overlap = np.clip(np.minimum(hi, cells + 1) - np.maximum(lo, cells), 0, None)
     overlap /= np.maximum(overlap.sum(axis=1, keepdims=True), 1e-12)
-    overlap.setflags(write=False)
-    return overlap.astype(np.float32)
+    weights = overlap.astype(np.float32)
+    weights.setflags(write=False)  # cached: shared by every caller
+    return weights
 
 
 def _normalised(cells: np.ndarray) -> np.ndarray:
@@ -103,13 +108,14 @@ def _normalised(cells: np.ndarray) -> np.ndarray:
 
 
 def pixel_signatures(images: np.ndarray) -> np.ndarray:
-    """Each decoded image of a batch as :data:`SIGNATURE_SIDE` squared cells.
+    """Each image of a batch as :data:`SIGNATURE_SIDE` squared cells.
 
-    ``images`` are the RGB pixels as decoded, (n, height, width, 3), before a backbone's
-    preprocessing: the signature of a file does not depend on the network. Cell averages
-    by area, minus each channel's mean, divided by their norm, so that a brighter,
-    resized or re-encoded copy keeps nearly the same signature. float16,
-    (n, :data:`SIGNATURE_SIZE`).
+    ``images`` are RGB pixels, (n, height, width, 3); extraction passes the box averages
+    of each picture as decoded, before its resize to a network's input
+    (:func:`features.images.load_images` with ``cells``), so the signature of a file
+    does not depend on the network. Cell averages by area, minus each channel's mean,
+    divided by their norm, so that a brighter, resized or re-encoded copy keeps nearly
+    the same signature. float16, (n, :data:`SIGNATURE_SIZE`).
     """
     x = np.moveaxis(np.asarray(images, dtype=np.float32), -1, 1)  # (n, 3, h, w)
     rows = _area_weights(x.shape[2], 0.0, float(x.shape[2]), SIGNATURE_SIDE)
@@ -181,15 +187,11 @@ def near_duplicate_pairs(signatures: np.ndarray, *,
         for c0 in range(r0, n, column_block):  # each pair once: on or right of the diagonal
             c1 = min(n, c0 + column_block)
             sim = whole[r0:r1] @ whole[c0:c1].T
-            if c0 == r0:
-                sim[np.tril_indices(r1 - r0, 0, m=c1 - c0)] = -np.inf
+            if c0 < r1:  # a row is not its own candidate, and a pair is kept once: i < j
+                sim[np.arange(r0, r1)[:, None] >= np.arange(c0, c1)[None, :]] = -np.inf
             sim[~known[r0:r1]] = -np.inf
             sim[:, ~known[c0:c1]] = -np.inf
-            # few pairs pass the candidate threshold: only they are ranked
-            i, j = np.nonzero(sim >= candidate)
-            values = sim[i, j]
-            _keep_best(best, best_at, np.concatenate([i + r0, j + c0]),
-                       np.concatenate([j + c0, i + r0]), np.concatenate([values, values]))
+            _keep_block(best, best_at, sim, r0, c0, candidate)
     rows, slots = np.nonzero(np.isfinite(best))
     pairs = np.unique(np.sort(np.stack([rows, best_at[rows, slots]], axis=1), axis=1), axis=0)
     firsts, seconds, sims = [], [], []
@@ -204,6 +206,30 @@ def near_duplicate_pairs(signatures: np.ndarray, *,
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     return (np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64),
             np.concatenate(sims).astype(np.float32))
+
+
+def _keep_block(best: np.ndarray, best_at: np.ndarray, sim: np.ndarray, r0: int, c0: int,
+                candidate: float) -> None:
+    """Merge the candidates of one block of similarities (rows ``r0...``, columns
+    ``c0...``) into the rows' and the columns' best."""
+    k = best.shape[1]
+    i, j = np.nonzero(sim >= candidate)
+    if len(i) > 4 * k * sum(sim.shape):
+        # a folder of look-alikes (scans, product shots): only each row's and each
+        # column's k best of the block can be among its k best at all
+        rows = np.argpartition(-sim, k - 1, axis=1)[:, :k] if sim.shape[1] > k else \
+            np.broadcast_to(np.arange(sim.shape[1]), sim.shape)
+        cols = np.argpartition(-sim, k - 1, axis=0)[:k] if sim.shape[0] > k else \
+            np.broadcast_to(np.arange(sim.shape[0])[:, None], sim.shape)
+        i = np.concatenate([np.repeat(np.arange(sim.shape[0]), rows.shape[1]), cols.ravel()])
+        j = np.concatenate([rows.ravel(), np.tile(np.arange(sim.shape[1]), cols.shape[0])])
+        pairs = np.unique(np.stack([i, j], axis=1), axis=0)
+        i, j = pairs[:, 0], pairs[:, 1]
+        keep = sim[i, j] >= candidate
+        i, j = i[keep], j[keep]
+    values = sim[i, j]
+    _keep_best(best, best_at, np.concatenate([i + r0, j + c0]),
+               np.concatenate([j + c0, i + r0]), np.concatenate([values, values]))
 
 
 def _keep_best(best: np.ndarray, best_at: np.ndarray, rows: np.ndarray, cols: np.ndarray,

@@ -255,3 +255,29 @@ def test_stores_of_one_folder_record_one_split_whatever_the_network(planted, tmp
                          for p, i in row.items()})
     assert recorded[0] == recorded[1] == recorded[2]
     assert sum(size == 2 for _, size in recorded[0].values()) == 2 * len(copies)
+
+
+def test_rows_without_signatures_are_checked_by_their_features(tmp_path):
+    # a store an older Ray engine wrote has zero signatures: its copies are still found,
+    # by their features, and those of the rows with signatures by their pixels
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(12, 8))
+    X[1] = X[0] + 1e-3 * rng.normal(size=8)  # rows 0 and 1: near-identical features
+    pictures = rng.uniform(0, 255, size=(12, 32, 32, 3))
+    pictures[11] = pictures[10] * 0.9 + 10  # rows 10 and 11: one picture, darker
+    from features.neighbours import pixel_signatures
+
+    signatures = pixel_signatures(pictures)
+    signatures[:2] = 0  # not known
+    store = tmp_path / "old.h5"
+    writer = FeatureStoreWriter(store, planned_paths=[f"/x/{i}.jpg" for i in range(12)],
+                                attrs={}, settings_key="k", feature_dim=8,
+                                label_names=["a", "b"])
+    writer.append(X, np.arange(12) % 2, np.zeros(12), np.arange(12), signatures=signatures)
+    writer.commit(12)
+    writer.finalize()
+    from pipeline.workflows.check import check_store
+
+    pairs = {(f.related_path, f.path) for f in check_store(store, folds=2).findings
+             if f.issue in ("near_duplicate", "leak")}
+    assert pairs == {("/x/0.jpg", "/x/1.jpg"), ("/x/10.jpg", "/x/11.jpg")}

@@ -193,3 +193,15 @@ def test_no_device_decoder_without_torch_with_cuda_or_under_another_backend():
     if importlib.util.find_spec("torch") is None:
         assert nvjpeg_decoder() is None
     assert device_decoder() is None  # this process computes with tensorflow
+
+
+def test_cells_are_of_the_picture_as_decoded_whatever_the_output_size(tmp_path):
+    # the pixel signature of a file (near-duplicate grouping) must not hang on the
+    # network's input size, or two stores of one folder would record different splits
+    # (a JPEG under twice the smaller size: libjpeg decodes it whole for both)
+    path = write_image(tmp_path / "photo.jpg", (120, 80, 60), size=(60, 50), seed=3)
+    (small, cells), (large, same) = (load_image(path, size, cells=16) for size in (32, 96))
+    assert small.shape == (32, 32, 3) and large.shape == (96, 96, 3)
+    assert cells.shape == (16, 16, 3) and cells.dtype == np.uint8
+    np.testing.assert_array_equal(cells, same)
+    assert isinstance(load_image(path, 32), np.ndarray)  # without cells: the pixels alone

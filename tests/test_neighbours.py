@@ -122,9 +122,12 @@ def test_the_blocked_candidate_search_keeps_each_rows_closest_as_the_whole_matri
     scores = {pair: near_duplicate_pairs(signatures[list(pair)], candidate=-1.0,
                                          threshold=-1.0)[2][0] for pair in expected}
     kept = {pair for pair, score in scores.items() if score >= 0.97}
-    first, second, _ = near_duplicate_pairs(signatures, per_row=per_row, candidate=candidate,
-                                            row_block=7, column_block=13)
-    assert set(zip(first.tolist(), second.tolist(), strict=True)) == kept
+    # blocks smaller than the rows, uneven, and columns narrower than rows
+    for row_block, column_block in ((7, 13), (13, 7), (64, 64)):
+        first, second, _ = near_duplicate_pairs(signatures, per_row=per_row,
+                                                candidate=candidate, row_block=row_block,
+                                                column_block=column_block)
+        assert set(zip(first.tolist(), second.tolist(), strict=True)) == kept
     assert {(i, 30 + i // 3) for i in range(0, 30, 3)} <= kept  # every copy found
 
 
@@ -134,3 +137,39 @@ def test_images_without_a_signature_are_never_paired():
     signatures[3:] = 0  # not known (rows of another engine), though "identical"
     first, _, _ = near_duplicate_pairs(signatures, candidate=-1.0, threshold=-1.0)
     assert not set(first.tolist()) & {3, 4, 5}
+
+
+def test_a_folder_of_look_alikes_keeps_each_images_closest_candidates(monkeypatch):
+    # every picture alike at 8 x 8 (scans, product shots): more candidates than a block
+    # holds for each row, so only the closest of each block are merged; the result is
+    # the whole matrix's, and each copy is still found
+    rng = np.random.default_rng(6)
+    base = _photo_like(rng, 64)
+    photos = np.stack([base + 0.5 * (_photo_like(rng, 64) - 128) for _ in range(40)])
+    copies = np.stack([_crop_back(photos[i], 1, 2, 3) for i in range(0, 40, 4)])
+    signatures = pixel_signatures(np.concatenate([photos, copies]))
+    from features.neighbours import _whole
+
+    w = _whole(signatures)
+    sim = w @ w.T
+    np.fill_diagonal(sim, -np.inf)
+    assert (sim >= 0.6).mean() > 0.9  # the look-alike folder this is about
+    expected = set()
+    for i in range(len(sim)):
+        for j in np.argsort(-sim[i])[:2]:
+            expected.add((min(i, int(j)), max(i, int(j))))
+    kept = {pair for pair in expected
+            if near_duplicate_pairs(signatures[list(pair)], candidate=-1.0)[0].size}
+    import features.neighbours
+
+    merged = []
+    keep_best = features.neighbours._keep_best
+    monkeypatch.setattr(features.neighbours, "_keep_best", lambda best, at, rows, *rest:
+                        merged.append(len(rows)) or keep_best(best, at, rows, *rest))
+    # blocks of 32 x 64: most of their entries pass, more than 4 x 2 per row and column
+    first, second, _ = near_duplicate_pairs(signatures, per_row=2, row_block=32,
+                                            column_block=64)
+    assert set(zip(first.tolist(), second.tolist(), strict=True)) == kept
+    # each block merged at most its rows' and columns' 2 best, both ways round, not all
+    assert max(merged) <= 2 * 2 * (32 + 50)
+    assert {(i, 40 + i // 4) for i in range(0, 40, 4)} <= kept

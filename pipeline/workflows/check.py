@@ -130,12 +130,7 @@ def check_store(store: str | Path, *, neighbours: int = NEIGHBOURS, folds: int =
         paths, split, groups = fs.paths, fs.split, fs.groups
         signatures = fs.signatures
         split_counts = fs.split_counts()
-    # the rule extraction groups by (pixels); a store of an older tlearn, without pixel
-    # signatures, by its features alone
-    scan = scan_neighbours(X, FEATURES_ONLY_THRESHOLD if signatures is None else 2.0,
-                           k=neighbours)
-    first, second, similarity = ((scan.first, scan.second, scan.similarity)
-                                 if signatures is None else near_duplicate_pairs(signatures))
+    first, second, similarity, knn = _near_duplicates(X, signatures, neighbours)
     findings: list[Finding] = []
     for a, b, sim in zip(first, second, similarity, strict=True):
         other = names[y[a]] if y[a] != y[b] else ""
@@ -145,7 +140,7 @@ def check_store(store: str | Path, *, neighbours: int = NEIGHBOURS, folds: int =
     for row, score, suggested in zip(issues.rows, issues.score, issues.suggested, strict=True):
         findings.append(Finding(paths[row], "label", float(score), names[y[row]],
                                 names[suggested], "", split[row]))
-    findings += _outliers(scan.knn, paths, y, names, split)
+    findings += _outliers(knn, paths, y, names, split)
     order = {issue: i for i, issue in enumerate(ISSUES)}
     findings.sort(key=lambda f: (order[f.issue], -f.score, f.path))
     joined = join_near_duplicates(first, second, groups,
@@ -158,6 +153,25 @@ def check_store(store: str | Path, *, neighbours: int = NEIGHBOURS, folds: int =
     return CheckReport(store, len(y), findings,
                        {n: int(c) for n, c in zip(names, counts, strict=True)}, mixed,
                        split_counts)
+
+
+def _near_duplicates(X: np.ndarray, signatures: np.ndarray | None, neighbours: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Near-duplicate pairs (first, second, similarity) and each row's nearest distances.
+
+    The rule extraction groups by (pixels); rows without a signature (all of a store of
+    an older tlearn, or those an older Ray engine wrote as zeros) are paired by their
+    features alone, at :data:`features.neighbours.FEATURES_ONLY_THRESHOLD`.
+    """
+    known = (np.zeros(len(X), dtype=bool) if signatures is None
+             else np.any(signatures != 0, axis=1))
+    scan = scan_neighbours(X, 2.0 if known.all() else FEATURES_ONLY_THRESHOLD, k=neighbours)
+    unknown = ~known[scan.first] | ~known[scan.second]
+    parts = [(scan.first[unknown], scan.second[unknown], scan.similarity[unknown])]
+    if known.any():
+        parts.append(near_duplicate_pairs(signatures))
+    first, second, similarity = (np.concatenate(p) for p in zip(*parts, strict=True))
+    return first, second, similarity, scan.knn
 
 
 def _outliers(knn: np.ndarray, paths: list[str], y: np.ndarray, names: list[str],
