@@ -201,6 +201,43 @@ def test_the_budget_skips_what_no_longer_fits_and_says_its_estimate(tmp_path, mo
     assert spent <= 150
 
 
+class MirrorClock(ImageClock):
+    """:class:`ImageClock`, where an image of a mirrored recipe costs three seconds."""
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        before = self.now
+        super().progress(what, done, total)
+        if "mirror" in what:
+            self.now += 2 * (self.now - before)
+
+
+def test_the_cheapest_recipe_is_kept_for_the_last_part_when_the_others_may_not_fit(
+        tmp_path, monkeypatch):
+    """The room kept before the last part is room for the cheapest recipe; when it ranks
+    last and only dearer ones are promoted, it goes on too, so the run ends with a model
+    within the budget (a whole store: 72 s, 216 s mirrored)."""
+    from pipeline.workflows import auto
+
+    order = {"efficientnet_lite1 stages+mirror": 0, "efficientnet_lite0 stages+mirror": 1,
+             "efficientnet_lite1 head": 2, "efficientnet_lite0 head": 3}
+    monkeypatch.setattr(auto, "_rank_key", lambda c: (order[c.recipe.name], 0.0))
+    monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "artifacts"))
+    clock = MirrorClock()
+    data = _dataset(tmp_path / "shapes")
+    lines: list[str] = []
+    result = auto.run_auto(_settings(data, tmp_path / "out", budget_s=240,
+                                     backbones=("efficientnet_lite0", "efficientnet_lite1"),
+                                     recipes=("head", "stages+mirror")),
+                           clock=clock, progress=clock.progress, log=lines.append)
+    choice = result.choice
+    assert (choice["recipe"]["backbone"], choice["recipe"]["taps"]) == ("efficientnet_lite0",
+                                                                         None)
+    assert choice["elapsed_s"] <= 240 * 1.1
+    assert any("efficientnet_lite0 head kept" in line for line in lines)
+    whole = [c for c in choice["candidates"] if c["recipe"]["mirror"] and c["cv_rows"] != 18]
+    assert whole and all(c["status"] == "skipped" for c in whole)
+
+
 class FitClock(ImageClock):
     """:class:`ImageClock`, where a search of C also takes ``fit_s`` seconds on 18 train
     rows, times the square root of the rows as the search's estimate assumes (the

@@ -703,6 +703,21 @@ def _evaluate(run: _Search, recipe: FeatureRecipe, kind: str, paths: list[Path],
     return c
 
 
+def _fallback(run: _Search, ranked: list[FeatureRecipe], live: list[FeatureRecipe],
+              kind: str) -> FeatureRecipe | None:
+    """The cheapest recipe of a rung, kept for the last one when it was pruned and the
+    cheapest one promoted may not fit whole (with the margin) in what is left: the room
+    kept before the last rung was room for it, so the run still ends with a model
+    within the budget plus 10 %."""
+    cheapest = min(ranked, key=FeatureRecipe.cost)
+    if cheapest in live:
+        return None
+    promoted = min(live, key=FeatureRecipe.cost)
+    whole = (run.extraction_estimate(promoted, len(run.images), run.full_path(promoted))
+             or 0.0) + run.fit_estimate(len(run.order), _FINAL_SEARCHES + _FIT_RESERVE, kind)
+    return None if run.budget.fits(_MARGIN * whole - 0.1 * run.budget.budget) else cheapest
+
+
 def _last_rung_order(live: list[FeatureRecipe]) -> list[FeatureRecipe]:
     """The recipes of the last rung (``live``, best first on the previous rung), in the
     order they are extracted: the cheapest first, as the room kept before this rung is
@@ -790,10 +805,20 @@ def _halving(run: _Search, recipes: list[FeatureRecipe], classifiers: list[str]
                 c.status, c.reason = (("promoted", "") if i < keep else (
                     "pruned", f"not in the best 1/{ETA} of the recipes on "
                               f"{run.sizes[rung]} train images"))
-        run.candidates.extend(c for r in results.values() for c in r)
         live = ranked[:keep]
+        fallback = _fallback(run, ranked, live, classifiers[0]) \
+            if rung + 2 == len(run.sizes) else None
+        if fallback is not None:
+            live.append(fallback)
+            for c in results[fallback]:
+                c.status, c.reason = "promoted", (
+                    "kept as the recipe the budget holds whole: those ranked above it may "
+                    "not fit what is left")
+        run.candidates.extend(c for r in results.values() for c in r)
         run.log(f"rung {rung + 1}: {len(live)} of {len(ranked)} recipes go on to "
-                f"{run.sizes[rung + 1]} train images")
+                f"{run.sizes[rung + 1]} train images"
+                + (f" ({fallback.name} kept: the budget may not hold the others whole)"
+                   if fallback is not None else ""))
     finals = [c for r in results.values() for c in r]
     run.candidates.extend(finals)
     if not finals:
