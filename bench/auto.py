@@ -14,7 +14,9 @@ would flatter the budget):
 * ``sweep`` (``--sweep``, once per dataset after its budgets): ``tlearn auto --exhaustive``,
   every candidate on the whole train split with no budget to speak of: the best recipe
   by cross-validation, its test accuracy and time, and McNemar's test of each budget's
-  choice against it. On two cores it takes hours. Prints a table and
+  choice against it. On two cores it takes hours: ``--sweep-only`` runs the sweeps alone
+  (e.g. niced beside other work; their CPU seconds are recorded beside the wall time),
+  and ``--sweeps-from FILE`` pairs a later run's budgets with those sweeps. Prints a table and
 writes ``bench/results/<name>.json`` with the CPU it ran on and the load averages before
 and after each run; other processes may share the CPU, which the budget then holds for
 fewer candidates. Run: ``.venv/bin/python bench/auto.py --datasets flowers5 --budgets 15m``.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -66,6 +69,7 @@ def run_auto(dataset: str, budget: str, stamp: str, exhaustive: bool = False) ->
     artifacts, out = folder / "artifacts", folder / "out"
     folder.mkdir(parents=True)
     load_before = os.getloadavg()
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         wall = _tlearn(["auto", str(SHARED / dataset), "--budget", budget, "--out", str(out),
                         *(["--exhaustive"] if exhaustive else [])],
@@ -77,12 +81,16 @@ def run_auto(dataset: str, budget: str, stamp: str, exhaustive: bool = False) ->
             raise
         return {"dataset": dataset, "budget": budget, "refused": refusal[0],
                 "load_average": {"before": load_before, "after": os.getloadavg()}}
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     choice = json.loads((out / "choice.json").read_text())
     statuses: dict[str, int] = {}
     for c in choice["candidates"]:
         statuses[c["status"]] = statuses.get(c["status"], 0) + 1
     return {"dataset": dataset, "budget": budget, "budget_s": parse_budget(budget),
             "wall_seconds": wall, "elapsed_s": choice["elapsed_s"],
+            "cpu_seconds": (cpu_after.ru_utime + cpu_after.ru_stime
+                            - cpu_before.ru_utime - cpu_before.ru_stime),
+            "nice": os.nice(0),
             "within_budget_plus_10pct": wall <= 1.1 * parse_budget(budget),
             "recipe": choice["recipe"], "why": choice["why"],
             "test_accuracy": choice["test_accuracy"],
@@ -130,6 +138,10 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true",
                         help="also every candidate on the whole train split (tlearn auto "
                              "--exhaustive, no budget), once per dataset, after its budgets")
+    parser.add_argument("--sweep-only", action="store_true",
+                        help="only the sweeps (no budget runs), e.g. niced beside other work")
+    parser.add_argument("--sweeps-from", type=Path,
+                        help="a results file whose sweeps the budget runs are paired with")
     parser.add_argument("--name", default="auto", help="bench/results/<name>.json")
     parser.add_argument("--not-run", default="",
                         help="what the figures leave out, for the record")
@@ -144,7 +156,12 @@ def main() -> None:
         "not_run": args.not_run, "runs": []}
     print(describe(record["machine"]), flush=True)
     defaults: dict[str, dict] = {}  # one default per dataset, beside each of its budgets
+    if args.sweeps_from:
+        record["sweeps"] = json.loads(args.sweeps_from.read_text()).get("sweeps", {})
+        record["sweeps_from"] = str(args.sweeps_from.relative_to(REPO))
     for dataset, budget in zip(args.datasets, budgets, strict=True):
+        if args.sweep_only:
+            break
         auto = run_auto(dataset, budget, stamp)
         entry = {"auto": auto}
         record["runs"].append(entry)
@@ -159,6 +176,9 @@ def main() -> None:
             entry["default"] = default
             entry["auto_vs_default"] = paired(auto, default)
             result_path.write_text(json.dumps(record, indent=1, default=str))
+        if dataset in record.get("sweeps", {}):
+            entry["auto_vs_sweep"] = paired(auto, record["sweeps"][dataset])
+            result_path.write_text(json.dumps(record, indent=1, default=str))
         print(f"{dataset} at {budget}: auto {auto['test_accuracy']:.4f} "
               f"{[round(v, 3) for v in auto['test_accuracy_ci']]} in {auto['wall_seconds']:.0f}s "
               f"({auto['recipe']['backbone']} taps={auto['recipe']['taps']} "
@@ -167,7 +187,7 @@ def main() -> None:
                  f"{entry['default']['wall_seconds']:.0f}s; "
                  f"{entry['auto_vs_default']['verdict']}" if "default" in entry else ""),
               flush=True)
-    if args.sweep:
+    if args.sweep or args.sweep_only:
         for dataset in dict.fromkeys(args.datasets):
             sweep = run_auto(dataset, "100h", stamp, exhaustive=True)
             record.setdefault("sweeps", {})[dataset] = sweep
