@@ -52,6 +52,11 @@ class ImageClock:
             self.last[what] = done
 
 
+# One second per image: three recipes on 18 train images (54 s), then two whole stores
+# of 72 images (1.2 x 72 s kept for each) fit 240 s; a third would not.
+CHOSEN_BUDGET = 240
+
+
 @pytest.fixture(scope="module")
 def chosen(tmp_path_factory):
     """One search on the tiny dataset: its result, the data and the folders."""
@@ -59,10 +64,12 @@ def chosen(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("auto")
     data = _dataset(root / "shapes")
+    clock = ImageClock()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TLEARN_ARTIFACTS", str(root / "artifacts"))
         lines: list[str] = []
-        result = run_auto(_settings(data, root / "out"), log=lines.append)
+        result = run_auto(_settings(data, root / "out", budget_s=CHOSEN_BUDGET),
+                          log=lines.append, clock=clock, progress=clock.progress)
     return result, data, root, lines
 
 
@@ -95,7 +102,8 @@ def test_choice_json_records_the_recipe_candidates_and_the_test_figure(chosen):
     # three recipes on 18 train images, the best two (of 1/3, at least two) on all 54
     pruned = [c for c in choice["candidates"] if c["status"] == "pruned"]
     assert {c["recipe"]["name"] for c in pruned} and all(c["cv_rows"] == 18 for c in pruned)
-    assert all("best 1/3" in c["reason"] for c in pruned)
+    assert all("best 1/3" in c["reason"] and "budget left does not hold" not in c["reason"]
+               for c in pruned)
     finals = [c for c in choice["candidates"] if c["status"] in ("finalist", "winner")]
     assert len({c["recipe"]["name"] for c in finals}) == 2
     assert all(c["cv_rows"] == 54 for c in finals)
@@ -124,6 +132,79 @@ def test_an_exhaustive_search_tries_every_candidate_on_the_whole_train_split(cho
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.h5")}
     assert len(before) == 2 and len(after) == 3
     assert {name: after[name] for name in before} == before
+
+
+def test_a_larger_budget_takes_more_recipes_to_the_whole_train_split(chosen, tmp_path,
+                                                                    monkeypatch):
+    """The budget that held two whole stores beside the first part (240 s) pruned the
+    third recipe; 400 s holds all three, so none is pruned, and the one below the best
+    1/3 says why it went on."""
+    from pipeline.workflows.auto import run_auto
+
+    _, data, _, _ = chosen
+    monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "artifacts"))
+    clock = ImageClock()
+    result = run_auto(_settings(data, tmp_path / "out", budget_s=400), clock=clock,
+                      progress=clock.progress)
+    candidates = result.choice["candidates"]
+    assert not [c for c in candidates if c["status"] in ("pruned", "skipped")]
+    whole = {c["recipe"]["name"] for c in candidates if c["cv_rows"] == 54}
+    assert whole == {f"efficientnet_lite0 {r}" for r in SEARCH["recipes"]}
+    held = [c for c in candidates if "budget left holds it" in c["reason"]]
+    assert len({c["recipe"]["name"] for c in held}) == 1
+    assert all(c["cv_rows"] == 18 and c["status"] == "promoted" for c in held)
+    assert result.choice["elapsed_s"] <= 400
+
+
+def test_later_rungs_search_c_near_the_earlier_choice_and_the_final_fit_reuses_it(chosen):
+    """The whole grid on the first rung, a decade either side of its choice on the next
+    (half-decade steps: at most five values), and the saved model trained at the C the
+    search chose, not searched again."""
+    from classifiers.persistence import load_classifier
+    from classifiers.registry import C_GRID
+
+    result, _, root, _ = chosen
+    fits = json.loads((root / "out" / "auto_state.json").read_text())["fits"].values()
+    first = [f for f in fits if f["rows"] == 18]
+    later = [f for f in fits if f["rows"] == 54 and f["kind"] == "logreg"]
+    assert first and later and all(f["kind"] == "logreg" for f in first)
+    assert {f["grid"] for f in first} == {len(C_GRID)}
+    assert all(3 <= f["grid"] <= 5 for f in later)
+    # linear_svm, first tried on the whole train split, has its whole grid
+    assert {f["grid"] for f in fits if f["kind"] == "linear_svm"} == {13}
+    winner = next(c for c in result.choice["candidates"] if c["status"] == "winner")
+    model = load_classifier(result.model_path)
+    assert model.search_.grid == [winner["recipe"]["C"]] == [result.choice["recipe"]["C"]]
+
+
+def test_search_seconds_are_scaled_by_the_growth_measured_between_two_sizes():
+    """A search measured at 359 and 1079 rows growing as rows**1.8 is estimated at 3238
+    rows from the larger one (the square root once assumed was 3 times too low); slopes
+    between a whole grid and a window are not taken, and the growth is held in [1, 2]."""
+    from types import SimpleNamespace
+
+    from pipeline.workflows.auto import FeatureRecipe, _Search
+
+    recipe = FeatureRecipe("efficientnet_lite1", "stages")
+
+    def estimate(units: list[dict], rows: int = 3238) -> float:
+        search = SimpleNamespace(units=units)
+        search._exponent = lambda: _Search._exponent(search)
+        return _Search.unit_seconds(search, recipe, "logreg", rows)
+
+    def unit(rows: int, power: float, grid: int = 5) -> dict:
+        return {"recipe": recipe.name, "kind": "logreg", "rows": rows, "grid": grid,
+                "unit": 0.01 * rows ** power}
+
+    truth = 0.01 * 3238 ** 1.8
+    assert estimate([unit(359, 1.8), unit(1079, 1.8)]) == pytest.approx(truth)
+    assert estimate([unit(359, 1.8), unit(1079, 1.8)]) > 2.5 * (
+        unit(1079, 1.8)["unit"] * math.sqrt(3238 / 1079))
+    # a whole grid's first rung and a window's second: the default growth, 1.8
+    assert estimate([unit(359, 2.5, grid=17), unit(1079, 1.8)]) == pytest.approx(truth)
+    held = estimate([unit(359, 3.0), unit(1079, 3.0)])
+    assert held == pytest.approx(0.01 * 1079 ** 3.0 * (3238 / 1079) ** 2.0)
+    assert estimate([]) == 0.0
 
 
 def test_keras_networks_without_cached_weights_are_listed_as_skipped(tmp_path, monkeypatch):
@@ -173,7 +254,9 @@ def test_the_test_split_does_not_change_the_choice(chosen, tmp_path, monkeypatch
     again, _ = load_dataset(spoilt, seed=auto.DEFAULT_SEED)
     assert np.array_equal(again.split, images.split)  # the same images in test
     monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "artifacts"))
-    second = auto.run_auto(_settings(spoilt, tmp_path / "out"))
+    clock = ImageClock()
+    second = auto.run_auto(_settings(spoilt, tmp_path / "out", budget_s=CHOSEN_BUDGET),
+                           clock=clock, progress=clock.progress)
     assert _decisions(second.choice) == _decisions(first.choice)
     assert {k: v for k, v in second.choice["recipe"].items() if k != "C"} == \
         {k: v for k, v in first.choice["recipe"].items() if k != "C"}
@@ -239,13 +322,13 @@ def test_the_cheapest_recipe_is_kept_for_the_last_part_when_the_others_may_not_f
 
 
 class FitClock(ImageClock):
-    """:class:`ImageClock`, where a search of C also takes ``fit_s`` seconds on 18 train
-    rows, times the square root of the rows as the search's estimate assumes (the
-    out-of-fold predictions count nothing here)."""
+    """:class:`ImageClock`, where a search of C also takes ``unit_s`` seconds per grid
+    value on 18 train rows, times the rows to the power 1.5 (the estimate's exponent until
+    two sizes are measured), and the out-of-fold predictions three grid values' worth."""
 
-    def __init__(self, fit_s: float) -> None:
+    def __init__(self, unit_s: float) -> None:
         super().__init__()
-        self.fit_s = fit_s
+        self.unit_s = unit_s
 
     def timing(self, monkeypatch) -> None:
         from pipeline.workflows import auto
@@ -254,30 +337,40 @@ class FitClock(ImageClock):
 
         class Timed(auto.FeatureClassifier):
             def fit(self, X, y, *args, **kwargs):
-                clock.now += clock.fit_s * math.sqrt(len(y) / 18)
+                clock.now += clock.unit_s * len(self.grid) * (len(y) / 18) ** 1.5
                 return super().fit(X, y, *args, **kwargs)
 
+        out_of_fold = auto._Search._out_of_fold
+
+        def timed_out_of_fold(search, model, X, y):
+            clock.now += clock.unit_s * 3 * (len(y) / 18) ** 1.5
+            return out_of_fold(search, model, X, y)
+
         monkeypatch.setattr(auto, "FeatureClassifier", Timed)
+        monkeypatch.setattr(auto._Search, "_out_of_fold", timed_out_of_fold)
 
 
 def test_the_last_rung_spends_the_budget_on_recipes_before_classifiers(tmp_path, monkeypatch):
-    """Searches of C of F = 1000 s on 18 rows (1.73 F on all 54), images of 1 s. Two
-    recipes on 18 rows (2 F), then both on all images with logreg (3.5 F), then one more
-    search with room kept for the final fit (1.73 F + 1.15 F) fit 9 F; a second would
-    need 10.1 F. Trying every classifier on the first recipe would leave no room for the
-    second one's store."""
-    from pipeline.workflows.auto import run_auto
+    """Grid values of u = 100 s on 18 rows (5.2 u on all 54), images of 1 s, whole grids
+    (17 values for logreg and ovr, 13 for linear_svm), out-of-fold predictions of 3 values.
+    Two recipes on 18 rows (34 u), then both on all images with logreg (2 x 20 x 5.2 u),
+    then linear_svm with room kept for the final fit (16 x 5.2 u + 20.8 u) fit 400 u; one
+    more search would need at least 16 x 5.2 u + 20.8 u beyond. Trying every classifier on
+    the first recipe would leave no room for the second one's store."""
+    from pipeline.workflows import auto
 
     monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "artifacts"))
-    clock = FitClock(fit_s=1000)
+    monkeypatch.setattr(auto, "WINDOW_DECADES", math.inf)  # the order, not the windows
+    clock = FitClock(unit_s=100)
     clock.timing(monkeypatch)
     data = _dataset(tmp_path / "shapes")
     lines: list[str] = []
-    result = run_auto(_settings(data, tmp_path / "out", budget_s=9000, recipes=("head", "stages"),
-                                classifiers=("logreg", "linear_svm", "ovr")),
-                      clock=clock, progress=clock.progress, log=lines.append)
+    result = auto.run_auto(_settings(data, tmp_path / "out", budget_s=40_000,
+                                     recipes=("head", "stages"),
+                                     classifiers=("logreg", "linear_svm", "ovr")),
+                           clock=clock, progress=clock.progress, log=lines.append)
     choice = result.choice
-    assert choice["elapsed_s"] <= 9000 * 1.1
+    assert choice["elapsed_s"] <= 40_000
     last = {(c["recipe"]["name"], c["recipe"]["classifier"]): c for c in choice["candidates"]
             if c["cv_rows"] == 54 or c["status"] == "skipped"}
     names = ("efficientnet_lite0 head", "efficientnet_lite0 stages")

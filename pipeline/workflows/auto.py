@@ -85,11 +85,23 @@ ETA = 3
 ALPHA = 0.05
 CHOICE_FILE = "choice.json"
 STATE_FILE = "auto_state.json"
-# Searches of C kept in reserve for the winner's final fit (``tlearn train``'s own search).
-_FIT_RESERVE = 1.0
-# A finalist's search of C, and its out-of-fold predictions (about half a search more).
-_FINAL_SEARCHES = 1.5
-# What is kept for one whole candidate is its estimate times this.
+#: From the second rung on, C is searched within this many decades either side of the
+#: value the recipe chose on the rung before (five half-decade steps, not the 17 of the
+#: whole grid): the choice moves little between rungs, and the weakest regularisation,
+#: which the window leaves out, is the slowest to fit.
+WINDOW_DECADES = 1.0
+# A search's cost is counted in grid values walked (every fold, warm-started). The
+# out-of-fold predictions (one cold fit a fold) count as this many until measured, and
+# the winner's final fit (``tlearn train`` at the chosen C: its folds, the whole split,
+# the unknown score) as this many.
+_OOF_UNITS = 3.0
+_FINAL_UNITS = 4.0
+# How a search's cost grows with its rows until two sizes of one recipe, classifier and
+# grid length are measured: on flowers5 it grew about 7 times for 3 times the rows
+# (the square root once assumed let 5-minute budgets overrun by 20 %). Measured
+# exponents are held within [1, 2].
+_DEFAULT_EXPONENT = 1.8
+# What is kept for a candidate not yet measured at its size is its estimate times this.
 _MARGIN = 1.2
 
 Log = Callable[[str], None]
@@ -385,7 +397,10 @@ class _Search:
         self.order = _stratified_order(labels, train, settings.seed)
         self.sizes = _rung_sizes(labels, self.order, settings.cv)
         self.candidates: list[Candidate] = []
-        self.fit_seconds: dict[str, dict[str, tuple[int, float]]] = {}
+        self.first = next(iter(settings.classifiers or IN_MEMORY_CLASSIFIERS))
+        # every search's rows and seconds per grid value, and C chosen per recipe
+        self.units: list[dict[str, Any]] = []
+        self.chosen: dict[tuple[str, str], float] = {}
 
     # -- time ------------------------------------------------------------------------------
     def seconds_per_image(self, recipe: FeatureRecipe) -> float | None:
@@ -418,19 +433,73 @@ class _Search:
         spi = self.seconds_per_image(recipe)
         return None if spi is None else self.overhead(recipe) + spi * images
 
-    def fit_estimate(self, rows: int, fits: float, kind: str | None = None) -> float:
-        """Seconds of ``fits`` searches of C on ``rows`` train rows, from the mean
-        measured for classifier ``kind`` (for all, before it is measured) at the most
-        rows measured, scaled by the square root of the rows: a search's fixed cost (its
-        grid, its folds) dominates on small subsets, so a linear scale would shut out a
-        whole candidate that fits."""
-        measured = self.fit_seconds.get(kind) or {
-            k: v for by_kind in self.fit_seconds.values() for k, v in by_kind.items()}
-        if not measured:
+    def grid(self, recipe: FeatureRecipe, kind: str) -> list[float]:
+        """The values of C (alpha) to search for ``recipe`` + ``kind``: a window of
+        :data:`WINDOW_DECADES` around the value chosen on an earlier rung (by this
+        classifier, or by the first one when both share a grid), else the family's
+        whole grid (always when exhaustive)."""
+        config = CLASSIFIERS[kind]
+        full = [float(v) for v in config.param_grid]
+        chosen = self.chosen.get((recipe.name, kind))
+        if chosen is None and config.param_grid == CLASSIFIERS[self.first].param_grid:
+            chosen = self.chosen.get((recipe.name, self.first))
+        if self.s.exhaustive or chosen is None:
+            return full
+        return [v for v in full if abs(math.log10(v / chosen)) <= WINDOW_DECADES + 1e-9]
+
+    def _exponent(self) -> float:
+        """How a search's seconds per grid value grow with its rows: the median of the
+        slopes measured between the two largest sizes of each recipe, classifier and
+        grid length (a window leaves out the slowest values of a whole grid, so a slope
+        across the two would flatter the larger size)."""
+        sizes: dict[tuple[str, str, int], dict[int, list[float]]] = {}
+        for m in self.units:
+            by_rows = sizes.setdefault((m["recipe"], m["kind"], m["grid"]), {})
+            by_rows.setdefault(m["rows"], []).append(m["unit"])
+        slopes = []
+        for by_rows in sizes.values():
+            if len(by_rows) >= 2:
+                (n1, u1), (n2, u2) = sorted((n, float(np.mean(u))) for n, u in by_rows.items()
+                                            )[-2:]
+                if u1 > 0 and u2 > 0:
+                    slopes.append(math.log(u2 / u1) / math.log(n2 / n1))
+        return float(np.clip(np.median(slopes), 1.0, 2.0)) if slopes else _DEFAULT_EXPONENT
+
+    def unit_seconds(self, recipe: FeatureRecipe, kind: str, rows: int) -> float:
+        """Seconds a search of C spends per grid value on ``rows`` train rows: measured
+        for this recipe and classifier (else this classifier, else this recipe, else
+        any) at the most rows measured, scaled by a power of the rows fitted on the
+        sizes measured (:meth:`_exponent`); 0 before any search."""
+        mine = [m for m in self.units if m["recipe"] == recipe.name]
+        pick = ([m for m in mine if m["kind"] == kind]
+                or [m for m in self.units if m["kind"] == kind] or mine or self.units)
+        if not pick:
             return 0.0
-        most = max(n for n, _ in measured.values())
-        seconds = [t for n, t in measured.values() if n == most]
-        return sum(seconds) / len(seconds) * math.sqrt(rows / most) * fits
+        most = max(m["rows"] for m in pick)
+        unit = float(np.mean([m["unit"] for m in pick if m["rows"] == most]))
+        return unit * (rows / most) ** self._exponent()
+
+    def search_estimate(self, recipe: FeatureRecipe, kind: str, rows: int,
+                        oof: bool = False) -> float:
+        """Seconds of the search of C for ``recipe`` + ``kind`` on ``rows`` train rows
+        (its grid as :meth:`grid` gives it), with its out-of-fold predictions."""
+        units = len(self.grid(recipe, kind))
+        if oof:
+            measured = [m["oof_units"] for m in self.units if m.get("oof_units")]
+            units += float(np.mean(measured)) if measured else _OOF_UNITS
+        return units * self.unit_seconds(recipe, kind, rows)
+
+    def final_estimate(self, recipe: FeatureRecipe, kind: str) -> float:
+        """Seconds of the winner's final fit (``tlearn train`` at the chosen C)."""
+        return _FINAL_UNITS * self.unit_seconds(recipe, kind, len(self.order))
+
+    def whole_estimate(self, recipe: FeatureRecipe, kind: str) -> float:
+        """Seconds of ``recipe`` + ``kind`` as a finalist: its store of every image, its
+        search and out-of-fold predictions on the whole train split, the final fit."""
+        extraction = self.extraction_estimate(recipe, len(self.images),
+                                              self.full_path(recipe)) or 0.0
+        return (extraction + self.search_estimate(recipe, kind, len(self.order), oof=True)
+                + self.final_estimate(recipe, kind))
 
     # -- stores ----------------------------------------------------------------------------
     def _timed(self, recipe: FeatureRecipe, path: Path, what: str,
@@ -503,32 +572,40 @@ class _Search:
     # -- cross-validation --------------------------------------------------------------------
     def cross_validate(self, candidate: Candidate, stores: list[Path], oof: bool) -> None:
         """CV accuracy and log-loss of ``candidate`` on the train rows of ``stores``
-        (concatenated), and with ``oof`` its out-of-fold correctness at the chosen C."""
+        (concatenated) over its :meth:`grid`, and with ``oof`` its out-of-fold
+        correctness at the chosen C."""
+        grid = self.grid(candidate.recipe, candidate.classifier)
         keys = [read_store_attrs(p)["settings_key"] for p in stores]
-        key = _fingerprint(keys, candidate.classifier, self.s.cv, self.s.seed)
+        key = _fingerprint(keys, candidate.classifier, self.s.cv, self.s.seed, grid)
         cached = self.state.data["fits"].get(key)
         if cached is None or (oof and cached.get("oof") is None):
             X, y = self._train_rows(stores)
             t0 = self.budget.clock()
-            model = FeatureClassifier(kind=candidate.classifier, cv=self.s.cv,
+            model = FeatureClassifier(kind=candidate.classifier, grid=grid, cv=self.s.cv,
                                       random_state=self.s.seed, n_jobs=None).fit(X, y)
             search = model.search_
             best = search.best_index
             acc = search.accuracy[best]
-            cached = {"rows": len(y), "C": search.best_value,
+            searched = self.budget.clock() - t0
+            cached = {"rows": len(y), "kind": candidate.classifier, "C": search.best_value,
+                      "grid": len(grid),
                       "accuracy": float(acc.mean()), "log_loss": float(search.mean_log_loss[best]),
                       "log_loss_folds": search.log_loss[best].tolist(), "oof": None,
-                      "fit_seconds": model.fit_seconds_}
+                      "fit_seconds": model.fit_seconds_, "search_seconds": searched,
+                      "oof_seconds": None}
             if oof:
                 cached["oof"] = self._out_of_fold(model, X, y).tolist()
+                cached["oof_seconds"] = self.budget.clock() - t0 - searched
             cached["seconds"] = self.budget.clock() - t0
             self.state.data["fits"][key] = cached
             self.state.save()
             candidate.seconds += cached["seconds"]
-        # per search of C, out-of-fold predictions counted as half a one
-        searches = 1.5 if cached["oof"] is not None else 1
-        self.fit_seconds.setdefault(candidate.classifier, {})[key] = (
-            cached["rows"], cached["seconds"] / searches)
+        unit = cached["search_seconds"] / cached["grid"]
+        self.units.append({"recipe": candidate.recipe.name, "kind": candidate.classifier,
+                           "rows": cached["rows"], "unit": unit, "grid": cached["grid"],
+                           "oof_units": cached["oof_seconds"] / unit
+                           if cached["oof_seconds"] and unit > 0 else None})
+        self.chosen[candidate.recipe.name, candidate.classifier] = cached["C"]
         n = cached["rows"]
         candidate.rows, candidate.C = n, cached["C"]
         if cached["oof"] is not None:
@@ -644,9 +721,7 @@ def _refuse_small_budget(run: _Search, cheapest: FeatureRecipe) -> None:
     """Refuse a budget too small for one whole candidate, once a speed is measured: the
     whole store, its search and out-of-fold predictions, and the final fit, in the budget
     plus the 10 % the first whole candidate may use (as on the last rung)."""
-    full = run.extraction_estimate(cheapest, len(run.images), run.full_path(cheapest)) or 0.0
-    need = run.budget.used + full + run.fit_estimate(len(run.order), _FINAL_SEARCHES
-                                                     + _FIT_RESERVE)
+    need = run.budget.used + run.whole_estimate(cheapest, run.first)
     if need > 1.1 * run.budget.budget:
         spi = run.seconds_per_image(cheapest) or 0.0
         rate = f"{1 / spi:.1f} img/s measured" if spi else "measured"
@@ -672,8 +747,7 @@ def _evaluate_rung(run: _Search, recipe: FeatureRecipe, rung: int, classifiers: 
     estimate = run.extraction_estimate(
         recipe, images, run.full_path(recipe) if last else run.subset_path(recipe, rung))
     rows = run.sizes[rung]
-    searches = _FINAL_SEARCHES if last else 1
-    fit = run.fit_estimate(rows, searches, classifiers[0])
+    fit = run.search_estimate(recipe, classifiers[0], rows, oof=last)
     where = "the full train split" if last else f"{rows} train images"
     if estimate is not None and not run.budget.fits(estimate + fit + reserve):
         _skip(run, recipe, classifiers if last else classifiers[:1],
@@ -713,9 +787,34 @@ def _fallback(run: _Search, ranked: list[FeatureRecipe], live: list[FeatureRecip
     if cheapest in live:
         return None
     promoted = min(live, key=FeatureRecipe.cost)
-    whole = (run.extraction_estimate(promoted, len(run.images), run.full_path(promoted))
-             or 0.0) + run.fit_estimate(len(run.order), _FINAL_SEARCHES + _FIT_RESERVE, kind)
+    whole = run.whole_estimate(promoted, kind)
     return None if run.budget.fits(_MARGIN * whole - 0.1 * run.budget.budget) else cheapest
+
+
+def _budget_holds(run: _Search, ranked: list[FeatureRecipe], keep: int, rung: int) -> int:
+    """How many of ``ranked`` go on from ``rung``: the best ``keep``, then, best first,
+    as many more as the budget left holds (with the margin) through every rung to come
+    with the first classifier, room kept for the winner's final fit. A larger budget
+    then buys a choice among more recipes measured on all the images."""
+    def to_the_end(recipe: FeatureRecipe) -> float:
+        seconds = 0.0
+        for j in range(rung + 1, len(run.sizes)):
+            last = j == len(run.sizes) - 1
+            images = len(run.images) if last else run.sizes[j] - run.sizes[j - 1]
+            path = run.full_path(recipe) if last else run.subset_path(recipe, j)
+            seconds += ((run.extraction_estimate(recipe, images, path) or 0.0)
+                        + run.search_estimate(recipe, run.first, run.sizes[j], oof=last))
+        return _MARGIN * seconds
+
+    room = run.budget.left - _MARGIN * max(run.final_estimate(r, run.first) for r in ranked)
+    room -= sum(to_the_end(r) for r in ranked[:keep])
+    held = keep
+    for recipe in ranked[keep:]:
+        room -= to_the_end(recipe)
+        if room < 0:
+            break
+        held += 1
+    return held
 
 
 def _last_rung_order(live: list[FeatureRecipe]) -> list[FeatureRecipe]:
@@ -736,9 +835,8 @@ def _other_classifiers(run: _Search, results: dict[FeatureRecipe, list[Candidate
     rows = run.sizes[-1]
     for recipe in sorted(results, key=lambda r: _rank_key(results[r][0])):
         for kind in classifiers[1:]:
-            fit = run.fit_estimate(rows, _FINAL_SEARCHES, kind)
-            reserve = max(run.fit_estimate(len(run.order), _FIT_RESERVE, k)
-                          for k in (classifiers[0], kind))
+            fit = run.search_estimate(recipe, kind, rows, oof=True)
+            reserve = max(run.final_estimate(recipe, k) for k in (classifiers[0], kind))
             if not run.budget.fits(fit + reserve):
                 _skip(run, recipe, [kind], f"its fit does not fit the "
                       f"{format_seconds(run.budget.left)} left at the full train split", fit,
@@ -768,13 +866,10 @@ def _halving(run: _Search, recipes: list[FeatureRecipe], classifiers: list[str]
             recipe = queue.pop(0)
             # Room is always kept for one whole candidate: before the last rung the
             # cheapest recipe still alive on all images, and the winner's final fit.
-            reserve = run.fit_estimate(len(run.order), _FIT_RESERVE, classifiers[0])
+            reserve = run.final_estimate(recipe, classifiers[0])
             if not last:
                 # with a margin: estimates drift as the machine gets busier
-                reserve = _MARGIN * (reserve + min(
-                    run.extraction_estimate(r, len(run.images), run.full_path(r)) or 0.0
-                    for r in live) + run.fit_estimate(len(run.order), _FINAL_SEARCHES,
-                                                      classifiers[0]))
+                reserve = _MARGIN * min(run.whole_estimate(r, classifiers[0]) for r in live)
             elif not results:
                 # The first whole candidate may use the 10 % the budget allows over:
                 # without it the run would end with no model at all.
@@ -800,12 +895,17 @@ def _halving(run: _Search, recipes: list[FeatureRecipe], classifiers: list[str]
             continue
         ranked = sorted(results, key=lambda r: min(_rank_key(c) for c in results[r]))
         keep = max(2, math.ceil(len(ranked) / ETA)) if len(ranked) > 1 else len(ranked)
+        held = _budget_holds(run, ranked, keep, rung)
         for i, recipe in enumerate(ranked):
             for c in results[recipe]:
                 c.status, c.reason = (("promoted", "") if i < keep else (
+                    "promoted", f"below the best 1/{ETA}, but the budget left holds it on "
+                                "every rung to come") if i < held else (
                     "pruned", f"not in the best 1/{ETA} of the recipes on "
-                              f"{run.sizes[rung]} train images"))
-        live = ranked[:keep]
+                              f"{run.sizes[rung]} train images"
+                              + (", and the budget left does not hold more"
+                                 if held > keep else "")))
+        live = ranked[:held]
         fallback = _fallback(run, ranked, live, classifiers[0]) \
             if rung + 2 == len(run.sizes) else None
         if fallback is not None:
@@ -883,8 +983,9 @@ def _finish(run: _Search, winner: Candidate, why: str) -> AutoResult:
     """Train the winner as ``tlearn train`` does, test it once, write choice.json."""
     run.log(f"chosen: {why}")
     store = run.full_path(winner.recipe)  # a finalist's: extracted already
-    outcome = train_store(store, classifier=winner.classifier, cv=run.s.cv, seed=run.s.seed,
-                          log=run.log)[0]
+    # at the C the search chose on these rows: the same folds would choose it again
+    outcome = train_store(store, classifier=winner.classifier, grid=[winner.C], cv=run.s.cv,
+                          seed=run.s.seed, log=run.log)[0]
     test = outcome.report.get("test", {})
     run.budget.tick()
     choice = {
