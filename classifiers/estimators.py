@@ -359,7 +359,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         # are laid out again: the threshold sees held-out training rows only
         self.unknown_ = fit_unknown_score(X, y, splits[:self.cv], coverage=self.coverage,
                                           seed=seed)
-        basis, data, y_fit = None, X, y
+        basis, data, y_fit, layout = None, X, y, None
         if space != "features":
             # tlearn's own copy of the rows, laid out so that every held-out fold of the
             # first k-fold split is contiguous: the folds are then fitted on views of it
@@ -372,6 +372,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
                 basis, space = None, "features"  # constant features: nothing to project
             else:
                 data, y_fit, splits = basis.train_coordinates_, y[order], laid_out
+                layout = order
         self.solver_space_ = space
         self.used_rowspace_ = space == "rowspace"
         template = config.make_estimator(seed, self.max_iter, self.class_weight)
@@ -382,6 +383,10 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             n_jobs=self.n_jobs, name=config.param_name, fold_dtype=config.fit_dtype,
             scale_margins=config.platt, progress=progress, fold_runner=fold_runner,
             splits=splits, class_weight=self.class_weight)
+        if layout is not None:  # the held-out predictions back in the order of X's rows
+            held = self.search_.held_out_predicted
+            self.search_.held_out_predicted = np.empty_like(held)
+            self.search_.held_out_predicted[layout] = held
         parts = getattr(final, "estimators_", [final])
         self.converged_ = not any(issubclass(w.category, ConvergenceWarning) for w in caught) \
             and all(getattr(part, "converged_", True) for part in parts)

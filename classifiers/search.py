@@ -94,6 +94,10 @@ class SearchResult:
         what it predicts), the held-out log-loss of those scaled probabilities (the
         one scale is fitted on the same held-out rows: slightly optimistic); None
         where :attr:`log_loss` already is.
+    held_out_predicted : numpy.ndarray of shape (rows,) or None
+        The class each training row is given at the chosen value by the model of the
+        first k-fold split that held it out: out-of-fold predictions, which paired
+        tests compare (the Platt scale moves no argmax); None for out-of-core searches.
     """
 
     param: str
@@ -106,6 +110,7 @@ class SearchResult:
     repeats: int = 1
     margin_scale: list[float] | None = field(default=None)
     scaled_log_loss: np.ndarray | None = field(default=None)
+    held_out_predicted: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def best_value(self) -> float:
@@ -309,8 +314,9 @@ def _fold_scores(estimator, param: str, walk: Sequence[float], X: np.ndarray, y:
                  classes: np.ndarray, train: np.ndarray, test: np.ndarray,
                  dtype: np.dtype | None, scale_margins: bool = False,
                  class_weight: str | None = None
-                 ) -> tuple[list[float], list[float], list[np.ndarray]]:
-    """Accuracy, log-loss (NaN where margins get scaled) and held-out margins along ``walk``.
+                 ) -> tuple[list[float], list[float], list[np.ndarray], list[np.ndarray]]:
+    """Accuracy, log-loss (NaN where margins get scaled), held-out margins and the index
+    of the class predicted for each held-out row, along ``walk``.
 
     With ``class_weight`` (which ``estimator`` fits with too) the held-out rows weigh as
     their class, counted on the held-out fold: ``"balanced"`` accuracy is then the
@@ -322,20 +328,18 @@ def _fold_scores(estimator, param: str, walk: Sequence[float], X: np.ndarray, y:
     X_train, X_test = _fold_rows(X, train, dtype, slabs), _fold_rows(X, test, dtype, False)
     y_index = np.searchsorted(classes, y[test])
     weights = row_weights(y_index, len(classes), class_weight)
-    accuracy, log_loss, margins = [], [], []
+    accuracy, log_loss, margins, predicted = [], [], [], []
     for _, fitted, _ in walk_path(estimator, param, walk, X_train, y[train]):
         if not scale_margins and hasattr(fitted, "predict_proba"):
             proba = fitted.predict_proba(X_test)
-            accuracy.append(float(np.average(proba.argmax(axis=1) == y_index,
-                                              weights=weights)))
             log_loss.append(held_out_log_loss(proba, y_index, weights))
         else:
-            columns = margin_columns(fitted.decision_function(X_test))
-            accuracy.append(float(np.average(columns.argmax(axis=1) == y_index,
-                                              weights=weights)))
+            proba = margin_columns(fitted.decision_function(X_test))
             log_loss.append(float("nan"))
-            margins.append(columns)
-    return accuracy, log_loss, margins
+            margins.append(proba)
+        predicted.append(proba.argmax(axis=1).astype(np.int32))
+        accuracy.append(float(np.average(predicted[-1] == y_index, weights=weights)))
+    return accuracy, log_loss, margins, predicted
 
 
 def single_threaded_blas():
@@ -462,7 +466,13 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
             log_loss, scales = _platt_log_loss(results, splits, y, classes, len(grid), order,
                                                class_weight)
         best = choose(rule, log_loss, accuracy, regularisation_decreases=name == "C")
-        result = SearchResult(name, grid, log_loss, accuracy, best, rule, cv, repeats, scales)
+        # the first k-fold split holds every row out once
+        predicted = np.empty(len(y), np.int32)
+        at_best = walk.index(grid[best])
+        for (_, test), outcome in zip(splits[:cv], results[:cv], strict=True):
+            predicted[test] = outcome[3][at_best]
+        result = SearchResult(name, grid, log_loss, accuracy, best, rule, cv, repeats, scales,
+                              held_out_predicted=classes[predicted])
         final, caught = None, []
         if refit:
             path = walk[:walk.index(grid[best]) + 1] if warm_startable(estimator) \

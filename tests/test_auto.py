@@ -168,10 +168,14 @@ def test_later_rungs_search_c_near_the_earlier_choice_and_the_final_fit_reuses_i
     first = [f for f in fits if f["rows"] == 18]
     later = [f for f in fits if f["rows"] == 54 and f["kind"] == "logreg"]
     assert first and later and all(f["kind"] == "logreg" for f in first)
-    assert {f["grid"] for f in first} == {len(C_GRID)}
+    # on the first rung, the mirror's window is around the choice of the recipe it mirrors
+    assert {f["grid"] for f in first if not f["recipe"].endswith("mirror")} == {len(C_GRID)}
+    assert all(3 <= f["grid"] <= 5 for f in first if f["recipe"].endswith("mirror"))
     assert all(3 <= f["grid"] <= 5 for f in later)
-    # linear_svm, first tried on the whole train split, has its whole grid
-    assert {f["grid"] for f in fits if f["kind"] == "linear_svm"} == {13}
+    # linear_svm, first tried on the whole train split, has its whole grid (a mirror's
+    # window is around the choice of the recipe it mirrors, when there is one)
+    assert {f["grid"] for f in fits if f["kind"] == "linear_svm"
+            and not f["recipe"].endswith("mirror")} == {13}
     winner = next(c for c in result.choice["candidates"] if c["status"] == "winner")
     model = load_classifier(result.model_path)
     assert model.search_.grid == [winner["recipe"]["C"]] == [result.choice["recipe"]["C"]]
@@ -277,8 +281,9 @@ def test_the_budget_skips_what_no_longer_fits_and_says_its_estimate(tmp_path, mo
     skipped = [c for c in choice["candidates"] if c["status"] == "skipped"]
     assert skipped and all("does not fit" in c["reason"] for c in skipped)
     # each with its estimate: the mirror's first part (twice 18 images: it would leave
-    # less than 1.2 times the cheapest whole candidate), or a second whole store
-    assert {round(c["estimate_s"]) for c in skipped} <= {36, 72}
+    # less than 1.2 times the cheapest whole candidate), a second whole store, or the
+    # best stages recipe mirrored on all images (twice 72)
+    assert {round(c["estimate_s"]) for c in skipped} <= {36, 72, 144}
     assert any(c["recipe"]["name"].endswith("stages+mirror") for c in skipped)
     spent = sum(c["seconds"] for c in choice["candidates"] if c["status"] != "skipped")
     assert spent <= 150
@@ -321,10 +326,37 @@ def test_the_cheapest_recipe_is_kept_for_the_last_part_when_the_others_may_not_f
     assert whole and all(c["status"] == "skipped" for c in whole)
 
 
+@pytest.mark.parametrize("budget_s, mirrored", [(500, "finalist"), (400, "skipped")])
+def test_the_best_stages_recipe_is_tried_mirrored_on_the_whole_split_when_the_budget_holds_it(
+        tmp_path, monkeypatch, budget_s, mirrored):
+    """The mirror, last on the first part (3 s an image: 54 s, 216 s whole), is pruned
+    there; on the whole split, after the plain stores (90 s + 2 x 72 s), it is extracted
+    when its 216 s are left (500 s), else listed as skipped with its estimate (400 s)."""
+    from pipeline.workflows import auto
+
+    order = {"efficientnet_lite0 stages": 0, "efficientnet_lite0 head": 1,
+             "efficientnet_lite0 stages+mirror": 2}
+    monkeypatch.setattr(auto, "_rank_key", lambda c: (order[c.recipe.name], 0.0))
+    monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "artifacts"))
+    clock = MirrorClock()
+    data = _dataset(tmp_path / "shapes")
+    result = auto.run_auto(_settings(data, tmp_path / "out", budget_s=budget_s,
+                                     classifiers=("logreg",)),
+                           clock=clock, progress=clock.progress)
+    candidates = result.choice["candidates"]
+    mirror = [c for c in candidates if c["recipe"]["mirror"]]
+    assert [(c["cv_rows"], c["status"]) for c in mirror] == [(18, "pruned"), (
+        54 if mirrored == "finalist" else 0, mirrored)]
+    if mirrored == "finalist":
+        assert "efficientnet_lite0 stages, the best recipe with stage taps" in mirror[1]["reason"]
+    else:
+        assert mirror[1]["estimate_s"] == pytest.approx(216, abs=1)
+    assert result.choice["elapsed_s"] <= budget_s
+
+
 class FitClock(ImageClock):
     """:class:`ImageClock`, where a search of C also takes ``unit_s`` seconds per grid
-    value on 18 train rows, times the rows to the power 1.5 (the estimate's exponent until
-    two sizes are measured), and the out-of-fold predictions three grid values' worth."""
+    value on 18 train rows, times the rows to the power 1.5."""
 
     def __init__(self, unit_s: float) -> None:
         super().__init__()
@@ -340,23 +372,16 @@ class FitClock(ImageClock):
                 clock.now += clock.unit_s * len(self.grid) * (len(y) / 18) ** 1.5
                 return super().fit(X, y, *args, **kwargs)
 
-        out_of_fold = auto._Search._out_of_fold
-
-        def timed_out_of_fold(search, model, X, y):
-            clock.now += clock.unit_s * 3 * (len(y) / 18) ** 1.5
-            return out_of_fold(search, model, X, y)
-
         monkeypatch.setattr(auto, "FeatureClassifier", Timed)
-        monkeypatch.setattr(auto._Search, "_out_of_fold", timed_out_of_fold)
 
 
 def test_the_last_rung_spends_the_budget_on_recipes_before_classifiers(tmp_path, monkeypatch):
     """Grid values of u = 100 s on 18 rows (5.2 u on all 54), images of 1 s, whole grids
-    (17 values for logreg and ovr, 13 for linear_svm), out-of-fold predictions of 3 values.
-    Two recipes on 18 rows (34 u), then both on all images with logreg (2 x 20 x 5.2 u),
-    then linear_svm with room kept for the final fit (16 x 5.2 u + 20.8 u) fit 400 u; one
-    more search would need at least 16 x 5.2 u + 20.8 u beyond. Trying every classifier on
-    the first recipe would leave no room for the second one's store."""
+    (17 values for logreg and ovr, 13 for linear_svm). Two recipes on 18 rows (34 u), then
+    both on all images with logreg (2 x 17 x 5.2 u), then linear_svm with room kept for
+    the final fit (13 x 5.2 u + 4 x 5.2 u) fit 330 u; one more search would need at least
+    as much again. Trying every classifier on the first recipe would leave no room for
+    the second one's store."""
     from pipeline.workflows import auto
 
     monkeypatch.setenv("TLEARN_ARTIFACTS", str(tmp_path / "artifacts"))
@@ -365,12 +390,12 @@ def test_the_last_rung_spends_the_budget_on_recipes_before_classifiers(tmp_path,
     clock.timing(monkeypatch)
     data = _dataset(tmp_path / "shapes")
     lines: list[str] = []
-    result = auto.run_auto(_settings(data, tmp_path / "out", budget_s=40_000,
+    result = auto.run_auto(_settings(data, tmp_path / "out", budget_s=33_000,
                                      recipes=("head", "stages"),
                                      classifiers=("logreg", "linear_svm", "ovr")),
                            clock=clock, progress=clock.progress, log=lines.append)
     choice = result.choice
-    assert choice["elapsed_s"] <= 40_000
+    assert choice["elapsed_s"] <= 33_000
     last = {(c["recipe"]["name"], c["recipe"]["classifier"]): c for c in choice["candidates"]
             if c["cv_rows"] == 54 or c["status"] == "skipped"}
     names = ("efficientnet_lite0 head", "efficientnet_lite0 stages")

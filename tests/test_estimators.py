@@ -521,3 +521,29 @@ def test_large_but_plausible_features_still_train(kind):
     X, y = overlapping_classes(150, seed=1)
     model = FeatureClassifier(kind=kind, cv=2).fit(X * 1e6, y)
     assert model.score(X * 1e6, y) > 0.5
+
+
+@pytest.mark.parametrize("space", ["features", "rowspace"])
+@pytest.mark.parametrize("kind", ["logreg", "linear_svm"])
+def test_held_out_predictions_are_in_the_rows_order_at_the_chosen_C(kind, space):
+    """Each training row's class as predicted by the search's first k-fold split at the
+    chosen C, in the order of X's rows whatever layout the search used: the out-of-fold
+    predictions that `tlearn auto` pairs. Against one plain fit a fold without the row,
+    up to near-tied rows (at most one of the 20 a fold)."""
+    from classifiers.search import stratified_folds
+
+    X, y, _ = wide_data(n=60, d=800, noise=2.0)
+    model = FeatureClassifier(kind=kind, grid=[1e-4, 1e-3, 1e-2], max_iter=20_000,
+                              solver_space=space).fit(X, y)
+    assert model.solver_space_ == space
+    held = model.search_.held_out_predicted
+    assert held.shape == y.shape and set(held) <= set(y)
+    C = model.best_params_["C"]
+    disagree = []
+    for train, test in stratified_folds(y, model.cv, 0):
+        plain = PLAIN[kind](C).fit(X[train].astype(np.float64), y[train])
+        disagree.append(int((plain.predict(X[test]) != held[test]).sum()))
+    assert max(disagree) <= 1
+    # and the search's own accuracy at that C is theirs (folds of equal size)
+    best = model.search_.best_index
+    assert np.mean(held == y) == pytest.approx(model.search_.accuracy[best].mean())

@@ -40,11 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.base import clone
 
 from classifiers.estimators import FeatureClassifier
 from classifiers.registry import CLASSIFIERS
-from classifiers.search import check_folds, stratified_folds
+from classifiers.search import check_folds
 from classifiers.statistics import mcnemar_exact, wilson_interval
 from features.backbones import (
     BACKBONES,
@@ -90,11 +89,9 @@ STATE_FILE = "auto_state.json"
 #: whole grid): the choice moves little between rungs, and the weakest regularisation,
 #: which the window leaves out, is the slowest to fit.
 WINDOW_DECADES = 1.0
-# A search's cost is counted in grid values walked (every fold, warm-started). The
-# out-of-fold predictions (one cold fit a fold) count as this many until measured, and
-# the winner's final fit (``tlearn train`` at the chosen C: its folds, the whole split,
-# the unknown score) as this many.
-_OOF_UNITS = 3.0
+# A search's cost is counted in grid values walked (every fold, warm-started); the
+# winner's final fit (``tlearn train`` at the chosen C: its folds, the whole split, the
+# unknown score) as this many.
 _FINAL_UNITS = 4.0
 # How a search's cost grows with its rows until two sizes of one recipe, classifier and
 # grid length are measured: on flowers5 it grew about 7 times for 3 times the rows
@@ -436,13 +433,18 @@ class _Search:
     def grid(self, recipe: FeatureRecipe, kind: str) -> list[float]:
         """The values of C (alpha) to search for ``recipe`` + ``kind``: a window of
         :data:`WINDOW_DECADES` around the value chosen on an earlier rung (by this
-        classifier, or by the first one when both share a grid), else the family's
-        whole grid (always when exhaustive)."""
+        classifier, or by the first one when both share a grid; for a mirrored recipe,
+        by the recipe it mirrors when not by itself), else the family's whole grid
+        (always when exhaustive)."""
         config = CLASSIFIERS[kind]
         full = [float(v) for v in config.param_grid]
-        chosen = self.chosen.get((recipe.name, kind))
-        if chosen is None and config.param_grid == CLASSIFIERS[self.first].param_grid:
-            chosen = self.chosen.get((recipe.name, self.first))
+        names = [recipe.name]
+        if recipe.mirror:  # the same features, averaged over two views
+            names.append(FeatureRecipe(recipe.backbone, recipe.taps).name)
+        kinds = [kind] if config.param_grid != CLASSIFIERS[self.first].param_grid else [
+            kind, self.first]
+        chosen = next((self.chosen[n, k] for n in names for k in kinds
+                       if (n, k) in self.chosen), None)
         if self.s.exhaustive or chosen is None:
             return full
         return [v for v in full if abs(math.log10(v / chosen)) <= WINDOW_DECADES + 1e-9]
@@ -479,15 +481,10 @@ class _Search:
         unit = float(np.mean([m["unit"] for m in pick if m["rows"] == most]))
         return unit * (rows / most) ** self._exponent()
 
-    def search_estimate(self, recipe: FeatureRecipe, kind: str, rows: int,
-                        oof: bool = False) -> float:
+    def search_estimate(self, recipe: FeatureRecipe, kind: str, rows: int) -> float:
         """Seconds of the search of C for ``recipe`` + ``kind`` on ``rows`` train rows
-        (its grid as :meth:`grid` gives it), with its out-of-fold predictions."""
-        units = len(self.grid(recipe, kind))
-        if oof:
-            measured = [m["oof_units"] for m in self.units if m.get("oof_units")]
-            units += float(np.mean(measured)) if measured else _OOF_UNITS
-        return units * self.unit_seconds(recipe, kind, rows)
+        (its grid as :meth:`grid` gives it; its out-of-fold predictions come with it)."""
+        return len(self.grid(recipe, kind)) * self.unit_seconds(recipe, kind, rows)
 
     def final_estimate(self, recipe: FeatureRecipe, kind: str) -> float:
         """Seconds of the winner's final fit (``tlearn train`` at the chosen C)."""
@@ -495,10 +492,10 @@ class _Search:
 
     def whole_estimate(self, recipe: FeatureRecipe, kind: str) -> float:
         """Seconds of ``recipe`` + ``kind`` as a finalist: its store of every image, its
-        search and out-of-fold predictions on the whole train split, the final fit."""
+        search on the whole train split, the final fit."""
         extraction = self.extraction_estimate(recipe, len(self.images),
                                               self.full_path(recipe)) or 0.0
-        return (extraction + self.search_estimate(recipe, kind, len(self.order), oof=True)
+        return (extraction + self.search_estimate(recipe, kind, len(self.order))
                 + self.final_estimate(recipe, kind))
 
     # -- stores ----------------------------------------------------------------------------
@@ -586,25 +583,21 @@ class _Search:
             search = model.search_
             best = search.best_index
             acc = search.accuracy[best]
-            searched = self.budget.clock() - t0
-            cached = {"rows": len(y), "kind": candidate.classifier, "C": search.best_value,
+            cached = {"recipe": candidate.recipe.name, "rows": len(y),
+                      "kind": candidate.classifier, "C": search.best_value,
                       "grid": len(grid),
                       "accuracy": float(acc.mean()), "log_loss": float(search.mean_log_loss[best]),
                       "log_loss_folds": search.log_loss[best].tolist(), "oof": None,
-                      "fit_seconds": model.fit_seconds_, "search_seconds": searched,
-                      "oof_seconds": None}
-            if oof:
-                cached["oof"] = self._out_of_fold(model, X, y).tolist()
-                cached["oof_seconds"] = self.budget.clock() - t0 - searched
-            cached["seconds"] = self.budget.clock() - t0
+                      "fit_seconds": model.fit_seconds_,
+                      "seconds": self.budget.clock() - t0}
+            if oof:  # each row as predicted by the search's fold that held it out
+                cached["oof"] = (search.held_out_predicted == y).tolist()
             self.state.data["fits"][key] = cached
             self.state.save()
             candidate.seconds += cached["seconds"]
-        unit = cached["search_seconds"] / cached["grid"]
         self.units.append({"recipe": candidate.recipe.name, "kind": candidate.classifier,
-                           "rows": cached["rows"], "unit": unit, "grid": cached["grid"],
-                           "oof_units": cached["oof_seconds"] / unit
-                           if cached["oof_seconds"] and unit > 0 else None})
+                           "rows": cached["rows"], "grid": cached["grid"],
+                           "unit": cached["seconds"] / cached["grid"]})
         self.chosen[candidate.recipe.name, candidate.classifier] = cached["C"]
         n = cached["rows"]
         candidate.rows, candidate.C = n, cached["C"]
@@ -627,20 +620,6 @@ class _Search:
             with FeatureStore(path) as store:  # train rows only: the test split stays unread
                 parts.append(store.load("train"))
         return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-
-    def _out_of_fold(self, model: FeatureClassifier, X: np.ndarray, y: np.ndarray
-                     ) -> np.ndarray:
-        """Whether each train row is classified right by the family's estimator at the
-        chosen C fitted without it (the search's own folds). One fit a fold, without a
-        search: the Platt scale and the unknown score would not move any argmax."""
-        config = CLASSIFIERS[model.kind]
-        template = config.make_estimator(self.s.seed, model.max_iter, model.class_weight)
-        template.set_params(**{config.param_key(template): model.search_.best_value})
-        correct = np.zeros(len(y), bool)
-        for train, test in stratified_folds(y, self.s.cv, self.s.seed):
-            fold = clone(template).fit(X[train], y[train])
-            correct[test] = fold.predict(X[test]) == y[test]
-        return correct
 
 
 def available_recipes(settings: AutoSettings) -> tuple[list[FeatureRecipe], list[Candidate]]:
@@ -747,7 +726,7 @@ def _evaluate_rung(run: _Search, recipe: FeatureRecipe, rung: int, classifiers: 
     estimate = run.extraction_estimate(
         recipe, images, run.full_path(recipe) if last else run.subset_path(recipe, rung))
     rows = run.sizes[rung]
-    fit = run.search_estimate(recipe, classifiers[0], rows, oof=last)
+    fit = run.search_estimate(recipe, classifiers[0], rows)
     where = "the full train split" if last else f"{rows} train images"
     if estimate is not None and not run.budget.fits(estimate + fit + reserve):
         _skip(run, recipe, classifiers if last else classifiers[:1],
@@ -803,7 +782,7 @@ def _budget_holds(run: _Search, ranked: list[FeatureRecipe], keep: int, rung: in
             images = len(run.images) if last else run.sizes[j] - run.sizes[j - 1]
             path = run.full_path(recipe) if last else run.subset_path(recipe, j)
             seconds += ((run.extraction_estimate(recipe, images, path) or 0.0)
-                        + run.search_estimate(recipe, run.first, run.sizes[j], oof=last))
+                        + run.search_estimate(recipe, run.first, run.sizes[j]))
         return _MARGIN * seconds
 
     room = run.budget.left - _MARGIN * max(run.final_estimate(r, run.first) for r in ranked)
@@ -826,6 +805,35 @@ def _last_rung_order(live: list[FeatureRecipe]) -> list[FeatureRecipe]:
     return [cheapest, *(r for r in live if r != cheapest)]
 
 
+def _mirror_of_the_best(run: _Search, rung: int, results: dict[FeatureRecipe, list[Candidate]],
+                        classifiers: list[str], stores: dict[FeatureRecipe, list[Path]]
+                        ) -> None:
+    """The last part's best recipe with stage taps, mirrored, when the budget holds it
+    (keeping room for the final fit) and it is not there already.
+
+    A mirror averages the features of each image and its mirror image: it steadies
+    the features more than it changes them, which the small early parts cannot show
+    (on flowers5's first ninth the mirrored recipes ranked below their plain ones; on
+    its whole train split they were ahead). So it is judged again on all the images,
+    beside the recipe it mirrors.
+    """
+    if "stages+mirror" not in (run.s.recipes or RECIPES):
+        return
+    plain = [r for r in results if r.taps == STAGE_TAPS and not r.mirror]
+    if not plain:
+        return
+    best = min(plain, key=lambda r: min(_rank_key(c) for c in results[r]))
+    mirrored = FeatureRecipe(best.backbone, best.taps, True)
+    if mirrored in results:
+        return
+    evaluated = _evaluate_rung(run, mirrored, rung, classifiers[:1], stores, True,
+                               run.final_estimate(best, classifiers[0]))
+    if evaluated is not None:
+        evaluated[0].reason = (f"{best.name}, the best recipe with stage taps on the whole "
+                               "train split, mirrored")
+        results[mirrored] = evaluated
+
+
 def _other_classifiers(run: _Search, results: dict[FeatureRecipe, list[Candidate]],
                        classifiers: list[str], stores: dict[FeatureRecipe, list[Path]]
                        ) -> None:
@@ -835,7 +843,7 @@ def _other_classifiers(run: _Search, results: dict[FeatureRecipe, list[Candidate
     rows = run.sizes[-1]
     for recipe in sorted(results, key=lambda r: _rank_key(results[r][0])):
         for kind in classifiers[1:]:
-            fit = run.search_estimate(recipe, kind, rows, oof=True)
+            fit = run.search_estimate(recipe, kind, rows)
             reserve = max(run.final_estimate(recipe, k) for k in (classifiers[0], kind))
             if not run.budget.fits(fit + reserve):
                 _skip(run, recipe, [kind], f"its fit does not fit the "
@@ -887,6 +895,8 @@ def _halving(run: _Search, recipes: list[FeatureRecipe], classifiers: list[str]
                     live.append(join)
                     queue.append(join)
         if last:
+            if not run.s.exhaustive:
+                _mirror_of_the_best(run, rung, results, classifiers, stores)
             _other_classifiers(run, results, classifiers, stores)
             break
         if not results:  # nothing fitted at this size: the recipes go on to the next
