@@ -142,6 +142,9 @@ def main() -> None:
                         help="only the sweeps (no budget runs), e.g. niced beside other work")
     parser.add_argument("--sweeps-from", type=Path,
                         help="a results file whose sweeps the budget runs are paired with")
+    parser.add_argument("--pair-only", action="store_true",
+                        help="run nothing: pair the budget runs already in "
+                             "bench/results/<name>.json with the sweeps of --sweeps-from")
     parser.add_argument("--name", default="auto", help="bench/results/<name>.json")
     parser.add_argument("--not-run", default="",
                         help="what the figures leave out, for the record")
@@ -149,6 +152,17 @@ def main() -> None:
     budgets = args.budgets if len(args.budgets) > 1 else args.budgets * len(args.datasets)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     result_path = REPO / "bench" / "results" / f"{args.name}.json"
+    if args.pair_only:
+        record = json.loads(result_path.read_text())
+        record["sweeps"] = json.loads(args.sweeps_from.read_text()).get("sweeps", {})
+        record["sweeps_from"] = str(args.sweeps_from.resolve().relative_to(REPO))
+        for entry in record["runs"]:
+            sweep = record["sweeps"].get(entry["auto"]["dataset"])
+            if sweep and "refused" not in entry["auto"]:
+                entry["auto_vs_sweep"] = paired(entry["auto"], sweep)
+        result_path.write_text(json.dumps(record, indent=1, default=str))
+        print(f"paired with {args.sweeps_from}; written to {result_path}")
+        return
     record = {"machine": cpu_info(), "note": (
         "one run; the load averages before and after each run are recorded (a busy machine "
         "holds fewer candidates in a budget): speeds compare only within this run, "
@@ -158,7 +172,7 @@ def main() -> None:
     defaults: dict[str, dict] = {}  # one default per dataset, beside each of its budgets
     if args.sweeps_from:
         record["sweeps"] = json.loads(args.sweeps_from.read_text()).get("sweeps", {})
-        record["sweeps_from"] = str(args.sweeps_from.relative_to(REPO))
+        record["sweeps_from"] = str(args.sweeps_from.resolve().relative_to(REPO))
     for dataset, budget in zip(args.datasets, budgets, strict=True):
         if args.sweep_only:
             break

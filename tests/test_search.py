@@ -271,3 +271,36 @@ def test_empty_grid():
     X, y = data()
     with pytest.raises(UserInputError, match="empty"):
         grid_search(LogisticRegression(), "C", [], X, y)
+
+
+class ParityModel(ClassifierMixin, BaseEstimator):
+    """Predicts class 1 (probability 0.7) for every row when ``int(C)`` is odd, class 0
+    otherwise: its held-out predictions say which value of the grid made them."""
+
+    def __init__(self, C=1.0):
+        self.C = C
+
+    def fit(self, X, y):
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict_proba(self, X):
+        p = 0.7 if int(self.C) % 2 else 0.3
+        return np.tile([1 - p, p], (len(X), 1))
+
+
+@pytest.mark.parametrize("name", ["C", "alpha"])
+@pytest.mark.parametrize("repeats", [1, 2])
+def test_held_out_predictions_are_those_of_the_chosen_value(name, repeats):
+    # two thirds of the rows are class 1: the odd value (3) has the least log-loss; it
+    # is second in the grid and third in the walk of alpha (descending)
+    X = np.zeros((60, 2))
+    y = np.array([0, 1, 1] * 20)
+    result = grid_search(ParityModel(), "C", [2, 3, 4, 6], X, y, cv=3, repeats=repeats,
+                         name=name)
+    assert result.best_value == 3
+    assert result.held_out_predicted.tolist() == [1] * 60
+    # and as labels, not positions
+    labels = np.array(["cat", "dog"])[y]
+    result = grid_search(ParityModel(), "C", [2, 3, 4, 6], X, labels, cv=3, name=name)
+    assert result.held_out_predicted.tolist() == ["dog"] * 60

