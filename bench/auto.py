@@ -87,6 +87,8 @@ def run_auto(dataset: str, budget: str, stamp: str, exhaustive: bool = False) ->
     for c in choice["candidates"]:
         statuses[c["status"]] = statuses.get(c["status"], 0) + 1
     return {"dataset": dataset, "budget": budget, "budget_s": parse_budget(budget),
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                                     capture_output=True, text=True).stdout.strip(),
             "wall_seconds": wall, "elapsed_s": choice["elapsed_s"],
             "cpu_seconds": (cpu_after.ru_utime + cpu_after.ru_stime
                             - cpu_before.ru_utime - cpu_before.ru_stime),
