@@ -408,14 +408,17 @@ class _Search:
         self.sizes = _rung_sizes(labels, self.order, settings.cv)
         self.candidates: list[Candidate] = []
         self.first = next(iter(settings.classifiers or IN_MEMORY_CLASSIFIERS))
-        # every search's rows and seconds per grid value, and C chosen per recipe
-        self.units: list[dict[str, Any]] = [
-            {"recipe": f["recipe"], "kind": f["kind"], "rows": f["rows"], "grid": f["grid"],
-             "unit": f["seconds"] / f["grid"]}
-            for f in self.state.data["fits"].values() if "recipe" in f]
         self.chosen: dict[tuple[str, str], tuple[int, float]] = {}  # (rows, C)
 
     # -- time ------------------------------------------------------------------------------
+    @property
+    def units(self) -> list[dict[str, Any]]:
+        """Every search measured (this run's and a killed one's): its recipe, classifier,
+        rows, grid length and seconds per grid value."""
+        return [{"recipe": f["recipe"], "kind": f["kind"], "rows": f["rows"], "grid": f["grid"],
+                 "unit": f["seconds"] / f["grid"]}
+                for f in self.state.data["fits"].values() if "recipe" in f]
+
     def seconds_per_image(self, recipe: FeatureRecipe) -> float | None:
         """Seconds per image once the network runs: measured for ``recipe``, else scaled
         by :meth:`FeatureRecipe.cost` from the recipe measured on most images; None
@@ -617,9 +620,6 @@ class _Search:
             self.state.data["fits"][key] = cached
             self.state.save()
             candidate.seconds += cached["seconds"]
-        self.units.append({"recipe": candidate.recipe.name, "kind": candidate.classifier,
-                           "rows": cached["rows"], "grid": cached["grid"],
-                           "unit": cached["seconds"] / cached["grid"]})
         self.chosen[candidate.recipe.name, candidate.classifier] = (cached["rows"], cached["C"])
         n = cached["rows"]
         candidate.rows, candidate.C = n, cached["C"]
