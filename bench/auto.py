@@ -12,14 +12,18 @@ would flatter the budget):
   and McNemar's exact test of the two models on the same test images.
 
 * ``sweep`` (``--sweep``, once per dataset after its budgets): ``tlearn auto --exhaustive``,
-  every candidate on the whole train split with no budget to speak of: the best recipe
-  by cross-validation, its test accuracy and time, and McNemar's test of each budget's
-  choice against it. On two cores it takes hours: ``--sweep-only`` runs the sweeps alone
-  (e.g. niced beside other work; their CPU seconds are recorded beside the wall time),
-  and ``--sweeps-from FILE`` pairs a later run's budgets with those sweeps. Prints a table and
-writes ``bench/results/<name>.json`` with the CPU it ran on and the load averages before
-and after each run; other processes may share the CPU, which the budget then holds for
-fewer candidates. Run: ``.venv/bin/python bench/auto.py --datasets flowers5 --budgets 15m``.
+  every candidate on the whole train split with no budget to speak of. It chooses by the
+  same rule as a budget (the cheapest recipe not significantly worse than the best); its
+  best candidate by cross-validation is also trained at its C (``tlearn train --grid C``)
+  and tested, and each budget's choice is paired with both (McNemar). On two cores it
+  takes about an hour a dataset: ``--sweep-only`` runs the sweeps alone (their CPU
+  seconds are recorded beside the wall time), and ``--sweeps-from FILE`` pairs a later
+  run's budgets with those sweeps (``--pair-only``: the runs already in the results file).
+
+Prints a table and writes ``bench/results/<name>.json`` with the CPU it ran on and the
+load averages before and after each run; other processes may share the CPU, which the
+budget then holds for fewer candidates. Run:
+``.venv/bin/python bench/auto.py --datasets flowers5 --budgets 15m``.
 """
 
 from __future__ import annotations
@@ -123,12 +127,54 @@ def run_default(dataset: str, stamp: str) -> dict:
             "load_average": {"before": load_before, "after": os.getloadavg()}}
 
 
+def run_sweep_best(sweep: dict) -> dict:
+    """The sweep's best candidate by cross-validation on the whole train split (accuracy,
+    then log-loss), trained at its chosen C on the sweep's own store (``tlearn train
+    --grid C``) and tested once: the sweep chooses by the same rule as a budget (the
+    cheapest recipe not significantly worse), and this is the best it saw."""
+    whole = [c for c in sweep["candidates"] if c["status"] in ("finalist", "winner")]
+    best = min(whole, key=lambda c: (-c["cv_accuracy"], c["cv_log_loss"]))
+    recipe = best["recipe"]
+    entry = {"recipe": recipe, "cv_accuracy": best["cv_accuracy"],
+             "cv_accuracy_ci": best["cv_accuracy_ci"], "cv_log_loss": best["cv_log_loss"],
+             "images_per_second": best["images_per_second"]}
+    if best["status"] == "winner":
+        return {**entry, "is_the_choice": True, "model": sweep["model"],
+                "artifacts": sweep["artifacts"], "test_accuracy": sweep["test_accuracy"],
+                "test_accuracy_ci": sweep["test_accuracy_ci"]}
+    folder = Path(sweep["artifacts"]).parent
+    state = json.loads((folder / "out" / "auto_state.json").read_text())
+    store = next(Path(path) for path, extraction in state["extractions"].items()
+                 if extraction["recipe"] == recipe["name"] and "subsets" not in Path(path).parts)
+    seconds = _tlearn(["train", str(store), "--classifier", recipe["classifier"],
+                       "--grid", repr(recipe["C"])], Path(sweep["artifacts"]),
+                      folder / "best_cv_train.log")
+    model = f"{store.stem}__{recipe['classifier']}"
+    test = _report(Path(sweep["artifacts"]), model)["test"]
+    return {**entry, "is_the_choice": False, "model": model, "artifacts": sweep["artifacts"],
+            "train_seconds": seconds, "test_accuracy": test["accuracy"],
+            "test_accuracy_ci": test["accuracy_ci"],
+            "vs_the_choice": paired(sweep, {"artifacts": sweep["artifacts"], "model": model})}
+
+
 def paired(auto: dict, default: dict) -> dict:
     from pipeline.reports import paired_comparison
 
     a = _report(Path(auto["artifacts"]), auto["model"])
     b = _report(Path(default["artifacts"]), default["model"])
     return paired_comparison(a, b)
+
+
+def pair_with_sweep(entry: dict, sweep: dict) -> None:
+    """McNemar's test of a budget's choice against the sweep's choice and against the
+    sweep's best by cross-validation (the same test when they are one model)."""
+    if "refused" in entry["auto"]:
+        return
+    entry["auto_vs_sweep"] = paired(entry["auto"], sweep)
+    best = sweep.get("best_cv")
+    if best is not None:
+        entry["auto_vs_sweep_best_cv"] = (entry["auto_vs_sweep"] if best["is_the_choice"]
+                                          else paired(entry["auto"], best))
 
 
 def main() -> None:
@@ -156,12 +202,17 @@ def main() -> None:
     result_path = REPO / "bench" / "results" / f"{args.name}.json"
     if args.pair_only:
         record = json.loads(result_path.read_text())
-        record["sweeps"] = json.loads(args.sweeps_from.read_text()).get("sweeps", {})
+        sweeps_record = json.loads(args.sweeps_from.read_text())
+        if any("best_cv" not in sweep for sweep in sweeps_record.get("sweeps", {}).values()):
+            for sweep in sweeps_record["sweeps"].values():  # sweeps run before it was kept
+                sweep.setdefault("best_cv", run_sweep_best(sweep))
+            args.sweeps_from.write_text(json.dumps(sweeps_record, indent=1, default=str))
+        record.pop("sweeps", None)  # kept in their own file, named here
         record["sweeps_from"] = str(args.sweeps_from.resolve().relative_to(REPO))
         for entry in record["runs"]:
-            sweep = record["sweeps"].get(entry["auto"]["dataset"])
-            if sweep and "refused" not in entry["auto"]:
-                entry["auto_vs_sweep"] = paired(entry["auto"], sweep)
+            sweep = sweeps_record.get("sweeps", {}).get(entry["auto"]["dataset"])
+            if sweep:
+                pair_with_sweep(entry, sweep)
         result_path.write_text(json.dumps(record, indent=1, default=str))
         print(f"paired with {args.sweeps_from}; written to {result_path}")
         return
@@ -172,8 +223,9 @@ def main() -> None:
         "not_run": args.not_run, "runs": []}
     print(describe(record["machine"]), flush=True)
     defaults: dict[str, dict] = {}  # one default per dataset, beside each of its budgets
+    sweeps: dict[str, dict] = {}  # --sweeps-from's, kept in their own file
     if args.sweeps_from:
-        record["sweeps"] = json.loads(args.sweeps_from.read_text()).get("sweeps", {})
+        sweeps = json.loads(args.sweeps_from.read_text()).get("sweeps", {})
         record["sweeps_from"] = str(args.sweeps_from.resolve().relative_to(REPO))
     for dataset, budget in zip(args.datasets, budgets, strict=True):
         if args.sweep_only:
@@ -192,8 +244,8 @@ def main() -> None:
             entry["default"] = default
             entry["auto_vs_default"] = paired(auto, default)
             result_path.write_text(json.dumps(record, indent=1, default=str))
-        if dataset in record.get("sweeps", {}):
-            entry["auto_vs_sweep"] = paired(auto, record["sweeps"][dataset])
+        if dataset in sweeps:
+            pair_with_sweep(entry, sweeps[dataset])
             result_path.write_text(json.dumps(record, indent=1, default=str))
         print(f"{dataset} at {budget}: auto {auto['test_accuracy']:.4f} "
               f"{[round(v, 3) for v in auto['test_accuracy_ci']]} in {auto['wall_seconds']:.0f}s "
@@ -206,10 +258,11 @@ def main() -> None:
     if args.sweep or args.sweep_only:
         for dataset in dict.fromkeys(args.datasets):
             sweep = run_auto(dataset, "100h", stamp, exhaustive=True)
+            sweep["best_cv"] = run_sweep_best(sweep)
             record.setdefault("sweeps", {})[dataset] = sweep
             for entry in record["runs"]:
-                if entry["auto"]["dataset"] == dataset and "refused" not in entry["auto"]:
-                    entry["auto_vs_sweep"] = paired(entry["auto"], sweep)
+                if entry["auto"]["dataset"] == dataset:
+                    pair_with_sweep(entry, sweep)
             result_path.write_text(json.dumps(record, indent=1, default=str))
             print(f"{dataset} sweep: {sweep['test_accuracy']:.4f} in "
                   f"{sweep['wall_seconds']:.0f}s ({sweep['recipe']['backbone']} "

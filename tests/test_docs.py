@@ -246,6 +246,31 @@ def test_benchmarks_page_renders_every_result_with_its_cpu():
         assert "|---" in rendered or name == "predict", name  # predict's result is one line
 
 
+def test_auto_results_show_the_sweeps_best_by_cv_beside_its_choice():
+    # the sweep chooses by the budgets' rule; its best by cross-validation is another model
+    recipe = {"backbone": "efficientnet_lite0", "taps": "stages", "mirror": False,
+              "classifier": "linear_svm", "C": 0.01}
+    best = {**recipe, "backbone": "efficientnet_lite2", "mirror": True, "classifier": "ovr"}
+    sweep = {"recipe": recipe, "test_accuracy": 0.78, "test_accuracy_ci": [0.75, 0.8],
+             "elapsed_s": 3600, "why": "the cheapest not significantly worse",
+             "candidates": [{"status": "winner"}, {"status": "finalist"}],
+             "best_cv": {"recipe": best, "cv_accuracy": 0.77, "is_the_choice": False,
+                         "test_accuracy": 0.79, "test_accuracy_ci": [0.76, 0.81],
+                         "vs_the_choice": {"p_value": 0.41}}}
+    run = {"auto": {"dataset": "flowers5", "budget": "15m", "recipe": recipe,
+                    "test_accuracy": 0.78, "test_accuracy_ci": [0.75, 0.8]},
+           "auto_vs_sweep": {"p_value": 1.0}, "auto_vs_sweep_best_cv": {"p_value": 0.41}}
+    auto = _hook("benchmarks")._auto
+    rendered = auto({"runs": [run], "sweeps": {"flowers5": sweep}})
+    assert "its choice: p = 1.00; its best by CV: p = 0.41" in rendered
+    row = next(line for line in rendered.splitlines() if "| 3600 | 2 |" in line)
+    assert "efficientnet_lite2" in row and "(77.0 %)" in row and "p = 0.41" in row
+    assert "flowers5, exhaustive sweep: the cheapest not significantly worse" in rendered
+    sweeps_only = auto({"runs": [], "sweeps": {"flowers5": sweep}})
+    assert sweeps_only.startswith("| dataset | exhaustive sweep's choice")
+    assert _hook("benchmarks")._p({"p_value": 0.0015}) == "p = 0.002"  # never "p = 0.00"
+
+
 def test_benchmark_figures_are_not_typed_by_hand():
     # the prose around the generated tables holds settings and commands, never a result
     prose = re.sub(r"```.*?```|`[^`]*`|<!--.*?-->", "", (DOCS / "benchmarks.md").read_text(),

@@ -335,7 +335,19 @@ def _accuracy_ci(run: dict) -> str:
 
 
 def _p(paired: dict | None) -> str:
-    return f"p = {paired['p_value']:.2f}" if (paired or {}).get("p_value") is not None else "–"
+    p = (paired or {}).get("p_value")
+    if p is None:
+        return "–"
+    return f"p = {p:.2f}" if p >= 0.01 else f"p = {p:.1g}"  # never a p of 0.00
+
+
+def _against_sweep(run: dict) -> str:
+    """McNemar's p against the sweep's choice and, when another model, its best by
+    cross-validation."""
+    choice, best = run.get("auto_vs_sweep"), run.get("auto_vs_sweep_best_cv")
+    if best is None or best is choice or best == choice:
+        return _p(choice)
+    return f"its choice: {_p(choice)}; its best by CV: {_p(best)}"
 
 
 def _auto(data: dict) -> str:
@@ -358,7 +370,7 @@ def _auto(data: dict) -> str:
             f"| {'yes' if auto.get('within_budget_plus_10pct') else 'no'} "
             f"| {default.get('recipe', '–')} | {_accuracy_ci(default)} "
             f"| {default.get('wall_seconds', 0):.0f} | {_p(run.get('auto_vs_default'))} "
-            f"| {_p(run.get('auto_vs_sweep'))} |")
+            f"| {_against_sweep(run)} |")
         statuses: dict[str, int] = {}
         for candidate in auto.get("candidates", []):
             statuses[candidate["status"]] = statuses.get(candidate["status"], 0) + 1
@@ -367,15 +379,28 @@ def _auto(data: dict) -> str:
                          + ", ".join(f"{n} {k}" for k, n in statuses.items()) + ").")
         elif auto.get("refused"):
             notes.append(f"{auto['dataset']}, {auto['budget']}: {auto['refused']}")
+    if not data["runs"]:  # a file of sweeps only (``bench/auto.py --sweep-only``)
+        lines = []
     if sweeps:
         lines += ["", "| dataset | exhaustive sweep's choice | test accuracy [95 % CI] "
-                  "| seconds | candidates on the whole train split |", "|---|---|---|---|---|"]
+                  "| seconds | candidates on the whole train split | best by cross-validation "
+                  "(its CV accuracy) | its test accuracy [95 % CI] | paired test of the two |",
+                  "|---|---|---|---|---|---|---|---|"]
         for dataset, sweep in sweeps.items():
             whole = sum(c["status"] in ("finalist", "winner") for c in sweep["candidates"])
+            best = sweep.get("best_cv")
+            best_cells = ("– | – | –" if best is None else
+                          f"{_recipe_words(best['recipe'])} ({_pct(best['cv_accuracy'])}) "
+                          f"| {_accuracy_ci(best)} | "
+                          + ("the same model" if best["is_the_choice"]
+                             else _p(best.get("vs_the_choice"))))
             lines.append(f"| {dataset} | {_recipe_words(sweep['recipe'])} "
-                         f"| {_accuracy_ci(sweep)} | {sweep['elapsed_s']:.0f} | {whole} |")
+                         f"| {_accuracy_ci(sweep)} | {sweep['elapsed_s']:.0f} | {whole} "
+                         f"| {best_cells} |")
+            if sweep.get("why"):
+                notes.append(f"{dataset}, exhaustive sweep: {sweep['why']}")
     not_run = f"\n\nNot run: {data['not_run']}." if data.get("not_run") else ""
-    return "\n".join(lines) + ("\n\n" + "\n\n".join(notes) if notes else "") + not_run
+    return "\n".join(lines).strip("\n") + ("\n\n" + "\n\n".join(notes) if notes else "") + not_run
 
 
 def render(name: str) -> str:
