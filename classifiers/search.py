@@ -475,7 +475,7 @@ def search_and_fit(estimator, param: str, grid: Sequence[float], X: np.ndarray, 
                               held_out_predicted=classes[predicted])
         final, caught = None, []
         if refit:
-            path = walk[:walk.index(grid[best]) + 1] if warm_startable(estimator) \
+            path = walk[:at_best + 1] if warm_startable(estimator) \
                 else [grid[best]]
             *_, (_, final, caught) = walk_path(estimator, param, path, X, y)
     return result, final, caught

@@ -133,6 +133,7 @@ def test_models_saved_before_the_restructuring_load_and_predict(tmp_path, kind):
     np.testing.assert_allclose(model.predict_proba(X),
                                expected[f"{kind}_features"]["predict_proba_seed0"], atol=1e-4)
     assert model.unknown_scores(X) is None and model.predict_unknown(X) is None
+    assert model.search_.held_out_predicted is None  # saved before the search kept them
 
 
 def test_a_file_that_is_no_model_is_named_for_what_it_is(tmp_path):

@@ -345,7 +345,7 @@ def _against_sweep(run: dict) -> str:
     """McNemar's p against the sweep's choice and, when another model, its best by
     cross-validation."""
     choice, best = run.get("auto_vs_sweep"), run.get("auto_vs_sweep_best_cv")
-    if best is None or best is choice or best == choice:
+    if best is None or best == choice:
         return _p(choice)
     return f"its choice: {_p(choice)}; its best by CV: {_p(best)}"
 

@@ -28,6 +28,7 @@ whose estimate no longer fits the budget is skipped and listed with its estimate
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -379,6 +380,7 @@ def _recipe_slug(recipe: FeatureRecipe, dataset: str, input_size: int | None) ->
 _FIT_CACHE_VERSION = 2
 
 
+@functools.cache
 def _warm_starts(kind: str) -> bool:
     return warm_startable(CLASSIFIERS[kind].make_estimator(0, 100))
 
